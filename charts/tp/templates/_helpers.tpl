@@ -1,0 +1,107 @@
+{{/*
+Name of the traffic-manager's objects (Deployment, Service, ServiceAccount,
+namespaced Roles). Fixed: clients find the manager by this name.
+*/}}
+{{- define "tp.name" -}}
+traffic-manager
+{{- end }}
+
+{{/*
+Name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): unique per
+release namespace so that managers in several namespaces can coexist.
+*/}}
+{{- define "tp.clusterName" -}}
+{{- printf "traffic-manager-%s" .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+gRPC port of the manager (container, probes and Service).
+*/}}
+{{- define "tp.grpcPort" -}}
+8081
+{{- end }}
+
+{{/*
+Version label value: label values allow no "+" and at most 63 characters.
+*/}}
+{{- define "tp.version" -}}
+{{- .Chart.AppVersion | replace "+" "_" | trunc 63 | trimSuffix "-" | trimSuffix "_" | trimSuffix "." }}
+{{- end }}
+
+{{/*
+Selector labels: stable across upgrades (Deployment selectors are immutable).
+*/}}
+{{- define "tp.selectorLabels" -}}
+app: traffic-manager
+app.kubernetes.io/name: traffic-manager
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels of every object.
+*/}}
+{{- define "tp.labels" -}}
+{{ include "tp.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "tp.version" . | quote }}
+app.kubernetes.io/component: traffic-manager
+app.kubernetes.io/part-of: tp
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Image reference: [registry/]name:tag, tag defaulting to the appVersion.
+*/}}
+{{- define "tp.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString -}}
+{{- if .Values.image.registry -}}
+{{ printf "%s/%s:%s" (trimSuffix "/" .Values.image.registry) .Values.image.name $tag }}
+{{- else -}}
+{{ printf "%s:%s" .Values.image.name $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Managed namespaces when rbac.namespaced is true; fails the render when the
+list is empty. Returns them comma-separated.
+*/}}
+{{- define "tp.managedNamespaces" -}}
+{{- if not .Values.rbac.managedNamespaces -}}
+{{- fail "rbac.managedNamespaces must list at least one namespace when rbac.namespaced is true" -}}
+{{- end -}}
+{{- join "," (uniq .Values.rbac.managedNamespaces) -}}
+{{- end }}
+
+{{/*
+RBAC rules on namespaced resources: cluster-wide in a ClusterRole by default,
+or in a Role per managed namespace when rbac.namespaced is true.
+*/}}
+{{- define "tp.rules.namespaced" -}}
+# Dial targets and intercept candidates; configmaps and secrets provide the
+# environment of intercepted pods.
+- apiGroups: [""]
+  resources: ["pods", "services", "endpoints", "configmaps", "secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+# Intercepts add the traffic-agent to workloads.
+- apiGroups: ["apps"]
+  resources: ["deployments", "replicasets", "statefulsets"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+{{- end }}
+
+{{/*
+RBAC rules on cluster-scoped resources other than namespaces (always in a
+ClusterRole).
+*/}}
+{{- define "tp.rules.clusterScoped" -}}
+# Node pod CIDRs tell the manager which subnets to route.
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list", "watch"]
+# The agent-injector webhook (intercepts).
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["mutatingwebhookconfigurations"]
+  verbs: ["get", "create", "update"]
+{{- end }}
