@@ -1,0 +1,72 @@
+# tp's build, test bed and checks. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+TAG := $(shell echo '$(VERSION)' | tr -c 'A-Za-z0-9_.\n-' '-')
+PKG := github.com/tp-run/tp
+LDFLAGS := -s -w -X $(PKG)/internal/version.Version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
+export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
+STATICCHECK_VERSION := v0.8.2
+CACHE := $(CURDIR)/.cache
+
+.PHONY: help build image deps cluster-up cluster-down cluster-load test unit e2e lint generate demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build bin/tp for linux/amd64 and cross-compile windows/amd64 and darwin/arm64
+	GOOS=linux GOARCH=amd64 $(GOBUILD) -o bin/tp ./cmd/tp
+	GOOS=windows GOARCH=amd64 $(GOBUILD) -o bin/tp-windows-amd64.exe ./cmd/tp
+	GOOS=darwin GOARCH=arm64 $(GOBUILD) -o bin/tp-darwin-arm64 ./cmd/tp
+
+# image builds one FROM-scratch image from a static binary; $(1)=tag(s) $(2)=package $(3)=binary name $(4)=Dockerfile
+define image
+	rm -rf $(CACHE)/image/$(3) && mkdir -p $(CACHE)/image/$(3)
+	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(CACHE)/image/$(3)/$(3) $(2)
+	cp $(4) $(CACHE)/image/$(3)/Dockerfile
+	docker build -q $(foreach t,$(1),-t $(t)) $(CACHE)/image/$(3) >/dev/null
+endef
+
+image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev
+	$(call image,tp:$(TAG) tp:dev,./cmd/tp,tp,Dockerfile)
+	$(call image,tp-echo:dev,./examples/echo,echo,examples/echo/Dockerfile)
+	$(call image,tp-probe:dev,./test/probe,probe,test/probe/Dockerfile)
+	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev"
+
+deps: ## install Debian packages and start dockerd when needed (idempotent)
+	@hack/install-deps.sh
+
+cluster-up: deps ## bring up the local Kubernetes cluster (idempotent); kubeconfig at /var/lib/tp-cluster/kubeconfig
+	hack/cluster/up.sh
+
+cluster-down: ## remove the local cluster: processes, iptables rules, bridges, mounts, data
+	hack/cluster/down.sh
+
+cluster-load: ## load images into the cluster: make cluster-load IMAGES="tp:dev tp-echo:dev"
+	hack/cluster/load.sh $(IMAGES)
+
+test: unit e2e ## all tests: unit tests with -race, then e2e tests on the local cluster
+
+unit: ## unit tests with the race detector
+	go test -race -count=1 ./...
+
+e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m ./test/e2e/...
+
+lint: ## go vet and staticcheck (pinned)
+	go vet ./...
+	go vet -tags e2e ./test/...
+	GOBIN=$(CACHE)/bin go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(CACHE)/bin/staticcheck ./...
+
+generate: ## regenerate protobuf code (byte for byte reproducible)
+	hack/generate.sh
+
+demo: build cluster-up image ## fresh machine to tp's main job: cluster, example app, connect, intercept
+	hack/demo.sh
+
+clean: ## remove build outputs (keeps the cluster build cache in .cache/cluster)
+	rm -rf bin $(CACHE)/image

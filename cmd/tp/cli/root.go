@@ -1,0 +1,57 @@
+// Package cli wires tp's cobra commands. Each command turns its flags into an
+// options struct and makes one call into a component package; output goes
+// through injected streams so commands are testable.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+)
+
+// ExitError carries a process exit code through cobra (e.g. the exit code of
+// an intercept's --docker-run container) without printing anything more.
+type ExitError struct{ Code int }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// Main runs tp with the process's arguments and streams and returns the exit code.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	streams := genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}
+	cmd := NewRootCommand(streams)
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var exit *ExitError
+	if errors.As(err, &exit) {
+		return exit.Code
+	}
+	fmt.Fprintf(streams.ErrOut, "tp: %v\n", err)
+	return 1
+}
+
+// NewRootCommand builds the tp command tree.
+func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "tp",
+		Short:         "Run one service of a Kubernetes app in a local container, the rest in the cluster",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(streams.In)
+	root.SetOut(streams.Out)
+	root.SetErr(streams.ErrOut)
+	root.AddCommand(
+		newVersionCommand(streams),
+	)
+	return root
+}

@@ -1,0 +1,151 @@
+// Command echo is tp's example service: an HTTP server that reports which copy
+// answered (the one in the cluster or a developer's local one), and a tiny
+// client used by the demo from a container joined to tp.
+//
+//	echo serve            serve HTTP on :8080 and UDP echo on :9090
+//	echo get URL          GET URL and print the body (exit 1 on failure)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	args := os.Args[1:]
+	if len(args) == 0 {
+		args = []string{"serve"}
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve()
+	case "get":
+		if len(args) != 2 {
+			err = fmt.Errorf("usage: echo get URL")
+			break
+		}
+		err = get(args[1])
+	default:
+		err = fmt.Errorf("unknown command %q: use serve or get", args[0])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}
+
+// Reply is what every HTTP request gets back.
+type Reply struct {
+	Service string              `json:"service"`
+	Copy    string              `json:"copy"` // "cluster" or "local": ECHO_COPY
+	Pod     string              `json:"pod,omitempty"`
+	Method  string              `json:"method"`
+	Path    string              `json:"path"`
+	Headers map[string][]string `json:"headers,omitempty"`
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func serve() error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	httpAddr := env("ECHO_HTTP_ADDR", ":8080")
+	udpAddr := env("ECHO_UDP_ADDR", ":9090")
+	service := env("ECHO_SERVICE", "echo")
+	copyName := env("ECHO_COPY", "cluster")
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	// /bytes?n=N streams N bytes: bulk transfer for benchmarks.
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "n must be a non-negative integer", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		buf := make([]byte, 256<<10)
+		for n > 0 {
+			chunk := min(n, int64(len(buf)))
+			if _, err := w.Write(buf[:chunk]); err != nil {
+				return
+			}
+			n -= chunk
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		reply := Reply{Service: service, Copy: copyName, Pod: os.Getenv("POD_NAME"),
+			Method: r.Method, Path: r.URL.Path, Headers: r.Header}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(reply)
+	})
+	srv := &http.Server{Addr: httpAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	pc, err := net.ListenPacket("udp", udpAddr)
+	if err != nil {
+		return fmt.Errorf("listen udp %s: %w", udpAddr, err)
+	}
+	go func() {
+		<-ctx.Done()
+		_ = pc.Close()
+		_ = srv.Shutdown(context.Background())
+	}()
+	go udpEcho(pc, copyName)
+	log.Info("echo serving", "http", httpAddr, "udp", udpAddr, "copy", copyName)
+	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+		return err
+	}
+	return nil
+}
+
+// udpEcho answers every datagram with "<copy>:<datagram>".
+func udpEcho(pc net.PacketConn, copyName string) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = pc.WriteTo(append([]byte(copyName+":"), buf[:n]...), addr)
+	}
+}
+
+func get(url string) error {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	var reply Reply
+	if json.Unmarshal(body, &reply) == nil && reply.Service != "" {
+		fmt.Printf("%s answered from the %s copy (pod %q) for %s %s\n", reply.Service, reply.Copy, reply.Pod, reply.Method, reply.Path)
+		return nil
+	}
+	_, err = os.Stdout.Write(body)
+	return err
+}

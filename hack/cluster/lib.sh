@@ -1,0 +1,156 @@
+# shellcheck shell=bash
+# Shared settings and helpers of the test bed scripts (sourced, not run).
+
+TP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TP_CLUSTER_SRC="$TP_ROOT/hack/cluster"
+
+# Build outputs (kept by down.sh).
+TP_CACHE="$TP_ROOT/.cache/cluster"
+TP_BIN="$TP_CACHE/bin"
+
+# Runtime state (removed by down.sh).
+TP_DATA=/var/lib/tp-cluster
+TP_PKI="$TP_DATA/pki"
+TP_LOGS="$TP_DATA/logs"
+TP_RUN="$TP_DATA/run"
+TP_CONF="$TP_DATA/conf"
+TP_KUBECONFIG="$TP_DATA/kubeconfig"
+TP_KUBELET_ROOT="$TP_DATA/kubelet"
+
+K8S_VERSION=v1.32.0
+COREDNS_VERSION=v1.11.3
+NODE_NAME=tp-node
+CONTEXT_NAME=tp-local
+POD_CIDR=10.244.0.0/16
+NODE_POD_CIDR=10.244.0.0/24
+SERVICE_CIDR=10.96.0.0/12
+API_SERVICE_IP=10.96.0.1
+DNS_SERVICE_IP=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
+CNI_BRIDGE=tpcni0
+CNI_NETWORK=tp-pods
+CONTAINERD_SOCK=/run/containerd/containerd.sock
+PAUSE_IMAGE=registry.k8s.io/pause:3.6
+COREDNS_IMAGE=registry.k8s.io/coredns/coredns:$COREDNS_VERSION
+NETCHECK_IMAGE=tp-cluster/netcheck:v1
+EXEC_TOKEN=tp-exec-plugin-test-token
+EXEC_USER=exec-user
+
+# Processes started by up.sh, in start order (down.sh stops them in reverse).
+TP_COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+	[ "$(id -u)" -eq 0 ] || die "must run as root (it starts containerd, the kubelet and changes iptables); try: sudo $0"
+}
+
+require_tun() {
+	[ -c /dev/net/tun ] || die "/dev/net/tun is missing: tp's daemon container needs a TUN device (modprobe tun, or give this machine /dev/net/tun)"
+}
+
+# pid_of NAME: the pid of our running NAME process, or nothing. A pid file
+# counts only while its process still runs our binary (pids are reused after
+# a reboot).
+pid_of() {
+	local name="$1" pid exe
+	[ -f "$TP_RUN/$name.pid" ] || return 0
+	pid="$(cat "$TP_RUN/$name.pid" 2>/dev/null)" || return 0
+	[[ "$pid" =~ ^[0-9]+$ ]] || return 0
+	exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 0
+	exe="${exe% (deleted)}"
+	case "$(basename "$exe")" in
+	"$name") echo "$pid" ;;
+	esac
+}
+
+running() { [ -n "$(pid_of "$1")" ]; }
+
+# start_bg NAME BINARY ARGS...: start a component in its own session, logging
+# to $TP_LOGS/NAME.log, and record its pid.
+start_bg() {
+	local name="$1"
+	shift
+	mkdir -p "$TP_LOGS" "$TP_RUN"
+	log "starting $name"
+	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$TP_LOGS/$name.log"
+	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null &
+	echo $! >"$TP_RUN/$name.pid"
+}
+
+# stop_pid NAME PID: SIGTERM, then SIGKILL after a grace period.
+stop_pid() {
+	local name="$1" pid="$2" i
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for i in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "$name ($pid) ignored SIGTERM for 10s; killing it"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+# tail_log NAME: the end of a component's log, for error messages.
+tail_log() {
+	echo "---- last lines of $TP_LOGS/$1.log ----" >&2
+	tail -n "${2:-25}" "$TP_LOGS/$1.log" >&2 2>/dev/null || true
+	echo "----" >&2
+}
+
+# wait_for NAME SECONDS COMMAND...: poll COMMAND until it succeeds; on timeout
+# or when component NAME died, fail with the end of its log.
+wait_for() {
+	local name="$1" seconds="$2" deadline
+	shift 2
+	deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		if [ -f "$TP_RUN/$name.pid" ] && ! running "$name"; then
+			tail_log "$name"
+			die "$name exited; see $TP_LOGS/$name.log"
+		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			tail_log "$name"
+			die "$name not healthy within ${seconds}s; see $TP_LOGS/$name.log"
+		fi
+		sleep 0.5
+	done
+}
+
+# port_pids PORT: pids of the processes listening on TCP PORT.
+port_pids() {
+	ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
+}
+
+# check_port NAME PORT: fail unless PORT is free or held by our NAME.
+check_port() {
+	local name="$1" port="$2" pid ours
+	ours="$(pid_of "$name")"
+	for pid in $(port_pids "$port"); do
+		[ "$pid" = "$ours" ] && continue
+		die "port $port (needed by $name) is taken by pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)); stop it or run hack/cluster/down.sh"
+	done
+}
+
+kubectl_tp() { "$TP_BIN/kubectl" --kubeconfig "$TP_KUBECONFIG" "$@"; }
+
+# node_ip: the IPv4 address of the interface holding the default route.
+node_ip() {
+	local dev ip
+	dev="$(ip -4 route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')"
+	if [ -n "$dev" ]; then
+		ip="$(ip -4 -o addr show dev "$dev" scope global | awk '{split($4, a, "/"); print a[1]; exit}')"
+	fi
+	if [ -z "${ip:-}" ]; then
+		ip="$(ip -4 -o addr show scope global | awk '{split($4, a, "/"); print a[1]; exit}')"
+	fi
+	[ -n "$ip" ] || die "cannot find this machine's IPv4 address (no default route, no global address)"
+	echo "$ip"
+}
+
+# docker_gateway: the gateway of Docker's default bridge network.
+docker_gateway() {
+	local gw
+	gw="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
+	echo "${gw:-172.17.0.1}"
+}

@@ -1,0 +1,241 @@
+//go:build e2e
+
+// Package e2e holds tp's end-to-end tests. They run against the real local
+// cluster (`make cluster-up`, kubeconfig in $KUBECONFIG) and the real Docker
+// engine, with the images built by `make image` and the CLI in $TP_BIN.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
+	yamlutil "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+const (
+	echoImage  = "tp-echo:dev"
+	probeImage = "tp-probe:dev"
+)
+
+// cluster is the test's handle on the real cluster.
+type cluster struct {
+	kubeconfig string
+	config     *rest.Config
+	client     kubernetes.Interface
+	dynamic    dynamic.Interface
+	mapper     *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newCluster(t testing.TB) *cluster {
+	t.Helper()
+	path := os.Getenv("KUBECONFIG")
+	if path == "" {
+		path = "/var/lib/tp-cluster/kubeconfig"
+	}
+	config, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		t.Fatalf("load kubeconfig %s (run `make cluster-up`): %v", path, err)
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery()))
+	return &cluster{kubeconfig: path, config: config, client: client, dynamic: dyn, mapper: mapper}
+}
+
+// namespace creates a fresh namespace that is deleted when the test ends.
+func (c *cluster) namespace(t testing.TB, prefix string) string {
+	t.Helper()
+	ns := prefix + "-" + rand.String(5)
+	ctx := context.Background()
+	_, err := c.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create namespace %s: %v", ns, err)
+	}
+	t.Cleanup(func() {
+		_ = c.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	})
+	return ns
+}
+
+// apply creates every object of a multi-document YAML file in ns.
+func (c *cluster) apply(t testing.TB, ns, file string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yamlutil.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("decode %s: %v", file, err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		gvk := obj.GroupVersionKind()
+		mapping, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("map %s: %v", gvk, err)
+		}
+		_, err = c.dynamic.Resource(mapping.Resource).Namespace(ns).Create(context.Background(), &obj, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create %s %s in %s: %v", gvk.Kind, obj.GetName(), ns, err)
+		}
+	}
+}
+
+// waitDeployment waits until the deployment has all replicas updated and ready.
+func (c *cluster) waitDeployment(t testing.TB, ns, name string, timeout time.Duration) *appsv1.Deployment {
+	t.Helper()
+	var dep *appsv1.Deployment
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := c.client.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		dep = d
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == want &&
+			d.Status.ReadyReplicas == want && d.Status.Replicas == want, nil
+	})
+	if err != nil {
+		t.Fatalf("deployment %s/%s not ready within %s: %v (status %+v)", ns, name, timeout, err, dep.Status)
+	}
+	return dep
+}
+
+// runningPod returns a running, ready pod with the given label selector.
+func (c *cluster) runningPod(t testing.TB, ns, selector string) *corev1.Pod {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && p.Status.PodIP != "" {
+			return p
+		}
+	}
+	t.Fatalf("no running pod for %q in %s", selector, ns)
+	return nil
+}
+
+// podOutput runs a one-shot pod of image with args in ns and returns its logs
+// once it succeeded.
+func (c *cluster) podOutput(t testing.TB, ns, image string, args ...string) string {
+	t.Helper()
+	ctx := context.Background()
+	name := "probe-" + rand.String(5)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{
+				Name: "probe", Image: image, Args: args, ImagePullPolicy: corev1.PullNever,
+			}},
+		},
+	}
+	if _, err := c.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var phase corev1.PodPhase
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := c.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		phase = p.Status.Phase
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed, nil
+	})
+	logs, _ := c.client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil || phase != corev1.PodSucceeded {
+		t.Fatalf("pod %s %v: phase %s, err %v, logs:\n%s", name, args, phase, err, logs)
+	}
+	return string(logs)
+}
+
+// docker runs the docker CLI and returns its combined output and error.
+func docker(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	return string(out), err
+}
+
+// probe runs the probe image in a throwaway container (extra docker run flags
+// first, e.g. --network container:tp) and returns its output and error.
+func probe(flags []string, args ...string) (string, error) {
+	all := append([]string{"run", "--rm"}, flags...)
+	all = append(all, probeImage)
+	return docker(append(all, args...)...)
+}
+
+// tp runs the tp CLI under test.
+func tp(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	bin := os.Getenv("TP_BIN")
+	if bin == "" {
+		bin = filepath.Join(repoRoot(t), "bin", "tp")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+os.Getenv("KUBECONFIG"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// lines splits output into trimmed non-empty lines.
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,119 @@
+// Command probe is the network client the e2e tests and benchmarks run in
+// containers (joined to tp or not). Each subcommand prints one result line and
+// exits non-zero when the probe fails, so a test can tell reach from no-reach.
+//
+//	probe http URL                 GET URL, print the body
+//	probe tcp HOST:PORT            open a TCP connection
+//	probe udp HOST:PORT MESSAGE    send a datagram, print the answer
+//	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
+//
+// Every probe honours -timeout (default 5s).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	fs := flag.NewFlagSet("probe", flag.ExitOnError)
+	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the probe")
+	if len(os.Args) < 2 {
+		fail(fmt.Errorf("usage: probe http|tcp|udp|dns ARGS"))
+	}
+	cmd := os.Args[1]
+	_ = fs.Parse(os.Args[2:])
+	args := fs.Args()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	var err error
+	switch {
+	case cmd == "http" && len(args) == 1:
+		err = probeHTTP(ctx, args[0])
+	case cmd == "tcp" && len(args) == 1:
+		err = probeTCP(ctx, args[0])
+	case cmd == "udp" && len(args) == 2:
+		err = probeUDP(ctx, args[0], args[1])
+	case cmd == "dns" && len(args) == 1:
+		err = probeDNS(ctx, args[0])
+	default:
+		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME")
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "probe:", err)
+	os.Exit(1)
+}
+
+func probeHTTP(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	fmt.Print(string(body))
+	return nil
+}
+
+func probeTCP(ctx context.Context, addr string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("connected", c.RemoteAddr())
+	return c.Close()
+}
+
+func probeUDP(ctx context.Context, addr, msg string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(buf[:n]))
+	return nil
+}
+
+func probeDNS(ctx context.Context, name string) error {
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Println(strings.Join(addrs, " "))
+	return nil
+}
