@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -164,9 +163,4 @@ func (c Config) validate() (config, error) {
 		out.timeout = c.Timeout
 	}
 	return out, nil
-}
-
-// hostPort is "ip:port" for listening, keeping the IPv6 brackets right.
-func hostPort(ap netip.AddrPort) string {
-	return net.JoinHostPort(ap.Addr().String(), fmt.Sprint(ap.Port()))
 }
