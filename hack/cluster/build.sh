@@ -32,7 +32,7 @@ build_group() {
 	if [ "$missing" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
 		return 0
 	fi
-	log "building $name (${*%%=*}); a cold build of Kubernetes takes several minutes on 2 cores"
+	log "building $name (${*%%=*})"
 	local tmp="$TP_BIN/.tmp-$name" start=$SECONDS
 	rm -rf "$tmp" && mkdir -p "$tmp"
 	for spec in "$@"; do
