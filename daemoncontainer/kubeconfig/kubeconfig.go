@@ -1,0 +1,369 @@
+// Package kubeconfig writes the kubeconfig that `tp connect` hands to the
+// daemon container.
+//
+// The user's kubeconfig is written for the host: it names files on the host
+// (certificates, keys, token files), may point at an API server on the host's
+// loopback (kind, minikube, k3d, `kubectl proxy`) and may authenticate with
+// exec plugins that only exist on the host. [ForContainer] turns it into a
+// self-contained kubeconfig for one context that works inside the container:
+//
+//   - minified: only the chosen context, its cluster and its user;
+//   - flattened: certificate-authority, client-certificate, client-key and
+//     token files are read on the host and embedded (a token file becomes a
+//     static token, so a token file that the host rotates is not followed);
+//   - loopback servers (127.0.0.0/8, ::1, localhost, 0.0.0.0, ::) rewritten:
+//     to the node container that publishes the port when
+//     [Options.PublishedBy] knows one (the caller joins the daemon container
+//     to [Result.Networks]), otherwise to [Options.LoopbackHost]
+//     (host.docker.internal, which the daemon container gets as ExtraHosts
+//     host.docker.internal:host-gateway on Linux and Docker Desktop
+//     provides). A loopback proxy-url is rewritten to LoopbackHost too;
+//   - TLS still verified against the original name: when a https server is
+//     rewritten and the cluster sets neither tls-server-name nor
+//     insecure-skip-tls-verify, tls-server-name is set to the original host
+//     (e.g. 127.0.0.1 or localhost). The API server's certificate was valid
+//     for that name on the host, and API server certificates carry the
+//     loopback SANs, whereas they rarely carry host.docker.internal or a
+//     docker network address;
+//   - exec credential plugins relayed to the host (package
+//     [github.com/tp-run/tp/daemoncontainer/kubeauth]) when
+//     [Options.Kubeauth] is set; legacy auth-provider users are refused with
+//     what to do.
+//
+// On Linux, host.docker.internal is the docker bridge gateway: a server that
+// listens only on the host's 127.0.0.1 and is not published by a container
+// is not reachable from the container. Such servers need to listen on an
+// address the bridge reaches (or be published by a container).
+package kubeconfig
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/tp-run/tp/daemoncontainer/kubeauth"
+)
+
+// DefaultLoopbackHost is the host name under which the daemon container
+// reaches the docker host.
+const DefaultLoopbackHost = "host.docker.internal"
+
+// DefaultKubeauthBinary is the path of tp in the daemon container image.
+const DefaultKubeauthBinary = "/tp"
+
+// Errors of ForContainer, for errors.Is.
+var (
+	// ErrContext: the context does not exist or names a cluster or user
+	// that does not exist.
+	ErrContext = errors.New("kubeconfig context unusable")
+	// ErrAuthProvider: the user authenticates with a legacy auth-provider.
+	ErrAuthProvider = errors.New("auth-provider is not supported in the daemon container")
+	// ErrExecPlugin: the user's exec plugin cannot be relayed.
+	ErrExecPlugin = errors.New("exec credential plugin cannot be relayed")
+)
+
+// Options is what the host knows about reaching the cluster from the daemon
+// container.
+type Options struct {
+	// LoopbackHost replaces a loopback API server host (127.0.0.1,
+	// localhost, ::1, 0.0.0.0) that no container publishes. Default
+	// [DefaultLoopbackHost].
+	LoopbackHost string
+	// PublishedBy, when non-nil, is asked whether a local container
+	// publishes the host port of a loopback server (kind, minikube, k3d
+	// node containers); if so it returns that container's network, IP and
+	// container port, and the server is rewritten to it (the caller joins
+	// the daemon container to that network, see [Result.Networks]).
+	PublishedBy func(hostPort int) (network string, ip string, containerPort int, ok bool)
+	// Kubeauth, when non-nil, describes the host relay for exec credential
+	// plugins. Without it, a user with an exec plugin is an error.
+	Kubeauth *KubeauthRelay
+}
+
+// KubeauthRelay describes the host's [kubeauth.Server] as the container
+// reaches it.
+type KubeauthRelay struct {
+	// URL of the relay as reachable from the container, e.g.
+	// http://host.docker.internal:41234.
+	URL string
+	// Secret the relay accepts.
+	Secret string
+	// Binary is the path of tp inside the container. Default
+	// [DefaultKubeauthBinary].
+	Binary string
+}
+
+// Result is the container's kubeconfig and what the caller must do for it.
+type Result struct {
+	// Config is the kubeconfig YAML for the container.
+	Config []byte
+	// Networks are the docker networks the daemon container must join to
+	// reach the rewritten servers.
+	Networks []string
+	// Rewrites are human-readable notes of what was changed, for logs.
+	Rewrites []string
+	// ExecUsers are the users whose exec plugin is relayed: the caller
+	// serves raw.AuthInfos[u].Exec for each with a [kubeauth.Server].
+	ExecUsers []string
+}
+
+// ForContainer minifies raw to contextName (raw.CurrentContext when empty),
+// flattens it and rewrites it for the daemon container as the package
+// documentation describes. raw is not modified; it should come from
+// clientcmd's loading rules, so that relative file paths resolve against
+// the kubeconfig file that named them (LocationOfOrigin).
+func ForContainer(raw clientcmdapi.Config, contextName string, opts Options) (*Result, error) {
+	if opts.LoopbackHost == "" {
+		opts.LoopbackHost = DefaultLoopbackHost
+	}
+	cfg := raw.DeepCopy()
+	if contextName == "" {
+		contextName = cfg.CurrentContext
+	}
+	kctx, err := lookupContext(cfg, contextName)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CurrentContext = contextName
+	if err := clientcmdapi.MinifyConfig(cfg); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrContext, err)
+	}
+
+	res := &Result{}
+	if kctx.Cluster != "" {
+		if err := res.cluster(kctx.Cluster, cfg.Clusters[kctx.Cluster], opts); err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", kctx.Cluster, err)
+		}
+	}
+	if kctx.AuthInfo != "" {
+		if err := res.user(kctx.AuthInfo, cfg.AuthInfos[kctx.AuthInfo], opts); err != nil {
+			return nil, fmt.Errorf("user %q: %w", kctx.AuthInfo, err)
+		}
+	}
+	res.Config, err = clientcmd.Write(*cfg)
+	if err != nil {
+		return nil, fmt.Errorf("writing the kubeconfig for the daemon container: %w", err)
+	}
+	return res, nil
+}
+
+func lookupContext(cfg *clientcmdapi.Config, name string) (*clientcmdapi.Context, error) {
+	available := func() string {
+		names := slices.Sorted(maps.Keys(cfg.Contexts))
+		if len(names) == 0 {
+			return "the kubeconfig has no contexts"
+		}
+		return "available contexts: " + strings.Join(names, ", ")
+	}
+	if name == "" {
+		return nil, fmt.Errorf("%w: no context given and the kubeconfig has no current-context; pass --context (%s)", ErrContext, available())
+	}
+	kctx, ok := cfg.Contexts[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: context %q not found in the kubeconfig (%s)", ErrContext, name, available())
+	}
+	if kctx.Cluster == "" {
+		return nil, fmt.Errorf("%w: context %q names no cluster (%s)", ErrContext, name, available())
+	}
+	if _, ok := cfg.Clusters[kctx.Cluster]; !ok {
+		return nil, fmt.Errorf("%w: context %q refers to cluster %q, which is not in the kubeconfig (%s)", ErrContext, name, kctx.Cluster, available())
+	}
+	if _, ok := cfg.AuthInfos[kctx.AuthInfo]; kctx.AuthInfo != "" && !ok {
+		return nil, fmt.Errorf("%w: context %q refers to user %q, which is not in the kubeconfig (%s)", ErrContext, name, kctx.AuthInfo, available())
+	}
+	return kctx, nil
+}
+
+func (res *Result) cluster(name string, c *clientcmdapi.Cluster, opts Options) error {
+	if err := embed(&c.CertificateAuthority, &c.CertificateAuthorityData, c.LocationOfOrigin, "certificate-authority"); err != nil {
+		return err
+	}
+	if c.Server != "" {
+		if err := res.server(name, c, opts); err != nil {
+			return err
+		}
+	}
+	if c.ProxyURL != "" {
+		u, err := url.Parse(c.ProxyURL)
+		if err != nil {
+			return fmt.Errorf("parsing proxy-url %q: %w", c.ProxyURL, err)
+		}
+		if isLoopback(u.Hostname()) {
+			old := c.ProxyURL
+			u.Host = joinHostPort(opts.LoopbackHost, u.Port())
+			c.ProxyURL = u.String()
+			res.note("cluster %q: proxy-url %s -> %s", name, old, c.ProxyURL)
+		}
+	}
+	return nil
+}
+
+// server rewrites a loopback c.Server.
+func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) error {
+	// client-go accepts a server without a scheme ("127.0.0.1:6443").
+	raw := c.Server
+	hasScheme := strings.Contains(raw, "://")
+	if !hasScheme {
+		raw = "https://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("parsing server %q: %w", c.Server, err)
+	}
+	origHost := u.Hostname()
+	if !isLoopback(origHost) {
+		return nil
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+
+	host, how := opts.LoopbackHost, ""
+	if opts.PublishedBy != nil {
+		hostPort, err := strconv.Atoi(port)
+		if err != nil {
+			return fmt.Errorf("parsing the port of server %q: %w", c.Server, err)
+		}
+		if network, ip, containerPort, ok := opts.PublishedBy(hostPort); ok {
+			host, port = ip, strconv.Itoa(containerPort)
+			how = fmt.Sprintf(" (published by a container on network %q)", network)
+			if !slices.Contains(res.Networks, network) {
+				res.Networks = append(res.Networks, network)
+			}
+		}
+	}
+	u.Host = joinHostPort(host, port)
+	if u.Host == joinHostPort(origHost, port) {
+		return nil
+	}
+	old := c.Server
+	c.Server = u.String()
+	if !hasScheme {
+		c.Server = strings.TrimPrefix(c.Server, "https://")
+	}
+	res.note("cluster %q: server %s -> %s%s", name, old, c.Server, how)
+
+	if u.Scheme == "https" && c.TLSServerName == "" && !c.InsecureSkipTLSVerify {
+		c.TLSServerName = origHost
+		res.note("cluster %q: tls-server-name %s (the name the certificate was verified against on the host)", name, origHost)
+	}
+	return nil
+}
+
+func (res *Result) user(name string, u *clientcmdapi.AuthInfo, opts Options) error {
+	if u.AuthProvider != nil {
+		return fmt.Errorf("%w: the user authenticates with the legacy auth-provider %q, which client-go no longer runs; "+
+			"switch the kubeconfig to its exec credential plugin (gcp: install gke-gcloud-auth-plugin and run "+
+			"`gcloud container clusters get-credentials`; azure: `kubelogin convert-kubeconfig`; oidc: kubelogin/oidc-login "+
+			"as an exec plugin) and connect again", ErrAuthProvider, u.AuthProvider.Name)
+	}
+	if err := embed(&u.ClientCertificate, &u.ClientCertificateData, u.LocationOfOrigin, "client-certificate"); err != nil {
+		return err
+	}
+	if err := embed(&u.ClientKey, &u.ClientKeyData, u.LocationOfOrigin, "client-key"); err != nil {
+		return err
+	}
+	if u.TokenFile != "" {
+		if u.Token == "" {
+			path := clientcmdapi.ResolvePath(u.TokenFile, baseDir(u.LocationOfOrigin))
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("embedding tokenFile: %w", err)
+			}
+			u.Token = strings.TrimSpace(string(data))
+			res.note("user %q: tokenFile %s embedded as a static token (a rotation on the host is not followed)", name, path)
+		}
+		u.TokenFile = ""
+	}
+	if u.Exec != nil {
+		if opts.Kubeauth == nil {
+			return fmt.Errorf("%w: the user authenticates with the exec plugin %q, which must run on the host, and no kubeauth relay was given",
+				ErrExecPlugin, u.Exec.Command)
+		}
+		if err := kubeauth.CheckAPIVersion(u.Exec.APIVersion); err != nil {
+			return fmt.Errorf("%w: %w", ErrExecPlugin, err)
+		}
+		binary := opts.Kubeauth.Binary
+		if binary == "" {
+			binary = DefaultKubeauthBinary
+		}
+		orig := u.Exec.Command
+		u.Exec = kubeauth.PluginExecConfig(binary, opts.Kubeauth.URL, name, opts.Kubeauth.Secret, u.Exec)
+		res.ExecUsers = append(res.ExecUsers, name)
+		res.note("user %q: exec plugin %s relayed to the host through %s", name, orig, opts.Kubeauth.URL)
+	}
+	return nil
+}
+
+// embed replaces a file reference by its contents. Like client-go, data that
+// is already inline wins over the file.
+func embed(path *string, data *[]byte, origin, field string) error {
+	if *path == "" {
+		return nil
+	}
+	if len(*data) == 0 {
+		file := clientcmdapi.ResolvePath(*path, baseDir(origin))
+		content, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("embedding %s: %w", field, err)
+		}
+		*data = content
+	}
+	*path = ""
+	return nil
+}
+
+// baseDir is the directory relative paths of a kubeconfig entry resolve
+// against: that of the file that defined it, else the working directory.
+func baseDir(origin string) string {
+	if origin == "" {
+		return ""
+	}
+	dir, err := clientcmdapi.MakeAbs(filepath.Dir(origin), "")
+	if err != nil {
+		return filepath.Dir(origin)
+	}
+	return dir
+}
+
+// isLoopback reports whether host names the host itself: a loopback or
+// unspecified address, or localhost.
+func isLoopback(host string) bool {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true
+	}
+	if i := strings.IndexByte(h, '%'); i >= 0 { // fe80::1%lo0 style zone
+		h = h[:i]
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+}
+
+func joinHostPort(host, port string) string {
+	if port == "" {
+		if strings.Contains(host, ":") {
+			return "[" + host + "]"
+		}
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (res *Result) note(format string, args ...any) {
+	res.Rewrites = append(res.Rewrites, fmt.Sprintf(format, args...))
+}
