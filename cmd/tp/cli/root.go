@@ -51,7 +51,15 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	root.SetOut(streams.Out)
 	root.SetErr(streams.ErrOut)
 	root.AddCommand(
+		newConnectCommand(streams),
+		newStatusCommand(streams),
+		newQuitCommand(streams),
+		newHelmCommand(streams),
 		newVersionCommand(streams),
+		newDaemonCommand(streams),
+		newManagerCommand(streams),
+		newKubeauthCommand(streams),
+		newKubeauthPluginCommand(streams),
 	)
 	return root
 }

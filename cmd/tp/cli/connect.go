@@ -1,0 +1,239 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/internal/version"
+	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
+)
+
+// defaultManagerNamespace is where the traffic-manager lives unless told otherwise.
+const defaultManagerNamespace = "tp"
+
+// kubeFlags are kubectl's --kubeconfig, --context, --namespace/-n, ...
+func kubeFlags(cmd *cobra.Command) *genericclioptions.ConfigFlags {
+	f := genericclioptions.NewConfigFlags(true)
+	f.AddFlags(cmd.Flags())
+	return f
+}
+
+// kubeArgs re-creates the kubectl-style flags the user set, for a child process.
+func kubeArgs(fs *pflag.FlagSet) []string {
+	var args []string
+	for _, name := range []string{"kubeconfig", "context", "cluster", "user", "namespace"} {
+		if f := fs.Lookup(name); f != nil && f.Changed {
+			args = append(args, "--"+name+"="+f.Value.String())
+		}
+	}
+	return args
+}
+
+func newConnectCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	var (
+		name, managerNS, logLevel, output string
+		timeout                           time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "connect",
+		Short: "Start the daemon container: containers joined to it reach the cluster by name and IP",
+		Long: `Start the daemon container (named "tp", or "tp-NAME" with --name) and connect it
+to the cluster's traffic-manager, installing the manager when it is missing.
+
+Containers started with --network container:tp (compose: network_mode: container:tp)
+then reach every service and pod of the cluster by DNS name and IP. The host is
+not changed: no root, routes or resolver settings.`,
+		Args: cobra.NoArgs,
+	}
+	kube := kubeFlags(cmd)
+	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name: the daemon container is tp (default) or tp-NAME")
+	cmd.Flags().StringVar(&managerNS, "manager-namespace", defaultManagerNamespace, "namespace of the traffic-manager")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
+	outputFlag(cmd, &output)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		progress := streams.ErrOut
+		if output == "" {
+			progress = streams.Out
+		}
+		start := time.Now()
+		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
+			Name: name, Kube: kube, ManagerNamespace: managerNS,
+			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
+			Timeout: timeout, Progress: progress,
+			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags())),
+		})
+		if err != nil {
+			return err
+		}
+		return printStructured(streams.Out, output, statusView(st), func(w io.Writer) error {
+			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s)\n",
+				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name))
+			fmt.Fprintf(w, "Join it with: docker run --network container:%s ...\n", daemoncontainer.ContainerName(name))
+			printConflicts(w, st)
+			return nil
+		})
+	}
+	return cmd
+}
+
+func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
+	for _, c := range st.GetConflicts() {
+		fmt.Fprintf(w, "Warning: cluster subnet %s overlaps %s on %s in the daemon container; traffic there may not reach the cluster\n",
+			c.GetSubnet(), c.GetConflictsWith(), c.GetInterface())
+	}
+}
+
+func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	var name string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "quit",
+		Short: "End a connection: the daemon leaves the cluster and its container is removed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer docker.Close()
+			names := []string{name}
+			if all {
+				conns, err := daemoncontainer.List(cmd.Context(), docker)
+				if err != nil {
+					return err
+				}
+				names = names[:0]
+				for _, c := range conns {
+					names = append(names, c.Name)
+				}
+			}
+			for _, n := range names {
+				if err := daemoncontainer.Quit(cmd.Context(), docker, n); err != nil {
+					return err
+				}
+				fmt.Fprintf(streams.Out, "Disconnected %s\n", daemoncontainer.ContainerName(n))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name")
+	cmd.Flags().BoolVar(&all, "all", false, "end every connection")
+	return cmd
+}
+
+// statusJSON is the machine-readable status of a connection.
+type statusJSON struct {
+	Name             string   `json:"name"`
+	Container        string   `json:"container"`
+	State            string   `json:"state"`
+	LastError        string   `json:"lastError,omitempty"`
+	Context          string   `json:"context"`
+	Namespace        string   `json:"namespace"`
+	ManagerNamespace string   `json:"managerNamespace"`
+	APIServer        string   `json:"apiServer,omitempty"`
+	DaemonVersion    string   `json:"daemonVersion,omitempty"`
+	ManagerVersion   string   `json:"managerVersion,omitempty"`
+	SessionID        string   `json:"sessionID,omitempty"`
+	ConnectedSince   string   `json:"connectedSince,omitempty"`
+	Reconnects       int32    `json:"reconnects"`
+	RoutedSubnets    []string `json:"routedSubnets,omitempty"`
+	Conflicts        []string `json:"subnetConflicts,omitempty"`
+	DNS              *struct {
+		Listen    string   `json:"listen"`
+		Domain    string   `json:"clusterDomain"`
+		Search    []string `json:"search"`
+		Upstreams []string `json:"upstreams"`
+		Queries   uint64   `json:"queries"`
+		CacheHits uint64   `json:"cacheHits"`
+	} `json:"dns,omitempty"`
+	OpenFlows int64 `json:"openFlows"`
+}
+
+func statusView(st *daemonv1.StatusResponse) statusJSON {
+	v := statusJSON{
+		Name: st.GetName(), Container: daemoncontainer.ContainerName(st.GetName()),
+		State:     strings.ToLower(strings.TrimPrefix(st.GetState().String(), "CONNECTION_STATE_")),
+		LastError: st.GetLastError(), Context: st.GetContext(), Namespace: st.GetNamespace(),
+		ManagerNamespace: st.GetManagerNamespace(), APIServer: st.GetApiServer(),
+		DaemonVersion: st.GetVersion(), ManagerVersion: st.GetManagerVersion(), SessionID: st.GetSessionId(),
+		Reconnects: st.GetReconnects(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
+	}
+	if st.GetConnectedSince() != nil {
+		v.ConnectedSince = st.GetConnectedSince().AsTime().Format(time.RFC3339)
+	}
+	for _, c := range st.GetConflicts() {
+		v.Conflicts = append(v.Conflicts, fmt.Sprintf("%s overlaps %s (%s)", c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
+	}
+	if d := st.GetDns(); d != nil {
+		v.DNS = &struct {
+			Listen    string   `json:"listen"`
+			Domain    string   `json:"clusterDomain"`
+			Search    []string `json:"search"`
+			Upstreams []string `json:"upstreams"`
+			Queries   uint64   `json:"queries"`
+			CacheHits uint64   `json:"cacheHits"`
+		}{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(), d.GetQueries(), d.GetCacheHits()}
+	}
+	return v
+}
+
+func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	var name, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the state of a connection: daemon, context, manager, routed subnets, DNS",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer docker.Close()
+			conn, err := daemoncontainer.Find(cmd.Context(), docker, name)
+			if err != nil {
+				return err
+			}
+			st, err := daemoncontainer.Status(cmd.Context(), docker, conn)
+			if err != nil {
+				return err
+			}
+			v := statusView(st)
+			return printStructured(streams.Out, output, v, func(w io.Writer) error {
+				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
+				fmt.Fprintf(w, "State:             %s\n", v.State)
+				if v.LastError != "" {
+					fmt.Fprintf(w, "Last error:        %s\n", v.LastError)
+				}
+				fmt.Fprintf(w, "Context:           %s (%s)\n", v.Context, v.APIServer)
+				fmt.Fprintf(w, "Namespace:         %s\n", v.Namespace)
+				fmt.Fprintf(w, "Traffic-manager:   namespace %s, version %s\n", v.ManagerNamespace, v.ManagerVersion)
+				fmt.Fprintf(w, "Daemon version:    %s\n", v.DaemonVersion)
+				if v.ConnectedSince != "" {
+					fmt.Fprintf(w, "Connected since:   %s (reconnects: %d)\n", v.ConnectedSince, v.Reconnects)
+				}
+				fmt.Fprintf(w, "Routed subnets:    %s\n", strings.Join(v.RoutedSubnets, ", "))
+				for _, c := range v.Conflicts {
+					fmt.Fprintf(w, "Subnet conflict:   %s\n", c)
+				}
+				if v.DNS != nil {
+					fmt.Fprintf(w, "DNS:               %s, domain %s, search %s, upstreams %s (%d queries, %d cached)\n",
+						v.DNS.Listen, v.DNS.Domain, strings.Join(v.DNS.Search, " "), strings.Join(v.DNS.Upstreams, " "), v.DNS.Queries, v.DNS.CacheHits)
+				}
+				fmt.Fprintf(w, "Open flows:        %d\n", v.OpenFlows)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name")
+	outputFlag(cmd, &output)
+	return cmd
+}

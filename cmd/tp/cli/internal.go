@@ -1,0 +1,164 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/daemon"
+	"github.com/tp-run/tp/daemoncontainer/kubeauth"
+	"github.com/tp-run/tp/internal/version"
+	"github.com/tp-run/tp/manager"
+)
+
+// The hidden commands run tp's other roles from the same binary and image:
+// the daemon (in its container), the traffic-manager (in the cluster) and the
+// helpers they need.
+
+func newLogger(level string, w *os.File) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	cmd := &cobra.Command{Use: "daemon", Short: "Run the daemon (inside its container)", Hidden: true}
+	var cfg daemon.Config
+	var logLevel string
+	run := &cobra.Command{
+		Use:  "run",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg.Log, cfg.Version = log, version.Version
+			return daemon.Run(cmd.Context(), cfg)
+		},
+	}
+	run.Flags().StringVar(&cfg.Connection, "connection", daemoncontainer.DefaultName, "connection name")
+	run.Flags().StringVar(&cfg.Context, "context", "", "kubeconfig context")
+	run.Flags().StringVar(&cfg.Namespace, "namespace", "default", "namespace for short names")
+	run.Flags().StringVar(&cfg.ManagerNamespace, "manager-namespace", defaultManagerNamespace, "traffic-manager namespace")
+	run.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", daemoncontainer.KubeconfigPath, "kubeconfig path")
+	run.Flags().StringVar(&logLevel, "log-level", "info", "log level")
+	proxy := &cobra.Command{
+		Use:  "proxy",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return daemon.Proxy(cmd.Context(), daemoncontainer.DaemonSocket, os.Stdin, streams.Out)
+		},
+	}
+	cmd.AddCommand(run, proxy)
+	return cmd
+}
+
+func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	return &cobra.Command{
+		Use:    "manager",
+		Short:  "Run the traffic-manager (inside the cluster)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(envOr("TP_LOG_LEVEL", "info"), os.Stderr)
+			if err != nil {
+				return err
+			}
+			ttl, err := time.ParseDuration(envOr("TP_SESSION_TTL", "15s"))
+			if err != nil {
+				return fmt.Errorf("TP_SESSION_TTL: %w", err)
+			}
+			rc, err := rest.InClusterConfig()
+			if err != nil {
+				return fmt.Errorf("the traffic-manager runs in a pod: %w", err)
+			}
+			kc, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			m, err := manager.New(manager.Config{
+				Namespace: os.Getenv("TP_NAMESPACE"), SessionTTL: ttl, Version: version.Version, Log: log,
+			}, kc)
+			if err != nil {
+				return err
+			}
+			return m.Run(cmd.Context())
+		},
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func newKubeauthCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	cmd := &cobra.Command{Use: "kubeauth", Short: "Relay exec credential plugins to the daemon container", Hidden: true}
+	var containerName, listen string
+	serve := &cobra.Command{
+		Use:  "serve",
+		Args: cobra.NoArgs,
+	}
+	kube := kubeFlags(serve)
+	serve.Flags().StringVar(&containerName, "container", "tp", "daemon container to serve")
+	serve.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "listen address")
+	serve.RunE = func(cmd *cobra.Command, _ []string) error {
+		raw, err := kube.ToRawKubeConfigLoader().RawConfig()
+		if err != nil {
+			return err
+		}
+		contextName := raw.CurrentContext
+		if kube.Context != nil && *kube.Context != "" {
+			contextName = *kube.Context
+		}
+		docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer docker.Close()
+		log, _ := newLogger("info", os.Stderr)
+		return daemoncontainer.ServeKubeauth(cmd.Context(), docker, daemoncontainer.KubeauthServeOptions{
+			Raw: raw, ContextName: contextName, ContainerName: containerName, Listen: listen,
+			Secret: os.Getenv(daemoncontainer.KubeauthEnvSecret), Log: log,
+			Ready: func(port int) {
+				fmt.Fprintf(streams.Out, "LISTENING %d\n", port)
+				if f, ok := streams.Out.(*os.File); ok {
+					_ = f.Close() // tells `tp connect` we are up; it stops reading
+				}
+			},
+		})
+	}
+	cmd.AddCommand(serve)
+	return cmd
+}
+
+func newKubeauthPluginCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	var url, user string
+	cmd := &cobra.Command{
+		Use:    "kubeauth-plugin",
+		Short:  "Exec credential plugin inside the daemon container: asks the host's relay",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
+			defer cancel()
+			return kubeauth.RunPlugin(ctx, url, user, os.Getenv(daemoncontainer.KubeauthEnvSecret), streams.In, streams.Out, os.Getenv)
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "", "relay URL")
+	cmd.Flags().StringVar(&user, "user", "", "kubeconfig user")
+	return cmd
+}

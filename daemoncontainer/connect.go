@@ -1,0 +1,310 @@
+package daemoncontainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"google.golang.org/grpc"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tp-run/tp/charts"
+	"github.com/tp-run/tp/daemoncontainer/kubeconfig"
+	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
+)
+
+// ConnectOptions configure Connect.
+type ConnectOptions struct {
+	// Name of the connection; the container is ContainerName(Name).
+	Name string
+	// Kube gives the kubeconfig, context and namespace (kubectl-style flags).
+	Kube genericclioptions.RESTClientGetter
+	// ManagerNamespace is where the traffic-manager runs (installed there when missing).
+	ManagerNamespace string
+	// Image of the daemon (tp:<version>), Version of this client.
+	Image, Version string
+	LogLevel       string
+	// Timeout for the whole connect, including a first manager install.
+	Timeout time.Duration
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+	// Kubeauth starts the host relay for exec credential plugins; see
+	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
+	Kubeauth func(ctx context.Context, containerName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
+}
+
+// Connect starts the daemon container for a connection and waits until it is
+// connected to the traffic-manager, installing the manager when it is
+// missing. Connecting an existing, identical connection is a no-op. On
+// failure nothing is left behind.
+func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 3 * time.Minute
+	}
+	if o.Name == "" {
+		o.Name = DefaultName
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+
+	loader := o.Kube.ToRawKubeConfigLoader()
+	raw, err := loader.RawConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	contextName := raw.CurrentContext
+	if cf, ok := o.Kube.(*genericclioptions.ConfigFlags); ok && cf.Context != nil && *cf.Context != "" {
+		contextName = *cf.Context
+	}
+	if contextName == "" {
+		return nil, errors.New("kubeconfig has no current context: pass --context or run `kubectl config use-context`")
+	}
+	if _, ok := raw.Contexts[contextName]; !ok {
+		return nil, fmt.Errorf("context %q not found in the kubeconfig: pick one of `kubectl config get-contexts`", contextName)
+	}
+	namespace, _, err := loader.Namespace()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig namespace: %w", err)
+	}
+
+	docker, err := NewDockerClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer docker.Close()
+	cname := ContainerName(o.Name)
+
+	if existing, err := Find(ctx, docker, o.Name); err == nil {
+		if existing.Running && existing.Context == contextName && existing.Namespace == namespace && existing.ManagerNamespace == o.ManagerNamespace {
+			fmt.Fprintf(o.Progress, "Already connected as %s (context %s, namespace %s)\n", cname, contextName, namespace)
+			return waitConnected(ctx, docker, existing.ContainerID)
+		}
+		if existing.Running {
+			return nil, fmt.Errorf("connection %q already runs for context %s, namespace %s: run `tp quit --name %s` first, or connect with another --name",
+				o.Name, existing.Context, existing.Namespace, o.Name)
+		}
+		fmt.Fprintf(o.Progress, "Removing the stopped daemon container %s\n", cname)
+		if err := remove(ctx, docker, existing.ContainerID); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, ErrNotConnected) {
+		return nil, err
+	}
+
+	if err := checkCluster(ctx, o.Kube, contextName, namespace); err != nil {
+		return nil, err
+	}
+	if err := ensureManager(ctx, o); err != nil {
+		return nil, err
+	}
+
+	kopts := kubeconfig.Options{}
+	var kubeauthPID int
+	if needsExecRelay(raw, contextName) {
+		if o.Kubeauth == nil {
+			return nil, fmt.Errorf("the kubeconfig user of context %s uses an exec credential plugin, which this build cannot relay", contextName)
+		}
+		host, err := relayListenHost(ctx, docker)
+		if err != nil {
+			return nil, err
+		}
+		relay, pid, err := o.Kubeauth(ctx, cname, host)
+		if err != nil {
+			return nil, fmt.Errorf("start the credential relay for the exec plugin: %w", err)
+		}
+		kopts.Kubeauth, kubeauthPID = relay, pid
+	}
+	kopts.PublishedBy = publishedBy(ctx, docker)
+	kc, err := kubeconfig.ForContainer(raw, contextName, kopts)
+	if err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(o.Progress, "Starting daemon container %s (%s)\n", cname, o.Image)
+	conn := Connection{Name: o.Name, ContainerName: cname, Context: contextName, Namespace: namespace,
+		ManagerNamespace: o.ManagerNamespace, Version: o.Version}
+	if kubeauthPID != 0 {
+		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
+	}
+	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
+		Kubeconfig: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel})
+	if err != nil {
+		killKubeauth(conn.KubeauthPID)
+		return nil, err
+	}
+	st, err := waitConnected(ctx, docker, id)
+	if err != nil {
+		logs := logsTail(context.WithoutCancel(ctx), docker, id, 15)
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		_ = remove(rmCtx, docker, id)
+		killKubeauth(conn.KubeauthPID)
+		if logs != "" {
+			return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, logs)
+		}
+		return nil, err
+	}
+	return st, nil
+}
+
+// checkCluster fails early, with what to do, when the cluster is unreachable
+// or the namespace does not exist.
+func checkCluster(ctx context.Context, getter genericclioptions.RESTClientGetter, contextName, namespace string) error {
+	rc, err := getter.ToRESTConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig context %s: %w", contextName, err)
+	}
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	_, err = kc.CoreV1().Namespaces().Get(cctx, namespace, metav1.GetOptions{})
+	switch {
+	case err == nil, apierrors.IsForbidden(err):
+		return nil // a user may lack namespace get and still work in it
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("namespace %q not found in context %s: create it or pass --namespace", namespace, contextName)
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("the cluster of context %s rejected your credentials: log in again: %w", contextName, err)
+	default:
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("cannot reach the cluster of context %s at %s: check that it runs and that you can reach it (VPN?): %w", contextName, rc.Host, err)
+		}
+		return fmt.Errorf("cluster of context %s: %w", contextName, err)
+	}
+}
+
+// ensureManager installs the traffic-manager when it is missing.
+func ensureManager(ctx context.Context, o ConnectOptions) error {
+	rel, err := charts.Installed(ctx, o.Kube, o.ManagerNamespace, charts.DefaultReleaseName)
+	if err == nil {
+		if v := rel.Chart.Metadata.AppVersion; v != o.Version {
+			fmt.Fprintf(o.Progress, "Traffic-manager in namespace %s is version %s, this client is %s (run `tp helm upgrade` to align)\n", o.ManagerNamespace, v, o.Version)
+		}
+		return nil
+	}
+	if !errors.Is(err, charts.ErrNotInstalled) {
+		return fmt.Errorf("check the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
+	}
+	fmt.Fprintf(o.Progress, "Installing the traffic-manager %s in namespace %s\n", o.Version, o.ManagerNamespace)
+	_, err = charts.Install(ctx, o.Kube, charts.Options{Namespace: o.ManagerNamespace, Version: o.Version, Wait: true, Timeout: 2 * time.Minute})
+	if err != nil {
+		return fmt.Errorf("install the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
+	}
+	return nil
+}
+
+// waitConnected polls the daemon until it is connected with its network up,
+// or failed.
+func waitConnected(ctx context.Context, docker client.APIClient, id string) (*daemonv1.StatusResponse, error) {
+	cc, err := DialDaemon(docker, id)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	d := daemonv1.NewDaemonClient(cc)
+	var last *daemonv1.StatusResponse
+	var lastErr error
+	for {
+		st, err := d.Status(ctx, &daemonv1.StatusRequest{}, grpc.WaitForReady(true))
+		if err == nil {
+			last = st
+			switch {
+			case st.GetState() == daemonv1.ConnectionState_CONNECTION_STATE_FAILED:
+				return nil, fmt.Errorf("daemon cannot connect: %s", st.GetLastError())
+			case st.GetState() == daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED && st.GetDns() != nil:
+				return st, nil
+			}
+		} else {
+			lastErr = err
+			if info, ierr := docker.ContainerInspect(ctx, id); ierr == nil && !info.State.Running {
+				return nil, fmt.Errorf("daemon container exited (code %d)", info.State.ExitCode)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil && last.GetLastError() != "" {
+				return nil, fmt.Errorf("daemon not connected in time: %s", last.GetLastError())
+			}
+			if lastErr != nil {
+				return nil, fmt.Errorf("daemon not connected in time: %w", lastErr)
+			}
+			return nil, fmt.Errorf("daemon not connected in time: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Status asks the daemon of a connection for its status.
+func Status(ctx context.Context, docker client.APIClient, conn Connection) (*daemonv1.StatusResponse, error) {
+	if !conn.Running {
+		return nil, fmt.Errorf("daemon container %s is %s: run `tp quit --name %s` and connect again", conn.ContainerName, conn.State, conn.Name)
+	}
+	cc, err := DialDaemon(docker, conn.ContainerID)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := daemonv1.NewDaemonClient(cc).Status(ctx, &daemonv1.StatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("daemon in %s does not answer: %w", conn.ContainerName, err)
+	}
+	return st, nil
+}
+
+// Quit ends a connection: the daemon departs from the manager, and the
+// container and the credential relay are removed.
+func Quit(ctx context.Context, docker client.APIClient, name string) error {
+	conn, err := Find(ctx, docker, name)
+	if err != nil {
+		return err
+	}
+	if conn.Running {
+		if cc, err := DialDaemon(docker, conn.ContainerID); err == nil {
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, _ = daemonv1.NewDaemonClient(cc).Quit(qctx, &daemonv1.QuitRequest{})
+			cancel()
+			cc.Close()
+		}
+	}
+	killKubeauth(conn.KubeauthPID)
+	return remove(ctx, docker, conn.ContainerID)
+}
+
+// relayListenHost is where the credential relay listens so that the daemon
+// container reaches it as host.docker.internal: the bridge gateway on Linux,
+// loopback under Docker Desktop (which forwards host.docker.internal there).
+func relayListenHost(ctx context.Context, docker client.APIClient) (string, error) {
+	if runtime.GOOS != "linux" {
+		return "127.0.0.1", nil
+	}
+	nw, err := docker.NetworkInspect(ctx, "bridge", network.InspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspect Docker's bridge network: %w", err)
+	}
+	for _, c := range nw.IPAM.Config {
+		if ip := net.ParseIP(c.Gateway); ip != nil && ip.To4() != nil {
+			return c.Gateway, nil
+		}
+	}
+	return "", errors.New("docker's bridge network has no IPv4 gateway for the credential relay to listen on")
+}

@@ -1,0 +1,264 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/tp-run/tp/internal/kube"
+	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+// managerSelector finds the traffic-manager's pods.
+const managerSelector = "app=traffic-manager"
+
+// managerPort is the traffic-manager's gRPC port (manager.Port; not imported
+// to keep the daemon independent of the manager's code).
+const managerPort = 8081
+
+// connector owns the connection to the traffic-manager: port-forward, gRPC
+// connection, session and heartbeats, and reconnects when any of them fails.
+type connector struct {
+	cfg  Config
+	rest *rest.Config
+	kube kubernetes.Interface
+	log  *slog.Logger
+
+	// dialer carries flows while connected; nil while not.
+	dialer atomic.Pointer[tunnel.Dialer]
+	// sessions receives every new session (first connect and reconnects).
+	sessions chan *managerv1.SessionInfo
+
+	mu             sync.Mutex
+	state          daemonv1.ConnectionState
+	lastErr        string
+	session        *managerv1.SessionInfo
+	connectedSince time.Time
+	reconnects     int32
+	client         managerv1.ManagerClient
+}
+
+func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
+	return &connector{cfg: cfg, rest: rc, kube: kc, log: log,
+		sessions: make(chan *managerv1.SessionInfo, 1),
+		state:    daemonv1.ConnectionState_CONNECTION_STATE_CONNECTING}
+}
+
+// errPermanent marks failures that retrying will not fix (RBAC, protocol
+// mismatch, bad credentials): the first connect gives up on them.
+var errPermanent = errors.New("permanent")
+
+// run connects and reconnects until ctx ends; then it departs.
+func (c *connector) run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		connected, err := c.connectOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.mu.Lock()
+		everConnected := c.session != nil || c.reconnects > 0
+		c.lastErr = err.Error()
+		if errors.Is(err, errPermanent) && !everConnected {
+			c.state = daemonv1.ConnectionState_CONNECTION_STATE_FAILED
+			c.mu.Unlock()
+			c.log.Error("cannot connect; giving up", "error", err)
+			<-ctx.Done() // stay up so `tp connect` can read why, then be removed
+			return nil
+		}
+		if everConnected {
+			c.state = daemonv1.ConnectionState_CONNECTION_STATE_RECONNECTING
+		}
+		c.mu.Unlock()
+		if connected {
+			backoff = 100 * time.Millisecond
+		}
+		c.log.Warn("connection to traffic-manager lost or failed; retrying", "error", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// connectOnce runs one connection: it returns when the connection fails
+// (connected says whether a session was established) or ctx ends.
+func (c *connector) connectOnce(ctx context.Context) (connected bool, err error) {
+	pod, err := c.managerPod(ctx)
+	if err != nil {
+		return false, err
+	}
+	pf, err := kube.NewPortForwarder(ctx, c.rest, c.cfg.ManagerNamespace, pod)
+	if err != nil {
+		return false, classifyKubeErr(err, c.cfg.ManagerNamespace)
+	}
+	defer pf.Close()
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return pf.DialPort(managerPort) }),
+	}, tunnel.DialOptions()...)
+	cc, err := grpc.NewClient("passthrough:///traffic-manager", opts...)
+	if err != nil {
+		return false, fmt.Errorf("grpc client: %w", err)
+	}
+	defer cc.Close()
+	client := managerv1.NewManagerClient(cc)
+
+	rpcCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := client.Version(rpcCtx, &managerv1.VersionRequest{})
+	if err != nil {
+		return false, fmt.Errorf("traffic-manager pod %s/%s: version: %w", c.cfg.ManagerNamespace, pod, classifyKubeErr(err, c.cfg.ManagerNamespace))
+	}
+	if v.GetProtocolVersion() != tunnel.ProtocolVersion {
+		return false, fmt.Errorf("%w: traffic-manager %s speaks protocol %d, this tp %s speaks %d: run `tp helm upgrade` to install the manager of this version",
+			errPermanent, v.GetVersion(), v.GetProtocolVersion(), c.cfg.Version, tunnel.ProtocolVersion)
+	}
+	host, _ := os.Hostname()
+	sess, err := client.ArriveAsClient(rpcCtx, &managerv1.ClientInfo{
+		Name: c.cfg.Connection, Namespace: c.cfg.Namespace, Host: host, User: os.Getenv("TP_USER"),
+		Version: c.cfg.Version, ProtocolVersion: tunnel.ProtocolVersion,
+	})
+	if err != nil {
+		if status.Code(err) == codes.FailedPrecondition {
+			return false, fmt.Errorf("%w: %s", errPermanent, status.Convert(err).Message())
+		}
+		return false, fmt.Errorf("arrive at traffic-manager: %w", err)
+	}
+	log := c.log.With("session", sess.GetSessionId(), "managerPod", pod)
+	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))
+	defer c.dialer.Store(nil)
+	c.mu.Lock()
+	if c.session != nil {
+		c.reconnects++
+	}
+	c.session, c.client = sess, client
+	c.state = daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED
+	c.lastErr = ""
+	c.connectedSince = time.Now()
+	c.mu.Unlock()
+	log.Info("connected to traffic-manager", "managerVersion", sess.GetManagerVersion(),
+		"podCIDRs", sess.GetCluster().GetPodCidrs(), "serviceCIDRs", sess.GetCluster().GetServiceCidrs())
+	select {
+	case c.sessions <- sess:
+	default: // the network is set up once; later sessions only replace the dialer
+	}
+
+	defer func() { // leave nicely when we are the ones ending the session
+		if ctx.Err() != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_, _ = client.Depart(dctx, &managerv1.SessionRef{SessionId: sess.GetSessionId()})
+			log.Info("departed from traffic-manager")
+		}
+	}()
+	return true, c.heartbeat(ctx, client, sess, pf.Done())
+}
+
+// heartbeat keeps the session alive until it fails or ctx ends.
+func (c *connector) heartbeat(ctx context.Context, client managerv1.ManagerClient, sess *managerv1.SessionInfo, pfDone <-chan bool) error {
+	interval := c.cfg.Heartbeat
+	if interval <= 0 {
+		interval = max(sess.GetTtl().AsDuration()/3, 500*time.Millisecond)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-pfDone:
+			return errors.New("port-forward to the traffic-manager closed (manager pod gone or API server unreachable)")
+		case <-tick.C:
+			rctx, cancel := context.WithTimeout(ctx, interval)
+			_, err := client.Remain(rctx, &managerv1.SessionRef{SessionId: sess.GetSessionId()})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("heartbeat: %w", err)
+			}
+		}
+	}
+}
+
+// managerPod returns the name of a ready traffic-manager pod.
+func (c *connector) managerPod(ctx context.Context) (string, error) {
+	pods, err := c.kube.CoreV1().Pods(c.cfg.ManagerNamespace).List(ctx, metav1.ListOptions{LabelSelector: managerSelector})
+	if err != nil {
+		return "", classifyKubeErr(err, c.cfg.ManagerNamespace)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && podReady(&p) {
+			return p.Name, nil
+		}
+	}
+	return "", fmt.Errorf("no ready traffic-manager pod in namespace %s (%d found): is it installed? run `tp helm install`", c.cfg.ManagerNamespace, len(pods.Items))
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// classifyKubeErr marks API errors retrying cannot fix and says what to do.
+func classifyKubeErr(err error, namespace string) error {
+	switch {
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("%w: %v: your user may not list or port-forward to pods in namespace %s; ask for RBAC on pods (get, list) and pods/portforward (create)", errPermanent, err, namespace)
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("%w: %v: the cluster rejected the kubeconfig's credentials; refresh them (e.g. log in again) and reconnect", errPermanent, err)
+	}
+	return err
+}
+
+// dial opens a flow through the tunnel, or fails like an unreachable network
+// while disconnected.
+func (c *connector) dial(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+	d := c.dialer.Load()
+	if d == nil {
+		return nil, fmt.Errorf("not connected to the traffic-manager: %w", syscall.EHOSTUNREACH)
+	}
+	return d.Dial(ctx, network, dst)
+}
+
+// status fills the connection part of the daemon's status.
+func (c *connector) status(s *daemonv1.StatusResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.State = c.state
+	s.LastError = c.lastErr
+	s.Reconnects = c.reconnects
+	if c.session != nil {
+		s.SessionId = c.session.GetSessionId()
+		s.ManagerVersion = c.session.GetManagerVersion()
+	}
+	if !c.connectedSince.IsZero() && c.state == daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED {
+		s.ConnectedSince = timestamppb.New(c.connectedSince)
+	}
+}

@@ -1,0 +1,311 @@
+//go:build linux
+
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/dns"
+	"github.com/tp-run/tp/daemoncontainer/netstack"
+	"github.com/tp-run/tp/daemoncontainer/tun"
+	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+)
+
+// Run runs the daemon until ctx ends or a client calls Quit.
+func Run(ctx context.Context, cfg Config) error {
+	cfg = withDefaults(cfg)
+	log := cfg.Log.With("connection", cfg.Connection)
+	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig},
+		&clientcmd.ConfigOverrides{CurrentContext: cfg.Context})
+	rc, err := loader.ClientConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	rc.QPS, rc.Burst = 50, 100
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ctx, quit := context.WithCancel(ctx)
+	defer quit()
+	d := &daemon{cfg: cfg, conn: newConnector(cfg, rc, kc, log), quit: quit, apiServer: rc.Host}
+	log.Info("daemon starting", "context", cfg.Context, "namespace", cfg.Namespace,
+		"managerNamespace", cfg.ManagerNamespace, "apiServer", rc.Host, "version", cfg.Version)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.serveAPI(ctx) })
+	g.Go(func() error { return d.conn.run(ctx) })
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case sess := <-d.conn.sessions:
+			return d.runNetwork(ctx, sess.GetCluster())
+		}
+	})
+	err = g.Wait()
+	log.Info("daemon stopped", "error", err)
+	return err
+}
+
+func withDefaults(cfg Config) Config {
+	if cfg.Socket == "" {
+		cfg.Socket = daemoncontainer.DaemonSocket
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
+	}
+	if cfg.TUNName == "" {
+		cfg.TUNName = "tp0"
+	}
+	if cfg.DNSAddr == "" {
+		cfg.DNSAddr = "127.0.0.1:53"
+	}
+	return cfg
+}
+
+type daemon struct {
+	daemonv1.UnimplementedDaemonServer
+	cfg       Config
+	conn      *connector
+	quit      context.CancelFunc
+	apiServer string
+
+	mu        sync.Mutex
+	routes    []netip.Prefix
+	conflicts []tun.Conflict
+	stack     *netstack.Stack
+	dns       *dns.Server
+	dnsInfo   *daemonv1.DNSStatus
+}
+
+// runNetwork routes the cluster's subnets into the TUN device, runs the
+// netstack and the DNS server, and points the namespace's resolver at it.
+func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo) error {
+	log := d.cfg.Log.With("connection", d.cfg.Connection)
+	var routes []netip.Prefix
+	for _, s := range append(cluster.GetPodCidrs(), cluster.GetServiceCidrs()...) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("manager sent a bad CIDR %q: %w", s, err)
+		}
+		routes = append(routes, p)
+	}
+	conflicts, err := tun.Conflicts(routes)
+	if err != nil {
+		return fmt.Errorf("check subnet conflicts: %w", err)
+	}
+	for _, c := range conflicts {
+		log.Warn("cluster subnet overlaps a network of the daemon container; traffic to the overlap may not reach the cluster",
+			"conflict", c.String())
+	}
+	dev, err := tun.Open(d.cfg.TUNName, netstack.DefaultMTU, routes)
+	if err != nil {
+		return fmt.Errorf("TUN device: %w", err)
+	}
+	defer dev.Close()
+	st, err := netstack.New(netstack.Config{
+		Device: dev, MTU: netstack.DefaultMTU,
+		Dialer: netstack.DialerFunc(d.conn.dial), Logger: log.With("component", "netstack"),
+	})
+	if err != nil {
+		return err
+	}
+
+	orig, err := readResolvConf(d.cfg.ResolvConf)
+	if err != nil {
+		return err
+	}
+	dnsIP, err := netip.ParseAddr(cluster.GetDnsIp())
+	if err != nil {
+		return fmt.Errorf("manager sent a bad DNS address %q: %w", cluster.GetDnsIp(), err)
+	}
+	domain := cluster.GetClusterDomain()
+	srv, err := dns.NewServer(dns.Config{
+		ListenAddr: d.cfg.DNSAddr, ClusterDomain: domain, ClusterPrefixes: routes,
+		Cluster:   dns.ExchangerFunc(func(ctx context.Context, m *mdns.Msg) (*mdns.Msg, error) { return d.exchangeCluster(ctx, netip.AddrPortFrom(dnsIP, 53), m) }),
+		Upstreams: orig.Upstreams(), SearchDomains: orig.Search, Logger: log.With("component", "dns"),
+	})
+	if err != nil {
+		return err
+	}
+	listen := netip.MustParseAddrPort(d.cfg.DNSAddr)
+	rendered := dns.RenderResolvConf(orig, listen.Addr(), d.cfg.Namespace, domain)
+
+	d.mu.Lock()
+	d.routes, d.conflicts, d.stack, d.dns = routes, conflicts, st, srv
+	d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
+		Search: searchOf(rendered), Upstreams: orig.Upstreams()}
+	d.mu.Unlock()
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return st.Run(ctx) })
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-srv.Ready():
+		}
+		if err := os.WriteFile(d.cfg.ResolvConf, rendered, 0o644); err != nil {
+			return fmt.Errorf("point %s at the cluster DNS: %w", d.cfg.ResolvConf, err)
+		}
+		log.Info("network ready", "routes", routes, "dns", d.cfg.DNSAddr, "clusterDNS", dnsIP, "domain", domain)
+		return nil
+	})
+	return g.Wait()
+}
+
+func readResolvConf(path string) (dns.ResolvConf, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return dns.ResolvConf{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	return dns.ParseResolvConf(f)
+}
+
+func searchOf(resolvConf []byte) []string {
+	rc, err := dns.ParseResolvConf(bytes.NewReader(resolvConf))
+	if err != nil {
+		return nil
+	}
+	return rc.Search
+}
+
+// exchangeCluster sends one DNS query to the cluster DNS through the tunnel:
+// UDP first, TCP when the answer is truncated.
+func (d *daemon) exchangeCluster(ctx context.Context, server netip.AddrPort, m *mdns.Msg) (*mdns.Msg, error) {
+	wire, err := m.Pack()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := d.conn.dial(ctx, "udp", server)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	if _, err := conn.Write(wire); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		resp := new(mdns.Msg)
+		if err := resp.Unpack(buf[:n]); err != nil || resp.Id != m.Id {
+			continue // not ours; keep waiting until ctx ends
+		}
+		if !resp.Truncated {
+			return resp, nil
+		}
+		return d.exchangeClusterTCP(ctx, server, m)
+	}
+}
+
+func (d *daemon) exchangeClusterTCP(ctx context.Context, server netip.AddrPort, m *mdns.Msg) (*mdns.Msg, error) {
+	conn, err := d.conn.dial(ctx, "tcp", server)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	co := &mdns.Conn{Conn: conn}
+	if err := co.WriteMsg(m); err != nil {
+		return nil, err
+	}
+	return co.ReadMsg()
+}
+
+// serveAPI serves the CLI's API on the unix socket until ctx ends.
+func (d *daemon) serveAPI(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(d.cfg.Socket), 0o700); err != nil {
+		return fmt.Errorf("daemon API: %w", err)
+	}
+	_ = os.Remove(d.cfg.Socket)
+	lis, err := net.Listen("unix", d.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("daemon API: listen %s: %w", d.cfg.Socket, err)
+	}
+	if err := os.Chmod(d.cfg.Socket, 0o600); err != nil {
+		return fmt.Errorf("daemon API: %w", err)
+	}
+	srv := grpc.NewServer()
+	daemonv1.RegisterDaemonServer(srv, d)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(lis) })
+	g.Go(func() error {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			srv.Stop()
+			<-stopped
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+// Status implements daemonv1.DaemonServer.
+func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.StatusResponse, error) {
+	s := &daemonv1.StatusResponse{
+		Name: d.cfg.Connection, Version: d.cfg.Version, Context: d.cfg.Context,
+		Namespace: d.cfg.Namespace, ManagerNamespace: d.cfg.ManagerNamespace, ApiServer: d.apiServer,
+	}
+	d.conn.status(s)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.routes {
+		s.RoutedSubnets = append(s.RoutedSubnets, r.String())
+	}
+	for _, c := range d.conflicts {
+		s.Conflicts = append(s.Conflicts, &daemonv1.SubnetConflict{Subnet: c.Route.String(), ConflictsWith: c.With.String(), Interface: c.Interface})
+	}
+	if d.dnsInfo != nil {
+		info := *d.dnsInfo
+		st := d.dns.Stats()
+		info.Queries, info.CacheHits = st.Queries, st.CacheHits
+		s.Dns = &info
+	}
+	if d.stack != nil {
+		st := d.stack.Stats()
+		s.OpenFlows = st.TCPOpen + st.UDPOpen
+	}
+	return s, nil
+}
+
+// Quit implements daemonv1.DaemonServer: depart and stop.
+func (d *daemon) Quit(context.Context, *daemonv1.QuitRequest) (*daemonv1.QuitResponse, error) {
+	d.cfg.Log.Info("quit requested by the CLI", "connection", d.cfg.Connection)
+	d.quit()
+	return &daemonv1.QuitResponse{}, nil
+}

@@ -1,0 +1,39 @@
+// Package daemon is the process inside the daemon container (`tp daemon run`).
+// It connects to the traffic-manager through the Kubernetes API's
+// port-forward, opens a session and keeps it alive, routes the cluster's
+// subnets into a TUN device whose flows the netstack carries through the
+// tunnel, serves cluster DNS to every container joined to its network
+// namespace, and serves the CLI's API on a unix socket (see
+// daemoncontainer.DaemonSocket). It reconnects by itself when the
+// port-forward or the manager goes away.
+package daemon
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config configures the daemon.
+type Config struct {
+	// Connection is the connection's name (the container is named after it).
+	Connection string
+	// Context and Namespace of the kubeconfig; short names resolve in Namespace.
+	Context   string
+	Namespace string
+	// ManagerNamespace is where the traffic-manager runs.
+	ManagerNamespace string
+	// Kubeconfig is the path of the kubeconfig handed in by the CLI.
+	Kubeconfig string
+	Version    string
+	// Socket is the API's unix socket; default daemoncontainer.DaemonSocket.
+	Socket string
+	// ResolvConf is rewritten to point at the daemon's DNS; default /etc/resolv.conf.
+	ResolvConf string
+	// TUN device name; default "tp0".
+	TUNName string
+	// DNSAddr is where the DNS server listens; default 127.0.0.1:53.
+	DNSAddr string
+	// Heartbeat overrides the session heartbeat interval (default TTL/3).
+	Heartbeat time.Duration
+	Log       *slog.Logger
+}
