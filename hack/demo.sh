@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# tp's main job on the embedded default, from a fresh machine: a local cluster,
+# the example app, a connection, and a container joined to it that reaches the
+# example by name while the host stays untouched. Run through `make demo`
+# (which builds tp and the images and brings up the cluster first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KUBECONFIG=${KUBECONFIG:-/var/lib/tp-cluster/kubeconfig}
+TP=${TP:-bin/tp}
+# The test bed builds kubectl with the cluster; use it so nothing else is needed.
+kubectl() { "${KUBECTL:-.cache/cluster/bin/kubectl}" "$@"; }
+NS=${DEMO_NAMESPACE:-demo}
+TAG=$(bin/tp version -o json | sed -n 's/.*"client": "\(.*\)".*/\1/p' | tr -c 'A-Za-z0-9_.\n-' '-')
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Loading images into the cluster"
+hack/cluster/load.sh "tp:$TAG" tp-echo:dev tp-probe:dev
+
+step "Deploying the example app (examples/echo) in namespace $NS"
+kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS"
+kubectl -n "$NS" apply -f examples/echo/k8s/echo.yaml
+kubectl -n "$NS" rollout status deployment/echo --timeout=120s
+
+step "A plain container cannot reach the cluster (as on a laptop)"
+if docker run --rm tp-probe:dev http -timeout 3s "http://echo.$NS/" >/dev/null 2>&1; then
+  echo "unexpected: a plain container reached the cluster" >&2; exit 1
+fi
+echo "ok: no route from Docker's network to the cluster"
+
+step "tp connect -n $NS"
+$TP quit >/dev/null 2>&1 || true
+$TP connect -n "$NS"
+$TP status
+
+step "A container joined to tp reaches the example by name"
+docker run --rm --network container:tp tp-echo:dev get "http://echo/hello"
+docker run --rm --network container:tp tp-echo:dev get "http://echo.$NS.svc.cluster.local/hello"
+
+if $TP intercept --help >/dev/null 2>&1; then
+  step "tp intercept echo: the cluster's requests are answered by a local container"
+  $TP intercept echo -n "$NS" --port 8080:80 --docker-run -- -d --name tp-demo-local -e ECHO_COPY=local tp-echo:dev serve
+  kubectl -n "$NS" run demo-client --rm -i --restart=Never --image=tp-probe:dev --image-pull-policy=Never -- http "http://echo.$NS/hello"
+  $TP leave echo -n "$NS"
+fi
+
+step "Done. Disconnect with: $TP quit"
