@@ -22,8 +22,11 @@ const (
 
 // Exchanger sends one DNS query and returns the answer. The daemon implements
 // it over the tunnel to the cluster DNS service. Exchange must return when ctx
-// is done. The server never modifies the query after passing it and does not
-// retain the answer's ownership assumptions: it copies before changing it.
+// is done (every call carries the server's forward deadline). The query is the
+// exchanger's once passed; the answer must not be modified after it is
+// returned, since the server caches it and shares its records between replies.
+// An exchanger should answer over TCP or retry on truncation: truncated
+// answers are relayed with the TC bit and never cached.
 type Exchanger interface {
 	Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error)
 }
@@ -125,7 +128,7 @@ func (c Config) validate() (config, error) {
 		if err != nil {
 			return invalid("upstream %q is not an ip:port: %v", u, err)
 		}
-		if out.listen.Port() != 0 && ap.Addr().Unmap() == out.listen.Addr().Unmap() && ap.Port() == out.listen.Port() {
+		if loops(out.listen, ap) {
 			return invalid("upstream %s is this server's own address; it would forward to itself (pass the resolvers of the original resolv.conf)", u)
 		}
 		out.upstreams = append(out.upstreams, ap.String())
@@ -163,4 +166,14 @@ func (c Config) validate() (config, error) {
 		out.timeout = c.Timeout
 	}
 	return out, nil
+}
+
+// loops reports whether forwarding to upstream would reach a server
+// listening on listen.
+func loops(listen, upstream netip.AddrPort) bool {
+	if listen.Port() == 0 || upstream.Port() != listen.Port() {
+		return false
+	}
+	l, u := listen.Addr().Unmap(), upstream.Addr().Unmap()
+	return l == u || (l.IsUnspecified() && (u.IsLoopback() || u.IsUnspecified()))
 }

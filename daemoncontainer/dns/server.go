@@ -191,6 +191,9 @@ func serve(ctx context.Context, srv *dns.Server, network string) error {
 
 	select {
 	case err := <-done:
+		if err == nil {
+			err = errors.New("stopped unexpectedly")
+		}
 		return fmt.Errorf("dns: serve %s: %w", network, err)
 	case <-ctx.Done():
 	}

@@ -654,6 +654,7 @@ func TestNewServerValidates(t *testing.T) {
 		{"invalid prefix", Config{Cluster: ok, ClusterPrefixes: []netip.Prefix{{}}}},
 		{"upstream without port", Config{Cluster: ok, Upstreams: []string{"8.8.8.8"}}},
 		{"upstream is the server", Config{Cluster: ok, ListenAddr: "127.0.0.1:53", Upstreams: []string{"127.0.0.1:53"}}},
+		{"upstream is the server on all addresses", Config{Cluster: ok, ListenAddr: "0.0.0.0:53", Upstreams: []string{"127.0.0.1:53"}}},
 		{"bad search domain", Config{Cluster: ok, SearchDomains: []string{"a..b"}}},
 		{"negative timeout", Config{Cluster: ok, Timeout: -time.Second}},
 	}
