@@ -294,6 +294,9 @@ func (res *Result) user(name string, u *clientcmdapi.AuthInfo, opts Options) err
 			return fmt.Errorf("%w: the user authenticates with the exec plugin %q, which must run on the host, and no kubeauth relay was given",
 				ErrExecPlugin, u.Exec.Command)
 		}
+		if opts.Kubeauth.URL == "" || opts.Kubeauth.Secret == "" {
+			return fmt.Errorf("%w: the kubeauth relay for the exec plugin %q needs a URL and a secret", ErrExecPlugin, u.Exec.Command)
+		}
 		if err := kubeauth.CheckAPIVersion(u.Exec.APIVersion); err != nil {
 			return fmt.Errorf("%w: %w", ErrExecPlugin, err)
 		}

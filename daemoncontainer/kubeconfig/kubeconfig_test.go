@@ -356,6 +356,9 @@ func TestForContainerErrors(t *testing.T) {
 		{name: "exec without relay", raw: func() clientcmdapi.Config {
 			return withUser(&clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{Command: "aws", APIVersion: "client.authentication.k8s.io/v1"}})
 		}, wantErr: kubeconfig.ErrExecPlugin, wantText: []string{`user "u"`, `"aws"`}},
+		{name: "exec with an incomplete relay", raw: func() clientcmdapi.Config {
+			return withUser(&clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{Command: "aws", APIVersion: "client.authentication.k8s.io/v1"}})
+		}, opts: kubeconfig.Options{Kubeauth: &kubeconfig.KubeauthRelay{URL: "http://x"}}, wantErr: kubeconfig.ErrExecPlugin, wantText: []string{"secret"}},
 		{name: "exec v1alpha1", raw: func() clientcmdapi.Config {
 			return withUser(&clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{Command: "aws", APIVersion: "client.authentication.k8s.io/v1alpha1"}})
 		}, opts: relay, wantErr: kubeconfig.ErrExecPlugin, wantText: []string{`user "u"`, "v1alpha1"}},
