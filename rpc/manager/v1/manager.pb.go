@@ -26,6 +26,1053 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type InterceptState int32
+
+const (
+	InterceptState_INTERCEPT_STATE_UNSPECIFIED InterceptState = 0
+	// waiting for the agent (first injection, rollout).
+	InterceptState_INTERCEPT_STATE_WAITING InterceptState = 1
+	InterceptState_INTERCEPT_STATE_ACTIVE  InterceptState = 2
+)
+
+// Enum value maps for InterceptState.
+var (
+	InterceptState_name = map[int32]string{
+		0: "INTERCEPT_STATE_UNSPECIFIED",
+		1: "INTERCEPT_STATE_WAITING",
+		2: "INTERCEPT_STATE_ACTIVE",
+	}
+	InterceptState_value = map[string]int32{
+		"INTERCEPT_STATE_UNSPECIFIED": 0,
+		"INTERCEPT_STATE_WAITING":     1,
+		"INTERCEPT_STATE_ACTIVE":      2,
+	}
+)
+
+func (x InterceptState) Enum() *InterceptState {
+	p := new(InterceptState)
+	*p = x
+	return p
+}
+
+func (x InterceptState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InterceptState) Descriptor() protoreflect.EnumDescriptor {
+	return file_rpc_manager_v1_manager_proto_enumTypes[0].Descriptor()
+}
+
+func (InterceptState) Type() protoreflect.EnumType {
+	return &file_rpc_manager_v1_manager_proto_enumTypes[0]
+}
+
+func (x InterceptState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InterceptState.Descriptor instead.
+func (InterceptState) EnumDescriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{0}
+}
+
+// InterceptSpec is what a client asks for.
+type InterceptSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the intercept; defaults to the workload's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// workload (Deployment, StatefulSet or ReplicaSet) and its namespace.
+	Workload  string `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// service and container, when the workload has several.
+	Service   string `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
+	Container string `protobuf:"bytes,5,opt,name=container,proto3" json:"container,omitempty"`
+	// service_port: the service port's name or number; empty when the service
+	// has only one port.
+	ServicePort string `protobuf:"bytes,6,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
+	// local_port in the client's network namespace that receives the traffic.
+	LocalPort int32 `protobuf:"varint,7,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	// headers a request must carry (all of them) to reach the client; empty
+	// for a global intercept.
+	Headers map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// path_prefix a request's path must start with (personal intercepts).
+	PathPrefix    string `protobuf:"bytes,9,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptSpec) Reset() {
+	*x = InterceptSpec{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptSpec) ProtoMessage() {}
+
+func (x *InterceptSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptSpec.ProtoReflect.Descriptor instead.
+func (*InterceptSpec) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *InterceptSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetServicePort() string {
+	if x != nil {
+		return x.ServicePort
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetLocalPort() int32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *InterceptSpec) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *InterceptSpec) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+type InterceptInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Spec          *InterceptSpec         `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	SessionId     string                 `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Owner         *ClientInfo            `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	OwnerLastSeen *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=owner_last_seen,json=ownerLastSeen,proto3" json:"owner_last_seen,omitempty"`
+	State         InterceptState         `protobuf:"varint,6,opt,name=state,proto3,enum=tp.manager.v1.InterceptState" json:"state,omitempty"`
+	// the resolved service port and the container port behind it.
+	ServiceName     string `protobuf:"bytes,7,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	ServicePortName string `protobuf:"bytes,8,opt,name=service_port_name,json=servicePortName,proto3" json:"service_port_name,omitempty"`
+	ServicePort     int32  `protobuf:"varint,9,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
+	ContainerPort   int32  `protobuf:"varint,10,opt,name=container_port,json=containerPort,proto3" json:"container_port,omitempty"`
+	// the environment of the intercepted container, as the agent sees it.
+	Environment map[string]string `protobuf:"bytes,11,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// a pod of the workload (the one whose environment is reported).
+	PodName       string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodIp         string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptInfo) Reset() {
+	*x = InterceptInfo{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptInfo) ProtoMessage() {}
+
+func (x *InterceptInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptInfo.ProtoReflect.Descriptor instead.
+func (*InterceptInfo) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InterceptInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InterceptInfo) GetSpec() *InterceptSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *InterceptInfo) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *InterceptInfo) GetOwner() *ClientInfo {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *InterceptInfo) GetOwnerLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OwnerLastSeen
+	}
+	return nil
+}
+
+func (x *InterceptInfo) GetState() InterceptState {
+	if x != nil {
+		return x.State
+	}
+	return InterceptState_INTERCEPT_STATE_UNSPECIFIED
+}
+
+func (x *InterceptInfo) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *InterceptInfo) GetServicePortName() string {
+	if x != nil {
+		return x.ServicePortName
+	}
+	return ""
+}
+
+func (x *InterceptInfo) GetServicePort() int32 {
+	if x != nil {
+		return x.ServicePort
+	}
+	return 0
+}
+
+func (x *InterceptInfo) GetContainerPort() int32 {
+	if x != nil {
+		return x.ContainerPort
+	}
+	return 0
+}
+
+func (x *InterceptInfo) GetEnvironment() map[string]string {
+	if x != nil {
+		return x.Environment
+	}
+	return nil
+}
+
+func (x *InterceptInfo) GetPodName() string {
+	if x != nil {
+		return x.PodName
+	}
+	return ""
+}
+
+func (x *InterceptInfo) GetPodIp() string {
+	if x != nil {
+		return x.PodIp
+	}
+	return ""
+}
+
+type CreateInterceptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Spec          *InterceptSpec         `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateInterceptRequest) Reset() {
+	*x = CreateInterceptRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateInterceptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateInterceptRequest) ProtoMessage() {}
+
+func (x *CreateInterceptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateInterceptRequest.ProtoReflect.Descriptor instead.
+func (*CreateInterceptRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateInterceptRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *CreateInterceptRequest) GetSpec() *InterceptSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type RemoveInterceptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace     string                 `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveInterceptRequest) Reset() {
+	*x = RemoveInterceptRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveInterceptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveInterceptRequest) ProtoMessage() {}
+
+func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveInterceptRequest.ProtoReflect.Descriptor instead.
+func (*RemoveInterceptRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RemoveInterceptRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *RemoveInterceptRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoveInterceptRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type RemoveInterceptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveInterceptResponse) Reset() {
+	*x = RemoveInterceptResponse{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveInterceptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveInterceptResponse) ProtoMessage() {}
+
+func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveInterceptResponse.ProtoReflect.Descriptor instead.
+func (*RemoveInterceptResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{4}
+}
+
+type ListWorkloadsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsRequest) Reset() {
+	*x = ListWorkloadsRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsRequest) ProtoMessage() {}
+
+func (x *ListWorkloadsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListWorkloadsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type WorkloadInfo struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Deployment, StatefulSet or ReplicaSet.
+	Kind           string   `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Services       []string `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	AgentInstalled bool     `protobuf:"varint,5,opt,name=agent_installed,json=agentInstalled,proto3" json:"agent_installed,omitempty"`
+	// opted out with the annotation tp.run/inject: "false".
+	OptedOut      bool             `protobuf:"varint,6,opt,name=opted_out,json=optedOut,proto3" json:"opted_out,omitempty"`
+	Intercepts    []*InterceptInfo `protobuf:"bytes,7,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadInfo) Reset() {
+	*x = WorkloadInfo{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadInfo) ProtoMessage() {}
+
+func (x *WorkloadInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadInfo.ProtoReflect.Descriptor instead.
+func (*WorkloadInfo) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WorkloadInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadInfo) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WorkloadInfo) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *WorkloadInfo) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *WorkloadInfo) GetAgentInstalled() bool {
+	if x != nil {
+		return x.AgentInstalled
+	}
+	return false
+}
+
+func (x *WorkloadInfo) GetOptedOut() bool {
+	if x != nil {
+		return x.OptedOut
+	}
+	return false
+}
+
+func (x *WorkloadInfo) GetIntercepts() []*InterceptInfo {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
+}
+
+type ListWorkloadsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workloads     []*WorkloadInfo        `protobuf:"bytes,1,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsResponse) Reset() {
+	*x = ListWorkloadsResponse{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsResponse) ProtoMessage() {}
+
+func (x *ListWorkloadsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListWorkloadsResponse) GetWorkloads() []*WorkloadInfo {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+type UninstallAgentsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// workloads to restore; empty with all=true for every workload (in
+	// namespace, or in every namespace when namespace is empty).
+	Workloads     []string `protobuf:"bytes,2,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	All           bool     `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UninstallAgentsRequest) Reset() {
+	*x = UninstallAgentsRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UninstallAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UninstallAgentsRequest) ProtoMessage() {}
+
+func (x *UninstallAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UninstallAgentsRequest.ProtoReflect.Descriptor instead.
+func (*UninstallAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UninstallAgentsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UninstallAgentsRequest) GetWorkloads() []string {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+func (x *UninstallAgentsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type UninstallAgentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Restored      []string               `protobuf:"bytes,1,rep,name=restored,proto3" json:"restored,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UninstallAgentsResponse) Reset() {
+	*x = UninstallAgentsResponse{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UninstallAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UninstallAgentsResponse) ProtoMessage() {}
+
+func (x *UninstallAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UninstallAgentsResponse.ProtoReflect.Descriptor instead.
+func (*UninstallAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UninstallAgentsResponse) GetRestored() []string {
+	if x != nil {
+		return x.Restored
+	}
+	return nil
+}
+
+type DialRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PairingId   string                 `protobuf:"bytes,1,opt,name=pairing_id,json=pairingId,proto3" json:"pairing_id,omitempty"`
+	InterceptId string                 `protobuf:"bytes,2,opt,name=intercept_id,json=interceptId,proto3" json:"intercept_id,omitempty"`
+	// the local port to dial in the client's network namespace.
+	LocalPort int32 `protobuf:"varint,3,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	// the original client of the connection in the cluster, for logs.
+	Source        string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DialRequest) Reset() {
+	*x = DialRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialRequest) ProtoMessage() {}
+
+func (x *DialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialRequest.ProtoReflect.Descriptor instead.
+func (*DialRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DialRequest) GetPairingId() string {
+	if x != nil {
+		return x.PairingId
+	}
+	return ""
+}
+
+func (x *DialRequest) GetInterceptId() string {
+	if x != nil {
+		return x.InterceptId
+	}
+	return ""
+}
+
+func (x *DialRequest) GetLocalPort() int32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *DialRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// AgentPort is one port the agent has taken over.
+type AgentPort struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	ContainerPortName string                 `protobuf:"bytes,1,opt,name=container_port_name,json=containerPortName,proto3" json:"container_port_name,omitempty"`
+	ContainerPort     int32                  `protobuf:"varint,2,opt,name=container_port,json=containerPort,proto3" json:"container_port,omitempty"`
+	// the port the agent listens on for it.
+	AgentPort     int32  `protobuf:"varint,3,opt,name=agent_port,json=agentPort,proto3" json:"agent_port,omitempty"`
+	Protocol      string `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentPort) Reset() {
+	*x = AgentPort{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentPort) ProtoMessage() {}
+
+func (x *AgentPort) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentPort.ProtoReflect.Descriptor instead.
+func (*AgentPort) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AgentPort) GetContainerPortName() string {
+	if x != nil {
+		return x.ContainerPortName
+	}
+	return ""
+}
+
+func (x *AgentPort) GetContainerPort() int32 {
+	if x != nil {
+		return x.ContainerPort
+	}
+	return 0
+}
+
+func (x *AgentPort) GetAgentPort() int32 {
+	if x != nil {
+		return x.AgentPort
+	}
+	return 0
+}
+
+func (x *AgentPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+type AgentInfo struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Workload        string                 `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	Namespace       string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Kind            string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	PodName         string                 `protobuf:"bytes,4,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodIp           string                 `protobuf:"bytes,5,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	Container       string                 `protobuf:"bytes,6,opt,name=container,proto3" json:"container,omitempty"`
+	Environment     map[string]string      `protobuf:"bytes,7,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Ports           []*AgentPort           `protobuf:"bytes,8,rep,name=ports,proto3" json:"ports,omitempty"`
+	Version         string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	ProtocolVersion int32                  `protobuf:"varint,10,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AgentInfo) Reset() {
+	*x = AgentInfo{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentInfo) ProtoMessage() {}
+
+func (x *AgentInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
+func (*AgentInfo) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AgentInfo) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetPodName() string {
+	if x != nil {
+		return x.PodName
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetPodIp() string {
+	if x != nil {
+		return x.PodIp
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetEnvironment() map[string]string {
+	if x != nil {
+		return x.Environment
+	}
+	return nil
+}
+
+func (x *AgentInfo) GetPorts() []*AgentPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *AgentInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *AgentInfo) GetProtocolVersion() int32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+type InterceptSnapshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intercepts    []*InterceptInfo       `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptSnapshot) Reset() {
+	*x = InterceptSnapshot{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptSnapshot) ProtoMessage() {}
+
+func (x *InterceptSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptSnapshot.ProtoReflect.Descriptor instead.
+func (*InterceptSnapshot) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *InterceptSnapshot) GetIntercepts() []*InterceptInfo {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
+}
+
 type VersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -34,7 +1081,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[0]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +1093,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[0]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +1106,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{0}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{14}
 }
 
 type VersionResponse struct {
@@ -72,7 +1119,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[1]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -84,7 +1131,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[1]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -97,7 +1144,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{1}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -131,7 +1178,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -143,7 +1190,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -156,7 +1203,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{2}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -215,7 +1262,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +1274,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +1287,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{3}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClusterInfo) GetPodCidrs() []string {
@@ -283,7 +1330,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +1342,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +1355,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{4}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -348,7 +1395,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +1407,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +1420,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{5}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -391,7 +1438,7 @@ type RemainResponse struct {
 
 func (x *RemainResponse) Reset() {
 	*x = RemainResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +1450,7 @@ func (x *RemainResponse) String() string {
 func (*RemainResponse) ProtoMessage() {}
 
 func (x *RemainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +1463,7 @@ func (x *RemainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemainResponse.ProtoReflect.Descriptor instead.
 func (*RemainResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{6}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
 }
 
 type DepartResponse struct {
@@ -427,7 +1474,7 @@ type DepartResponse struct {
 
 func (x *DepartResponse) Reset() {
 	*x = DepartResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +1486,7 @@ func (x *DepartResponse) String() string {
 func (*DepartResponse) ProtoMessage() {}
 
 func (x *DepartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +1499,7 @@ func (x *DepartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepartResponse.ProtoReflect.Descriptor instead.
 func (*DepartResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{7}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
 }
 
 type ListSessionsRequest struct {
@@ -463,7 +1510,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +1522,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +1535,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{8}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
 }
 
 type Session struct {
@@ -504,7 +1551,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +1563,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +1576,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{9}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Session) GetSessionId() string {
@@ -576,7 +1623,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +1635,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +1648,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{10}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -615,7 +1662,103 @@ var File_rpc_manager_v1_manager_proto protoreflect.FileDescriptor
 
 const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\n" +
-	"\x1crpc/manager/v1/manager.proto\x12\rtp.manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n" +
+	"\x1crpc/manager/v1/manager.proto\x12\rtp.manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x02\n" +
+	"\rInterceptSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x04 \x01(\tR\aservice\x12\x1c\n" +
+	"\tcontainer\x18\x05 \x01(\tR\tcontainer\x12!\n" +
+	"\fservice_port\x18\x06 \x01(\tR\vservicePort\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\a \x01(\x05R\tlocalPort\x12C\n" +
+	"\aheaders\x18\b \x03(\v2).tp.manager.v1.InterceptSpec.HeadersEntryR\aheaders\x12\x1f\n" +
+	"\vpath_prefix\x18\t \x01(\tR\n" +
+	"pathPrefix\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x04\n" +
+	"\rInterceptInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x03 \x01(\tR\tsessionId\x12/\n" +
+	"\x05owner\x18\x04 \x01(\v2\x19.tp.manager.v1.ClientInfoR\x05owner\x12B\n" +
+	"\x0fowner_last_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rownerLastSeen\x123\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1d.tp.manager.v1.InterceptStateR\x05state\x12!\n" +
+	"\fservice_name\x18\a \x01(\tR\vserviceName\x12*\n" +
+	"\x11service_port_name\x18\b \x01(\tR\x0fservicePortName\x12!\n" +
+	"\fservice_port\x18\t \x01(\x05R\vservicePort\x12%\n" +
+	"\x0econtainer_port\x18\n" +
+	" \x01(\x05R\rcontainerPort\x12O\n" +
+	"\venvironment\x18\v \x03(\v2-.tp.manager.v1.InterceptInfo.EnvironmentEntryR\venvironment\x12\x19\n" +
+	"\bpod_name\x18\f \x01(\tR\apodName\x12\x15\n" +
+	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x1a>\n" +
+	"\x10EnvironmentEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\x16CreateInterceptRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\"i\n" +
+	"\x16RemoveInterceptRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"\x19\n" +
+	"\x17RemoveInterceptResponse\"4\n" +
+	"\x14ListWorkloadsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\xf4\x01\n" +
+	"\fWorkloadInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x1a\n" +
+	"\bservices\x18\x04 \x03(\tR\bservices\x12'\n" +
+	"\x0fagent_installed\x18\x05 \x01(\bR\x0eagentInstalled\x12\x1b\n" +
+	"\topted_out\x18\x06 \x01(\bR\boptedOut\x12<\n" +
+	"\n" +
+	"intercepts\x18\a \x03(\v2\x1c.tp.manager.v1.InterceptInfoR\n" +
+	"intercepts\"R\n" +
+	"\x15ListWorkloadsResponse\x129\n" +
+	"\tworkloads\x18\x01 \x03(\v2\x1b.tp.manager.v1.WorkloadInfoR\tworkloads\"f\n" +
+	"\x16UninstallAgentsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1c\n" +
+	"\tworkloads\x18\x02 \x03(\tR\tworkloads\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"5\n" +
+	"\x17UninstallAgentsResponse\x12\x1a\n" +
+	"\brestored\x18\x01 \x03(\tR\brestored\"\x86\x01\n" +
+	"\vDialRequest\x12\x1d\n" +
+	"\n" +
+	"pairing_id\x18\x01 \x01(\tR\tpairingId\x12!\n" +
+	"\fintercept_id\x18\x02 \x01(\tR\vinterceptId\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x03 \x01(\x05R\tlocalPort\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\"\x9d\x01\n" +
+	"\tAgentPort\x12.\n" +
+	"\x13container_port_name\x18\x01 \x01(\tR\x11containerPortName\x12%\n" +
+	"\x0econtainer_port\x18\x02 \x01(\x05R\rcontainerPort\x12\x1d\n" +
+	"\n" +
+	"agent_port\x18\x03 \x01(\x05R\tagentPort\x12\x1a\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xab\x03\n" +
+	"\tAgentInfo\x12\x1a\n" +
+	"\bworkload\x18\x01 \x01(\tR\bworkload\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
+	"\bpod_name\x18\x04 \x01(\tR\apodName\x12\x15\n" +
+	"\x06pod_ip\x18\x05 \x01(\tR\x05podIp\x12\x1c\n" +
+	"\tcontainer\x18\x06 \x01(\tR\tcontainer\x12K\n" +
+	"\venvironment\x18\a \x03(\v2).tp.manager.v1.AgentInfo.EnvironmentEntryR\venvironment\x12.\n" +
+	"\x05ports\x18\b \x03(\v2\x18.tp.manager.v1.AgentPortR\x05ports\x12\x18\n" +
+	"\aversion\x18\t \x01(\tR\aversion\x12)\n" +
+	"\x10protocol_version\x18\n" +
+	" \x01(\x05R\x0fprotocolVersion\x1a>\n" +
+	"\x10EnvironmentEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
+	"\x11InterceptSnapshot\x12<\n" +
+	"\n" +
+	"intercepts\x18\x01 \x03(\v2\x1c.tp.manager.v1.InterceptInfoR\n" +
+	"intercepts\"\x10\n" +
 	"\x0eVersionRequest\"V\n" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
@@ -655,13 +1798,25 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\n" +
 	"open_flows\x18\x05 \x01(\x03R\topenFlows\"J\n" +
 	"\x14ListSessionsResponse\x122\n" +
-	"\bsessions\x18\x01 \x03(\v2\x16.tp.manager.v1.SessionR\bsessions2\xfd\x02\n" +
+	"\bsessions\x18\x01 \x03(\v2\x16.tp.manager.v1.SessionR\bsessions*j\n" +
+	"\x0eInterceptState\x12\x1f\n" +
+	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xd5\a\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
 	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
 	"\x06Remain\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.RemainResponse\x12B\n" +
 	"\x06Depart\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.DepartResponse\x12W\n" +
-	"\fListSessions\x12\".tp.manager.v1.ListSessionsRequest\x1a#.tp.manager.v1.ListSessionsResponseB/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
+	"\fListSessions\x12\".tp.manager.v1.ListSessionsRequest\x1a#.tp.manager.v1.ListSessionsResponse\x12V\n" +
+	"\x0fCreateIntercept\x12%.tp.manager.v1.CreateInterceptRequest\x1a\x1c.tp.manager.v1.InterceptInfo\x12`\n" +
+	"\x0fRemoveIntercept\x12%.tp.manager.v1.RemoveInterceptRequest\x1a&.tp.manager.v1.RemoveInterceptResponse\x12Z\n" +
+	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
+	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponse\x12E\n" +
+	"\n" +
+	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12E\n" +
+	"\rArriveAsAgent\x12\x18.tp.manager.v1.AgentInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
+	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01B/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
 
 var (
 	file_rpc_manager_v1_manager_proto_rawDescOnce sync.Once
@@ -675,44 +1830,89 @@ func file_rpc_manager_v1_manager_proto_rawDescGZIP() []byte {
 	return file_rpc_manager_v1_manager_proto_rawDescData
 }
 
-var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_rpc_manager_v1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_rpc_manager_v1_manager_proto_goTypes = []any{
-	(*VersionRequest)(nil),        // 0: tp.manager.v1.VersionRequest
-	(*VersionResponse)(nil),       // 1: tp.manager.v1.VersionResponse
-	(*ClientInfo)(nil),            // 2: tp.manager.v1.ClientInfo
-	(*ClusterInfo)(nil),           // 3: tp.manager.v1.ClusterInfo
-	(*SessionInfo)(nil),           // 4: tp.manager.v1.SessionInfo
-	(*SessionRef)(nil),            // 5: tp.manager.v1.SessionRef
-	(*RemainResponse)(nil),        // 6: tp.manager.v1.RemainResponse
-	(*DepartResponse)(nil),        // 7: tp.manager.v1.DepartResponse
-	(*ListSessionsRequest)(nil),   // 8: tp.manager.v1.ListSessionsRequest
-	(*Session)(nil),               // 9: tp.manager.v1.Session
-	(*ListSessionsResponse)(nil),  // 10: tp.manager.v1.ListSessionsResponse
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(InterceptState)(0),             // 0: tp.manager.v1.InterceptState
+	(*InterceptSpec)(nil),           // 1: tp.manager.v1.InterceptSpec
+	(*InterceptInfo)(nil),           // 2: tp.manager.v1.InterceptInfo
+	(*CreateInterceptRequest)(nil),  // 3: tp.manager.v1.CreateInterceptRequest
+	(*RemoveInterceptRequest)(nil),  // 4: tp.manager.v1.RemoveInterceptRequest
+	(*RemoveInterceptResponse)(nil), // 5: tp.manager.v1.RemoveInterceptResponse
+	(*ListWorkloadsRequest)(nil),    // 6: tp.manager.v1.ListWorkloadsRequest
+	(*WorkloadInfo)(nil),            // 7: tp.manager.v1.WorkloadInfo
+	(*ListWorkloadsResponse)(nil),   // 8: tp.manager.v1.ListWorkloadsResponse
+	(*UninstallAgentsRequest)(nil),  // 9: tp.manager.v1.UninstallAgentsRequest
+	(*UninstallAgentsResponse)(nil), // 10: tp.manager.v1.UninstallAgentsResponse
+	(*DialRequest)(nil),             // 11: tp.manager.v1.DialRequest
+	(*AgentPort)(nil),               // 12: tp.manager.v1.AgentPort
+	(*AgentInfo)(nil),               // 13: tp.manager.v1.AgentInfo
+	(*InterceptSnapshot)(nil),       // 14: tp.manager.v1.InterceptSnapshot
+	(*VersionRequest)(nil),          // 15: tp.manager.v1.VersionRequest
+	(*VersionResponse)(nil),         // 16: tp.manager.v1.VersionResponse
+	(*ClientInfo)(nil),              // 17: tp.manager.v1.ClientInfo
+	(*ClusterInfo)(nil),             // 18: tp.manager.v1.ClusterInfo
+	(*SessionInfo)(nil),             // 19: tp.manager.v1.SessionInfo
+	(*SessionRef)(nil),              // 20: tp.manager.v1.SessionRef
+	(*RemainResponse)(nil),          // 21: tp.manager.v1.RemainResponse
+	(*DepartResponse)(nil),          // 22: tp.manager.v1.DepartResponse
+	(*ListSessionsRequest)(nil),     // 23: tp.manager.v1.ListSessionsRequest
+	(*Session)(nil),                 // 24: tp.manager.v1.Session
+	(*ListSessionsResponse)(nil),    // 25: tp.manager.v1.ListSessionsResponse
+	nil,                             // 26: tp.manager.v1.InterceptSpec.HeadersEntry
+	nil,                             // 27: tp.manager.v1.InterceptInfo.EnvironmentEntry
+	nil,                             // 28: tp.manager.v1.AgentInfo.EnvironmentEntry
+	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
 }
 var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
-	3,  // 0: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
-	11, // 1: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
-	2,  // 2: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
-	12, // 3: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
-	12, // 4: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
-	9,  // 5: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
-	0,  // 6: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
-	2,  // 7: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
-	5,  // 8: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
-	5,  // 9: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
-	8,  // 10: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
-	1,  // 11: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	4,  // 12: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	6,  // 13: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	7,  // 14: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	10, // 15: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	26, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
+	1,  // 1: tp.manager.v1.InterceptInfo.spec:type_name -> tp.manager.v1.InterceptSpec
+	17, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
+	29, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
+	0,  // 4: tp.manager.v1.InterceptInfo.state:type_name -> tp.manager.v1.InterceptState
+	27, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
+	1,  // 6: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
+	2,  // 7: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
+	7,  // 8: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
+	28, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
+	12, // 10: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
+	2,  // 11: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
+	18, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
+	30, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
+	17, // 14: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
+	29, // 15: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
+	29, // 16: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 17: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
+	15, // 18: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
+	17, // 19: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
+	20, // 20: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
+	20, // 21: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
+	23, // 22: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
+	3,  // 23: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
+	4,  // 24: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	6,  // 25: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	9,  // 26: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	20, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
+	13, // 28: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	20, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	16, // 30: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	19, // 31: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	21, // 32: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	22, // 33: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	25, // 34: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 35: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 36: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 37: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 38: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 39: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	19, // 40: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 41: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	30, // [30:42] is the sub-list for method output_type
+	18, // [18:30] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_rpc_manager_v1_manager_proto_init() }
@@ -725,13 +1925,14 @@ func file_rpc_manager_v1_manager_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_manager_v1_manager_proto_rawDesc), len(file_rpc_manager_v1_manager_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_rpc_manager_v1_manager_proto_goTypes,
 		DependencyIndexes: file_rpc_manager_v1_manager_proto_depIdxs,
+		EnumInfos:         file_rpc_manager_v1_manager_proto_enumTypes,
 		MessageInfos:      file_rpc_manager_v1_manager_proto_msgTypes,
 	}.Build()
 	File_rpc_manager_v1_manager_proto = out.File

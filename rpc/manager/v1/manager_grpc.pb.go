@@ -22,11 +22,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Manager_Version_FullMethodName        = "/tp.manager.v1.Manager/Version"
-	Manager_ArriveAsClient_FullMethodName = "/tp.manager.v1.Manager/ArriveAsClient"
-	Manager_Remain_FullMethodName         = "/tp.manager.v1.Manager/Remain"
-	Manager_Depart_FullMethodName         = "/tp.manager.v1.Manager/Depart"
-	Manager_ListSessions_FullMethodName   = "/tp.manager.v1.Manager/ListSessions"
+	Manager_Version_FullMethodName         = "/tp.manager.v1.Manager/Version"
+	Manager_ArriveAsClient_FullMethodName  = "/tp.manager.v1.Manager/ArriveAsClient"
+	Manager_Remain_FullMethodName          = "/tp.manager.v1.Manager/Remain"
+	Manager_Depart_FullMethodName          = "/tp.manager.v1.Manager/Depart"
+	Manager_ListSessions_FullMethodName    = "/tp.manager.v1.Manager/ListSessions"
+	Manager_CreateIntercept_FullMethodName = "/tp.manager.v1.Manager/CreateIntercept"
+	Manager_RemoveIntercept_FullMethodName = "/tp.manager.v1.Manager/RemoveIntercept"
+	Manager_ListWorkloads_FullMethodName   = "/tp.manager.v1.Manager/ListWorkloads"
+	Manager_UninstallAgents_FullMethodName = "/tp.manager.v1.Manager/UninstallAgents"
+	Manager_WatchDials_FullMethodName      = "/tp.manager.v1.Manager/WatchDials"
+	Manager_ArriveAsAgent_FullMethodName   = "/tp.manager.v1.Manager/ArriveAsAgent"
+	Manager_WatchIntercepts_FullMethodName = "/tp.manager.v1.Manager/WatchIntercepts"
 )
 
 // ManagerClient is the client API for Manager service.
@@ -45,6 +52,31 @@ type ManagerClient interface {
 	Depart(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (*DepartResponse, error)
 	// ListSessions lists the live sessions (for tp status, tp list and tests).
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
+	// CreateIntercept installs the traffic-agent in the workload's pods when it
+	// is missing, waits for it, and starts routing the port's traffic (all of
+	// it, or the requests matching the headers) to the client. A global
+	// intercept of a port that someone else intercepts fails with
+	// ALREADY_EXISTS naming the owner.
+	CreateIntercept(ctx context.Context, in *CreateInterceptRequest, opts ...grpc.CallOption) (*InterceptInfo, error)
+	// RemoveIntercept ends an intercept of the session; traffic returns to the app.
+	RemoveIntercept(ctx context.Context, in *RemoveInterceptRequest, opts ...grpc.CallOption) (*RemoveInterceptResponse, error)
+	// ListWorkloads lists the interceptable workloads of a namespace with their
+	// agents and intercepts.
+	ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error)
+	// UninstallAgents removes the traffic-agent from workloads, restoring their
+	// pod templates exactly (and ending their intercepts).
+	UninstallAgents(ctx context.Context, in *UninstallAgentsRequest, opts ...grpc.CallOption) (*UninstallAgentsResponse, error)
+	// WatchDials streams the intercepted connections the client must accept:
+	// for each, the client dials its local target and opens a Tunnel.Stream
+	// whose Open carries the request's pairing_id; the manager splices it to
+	// the agent's flow.
+	WatchDials(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DialRequest], error)
+	// ArriveAsAgent registers a traffic-agent (one per pod) and its pod's
+	// environment. Agents keep their session alive with Remain.
+	ArriveAsAgent(ctx context.Context, in *AgentInfo, opts ...grpc.CallOption) (*SessionInfo, error)
+	// WatchIntercepts streams the intercepts of the agent's workload, as a full
+	// snapshot on every change.
+	WatchIntercepts(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSnapshot], error)
 }
 
 type managerClient struct {
@@ -105,6 +137,94 @@ func (c *managerClient) ListSessions(ctx context.Context, in *ListSessionsReques
 	return out, nil
 }
 
+func (c *managerClient) CreateIntercept(ctx context.Context, in *CreateInterceptRequest, opts ...grpc.CallOption) (*InterceptInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InterceptInfo)
+	err := c.cc.Invoke(ctx, Manager_CreateIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) RemoveIntercept(ctx context.Context, in *RemoveInterceptRequest, opts ...grpc.CallOption) (*RemoveInterceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveInterceptResponse)
+	err := c.cc.Invoke(ctx, Manager_RemoveIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkloadsResponse)
+	err := c.cc.Invoke(ctx, Manager_ListWorkloads_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) UninstallAgents(ctx context.Context, in *UninstallAgentsRequest, opts ...grpc.CallOption) (*UninstallAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UninstallAgentsResponse)
+	err := c.cc.Invoke(ctx, Manager_UninstallAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) WatchDials(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DialRequest], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[0], Manager_WatchDials_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRef, DialRequest]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchDialsClient = grpc.ServerStreamingClient[DialRequest]
+
+func (c *managerClient) ArriveAsAgent(ctx context.Context, in *AgentInfo, opts ...grpc.CallOption) (*SessionInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SessionInfo)
+	err := c.cc.Invoke(ctx, Manager_ArriveAsAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) WatchIntercepts(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSnapshot], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[1], Manager_WatchIntercepts_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRef, InterceptSnapshot]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchInterceptsClient = grpc.ServerStreamingClient[InterceptSnapshot]
+
 // ManagerServer is the server API for Manager service.
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
@@ -121,6 +241,31 @@ type ManagerServer interface {
 	Depart(context.Context, *SessionRef) (*DepartResponse, error)
 	// ListSessions lists the live sessions (for tp status, tp list and tests).
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
+	// CreateIntercept installs the traffic-agent in the workload's pods when it
+	// is missing, waits for it, and starts routing the port's traffic (all of
+	// it, or the requests matching the headers) to the client. A global
+	// intercept of a port that someone else intercepts fails with
+	// ALREADY_EXISTS naming the owner.
+	CreateIntercept(context.Context, *CreateInterceptRequest) (*InterceptInfo, error)
+	// RemoveIntercept ends an intercept of the session; traffic returns to the app.
+	RemoveIntercept(context.Context, *RemoveInterceptRequest) (*RemoveInterceptResponse, error)
+	// ListWorkloads lists the interceptable workloads of a namespace with their
+	// agents and intercepts.
+	ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error)
+	// UninstallAgents removes the traffic-agent from workloads, restoring their
+	// pod templates exactly (and ending their intercepts).
+	UninstallAgents(context.Context, *UninstallAgentsRequest) (*UninstallAgentsResponse, error)
+	// WatchDials streams the intercepted connections the client must accept:
+	// for each, the client dials its local target and opens a Tunnel.Stream
+	// whose Open carries the request's pairing_id; the manager splices it to
+	// the agent's flow.
+	WatchDials(*SessionRef, grpc.ServerStreamingServer[DialRequest]) error
+	// ArriveAsAgent registers a traffic-agent (one per pod) and its pod's
+	// environment. Agents keep their session alive with Remain.
+	ArriveAsAgent(context.Context, *AgentInfo) (*SessionInfo, error)
+	// WatchIntercepts streams the intercepts of the agent's workload, as a full
+	// snapshot on every change.
+	WatchIntercepts(*SessionRef, grpc.ServerStreamingServer[InterceptSnapshot]) error
 	mustEmbedUnimplementedManagerServer()
 }
 
@@ -145,6 +290,27 @@ func (UnimplementedManagerServer) Depart(context.Context, *SessionRef) (*DepartR
 }
 func (UnimplementedManagerServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
+}
+func (UnimplementedManagerServer) CreateIntercept(context.Context, *CreateInterceptRequest) (*InterceptInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateIntercept not implemented")
+}
+func (UnimplementedManagerServer) RemoveIntercept(context.Context, *RemoveInterceptRequest) (*RemoveInterceptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveIntercept not implemented")
+}
+func (UnimplementedManagerServer) ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkloads not implemented")
+}
+func (UnimplementedManagerServer) UninstallAgents(context.Context, *UninstallAgentsRequest) (*UninstallAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UninstallAgents not implemented")
+}
+func (UnimplementedManagerServer) WatchDials(*SessionRef, grpc.ServerStreamingServer[DialRequest]) error {
+	return status.Error(codes.Unimplemented, "method WatchDials not implemented")
+}
+func (UnimplementedManagerServer) ArriveAsAgent(context.Context, *AgentInfo) (*SessionInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method ArriveAsAgent not implemented")
+}
+func (UnimplementedManagerServer) WatchIntercepts(*SessionRef, grpc.ServerStreamingServer[InterceptSnapshot]) error {
+	return status.Error(codes.Unimplemented, "method WatchIntercepts not implemented")
 }
 func (UnimplementedManagerServer) mustEmbedUnimplementedManagerServer() {}
 func (UnimplementedManagerServer) testEmbeddedByValue()                 {}
@@ -257,6 +423,118 @@ func _Manager_ListSessions_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Manager_CreateIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateInterceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).CreateIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_CreateIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).CreateIntercept(ctx, req.(*CreateInterceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_RemoveIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveInterceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).RemoveIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_RemoveIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).RemoveIntercept(ctx, req.(*RemoveInterceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_ListWorkloads_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkloadsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).ListWorkloads(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_ListWorkloads_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).ListWorkloads(ctx, req.(*ListWorkloadsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_UninstallAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UninstallAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).UninstallAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_UninstallAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).UninstallAgents(ctx, req.(*UninstallAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_WatchDials_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SessionRef)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ManagerServer).WatchDials(m, &grpc.GenericServerStream[SessionRef, DialRequest]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchDialsServer = grpc.ServerStreamingServer[DialRequest]
+
+func _Manager_ArriveAsAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AgentInfo)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).ArriveAsAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_ArriveAsAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).ArriveAsAgent(ctx, req.(*AgentInfo))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_WatchIntercepts_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SessionRef)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ManagerServer).WatchIntercepts(m, &grpc.GenericServerStream[SessionRef, InterceptSnapshot]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchInterceptsServer = grpc.ServerStreamingServer[InterceptSnapshot]
+
 // Manager_ServiceDesc is the grpc.ServiceDesc for Manager service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -284,7 +562,38 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListSessions",
 			Handler:    _Manager_ListSessions_Handler,
 		},
+		{
+			MethodName: "CreateIntercept",
+			Handler:    _Manager_CreateIntercept_Handler,
+		},
+		{
+			MethodName: "RemoveIntercept",
+			Handler:    _Manager_RemoveIntercept_Handler,
+		},
+		{
+			MethodName: "ListWorkloads",
+			Handler:    _Manager_ListWorkloads_Handler,
+		},
+		{
+			MethodName: "UninstallAgents",
+			Handler:    _Manager_UninstallAgents_Handler,
+		},
+		{
+			MethodName: "ArriveAsAgent",
+			Handler:    _Manager_ArriveAsAgent_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchDials",
+			Handler:       _Manager_WatchDials_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchIntercepts",
+			Handler:       _Manager_WatchIntercepts_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "rpc/manager/v1/manager.proto",
 }
