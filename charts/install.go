@@ -54,8 +54,9 @@ type Options struct {
 	// makes the image tag default to it.
 	Version string
 	// ReuseValues makes Upgrade start from the values the installed release
-	// was given and merge Values over them (helm's --reset-then-reuse-values);
-	// otherwise Upgrade uses only Values, like helm upgrade.
+	// was given and merge Values over them (helm's --reset-then-reuse-values:
+	// the new chart's defaults still apply). Otherwise Upgrade uses only
+	// Values, even when it is empty (helm's --reset-values).
 	ReuseValues bool
 	// Wait for the Deployment to be ready (Install, Upgrade) or the objects
 	// to be deleted (Uninstall), at most Timeout.
@@ -176,6 +177,9 @@ func newClient(getter genericclioptions.RESTClientGetter, opts Options) (*client
 }
 
 func (c *client) install(ctx context.Context) (*release.Release, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	last, err := c.last()
 	switch {
 	case err == nil:
@@ -201,9 +205,11 @@ func (c *client) installMissing(ctx context.Context) (*release.Release, error) {
 	inst.Namespace = c.opts.Namespace
 	inst.ReleaseName = c.opts.ReleaseName
 	inst.Wait = c.opts.Wait
-	inst.Timeout = c.opts.Timeout
 	inst.Description = "tp helm install " + ch.Metadata.AppVersion
-	rel, err := inst.RunWithContext(ctx, ch, c.opts.Values)
+	if inst.Timeout, err = c.timeout(ctx); err != nil {
+		return nil, err
+	}
+	rel, err := inst.Run(ch, c.opts.Values) // see timeout about ctx
 	if err != nil {
 		return nil, fmt.Errorf("install traffic-manager %s in namespace %s: %w; fix the cause and run `tp helm upgrade --namespace %s`",
 			ch.Metadata.AppVersion, c.opts.Namespace, err, c.opts.Namespace)
@@ -212,6 +218,9 @@ func (c *client) installMissing(ctx context.Context) (*release.Release, error) {
 }
 
 func (c *client) upgrade(ctx context.Context) (*release.Release, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	last, err := c.last()
 	if errors.Is(err, ErrNotInstalled) {
 		c.opts.Log("release %s not found in namespace %s; installing it", c.opts.ReleaseName, c.opts.Namespace)
@@ -231,11 +240,16 @@ func (c *client) upgrade(ctx context.Context) (*release.Release, error) {
 	up := action.NewUpgrade(c.cfg)
 	up.Namespace = c.opts.Namespace
 	up.Wait = c.opts.Wait
-	up.Timeout = c.opts.Timeout
+	// Unlike helm upgrade, without ReuseValues the previous values go even
+	// when Values is empty.
 	up.ResetThenReuseValues = c.opts.ReuseValues
+	up.ResetValues = !c.opts.ReuseValues
 	up.MaxHistory = maxHistory
 	up.Description = "tp helm upgrade to " + ch.Metadata.AppVersion
-	rel, err := up.RunWithContext(ctx, c.opts.ReleaseName, ch, c.opts.Values)
+	if up.Timeout, err = c.timeout(ctx); err != nil {
+		return nil, err
+	}
+	rel, err := up.Run(c.opts.ReleaseName, ch, c.opts.Values) // see timeout about ctx
 	if err != nil {
 		return nil, fmt.Errorf("upgrade traffic-manager in namespace %s from %s to %s: %w; fix the cause and run `tp helm upgrade --namespace %s` again",
 			c.opts.Namespace, appVersion(last), ch.Metadata.AppVersion, err, c.opts.Namespace)
@@ -252,13 +266,38 @@ func (c *client) uninstall(ctx context.Context) error {
 	}
 	un := action.NewUninstall(c.cfg)
 	un.Wait = c.opts.Wait
-	un.Timeout = c.opts.Timeout
 	un.Description = "tp helm uninstall"
-	// The Helm SDK's uninstall takes no context.
+	var err error
+	if un.Timeout, err = c.timeout(ctx); err != nil {
+		return err
+	}
 	if _, err := un.Run(c.opts.ReleaseName); err != nil {
 		return fmt.Errorf("uninstall traffic-manager from namespace %s: %w", c.opts.Namespace, err)
 	}
 	return nil
+}
+
+// timeout returns how long a Helm action may wait: Options.Timeout, cut to
+// ctx's deadline. It fails if ctx is done.
+//
+// Helm actions run to completion without ctx: Install/Upgrade.RunWithContext
+// leave the action running in a goroutine when ctx ends and race with it
+// while marking the release failed (helm/helm#12086), and Uninstall takes no
+// context. So ctx is checked before an action starts and its deadline bounds
+// the action's waiting.
+func (c *client) timeout(ctx context.Context) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	timeout := c.opts.Timeout
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return 0, context.DeadlineExceeded
+		}
+		timeout = min(timeout, left)
+	}
+	return timeout, nil
 }
 
 // last returns the latest revision of the release, or ErrNotInstalled.
