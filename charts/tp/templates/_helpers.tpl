@@ -82,6 +82,10 @@ or in a Role per managed namespace when rbac.namespaced is true.
 - apiGroups: [""]
   resources: ["pods", "services", "endpoints", "configmaps", "secrets"]
   verbs: ["get", "list", "watch"]
+# Intercepting a bare ReplicaSet recreates its pods one at a time.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
