@@ -5,7 +5,7 @@
 # netcheck programs. Each group is rebuilt only when its inputs change (a stamp
 # file holds their hash); the Go build cache makes a rebuild incremental.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 mkdir -p "$TP_BIN"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false

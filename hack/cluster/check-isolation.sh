@@ -9,7 +9,7 @@
 #   - a pod reaches another pod, services by IP and by DNS name.
 # Exits non-zero with a message naming every failed check.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_root
 [ -f "$TP_KUBECONFIG" ] || die "no $TP_KUBECONFIG: run hack/cluster/up.sh first"

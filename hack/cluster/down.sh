@@ -5,7 +5,7 @@
 # the CNI plugins' CNI-*) and /var/lib/tp-cluster. Docker, its networks and
 # rules stay as they are; so does the build cache in .cache/cluster.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
 require_root

@@ -5,7 +5,7 @@
 #
 #   hack/cluster/load.sh IMAGE...
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_root
 [ "$#" -gt 0 ] || die "usage: $0 IMAGE..."
