@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
@@ -211,8 +212,7 @@ func (c *client) installMissing(ctx context.Context) (*release.Release, error) {
 	}
 	rel, err := inst.Run(ch, c.opts.Values) // see timeout about ctx
 	if err != nil {
-		return nil, fmt.Errorf("install traffic-manager %s in namespace %s: %w; fix the cause and run `tp helm upgrade --namespace %s`",
-			ch.Metadata.AppVersion, c.opts.Namespace, err, c.opts.Namespace)
+		return nil, c.actionError(fmt.Sprintf("install traffic-manager %s in namespace %s", ch.Metadata.AppVersion, c.opts.Namespace), err, inst.Timeout)
 	}
 	return rel, nil
 }
@@ -251,8 +251,7 @@ func (c *client) upgrade(ctx context.Context) (*release.Release, error) {
 	}
 	rel, err := up.Run(c.opts.ReleaseName, ch, c.opts.Values) // see timeout about ctx
 	if err != nil {
-		return nil, fmt.Errorf("upgrade traffic-manager in namespace %s from %s to %s: %w; fix the cause and run `tp helm upgrade --namespace %s` again",
-			c.opts.Namespace, appVersion(last), ch.Metadata.AppVersion, err, c.opts.Namespace)
+		return nil, c.actionError(fmt.Sprintf("upgrade traffic-manager in namespace %s from %s to %s", c.opts.Namespace, appVersion(last), ch.Metadata.AppVersion), err, up.Timeout)
 	}
 	return rel, nil
 }
@@ -272,10 +271,39 @@ func (c *client) uninstall(ctx context.Context) error {
 		return err
 	}
 	if _, err := un.Run(c.opts.ReleaseName); err != nil {
-		return fmt.Errorf("uninstall traffic-manager from namespace %s: %w", c.opts.Namespace, err)
+		return &actionError{
+			action: "uninstall traffic-manager from namespace " + c.opts.Namespace,
+			err:    err,
+			hint:   fmt.Sprintf("fix the cause and run `tp helm uninstall --namespace %s` again", c.opts.Namespace),
+		}
 	}
 	return nil
 }
+
+// actionError reports a failed install or upgrade with what to do next.
+func (c *client) actionError(action string, err error, timeout time.Duration) error {
+	hint := fmt.Sprintf("fix the cause and run `tp helm upgrade --namespace %s`", c.opts.Namespace)
+	if c.opts.Wait && errors.Is(err, context.DeadlineExceeded) {
+		hint = fmt.Sprintf("the traffic-manager was not ready within %v; see `kubectl --namespace %s describe pods -l app=traffic-manager`, then %s",
+			timeout.Round(time.Second), c.opts.Namespace, hint)
+	}
+	return &actionError{action: action, err: err, hint: hint}
+}
+
+// actionError is a failed Helm action. Its message puts Helm's error, which
+// may span lines, on one line.
+type actionError struct {
+	action string // what failed
+	err    error  // Helm's error
+	hint   string // what to do
+}
+
+func (e *actionError) Error() string {
+	msg := strings.Join(strings.Fields(e.err.Error()), " ")
+	return e.action + ": " + msg + "; " + e.hint
+}
+
+func (e *actionError) Unwrap() error { return e.err }
 
 // timeout returns how long a Helm action may wait: Options.Timeout, cut to
 // ctx's deadline. It fails if ctx is done.

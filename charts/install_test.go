@@ -3,7 +3,9 @@ package charts
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -279,5 +281,22 @@ func TestEnsureNamespace(t *testing.T) {
 				t.Errorf("created %s, want no create", tt.namespace)
 			}
 		})
+	}
+}
+
+func TestActionError(t *testing.T) {
+	tc := newTestClient(t)
+	helmErr := fmt.Errorf("2 errors occurred:\n\t* %w\n\t* b\n\n", context.DeadlineExceeded)
+	for _, wait := range []bool{false, true} {
+		err := tc.client(t, Options{Wait: wait}).actionError("install traffic-manager", helmErr, time.Minute)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("wait %v: got %v, want it to wrap context.DeadlineExceeded", wait, err)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("wait %v: got %q, want one line", wait, err)
+		}
+		if got := strings.Contains(err.Error(), "not ready within 1m0s"); got != wait {
+			t.Errorf("wait %v: got %q, want readiness hint %v", wait, err, wait)
+		}
 	}
 }
