@@ -1,0 +1,351 @@
+// Package agent is the traffic-agent: the sidecar `tp agent` that the
+// traffic-manager's webhook injects into the pods of an intercepted
+// workload, and `tp agent-init`, its init container (see
+// docs/intercepts.md for the contract).
+//
+// The sidecar listens on one agent port per container port it took over
+// (TP_AGENT_PORTS) and decides for every accepted connection, by the latest
+// intercept snapshot of its workload:
+//   - no intercept of the port: splice to the app at 127.0.0.1:containerPort;
+//   - a global intercept: splice to the intercept's client through a tunnel
+//     flow to the traffic-manager, paired with the client's flow by
+//     Flow.PairingID "<intercept id>/<random>" (a failure resets the
+//     connection);
+//   - personal intercepts: serve HTTP/1.1 (keep-alive) and h2c (HTTP/2 with
+//     prior knowledge, so gRPC too) on the connection and route every
+//     request or stream: all of an intercept's headers match and the path
+//     starts with its prefix -> that intercept's client, else the app. When
+//     the client cannot be reached the request gets a 502 that says so; it
+//     is not silently sent to the app.
+//
+// The snapshot is read per connection and, in HTTP mode, per request: new
+// and removed intercepts apply at once to new connections and requests.
+// Connections already spliced (to the app or to a client) are not torn down
+// when intercepts change; they end when their peers close them. In
+// particular a keep-alive connection that was spliced to the app before a
+// personal intercept was created keeps reaching the app: clients that pool
+// connections see a personal intercept on their new connections only.
+//
+// The agent arrives at the traffic-manager (ArriveAsAgent), keeps its session
+// with Remain, watches its workload's intercepts and arrives anew when the
+// manager forgets the session or restarts. While the manager is unreachable
+// it routes everything to the app: intercepts need the manager anyway.
+//
+// agent-init (Init) installs the nftables redirects of the ports whose
+// mechanism is "redirect", in the pod's network namespace.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+// Run runs the traffic-agent sidecar until ctx ends; it then closes every
+// connection and returns nil. It fails when the configuration is invalid or
+// an agent port or the health address cannot be listened on.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := newAgent(cfg)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}
+
+// agent is one run of the sidecar.
+type agent struct {
+	cfg Config
+	log *slog.Logger
+
+	// listen opens an agent port's listener; tests replace it.
+	listen func(p Port) (net.Listener, error)
+	// listenHealth opens the health listener; tests replace it.
+	listenHealth func() (net.Listener, error)
+	// appAddr is where the app serves a container port; tests replace it.
+	appAddr func(containerPort int32) string
+	// dialTimeout bounds dialing the app and opening tunnel flows (the
+	// manager gives up pairing after 5 s, so this is a backstop).
+	dialTimeout time.Duration
+
+	routes   atomic.Pointer[routes]
+	dialer   atomic.Pointer[tunnel.Dialer] // nil while no session
+	listened atomic.Bool                   // every agent port listens
+	arrived  atomic.Bool                   // arrived at the manager (at least once)
+
+	http *httpProxy
+
+	connsMu sync.Mutex
+	conns   map[net.Conn]struct{} // spliced client connections, closed at shutdown
+	connsWG sync.WaitGroup        // their goroutines
+}
+
+func newAgent(cfg Config) (*agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log.With("workload", cfg.Namespace+"/"+cfg.Workload, "pod", cfg.PodName)
+	a := &agent{
+		cfg:         cfg,
+		log:         log,
+		dialTimeout: 10 * time.Second,
+		conns:       map[net.Conn]struct{}{},
+		listen: func(p Port) (net.Listener, error) {
+			return net.Listen("tcp", ":"+strconv.Itoa(int(p.AgentPort)))
+		},
+		listenHealth: func() (net.Listener, error) { return net.Listen("tcp", cfg.HealthAddr) },
+		appAddr: func(cp int32) string {
+			return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(cp)))
+		},
+	}
+	a.routes.Store(noRoutes)
+	a.http = newHTTPProxy(a)
+	return a, nil
+}
+
+func (a *agent) run(ctx context.Context) error {
+	cc, err := grpc.NewClient(a.cfg.ManagerAddr, append(tunnel.DialOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		return fmt.Errorf("traffic-agent: traffic-manager address %q: %w", a.cfg.ManagerAddr, err)
+	}
+	defer cc.Close()
+
+	health, err := a.listenHealth()
+	if err != nil {
+		return fmt.Errorf("traffic-agent: health endpoint: listen %s: %w", a.cfg.HealthAddr, err)
+	}
+	var listeners []net.Listener
+	closeAll := func() {
+		health.Close()
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	for _, p := range a.cfg.Ports {
+		l, err := a.listen(p)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("traffic-agent: port %d (for container port %d): listen: %w", p.AgentPort, p.ContainerPort, err)
+		}
+		listeners = append(listeners, l)
+		a.log.Info("listening", "agentPort", p.AgentPort, "addr", l.Addr(), "containerPort", p.ContainerPort,
+			"name", p.Name, "mechanism", p.Mechanism)
+	}
+	a.listened.Store(true)
+
+	healthSrv := a.healthServer()
+	httpServers := make([]*http.Server, len(a.cfg.Ports))
+	httpListeners := make([]*connListener, len(a.cfg.Ports))
+	for i, p := range a.cfg.Ports {
+		httpServers[i] = a.http.server(p)
+		httpListeners[i] = newConnListener(listeners[i].Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := healthSrv.Serve(health); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("traffic-agent: health endpoint: %w", err)
+		}
+		return nil
+	})
+	for i, p := range a.cfg.Ports {
+		g.Go(func() error {
+			if err := httpServers[i].Serve(httpListeners[i]); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("traffic-agent: HTTP on port %d: %w", p.AgentPort, err)
+			}
+			return nil
+		})
+		g.Go(func() error { return a.acceptLoop(gctx, p, listeners[i], httpListeners[i]) })
+	}
+	g.Go(func() error { a.manage(gctx, managerv1.NewManagerClient(cc), cc); return nil })
+	g.Go(func() error {
+		<-gctx.Done()
+		closeAll()
+		healthSrv.Close()
+		for i := range httpServers {
+			httpListeners[i].Close()
+			httpServers[i].Close() // closes its connections; handlers see their requests cancelled
+		}
+		a.closeConns()
+		return nil
+	})
+	err = g.Wait()
+	a.connsWG.Wait()
+	a.http.close()
+	if err != nil {
+		return err
+	}
+	a.log.Info("traffic-agent stopped")
+	return nil
+}
+
+// acceptLoop accepts the connections of one agent port until l is closed.
+func (a *agent) acceptLoop(ctx context.Context, p Port, l net.Listener, httpConns *connListener) error {
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Like net/http: back off on temporary errors such as EMFILE.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			a.log.Warn("accept failed; retrying", "agentPort", p.AgentPort, "err", err, "in", delay)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
+		a.dispatch(ctx, p, c, httpConns)
+	}
+}
+
+// dispatch routes one accepted connection by the latest snapshot.
+func (a *agent) dispatch(ctx context.Context, p Port, c net.Conn, httpConns *connListener) {
+	pr := a.routes.Load().port(p.ContainerPort)
+	switch {
+	case pr != nil && pr.global != nil:
+		a.goConn(c, func() { a.toClient(ctx, p, pr.global, c) })
+	case pr != nil && len(pr.personal) > 0:
+		// HTTP mode: the port's server serves the connection and routes
+		// each request; it owns the connection from here on.
+		if err := httpConns.push(ctx, c); err != nil {
+			c.Close()
+		}
+	default:
+		a.goConn(c, func() { a.toApp(ctx, p, c) })
+	}
+}
+
+// goConn runs handle for c in a goroutine that Run waits for; c is closed
+// at shutdown.
+func (a *agent) goConn(c net.Conn, handle func()) {
+	a.connsMu.Lock()
+	a.conns[c] = struct{}{}
+	a.connsMu.Unlock()
+	a.connsWG.Add(1)
+	go func() {
+		defer a.connsWG.Done()
+		defer func() {
+			a.connsMu.Lock()
+			delete(a.conns, c)
+			a.connsMu.Unlock()
+		}()
+		handle()
+	}()
+}
+
+func (a *agent) closeConns() {
+	a.connsMu.Lock()
+	defer a.connsMu.Unlock()
+	for c := range a.conns {
+		c.Close()
+	}
+}
+
+// setRoutes applies a snapshot of the workload's intercepts.
+func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
+	served := make(map[int32]bool, len(a.cfg.Ports))
+	for _, p := range a.cfg.Ports {
+		served[p.ContainerPort] = true
+	}
+	r, ignored := newRoutes(snap, served)
+	old := a.routes.Swap(r)
+	for _, info := range ignored {
+		a.log.Warn("intercept of a port this agent does not serve; ignoring it",
+			"intercept", info.GetId(), "containerPort", info.GetContainerPort())
+	}
+	a.logChanges(old, r)
+	a.http.routesChanged(old, r)
+}
+
+// clearRoutes routes everything to the app (no session with the manager).
+func (a *agent) clearRoutes() {
+	old := a.routes.Swap(noRoutes)
+	a.logChanges(old, noRoutes)
+	a.http.routesChanged(old, noRoutes)
+}
+
+func (a *agent) logChanges(old, cur *routes) {
+	for host, ic := range cur.byHost {
+		if _, ok := old.byHost[host]; !ok {
+			kind := "personal"
+			if len(ic.headers) == 0 {
+				kind = "global"
+			}
+			a.log.Info("intercept started", "intercept", ic.id, "name", ic.name, "kind", kind, "owner", ic.owner,
+				"containerPort", ic.containerPort, "headers", headerNames(ic), "pathPrefix", ic.pathPrefix)
+		}
+	}
+	for host, ic := range old.byHost {
+		if _, ok := cur.byHost[host]; !ok {
+			a.log.Info("intercept ended; its new connections and requests go to the app",
+				"intercept", ic.id, "name", ic.name, "containerPort", ic.containerPort)
+		}
+	}
+}
+
+func headerNames(ic *intercept) []string {
+	names := make([]string, len(ic.headers))
+	for i, h := range ic.headers {
+		names[i] = h.name
+	}
+	return names
+}
+
+// connListener hands connections to an http.Server.
+type connListener struct {
+	addr      net.Addr
+	ch        chan net.Conn
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// push hands c to the server; it fails once the listener is closed.
+func (l *connListener) push(ctx context.Context, c net.Conn) error {
+	select {
+	case l.ch <- c:
+		return nil
+	case <-l.closed:
+		return net.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }

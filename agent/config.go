@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// Environment variables the webhook sets on the agent container (see
+// docs/intercepts.md). The init container needs only EnvPorts.
+const (
+	EnvWorkload    = "TP_AGENT_WORKLOAD"
+	EnvKind        = "TP_AGENT_KIND"
+	EnvNamespace   = "TP_AGENT_NAMESPACE"
+	EnvPodName     = "TP_AGENT_POD_NAME"
+	EnvPodIP       = "TP_AGENT_POD_IP"
+	EnvContainer   = "TP_AGENT_CONTAINER"
+	EnvPorts       = "TP_AGENT_PORTS"
+	EnvHealthAddr  = "TP_AGENT_HEALTH_ADDR"
+	EnvManagerAddr = "TP_MANAGER_ADDR"
+)
+
+// Health endpoints of the agent container.
+const (
+	// HealthPort is the port of DefaultHealthAddr, for the readiness probe.
+	HealthPort        = 9898
+	DefaultHealthAddr = ":9898"
+	// ReadyPath answers 200 once the agent listens on every agent port and
+	// has arrived at the traffic-manager (once; it stays ready when the
+	// manager goes away later, and keeps routing to the app meanwhile).
+	ReadyPath = "/ready"
+	// LivePath answers 200 while the process serves.
+	LivePath = "/healthz"
+)
+
+// FirstAgentPort is the port the webhook gives the first port the agent
+// takes over; the next ones get 9901, 9902, ...
+const FirstAgentPort = 9900
+
+// Mechanisms that send a container port's traffic to its agent port.
+const (
+	// MechanismRename: the app's named port was renamed and the agent
+	// declares the original name, so endpoints point at the agent port.
+	MechanismRename = "rename"
+	// MechanismRedirect: agent-init installs an nftables redirect from the
+	// container port to the agent port in the pod's network namespace.
+	MechanismRedirect = "redirect"
+)
+
+// Port is one port the agent takes over, as in the JSON list of
+// TP_AGENT_PORTS.
+type Port struct {
+	// Name of the container port ("" when it has none).
+	Name string `json:"name"`
+	// ContainerPort is the app's port; the agent reaches the app at
+	// 127.0.0.1:ContainerPort.
+	ContainerPort int32 `json:"containerPort"`
+	// AgentPort is where the agent listens for it.
+	AgentPort int32 `json:"agentPort"`
+	// Protocol is "TCP" (or empty, meaning TCP); the agent takes over TCP
+	// ports only.
+	Protocol string `json:"protocol"`
+	// Mechanism is MechanismRename or MechanismRedirect.
+	Mechanism string `json:"mechanism"`
+}
+
+// Config configures the traffic-agent sidecar.
+type Config struct {
+	// ManagerAddr is the traffic-manager's gRPC address (host:port),
+	// reached in plain text.
+	ManagerAddr string
+	// The workload the pod belongs to.
+	Workload  string
+	Kind      string // Deployment, StatefulSet or ReplicaSet (informational)
+	Namespace string
+	// The pod the agent runs in.
+	PodName string
+	PodIP   netip.Addr
+	// Container is the app container whose ports the agent took over.
+	Container string
+	Ports     []Port
+	// HealthAddr serves ReadyPath and LivePath; default DefaultHealthAddr.
+	HealthAddr string
+	// Environment is what the agent reports as the app container's
+	// environment (see ReportedEnvironment).
+	Environment map[string]string
+	// Log receives the agent's logs; nil means slog.Default().
+	Log *slog.Logger
+}
+
+// ConfigFromEnv reads the agent's configuration from environ (os.Environ()
+// in the sidecar): the TP_AGENT_* and TP_MANAGER_ADDR variables, and the
+// environment to report (ReportedEnvironment). It names every missing or
+// bad variable at once.
+func ConfigFromEnv(environ []string) (Config, error) {
+	env := envMap(environ)
+	var errs []error
+	required := func(name, what string) string {
+		v := strings.TrimSpace(env[name])
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is not set (%s); the tp webhook sets it when it injects the agent", name, what))
+		}
+		return v
+	}
+	cfg := Config{
+		ManagerAddr: required(EnvManagerAddr, "the traffic-manager's host:port"),
+		Workload:    required(EnvWorkload, "the workload's name"),
+		Namespace:   required(EnvNamespace, "the pod's namespace"),
+		PodName:     required(EnvPodName, "the pod's name"),
+		Kind:        strings.TrimSpace(env[EnvKind]),
+		Container:   strings.TrimSpace(env[EnvContainer]),
+		HealthAddr:  strings.TrimSpace(env[EnvHealthAddr]),
+		Environment: ReportedEnvironment(environ),
+	}
+	if ip := required(EnvPodIP, "the pod's IP, from the downward API status.podIP"); ip != "" {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q is not an IP address: %w", EnvPodIP, ip, err))
+		}
+		cfg.PodIP = addr.Unmap()
+	}
+	if raw := required(EnvPorts, "the JSON list of ports the agent takes over"); raw != "" {
+		ports, err := parsePorts(raw)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		cfg.Ports = ports
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, fmt.Errorf("traffic-agent configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+// PortsFromEnv reads TP_AGENT_PORTS from environ, for agent-init.
+func PortsFromEnv(environ []string) ([]Port, error) {
+	raw := strings.TrimSpace(envMap(environ)[EnvPorts])
+	if raw == "" {
+		return nil, fmt.Errorf("%s is not set (the JSON list of ports the agent takes over); the tp webhook sets it when it injects the agent", EnvPorts)
+	}
+	return parsePorts(raw)
+}
+
+func parsePorts(raw string) ([]Port, error) {
+	var ports []Port
+	dec := json.NewDecoder(strings.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ports); err != nil {
+		return nil, fmt.Errorf("%s is not a JSON list of {name, containerPort, agentPort, protocol, mechanism}: %w", EnvPorts, err)
+	}
+	if err := validatePorts(ports); err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvPorts, err)
+	}
+	return ports, nil
+}
+
+// validatePorts checks ports for Run and Init.
+func validatePorts(ports []Port) error {
+	if len(ports) == 0 {
+		return errors.New("no ports: the agent must take over at least one port")
+	}
+	var errs []error
+	agentPorts := map[int32]bool{}
+	containerPorts := map[int32]bool{}
+	for i, p := range ports {
+		what := fmt.Sprintf("port %d (%q)", i, p.Name)
+		if p.ContainerPort < 1 || p.ContainerPort > 65535 {
+			errs = append(errs, fmt.Errorf("%s: containerPort %d out of range 1-65535", what, p.ContainerPort))
+		}
+		if p.AgentPort < 1 || p.AgentPort > 65535 {
+			errs = append(errs, fmt.Errorf("%s: agentPort %d out of range 1-65535", what, p.AgentPort))
+		}
+		if p.AgentPort == p.ContainerPort {
+			errs = append(errs, fmt.Errorf("%s: agentPort and containerPort are both %d", what, p.AgentPort))
+		}
+		if agentPorts[p.AgentPort] {
+			errs = append(errs, fmt.Errorf("%s: agentPort %d used twice", what, p.AgentPort))
+		}
+		if containerPorts[p.ContainerPort] {
+			errs = append(errs, fmt.Errorf("%s: containerPort %d used twice", what, p.ContainerPort))
+		}
+		agentPorts[p.AgentPort] = true
+		containerPorts[p.ContainerPort] = true
+		if p.Protocol != "" && !strings.EqualFold(p.Protocol, "TCP") {
+			errs = append(errs, fmt.Errorf("%s: protocol %q is not supported; the agent takes over TCP ports only", what, p.Protocol))
+		}
+		if p.Mechanism != MechanismRename && p.Mechanism != MechanismRedirect {
+			errs = append(errs, fmt.Errorf("%s: mechanism %q, want %q or %q", what, p.Mechanism, MechanismRename, MechanismRedirect))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReportedEnvironment is the environment the agent reports to the
+// traffic-manager as the app container's: the webhook copied the app
+// container's env and envFrom into the agent container, so the kubelet
+// resolved them exactly as for the app. Left out are
+//   - every TP_AGENT_* and TP_MANAGER_* variable (the agent's own);
+//   - the variables of the Kubernetes API's own service link
+//     (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT*, KUBERNETES_PORT*),
+//     which would make tools on the workstation believe they run in-cluster;
+//   - PATH when it is the container runtime's default: the agent's image
+//     sets none, so that PATH is not the app's.
+//
+// The service link variables of other services (FOO_SERVICE_HOST, ...) are
+// kept: Kubernetes injects the same ones into every container of the pod,
+// so the app sees them too. HOSTNAME (the pod name) is kept for the same
+// reason. Variables the app's image sets (its ENV) are not visible to the
+// agent and so are not reported.
+func ReportedEnvironment(environ []string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range environ {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" || !reported(name, value) {
+			continue
+		}
+		out[name] = value
+	}
+	return out
+}
+
+// defaultRuntimePATH is the PATH containerd, CRI-O and Docker give a
+// container whose image sets none.
+const defaultRuntimePATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func reported(name, value string) bool {
+	switch {
+	case strings.HasPrefix(name, "TP_AGENT_"), strings.HasPrefix(name, "TP_MANAGER_"):
+		return false
+	case strings.HasPrefix(name, "KUBERNETES_SERVICE_"),
+		name == "KUBERNETES_PORT", strings.HasPrefix(name, "KUBERNETES_PORT_"):
+		return false
+	case name == "PATH" && value == defaultRuntimePATH:
+		return false
+	}
+	return true
+}
+
+// envMap turns KEY=VALUE entries into a map; later entries win, as in
+// os.Getenv.
+func envMap(environ []string) map[string]string {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// validate checks a Config for Run and fills in defaults.
+func (c *Config) validate() error {
+	var errs []error
+	if c.ManagerAddr == "" {
+		errs = append(errs, errors.New("no traffic-manager address"))
+	}
+	if c.Workload == "" || c.Namespace == "" {
+		errs = append(errs, errors.New("no workload or namespace"))
+	}
+	if c.PodName == "" {
+		errs = append(errs, errors.New("no pod name"))
+	}
+	if !c.PodIP.IsValid() {
+		errs = append(errs, errors.New("no pod IP"))
+	}
+	if err := validatePorts(c.Ports); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("traffic-agent configuration: %w", err)
+	}
+	if c.HealthAddr == "" {
+		c.HealthAddr = DefaultHealthAddr
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// sortedKeys returns m's keys in order (for logs and stable output).
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
