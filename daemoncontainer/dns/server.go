@@ -47,6 +47,10 @@ type Server struct {
 	base       context.Context
 	cancelBase context.CancelFunc
 
+	// exchanges tracks the goroutines that call exchangers, so that a
+	// forward can give up at its deadline even if an exchanger does not.
+	exchanges sync.WaitGroup
+
 	started  atomic.Bool
 	ready    chan struct{}
 	addrMu   sync.Mutex
@@ -95,7 +99,9 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Ready is closed once the server listens; [Server.Addr] then returns its addresses.
+// Ready is closed once Run listens; [Server.Addr] then returns its
+// addresses. If Run fails to listen it returns the error and Ready stays open,
+// so wait for both.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Addr returns the addresses the server listens on, nil before it does.
@@ -153,7 +159,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serve(gctx, udp, "udp") })
 	g.Go(func() error { return serve(gctx, tcp, "tcp") })
-	return g.Wait()
+	err = g.Wait()
+	s.exchanges.Wait()
+	return err
 }
 
 // listen binds UDP and TCP on the same port; with port 0 it retries until
@@ -297,7 +305,7 @@ func (s *Server) resolve(key cacheKey, ex Exchanger) (*answer, error) {
 		Question: []dns.Question{{Name: key.name, Qtype: key.qtype, Qclass: key.qclass}},
 	}
 	q.SetEdns0(ednsSize, key.do)
-	m, err := ex.Exchange(ctx, q)
+	m, err := s.exchange(ctx, ex, q)
 	switch {
 	case err != nil:
 		return nil, err
@@ -324,6 +332,27 @@ func (s *Server) resolve(key cacheKey, ex Exchanger) (*answer, error) {
 		s.cache.put(key, a)
 	}
 	return a, nil
+}
+
+// exchange calls ex and returns when it does or when ctx is done, whichever
+// comes first: a client gets its SERVFAIL at the deadline even from an
+// exchanger that ignores ctx. Run waits for such exchangers before returning.
+func (s *Server) exchange(ctx context.Context, ex Exchanger, q *dns.Msg) (*dns.Msg, error) {
+	type result struct {
+		m   *dns.Msg
+		err error
+	}
+	done := make(chan result, 1)
+	s.exchanges.Go(func() {
+		m, err := ex.Exchange(ctx, q)
+		done <- result{m, err}
+	})
+	select {
+	case r := <-done:
+		return r.m, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: no answer in %v", ctx.Err(), s.cfg.timeout)
+	}
 }
 
 // writeAnswer replies to req with a, its TTLs lowered by its age, or set to

@@ -674,3 +674,18 @@ func TestNewServerValidates(t *testing.T) {
 		t.Errorf("defaults: got listen %s domain %s timeout %v", s.cfg.listen, s.cfg.clusterDomain, s.cfg.timeout)
 	}
 }
+
+func TestExchangerIgnoringItsDeadline(t *testing.T) {
+	release := make(chan struct{})
+	cluster := &fakeExchanger{handle: func(context.Context, *dns.Msg) (*dns.Msg, error) {
+		<-release
+		return nil, errBoom
+	}}
+	s := startServer(t, Config{Cluster: cluster, Timeout: 200 * time.Millisecond}, nil)
+	t.Cleanup(func() { close(release) }) // runs before the server stops: Run waits for the exchanger
+
+	r := query(t, "udp", s.addrString("udp"), "web.ns.svc.cluster.local.", dns.TypeA, 0)
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode: got %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+}
