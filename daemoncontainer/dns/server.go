@@ -455,6 +455,6 @@ func (s *Server) logFailure(r route, k cacheKey, err error) {
 	if last := s.lastWarn.Load(); now-last >= int64(warnEvery) && s.lastWarn.CompareAndSwap(last, now) {
 		level = slog.LevelWarn
 	}
-	s.log.Log(context.Background(), level, "DNS forward failed; answering SERVFAIL",
+	s.log.Log(context.Background(), level, "DNS forward failed; answering SERVFAIL or a stale answer",
 		"route", r, "name", k.name, "type", dns.Type(k.qtype), "error", err)
 }
