@@ -1,7 +1,10 @@
 // Package manager is the in-cluster traffic-manager. It keeps the sessions of
-// workstation daemons (heartbeats, TTL), tells them what to route and resolve,
-// and dials destinations in the cluster for their flows through the tunnel.
-// Intercepts and agent injection build on these sessions.
+// workstation daemons and traffic-agents (heartbeats, TTL), tells daemons
+// what to route and resolve, and dials destinations in the cluster for their
+// flows through the tunnel. For intercepts (docs/intercepts.md) it keeps the
+// intercept registry, injects the traffic-agent into workloads (pod template
+// label plus its mutating admission webhook) and pairs the agents'
+// connections with the clients' flows.
 package manager
 
 import (
@@ -41,8 +44,28 @@ type Config struct {
 	Version string
 	// ResolvConf of the manager pod, to learn the cluster DNS; default /etc/resolv.conf.
 	ResolvConf string
-	Log        *slog.Logger
+	// ManagedNamespaces, when set, are the only namespaces the manager may
+	// see and intercept in (TP_MANAGED_NAMESPACES; rbac.namespaced).
+	ManagedNamespaces []string
+	// AgentImage is the traffic-agent's image: the manager's own
+	// (TP_AGENT_IMAGE). Without it the manager cannot intercept.
+	AgentImage string
+	// WebhookAddr for the agent-injection webhook; default ":8443".
+	WebhookAddr string
+	// WebhookCertDir holds tls.crt and tls.key of the webhook
+	// (TP_WEBHOOK_CERT_DIR); default /etc/tp/webhook.
+	WebhookCertDir string
+	// AgentWait bounds how long CreateIntercept waits for an agent when the
+	// request has no deadline; default DefaultAgentWait.
+	AgentWait time.Duration
+	// PairWait is how long an agent's connection waits for its client;
+	// default DefaultPairWait.
+	PairWait time.Duration
+	Log      *slog.Logger
 }
+
+// DefaultWebhookCertDir is where the chart mounts the webhook's certificate.
+const DefaultWebhookCertDir = "/etc/tp/webhook"
 
 // Manager is the traffic-manager.
 type Manager struct {
@@ -54,6 +77,15 @@ type Manager struct {
 	sessions *sessions
 	cluster  *managerv1.ClusterInfo
 	dialer   net.Dialer
+
+	changes  *changes
+	registry *registry
+	rollouts *rollouts
+	dials    *dialQueues
+	pairings *pairings
+	injector *injector
+	// injectErr says why the manager cannot inject agents (nil if it can).
+	injectErr error
 }
 
 // New checks the configuration and returns a Manager; Run serves it.
@@ -76,11 +108,37 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Manager{
+	if cfg.WebhookAddr == "" {
+		cfg.WebhookAddr = fmt.Sprintf(":%d", WebhookPort)
+	}
+	if cfg.WebhookCertDir == "" {
+		cfg.WebhookCertDir = DefaultWebhookCertDir
+	}
+	if cfg.AgentWait <= 0 {
+		cfg.AgentWait = DefaultAgentWait
+	}
+	if cfg.PairWait <= 0 {
+		cfg.PairWait = DefaultPairWait
+	}
+	c := newChanges()
+	m := &Manager{
 		cfg: cfg, kube: kube, log: cfg.Log,
 		sessions: newSessions(cfg.SessionTTL, time.Now),
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
-	}, nil
+		changes:  c,
+		registry: newRegistry(newMemoryStore(), c),
+		rollouts: newRollouts(kube, cfg.Log.With("component", "rollouts")),
+		dials:    newDialQueues(),
+		pairings: newPairings(),
+		injector: &injector{
+			kube: kube, log: cfg.Log.With("component", "webhook"),
+			agent: agentSpec{image: cfg.AgentImage, managerAddr: fmt.Sprintf("traffic-manager.%s:%d", cfg.Namespace, Port)},
+		},
+	}
+	if cfg.AgentImage == "" {
+		m.injectErr = errors.New("no agent image (TP_AGENT_IMAGE is empty); run `tp helm upgrade`")
+	}
+	return m, nil
 }
 
 // Run discovers the cluster's networks, then serves gRPC until ctx ends.
@@ -97,6 +155,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// PAIRING-HOOK: tunnels.HandlePairing(m.pair) once tunnel has it.
 	srv := grpc.NewServer(tunnel.ServerOptions()...)
 	managerv1.RegisterManagerServer(srv, m)
 	tunnels.Register(srv)
@@ -109,8 +168,25 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.log.Info("traffic-manager serving", "addr", lis.Addr(), "version", m.cfg.Version, "sessionTTL", m.cfg.SessionTTL)
 
+	// Without its certificate the webhook cannot serve: the manager still
+	// connects clients, and CreateIntercept says what to do.
+	certs := &certFiles{dir: m.cfg.WebhookCertDir}
+	var webhookLis net.Listener
+	if _, err := certs.load(); err != nil {
+		m.injectErr = fmt.Errorf("%w; reinstall the traffic-manager with `tp helm upgrade`", err)
+		m.log.Error("agent-injection webhook disabled", "err", err)
+	} else if webhookLis, err = net.Listen("tcp", m.cfg.WebhookAddr); err != nil {
+		lis.Close()
+		return fmt.Errorf("manager: listen %s: %w", m.cfg.WebhookAddr, err)
+	}
+
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(lis) })
+	if webhookLis != nil {
+		m.log.Info("agent-injection webhook serving", "addr", webhookLis.Addr(), "path", WebhookPath, "agentImage", m.cfg.AgentImage)
+		g.Go(func() error { return serveWebhook(ctx, webhookLis, m.injector, certs, m.log.With("component", "webhook")) })
+	}
+	g.Go(func() error { m.rollouts.Run(ctx); return nil })
 	g.Go(func() error {
 		<-ctx.Done()
 		healthSrv.Shutdown()
@@ -133,11 +209,35 @@ func (m *Manager) reapSessions(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			for _, s := range m.sessions.expire() {
-				m.log.Info("session expired", "session", s.id, "connection", s.client.GetName(),
-					"host", s.client.GetHost(), "lastSeen", s.lastSeen)
-			}
+			m.expireSessions(ctx)
 		}
+	}
+}
+
+// expireSessions ends the sessions not seen within the TTL.
+func (m *Manager) expireSessions(ctx context.Context) {
+	for _, s := range m.sessions.expire() {
+		m.endSession(ctx, s, "expired")
+	}
+}
+
+// endSession cleans up after a session that departed or expired: a client's
+// intercepts end (their agents get the new snapshot), an agent's workload may
+// fall back to WAITING.
+func (m *Manager) endSession(ctx context.Context, s session, why string) {
+	m.changes.notify()
+	if s.kind == agentSession {
+		m.log.Info("agent session "+why, "session", s.id, "workload", s.agent.GetWorkload(), "namespace", s.agent.GetNamespace(),
+			"pod", s.agent.GetPodName(), "lastSeen", s.lastSeen)
+		return
+	}
+	m.log.Info("session "+why, "session", s.id, "connection", s.client.GetName(), "host", s.client.GetHost(), "lastSeen", s.lastSeen)
+	gone, err := m.registry.remove(ctx, func(ic *intercept) bool { return ic.SessionID == s.id })
+	if err != nil {
+		m.log.Error("removing the intercepts of an ended session failed", "session", s.id, "err", err)
+	}
+	for _, ic := range gone {
+		m.log.Info("intercept ended with its session", "intercept", ic.ID, "name", ic.Spec.GetName(), "workload", ic.Workload.String())
 	}
 }
 
@@ -182,9 +282,9 @@ func (m *Manager) Remain(_ context.Context, r *managerv1.SessionRef) (*managerv1
 }
 
 // Depart implements managerv1.ManagerServer.
-func (m *Manager) Depart(_ context.Context, r *managerv1.SessionRef) (*managerv1.DepartResponse, error) {
+func (m *Manager) Depart(ctx context.Context, r *managerv1.SessionRef) (*managerv1.DepartResponse, error) {
 	if s, ok := m.sessions.remove(r.GetSessionId()); ok {
-		m.log.Info("session departed", "session", s.id, "connection", s.client.GetName(), "host", s.client.GetHost())
+		m.endSession(context.WithoutCancel(ctx), s, "departed")
 	}
 	return &managerv1.DepartResponse{}, nil
 }
@@ -192,7 +292,7 @@ func (m *Manager) Depart(_ context.Context, r *managerv1.SessionRef) (*managerv1
 // ListSessions implements managerv1.ManagerServer.
 func (m *Manager) ListSessions(context.Context, *managerv1.ListSessionsRequest) (*managerv1.ListSessionsResponse, error) {
 	resp := &managerv1.ListSessionsResponse{}
-	for _, s := range m.sessions.list() {
+	for _, s := range m.sessions.list(clientSession) {
 		resp.Sessions = append(resp.Sessions, &managerv1.Session{
 			SessionId: s.id, Client: s.client,
 			Arrived: timestamppb.New(s.arrived), LastSeen: timestamppb.New(s.lastSeen),

@@ -11,10 +11,28 @@ import (
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
-// session is one workstation daemon's presence in the cluster.
+// sessionKind tells workstation daemons from traffic-agents.
+type sessionKind int
+
+const (
+	clientSession sessionKind = iota
+	agentSession
+)
+
+func (k sessionKind) String() string {
+	if k == agentSession {
+		return "agent"
+	}
+	return "client"
+}
+
+// session is one workstation daemon's (client) or traffic-agent's presence
+// in the cluster. Both keep it alive with Remain.
 type session struct {
 	id       string
-	client   *managerv1.ClientInfo
+	kind     sessionKind
+	client   *managerv1.ClientInfo // clientSession only
+	agent    *managerv1.AgentInfo  // agentSession only
 	arrived  time.Time
 	lastSeen time.Time
 }
@@ -40,8 +58,16 @@ func newSessionID() string {
 }
 
 func (s *sessions) add(client *managerv1.ClientInfo) *session {
+	return s.insert(&session{kind: clientSession, client: client})
+}
+
+func (s *sessions) addAgent(agent *managerv1.AgentInfo) *session {
+	return s.insert(&session{kind: agentSession, agent: agent})
+}
+
+func (s *sessions) insert(sess *session) *session {
 	now := s.now()
-	sess := &session{id: newSessionID(), client: client, arrived: now, lastSeen: now}
+	sess.id, sess.arrived, sess.lastSeen = newSessionID(), now, now
 	s.mu.Lock()
 	s.byID[sess.id] = sess
 	s.mu.Unlock()
@@ -100,13 +126,21 @@ func (s *sessions) expire() []session {
 	return gone
 }
 
-func (s *sessions) list() []session {
+// list returns the sessions of kind, oldest first.
+func (s *sessions) list(kind sessionKind) []session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]session, 0, len(s.byID))
 	for _, sess := range s.byID {
-		out = append(out, *sess)
+		if sess.kind == kind {
+			out = append(out, *sess)
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].arrived.Before(out[j].arrived) })
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].arrived.Equal(out[j].arrived) {
+			return out[i].arrived.Before(out[j].arrived)
+		}
+		return out[i].id < out[j].id
+	})
 	return out
 }

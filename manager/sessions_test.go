@@ -29,7 +29,7 @@ func TestSessionsExpireAfterTTL(t *testing.T) {
 	if _, ok := s.get(a.id); !ok {
 		t.Errorf("session a gone, want it alive")
 	}
-	if got := len(s.list()); got != 1 {
+	if got := len(s.list(clientSession)); got != 1 {
 		t.Errorf("list has %d sessions, want 1", got)
 	}
 }

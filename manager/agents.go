@@ -1,0 +1,69 @@
+package manager
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+// ArriveAsAgent implements managerv1.ManagerServer: a traffic-agent (one per
+// pod) opens a session and reports its pod's environment and ports.
+func (m *Manager) ArriveAsAgent(_ context.Context, a *managerv1.AgentInfo) (*managerv1.SessionInfo, error) {
+	if a.GetProtocolVersion() != tunnel.ProtocolVersion {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"traffic-agent speaks protocol %d, traffic-manager %s speaks %d: run `tp uninstall` for the workload and intercept again to get the manager's agent",
+			a.GetProtocolVersion(), m.cfg.Version, tunnel.ProtocolVersion)
+	}
+	if a.GetWorkload() == "" || a.GetNamespace() == "" || a.GetKind() == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "agent: workload %q, namespace %q and kind %q must all be set",
+			a.GetWorkload(), a.GetNamespace(), a.GetKind())
+	}
+	s := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo))
+	m.changes.notify()
+	m.log.Info("agent arrived", "session", s.id, "workload", a.GetWorkload(), "kind", a.GetKind(),
+		"namespace", a.GetNamespace(), "pod", a.GetPodName(), "ports", len(a.GetPorts()), "version", a.GetVersion())
+	return &managerv1.SessionInfo{
+		SessionId: s.id, Cluster: m.cluster,
+		Ttl: durationpb.New(m.cfg.SessionTTL), ManagerVersion: m.cfg.Version,
+	}, nil
+}
+
+// WatchIntercepts implements managerv1.ManagerServer: it sends the intercepts
+// of the agent's workload now and after every change, until the agent's
+// session ends (NotFound) or the agent goes away.
+func (m *Manager) WatchIntercepts(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.InterceptSnapshot]) error {
+	ctx := stream.Context()
+	var last *managerv1.InterceptSnapshot
+	for {
+		changed := m.changes.wait()
+		s, ok := m.sessions.get(ref.GetSessionId())
+		if !ok {
+			return status.Errorf(codes.NotFound, "session %q is unknown to the traffic-manager (expired or the manager restarted); arrive again", ref.GetSessionId())
+		}
+		if s.kind != agentSession {
+			return status.Errorf(codes.PermissionDenied, "session %q is a client's; only traffic-agents watch intercepts", ref.GetSessionId())
+		}
+		snap, err := m.snapshot(ctx, workloadRef{Namespace: s.agent.GetNamespace(), Kind: s.agent.GetKind(), Name: s.agent.GetWorkload()})
+		if err != nil {
+			return status.Errorf(codes.Internal, "list intercepts: %v", err)
+		}
+		if last == nil || !proto.Equal(last, snap) {
+			if err := stream.Send(snap); err != nil {
+				return err
+			}
+			last = snap
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-changed:
+		}
+	}
+}

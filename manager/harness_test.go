@@ -1,0 +1,195 @@
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/fake"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// clock is a settable time source for sessions.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// harness is a Manager on a fake clientset, served over bufconn gRPC.
+type harness struct {
+	t     testing.TB
+	m     *Manager
+	kube  *fake.Clientset
+	mc    managerv1.ManagerClient
+	clock *clock
+}
+
+const testTTL = 10 * time.Second
+
+func newHarness(t testing.TB, objs ...runtime.Object) *harness {
+	t.Helper()
+	kube := fake.NewClientset(objs...)
+	m, err := New(Config{
+		Namespace: "tp", SessionTTL: testTTL, Version: "v-test", AgentImage: "tp:test",
+		AgentWait: 5 * time.Second, PairWait: 500 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
+	}, kube)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{t: time.Now()}
+	m.sessions = newSessions(testTTL, clk.now)
+
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	managerv1.RegisterManagerServer(srv, m)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	cc, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		srv.Stop()
+		<-served
+	})
+	return &harness{t: t, m: m, kube: kube, mc: managerv1.NewManagerClient(cc), clock: clk}
+}
+
+func (h *harness) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	h.t.Cleanup(cancel)
+	return ctx
+}
+
+// arriveClient opens a client session of user on host with connection name.
+func (h *harness) arriveClient(name, host, user string) string {
+	h.t.Helper()
+	info, err := h.mc.ArriveAsClient(h.ctx(), &managerv1.ClientInfo{
+		Name: name, Host: host, User: user, Namespace: "shop", ProtocolVersion: tunnel.ProtocolVersion,
+	})
+	if err != nil {
+		h.t.Fatalf("ArriveAsClient: %v", err)
+	}
+	return info.GetSessionId()
+}
+
+// arriveAgent opens an agent session for pod of ref that took over ports
+// (container ports; agent ports from 9900).
+func (h *harness) arriveAgent(ref workloadRef, pod string, env map[string]string, ports ...int32) string {
+	h.t.Helper()
+	a := &managerv1.AgentInfo{
+		Workload: ref.Name, Namespace: ref.Namespace, Kind: ref.Kind, PodName: pod, PodIp: "10.1.0.7",
+		Container: "app", Environment: env, ProtocolVersion: tunnel.ProtocolVersion,
+	}
+	for i, p := range ports {
+		a.Ports = append(a.Ports, &managerv1.AgentPort{ContainerPort: p, AgentPort: firstAgentPort + int32(i), Protocol: "TCP"})
+	}
+	info, err := h.mc.ArriveAsAgent(h.ctx(), a)
+	if err != nil {
+		h.t.Fatalf("ArriveAsAgent: %v", err)
+	}
+	return info.GetSessionId()
+}
+
+// intercept creates a global (no headers) or personal intercept of workload
+// "echo" and fails the test on error.
+func (h *harness) intercept(session, name string, headers map[string]string) *managerv1.InterceptInfo {
+	h.t.Helper()
+	info, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: session, Spec: &managerv1.InterceptSpec{
+		Name: name, Workload: "echo", Namespace: "shop", LocalPort: 8000, Headers: headers,
+	}})
+	if err != nil {
+		h.t.Fatalf("CreateIntercept %s: %v", name, err)
+	}
+	return info
+}
+
+var echoRef = workloadRef{Namespace: "shop", Kind: kindDeployment, Name: "echo"}
+
+var echoLabels = map[string]string{"app": "echo"}
+
+func appContainer(ports ...corev1.ContainerPort) corev1.Container {
+	return corev1.Container{Name: "app", Image: "echo:1", Ports: ports}
+}
+
+func deployment(ns, name string, labels map[string]string, containers ...corev1.Container) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(1)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: containers},
+			},
+		},
+	}
+}
+
+func service(ns, name string, selector map[string]string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       corev1.ServiceSpec{Selector: selector, Ports: ports, ClusterIP: "10.96.0.10"},
+	}
+}
+
+func namedPort(name string, port int32, target intstr.IntOrString) corev1.ServicePort {
+	return corev1.ServicePort{Name: name, Port: port, TargetPort: target, Protocol: corev1.ProtocolTCP}
+}
+
+// echoObjects: Deployment shop/echo (container port http 8080) behind
+// Service echo (80 -> http).
+func echoObjects() []runtime.Object {
+	return []runtime.Object{
+		deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 8080})),
+		service("shop", "echo", echoLabels, namedPort("http", 80, intstr.FromString("http"))),
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

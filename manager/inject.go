@@ -1,0 +1,268 @@
+package manager
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Names and ports of what the webhook injects.
+const (
+	agentContainerName     = "tp-agent"
+	agentInitContainerName = "tp-agent-init"
+	agentHealthPort        = 9898
+	agentUID               = 65532
+)
+
+// agentSpec is what the webhook needs besides the pod to inject an agent.
+type agentSpec struct {
+	// image of the agent: the manager's own.
+	image string
+	// managerAddr is host:port of the manager's gRPC Service.
+	managerAddr string
+}
+
+// errNothingToIntercept: no service selecting the pod targets a TCP port of it.
+var errNothingToIntercept = errors.New("no service selecting the pod targets a TCP port of it")
+
+// injectAgent adds the traffic-agent to pod, which belongs to wl and whose
+// ports are taken over as plan says (see planPorts and docs/intercepts.md).
+func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSpec) error {
+	if len(plan) == 0 {
+		return errNothingToIntercept
+	}
+	app := containerIndex(pod.Spec.Containers, plan[0].container)
+	if app < 0 {
+		return fmt.Errorf("no container %q in the pod", plan[0].container)
+	}
+	portsJSON, err := json.Marshal(plan)
+	if err != nil {
+		return err
+	}
+
+	agent := corev1.Container{
+		Name:  agentContainerName,
+		Image: spec.image,
+		Args:  []string{"agent"},
+		// The kubelet resolves ConfigMaps, Secrets and the downward API for
+		// the agent exactly as for the app.
+		EnvFrom: append([]corev1.EnvFromSource(nil), pod.Spec.Containers[app].EnvFrom...),
+		Env: append(append([]corev1.EnvVar(nil), pod.Spec.Containers[app].Env...),
+			corev1.EnvVar{Name: "TP_AGENT_WORKLOAD", Value: wl.Name},
+			corev1.EnvVar{Name: "TP_AGENT_KIND", Value: wl.Kind},
+			fieldEnv("TP_AGENT_NAMESPACE", "metadata.namespace"),
+			fieldEnv("TP_AGENT_POD_NAME", "metadata.name"),
+			fieldEnv("TP_AGENT_POD_IP", "status.podIP"),
+			corev1.EnvVar{Name: "TP_AGENT_CONTAINER", Value: pod.Spec.Containers[app].Name},
+			corev1.EnvVar{Name: "TP_AGENT_PORTS", Value: string(portsJSON)},
+			corev1.EnvVar{Name: "TP_MANAGER_ADDR", Value: spec.managerAddr},
+			corev1.EnvVar{Name: "TP_AGENT_HEALTH_ADDR", Value: fmt.Sprintf(":%d", agentHealthPort)},
+		),
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: "/ready", Port: intstr.FromInt32(agentHealthPort),
+			}},
+			PeriodSeconds: 2, FailureThreshold: 3,
+		},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("10m"),
+				corev1.ResourceMemory: resource.MustParse("32Mi"),
+			},
+			Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(int64(agentUID)),
+			RunAsGroup:               ptr(int64(agentUID)),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+
+	redirect := false
+	for _, p := range plan {
+		if p.Mechanism == mechanismRedirect {
+			redirect = true
+			agent.Ports = append(agent.Ports, corev1.ContainerPort{ContainerPort: p.AgentPort, Protocol: corev1.ProtocolTCP})
+			continue
+		}
+		// Rename: the agent declares the name the service targets.
+		c := &pod.Spec.Containers[containerIndex(pod.Spec.Containers, p.container)]
+		renamed := renamedPort(p.Name)
+		for i := range c.Ports {
+			if c.Ports[i].Name == p.Name {
+				c.Ports[i].Name = renamed
+			}
+		}
+		rewriteProbes(c, p.Name, p.ContainerPort)
+		agent.Ports = append(agent.Ports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.AgentPort, Protocol: corev1.ProtocolTCP})
+	}
+	pod.Spec.Containers = append(pod.Spec.Containers, agent)
+
+	if redirect {
+		init := corev1.Container{
+			Name:  agentInitContainerName,
+			Image: spec.image,
+			Args:  []string{"agent-init"},
+			Env:   []corev1.EnvVar{{Name: "TP_AGENT_PORTS", Value: string(portsJSON)}},
+			Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{
+					corev1.ResourceCPU:    resource.MustParse("10m"),
+					corev1.ResourceMemory: resource.MustParse("16Mi"),
+				},
+				Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+			},
+			// nftables in the pod's network namespace needs NET_ADMIN (as
+			// root); nothing else.
+			SecurityContext: &corev1.SecurityContext{
+				RunAsNonRoot:             ptr(false),
+				RunAsUser:                ptr(int64(0)),
+				AllowPrivilegeEscalation: ptr(false),
+				ReadOnlyRootFilesystem:   ptr(true),
+				Capabilities: &corev1.Capabilities{
+					Add:  []corev1.Capability{"NET_ADMIN"},
+					Drop: []corev1.Capability{"ALL"},
+				},
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+		}
+		pod.Spec.InitContainers = append([]corev1.Container{init}, pod.Spec.InitContainers...)
+	}
+
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[injectedAnnotation] = "true"
+	return nil
+}
+
+// renamedPort is the app's new name for a port the agent takes over.
+func renamedPort(name string) string {
+	n := "tm-" + name
+	if len(n) > 15 {
+		n = n[:15]
+	}
+	return strings.TrimRight(n, "-")
+}
+
+// rewriteProbes replaces references to the port name in c's probes and
+// lifecycle hooks by its number: the name now belongs to the agent.
+func rewriteProbes(c *corev1.Container, name string, port int32) {
+	fix := func(h *corev1.ProbeHandler) {
+		if h == nil {
+			return
+		}
+		if h.HTTPGet != nil && h.HTTPGet.Port.Type == intstr.String && h.HTTPGet.Port.StrVal == name {
+			h.HTTPGet.Port = intstr.FromInt32(port)
+		}
+		if h.TCPSocket != nil && h.TCPSocket.Port.Type == intstr.String && h.TCPSocket.Port.StrVal == name {
+			h.TCPSocket.Port = intstr.FromInt32(port)
+		}
+	}
+	for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		if p != nil {
+			fix(&p.ProbeHandler)
+		}
+	}
+	if c.Lifecycle != nil {
+		for _, h := range []*corev1.LifecycleHandler{c.Lifecycle.PostStart, c.Lifecycle.PreStop} {
+			if h == nil {
+				continue
+			}
+			if h.HTTPGet != nil && h.HTTPGet.Port.Type == intstr.String && h.HTTPGet.Port.StrVal == name {
+				h.HTTPGet.Port = intstr.FromInt32(port)
+			}
+			if h.TCPSocket != nil && h.TCPSocket.Port.Type == intstr.String && h.TCPSocket.Port.StrVal == name {
+				h.TCPSocket.Port = intstr.FromInt32(port)
+			}
+		}
+	}
+}
+
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+}
+
+func containerIndex(cs []corev1.Container, name string) int {
+	for i, c := range cs {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// patchOp is an RFC 6902 JSON Patch operation.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
+// podPatch is the JSON Patch from orig to mutated, where mutated is orig after
+// injectAgent: it replaces only the container fields injectAgent changes,
+// appends the agent, prepends the init container and adds the annotation,
+// leaving every other field of the pod as the API server sent it.
+func podPatch(orig, mutated *corev1.Pod) ([]patchOp, error) {
+	var ops []patchOp
+	if len(mutated.Spec.Containers) < len(orig.Spec.Containers) {
+		return nil, errors.New("containers removed")
+	}
+	for i := range orig.Spec.Containers {
+		o, m := &orig.Spec.Containers[i], &mutated.Spec.Containers[i]
+		base := "/spec/containers/" + strconv.Itoa(i) + "/"
+		for _, f := range []struct {
+			name string
+			o, m any
+		}{
+			{"ports", o.Ports, m.Ports},
+			{"livenessProbe", o.LivenessProbe, m.LivenessProbe},
+			{"readinessProbe", o.ReadinessProbe, m.ReadinessProbe},
+			{"startupProbe", o.StartupProbe, m.StartupProbe},
+			{"lifecycle", o.Lifecycle, m.Lifecycle},
+		} {
+			if !reflect.DeepEqual(f.o, f.m) {
+				ops = append(ops, patchOp{Op: "replace", Path: base + f.name, Value: f.m})
+			}
+		}
+	}
+	for _, c := range mutated.Spec.Containers[len(orig.Spec.Containers):] {
+		ops = append(ops, patchOp{Op: "add", Path: "/spec/containers/-", Value: c})
+	}
+	switch added := len(mutated.Spec.InitContainers) - len(orig.Spec.InitContainers); {
+	case added == 0:
+	case added == 1 && len(orig.Spec.InitContainers) == 0:
+		ops = append(ops, patchOp{Op: "add", Path: "/spec/initContainers", Value: mutated.Spec.InitContainers})
+	case added == 1:
+		ops = append(ops, patchOp{Op: "add", Path: "/spec/initContainers/0", Value: mutated.Spec.InitContainers[0]})
+	default:
+		return nil, fmt.Errorf("%d init containers added, want at most 1", added)
+	}
+	if len(orig.Annotations) == 0 {
+		ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: mutated.Annotations})
+	} else {
+		for k, v := range mutated.Annotations {
+			if ov, ok := orig.Annotations[k]; !ok || ov != v {
+				ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(k), Value: v})
+			}
+		}
+	}
+	return ops, nil
+}
+
+// escapePointer escapes a JSON Pointer reference token (RFC 6901).
+func escapePointer(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}

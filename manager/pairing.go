@@ -1,0 +1,257 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+// DefaultPairWait is how long an agent's flow waits for the client's.
+const DefaultPairWait = 5 * time.Second
+
+// dialQueues holds, per client session, the DialRequests its WatchDials
+// streams deliver.
+type dialQueues struct {
+	mu     sync.Mutex
+	queues map[string]*dialQueue
+}
+
+type dialQueue struct {
+	ch       chan *managerv1.DialRequest
+	watchers int
+}
+
+func newDialQueues() *dialQueues { return &dialQueues{queues: map[string]*dialQueue{}} }
+
+// subscribe returns the session's queue; unsubscribe when the stream ends.
+func (d *dialQueues) subscribe(sessionID string) (<-chan *managerv1.DialRequest, func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q := d.queues[sessionID]
+	if q == nil {
+		q = &dialQueue{ch: make(chan *managerv1.DialRequest, 64)}
+		d.queues[sessionID] = q
+	}
+	q.watchers++
+	return q.ch, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if q.watchers--; q.watchers == 0 {
+			delete(d.queues, sessionID)
+		}
+	}
+}
+
+// send queues req for the session; false when nobody watches or the queue is full.
+func (d *dialQueues) send(sessionID string, req *managerv1.DialRequest) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q := d.queues[sessionID]
+	if q == nil {
+		return false
+	}
+	select {
+	case q.ch <- req:
+		return true
+	default:
+		return false
+	}
+}
+
+// WatchDials implements managerv1.ManagerServer: it streams to a client the
+// intercepted connections it must accept, until its session ends.
+func (m *Manager) WatchDials(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.DialRequest]) error {
+	if _, err := m.clientSession(ref.GetSessionId()); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	reqs, unsubscribe := m.dials.subscribe(ref.GetSessionId())
+	defer unsubscribe()
+	for {
+		changed := m.changes.wait()
+		if _, ok := m.sessions.get(ref.GetSessionId()); !ok {
+			return status.Errorf(codes.NotFound, "session %q ended", ref.GetSessionId())
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-changed:
+		case req := <-reqs:
+			if err := stream.Send(req); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// pairings holds the agents' flows waiting for their clients' flows.
+type pairings struct {
+	mu      sync.Mutex
+	waiting map[string]*pairing
+}
+
+// pairing is an agent's flow waiting for the client's.
+type pairing struct {
+	owner  string          // the client session that must answer
+	client chan clientHalf // buffered 1: the client's flow
+}
+
+// clientHalf is a client's flow handed to the waiting agent side. The agent
+// side calls accept, and sends on done when it is done with the flow (or the
+// error the client's dial fails with).
+type clientHalf struct {
+	accept func() (tunnel.Conn, error)
+	done   chan error // buffered 1
+}
+
+func newPairings() *pairings { return &pairings{waiting: map[string]*pairing{}} }
+
+// refused is a dial error that reaches the dialer as ECONNREFUSED.
+func refused(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), syscall.ECONNREFUSED)
+}
+
+// pair is the tunnel's PairFunc: it serves flows whose Open carries a
+// pairing id "<intercept id>/<random>" instead of dialing. An agent's flow
+// asks the intercept's owner (a DialRequest on its WatchDials stream) and
+// waits up to PairWait for the client's flow with the same pairing id; then
+// the manager splices the two.
+func (m *Manager) pair(ctx context.Context, sessionID, pairingID string, accept func() (tunnel.Conn, error)) error {
+	s, ok := m.sessions.get(sessionID)
+	if !ok {
+		return refused("session %q is unknown", sessionID)
+	}
+	if s.kind == agentSession {
+		return m.pairAgent(ctx, s, pairingID, accept)
+	}
+	return m.pairClient(ctx, s, pairingID, accept)
+}
+
+func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, accept func() (tunnel.Conn, error)) error {
+	interceptID, _, ok := strings.Cut(pairingID, "/")
+	if !ok || interceptID == "" {
+		return refused("pairing id %q is not <intercept id>/<random>", pairingID)
+	}
+	ic, ok := m.registry.get(ctx, interceptID)
+	if !ok {
+		return refused("intercept %s ended", interceptID)
+	}
+	a := s.agent
+	if ic.Workload != (workloadRef{Namespace: a.GetNamespace(), Kind: a.GetKind(), Name: a.GetWorkload()}) {
+		return refused("intercept %s is not of the agent's workload", interceptID)
+	}
+
+	p := &pairing{owner: ic.SessionID, client: make(chan clientHalf, 1)}
+	m.pairings.mu.Lock()
+	if _, dup := m.pairings.waiting[pairingID]; dup {
+		m.pairings.mu.Unlock()
+		return refused("pairing id %q is in use", pairingID)
+	}
+	m.pairings.waiting[pairingID] = p
+	m.pairings.mu.Unlock()
+	unregister := func() {
+		m.pairings.mu.Lock()
+		delete(m.pairings.waiting, pairingID)
+		m.pairings.mu.Unlock()
+	}
+
+	if !m.dials.send(ic.SessionID, &managerv1.DialRequest{
+		PairingId: pairingID, InterceptId: ic.ID, LocalPort: ic.Spec.GetLocalPort(),
+	}) {
+		unregister()
+		return refused("the client of intercept %s does not accept connections (no WatchDials)", ic.Spec.GetName())
+	}
+
+	timer := time.NewTimer(m.cfg.PairWait)
+	defer timer.Stop()
+	var half clientHalf
+	select {
+	case half = <-p.client:
+		unregister()
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	if half.accept == nil {
+		// A client may have come between the timeout and unregister.
+		unregister()
+		select {
+		case half = <-p.client:
+		default:
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("the client of intercept %s did not answer within %s: %w",
+				ic.Spec.GetName(), m.cfg.PairWait, os.ErrDeadlineExceeded)
+		}
+	}
+
+	clientFlow, err := half.accept()
+	if err != nil {
+		half.done <- err
+		return refused("client flow: %v", err)
+	}
+	agentFlow, err := accept()
+	if err != nil {
+		clientFlow.Close()
+		half.done <- nil
+		return err
+	}
+	err = tunnel.Splice(ctx, clientFlow, agentFlow)
+	half.done <- nil
+	if err != nil && ctx.Err() == nil {
+		m.log.Debug("intercepted connection ended", "intercept", ic.ID, "pairing", pairingID, "err", err)
+	}
+	return nil
+}
+
+func (m *Manager) pairClient(ctx context.Context, s session, pairingID string, accept func() (tunnel.Conn, error)) error {
+	half := clientHalf{accept: accept, done: make(chan error, 1)}
+	m.pairings.mu.Lock()
+	p := m.pairings.waiting[pairingID]
+	switch {
+	case p == nil || p.owner != s.id:
+		m.pairings.mu.Unlock()
+		return refused("no connection waits for pairing id %q (the agent gave up after %s?)", pairingID, m.cfg.PairWait)
+	default:
+		select {
+		case p.client <- half:
+		default:
+			m.pairings.mu.Unlock()
+			return refused("pairing id %q is answered already", pairingID)
+		}
+	}
+	m.pairings.mu.Unlock()
+
+	select {
+	case err := <-half.done:
+		return err
+	case <-ctx.Done():
+	}
+	// Take the flow back unless the agent side has it; then it answers on done.
+	m.pairings.mu.Lock()
+	select {
+	case h := <-p.client:
+		if h.done == half.done {
+			m.pairings.mu.Unlock()
+			return ctx.Err()
+		}
+		p.client <- h // another client's (a duplicate); not ours to take
+	default:
+	}
+	m.pairings.mu.Unlock()
+	if err := <-half.done; err != nil {
+		return err
+	}
+	return ctx.Err()
+}
