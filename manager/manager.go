@@ -184,7 +184,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	g.Go(func() error { return srv.Serve(lis) })
 	if webhookLis != nil {
 		m.log.Info("agent-injection webhook serving", "addr", webhookLis.Addr(), "path", WebhookPath, "agentImage", m.cfg.AgentImage)
-		g.Go(func() error { return serveWebhook(ctx, webhookLis, m.injector, certs, m.log.With("component", "webhook")) })
+		g.Go(func() error {
+			return serveWebhook(ctx, webhookLis, m.injector, certs, m.log.With("component", "webhook"))
+		})
 	}
 	g.Go(func() error { m.rollouts.Run(ctx); return nil })
 	g.Go(func() error {
