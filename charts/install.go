@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/kube"
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/releaseutil"
@@ -198,6 +199,14 @@ func (c *client) installMissing(ctx context.Context) (*release.Release, error) {
 	ch, err := Load(c.opts.Version)
 	if err != nil {
 		return nil, err
+	}
+	// Refuse invalid values before creating the namespace.
+	vals, err := chartutil.CoalesceValues(ch, c.opts.Values)
+	if err != nil {
+		return nil, fmt.Errorf("values: %w", err)
+	}
+	if err := chartutil.ValidateAgainstSchema(ch, vals); err != nil {
+		return nil, fmt.Errorf("values: %w", err)
 	}
 	if err := c.ensureNamespace(ctx); err != nil {
 		return nil, err

@@ -133,6 +133,17 @@ func TestLifecycle(t *testing.T) {
 	checkRelease(t, rel, 1, "v2.0.0", release.StatusDeployed)
 }
 
+func TestInstallInvalidValues(t *testing.T) {
+	tc := newTestClient(t)
+	_, err := tc.client(t, Options{Version: "v1.0.0", Values: map[string]any{"logLevel": "loud"}}).install(t.Context())
+	if err == nil {
+		t.Fatal("install with logLevel loud: got no error, want one")
+	}
+	if len(tc.namespaces) != 0 {
+		t.Errorf("namespaces ensured: got %v, want none for invalid values", tc.namespaces)
+	}
+}
+
 func TestReleaseName(t *testing.T) {
 	ctx := t.Context()
 	tc := newTestClient(t)
