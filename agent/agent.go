@@ -157,7 +157,7 @@ func (a *agent) run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := healthSrv.Serve(health); !errors.Is(err, http.ErrServerClosed) {
+		if err := healthSrv.Serve(health); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			return fmt.Errorf("traffic-agent: health endpoint: %w", err)
 		}
 		return nil

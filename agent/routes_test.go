@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+)
+
+func TestRoute(t *testing.T) {
+	snap := &managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{
+		personalIntercept("alice", 8080, map[string]string{"x-dev": "alice"}, ""),
+		personalIntercept("alice-api", 8080, map[string]string{"X-Dev": "alice"}, "/api"),
+		personalIntercept("bob-team", 8080, map[string]string{"x-dev": "bob", "x-team": "b"}, ""),
+		personalIntercept("bob", 8080, map[string]string{"x-dev": "bob"}, ""),
+		personalIntercept("by-host", 8080, map[string]string{"Host": "preview.example"}, ""),
+		globalIntercept("global", 9090),
+		globalIntercept("elsewhere", 7070), // a port the agent does not serve
+	}}
+	r, ignored := newRoutes(snap, map[int32]bool{8080: true, 9090: true, 6060: true})
+	if len(ignored) != 1 || ignored[0].GetId() != "elsewhere" {
+		t.Errorf("ignored %v, want [elsewhere]", ignored)
+	}
+	cases := []struct {
+		name   string
+		port   int32
+		target string
+		header map[string][]string
+		want   string // intercept id; "" for the app
+	}{
+		{"no header", 8080, "/", nil, ""},
+		{"header", 8080, "/", map[string][]string{"X-Dev": {"alice"}}, "alice"},
+		{"value is exact", 8080, "/", map[string][]string{"X-Dev": {"Alice"}}, ""},
+		{"value is not trimmed", 8080, "/", map[string][]string{"X-Dev": {"alice "}}, ""},
+		{"any of several values", 8080, "/", map[string][]string{"X-Dev": {"carol", "alice"}}, "alice"},
+		{"longer path prefix wins", 8080, "/api/v1", map[string][]string{"X-Dev": {"alice"}}, "alice-api"},
+		{"prefix is a string prefix", 8080, "/apiary", map[string][]string{"X-Dev": {"alice"}}, "alice-api"},
+		{"more headers win", 8080, "/", map[string][]string{"X-Dev": {"bob"}, "X-Team": {"b"}}, "bob-team"},
+		{"missing one header", 8080, "/", map[string][]string{"X-Team": {"b"}}, ""},
+		{"fewer headers", 8080, "/", map[string][]string{"X-Dev": {"bob"}, "X-Team": {"c"}}, "bob"},
+		{"host", 8080, "/", map[string][]string{"Host": {"preview.example"}}, "by-host"},
+		{"global takes all", 9090, "/", nil, "global"},
+		{"no intercept", 6060, "/", map[string][]string{"X-Dev": {"alice"}}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, "http://echo"+tc.target, nil)
+			for k, vs := range tc.header {
+				if k == "Host" {
+					req.Host = vs[0]
+					continue
+				}
+				for _, v := range vs {
+					req.Header.Add(k, v)
+				}
+			}
+			got := ""
+			if ic := r.port(tc.port).route(req); ic != nil {
+				got = ic.id
+			}
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if pr := r.port(9090); pr.global == nil || len(pr.personal) != 0 {
+		t.Errorf("port 9090: %+v, want the global intercept only", pr)
+	}
+	if len(r.byHost) != 6 {
+		t.Errorf("%d intercepts by host, want 6", len(r.byHost))
+	}
+}
