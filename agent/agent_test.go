@@ -200,9 +200,9 @@ func TestPersonalInterceptKeepAlive(t *testing.T) {
 	}{
 		{"/api/users", map[string]string{"X-Dev": "alice"}, "dev"},
 		{"/api/users", nil, "app"},
-		{"/api/users", map[string]string{"x-dev": "alice"}, "dev"},  // names are case-insensitive
-		{"/api/users", map[string]string{"X-Dev": "Alice"}, "app"},  // values are exact
-		{"/other", map[string]string{"X-Dev": "alice"}, "app"},      // path prefix
+		{"/api/users", map[string]string{"x-dev": "alice"}, "dev"}, // names are case-insensitive
+		{"/api/users", map[string]string{"X-Dev": "Alice"}, "app"}, // values are exact
+		{"/other", map[string]string{"X-Dev": "alice"}, "app"},     // path prefix
 		{"/api", map[string]string{"X-Dev": "alice", "X-B": "c"}, "dev"},
 	}
 	for _, tc := range cases {
