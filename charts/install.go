@@ -35,8 +35,9 @@ const (
 )
 
 var (
-	// ErrNotInstalled is returned (wrapped) by Installed, Uninstall and
-	// the helpers when the namespace holds no traffic-manager release.
+	// ErrNotInstalled is returned (wrapped) by Installed and Uninstall when
+	// the namespace holds no traffic-manager release (or only an uninstalled
+	// one).
 	ErrNotInstalled = errors.New("traffic-manager not installed")
 	// ErrAlreadyInstalled is returned (wrapped) by Install when the release
 	// exists; Upgrade replaces it.
