@@ -164,7 +164,9 @@ func TestWebhookInjects(t *testing.T) {
 	}
 	numericApp := corev1.Container{Name: "app", Image: "echo:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}, {Name: "admin", ContainerPort: 9000}},
 		ReadinessProbe: httpProbe(intstr.FromInt32(8080))}
-	clusterIP := func(ports ...corev1.ServicePort) *corev1.Service { return service("shop", "echo", echoLabels, ports...) }
+	clusterIP := func(ports ...corev1.ServicePort) *corev1.Service {
+		return service("shop", "echo", echoLabels, ports...)
+	}
 	headless := func(ports ...corev1.ServicePort) *corev1.Service {
 		s := service("shop", "echo-headless", echoLabels, ports...)
 		s.Spec.ClusterIP = corev1.ClusterIPNone
