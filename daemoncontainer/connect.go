@@ -35,6 +35,9 @@ type ConnectOptions struct {
 	// Image of the daemon (tp:<version>), Version of this client.
 	Image, Version string
 	LogLevel       string
+	// DNS overrides the resolvers for names outside the cluster (default:
+	// those Docker gives containers, i.e. the host's).
+	DNS []string
 	// Timeout for the whole connect, including a first manager install.
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
@@ -141,7 +144,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		Kubeconfig: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel})
+		Kubeconfig: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
 		return nil, err

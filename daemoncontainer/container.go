@@ -124,6 +124,9 @@ type createOptions struct {
 	Kubeconfig []byte
 	Networks   []string // extra Docker networks to join (e.g. a kind cluster's)
 	LogLevel   string
+	// DNS overrides the upstream resolvers Docker gives the container (names
+	// outside the cluster are resolved there).
+	DNS []string
 }
 
 // create creates and starts the daemon container. On any failure it removes
@@ -146,6 +149,7 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 	}
 	host := &container.HostConfig{
 		CapAdd:     []string{"NET_ADMIN"},
+		DNS:        o.DNS,
 		ExtraHosts: []string{"host.docker.internal:host-gateway"},
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",

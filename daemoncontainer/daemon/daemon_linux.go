@@ -17,6 +17,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -288,13 +289,14 @@ func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.Sta
 		s.RoutedSubnets = append(s.RoutedSubnets, r.String())
 	}
 	for _, c := range d.conflicts {
-		s.Conflicts = append(s.Conflicts, &daemonv1.SubnetConflict{Subnet: c.Route.String(), ConflictsWith: c.With.String(), Interface: c.Interface})
+		s.Conflicts = append(s.Conflicts, &daemonv1.SubnetConflict{Subnet: c.Route.String(), ConflictsWith: c.Network.String(), Interface: c.Interface})
 	}
 	if d.dnsInfo != nil {
-		info := *d.dnsInfo
+		info := proto.CloneOf(d.dnsInfo)
 		st := d.dns.Stats()
 		info.Queries, info.CacheHits = st.Queries, st.CacheHits
-		s.Dns = &info
+		info.ClusterForwards, info.UpstreamForwards, info.Failures = st.ClusterForwards, st.UpstreamForwards, st.Failures
+		s.Dns = info
 	}
 	if d.stack != nil {
 		st := d.stack.Stats()

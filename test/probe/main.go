@@ -6,6 +6,7 @@
 //	probe tcp HOST:PORT            open a TCP connection
 //	probe udp HOST:PORT MESSAGE    send a datagram, print the answer
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
+//	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
 //
 // Every probe honours -timeout (default 5s).
 package main
@@ -17,9 +18,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func main() {
@@ -43,8 +47,10 @@ func main() {
 		err = probeUDP(ctx, args[0], args[1])
 	case cmd == "dns" && len(args) == 1:
 		err = probeDNS(ctx, args[0])
+	case cmd == "dns-server" && len(args) > 0:
+		err = dnsServer(args)
 	default:
-		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME")
+		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | dns-server NAME=IP...")
 	}
 	if err != nil {
 		fail(err)
@@ -116,4 +122,37 @@ func probeDNS(ctx context.Context, name string) error {
 	}
 	fmt.Println(strings.Join(addrs, " "))
 	return nil
+}
+
+// dnsServer answers A queries for the given names (a stand-in for a
+// corporate or public resolver in tests), NXDOMAIN for anything else.
+func dnsServer(entries []string) error {
+	answers := map[string]netip.Addr{}
+	for _, e := range entries {
+		name, ip, ok := strings.Cut(e, "=")
+		addr, err := netip.ParseAddr(ip)
+		if !ok || err != nil || !addr.Is4() {
+			return fmt.Errorf("dns-server: want NAME=IPv4, got %q", e)
+		}
+		answers[strings.ToLower(dns.Fqdn(name))] = addr
+	}
+	dns.HandleFunc(".", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		q := r.Question[0]
+		addr, ok := answers[strings.ToLower(q.Name)]
+		switch {
+		case !ok:
+			m.Rcode = dns.RcodeNameError
+		case q.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+				A:   addr.AsSlice(),
+			})
+		}
+		_ = w.WriteMsg(m)
+	})
+	fmt.Println("dns-server listening on :53")
+	return (&dns.Server{Addr: ":53", Net: "udp"}).ListenAndServe()
 }

@@ -41,6 +41,7 @@ func newConnectCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var (
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
+		dnsServers                        []string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -58,6 +59,7 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringVar(&managerNS, "manager-namespace", defaultManagerNamespace, "namespace of the traffic-manager")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
+	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		progress := streams.ErrOut
@@ -68,7 +70,7 @@ not changed: no root, routes or resolver settings.`,
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
-			Timeout: timeout, Progress: progress,
+			Timeout: timeout, Progress: progress, DNS: dnsServers,
 			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags())),
 		})
 		if err != nil {

@@ -181,15 +181,18 @@ func (x *SubnetConflict) GetInterface() string {
 }
 
 type DNSStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ListenAddress string                 `protobuf:"bytes,1,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
-	ClusterDomain string                 `protobuf:"bytes,2,opt,name=cluster_domain,json=clusterDomain,proto3" json:"cluster_domain,omitempty"`
-	Search        []string               `protobuf:"bytes,3,rep,name=search,proto3" json:"search,omitempty"`
-	Upstreams     []string               `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
-	Queries       uint64                 `protobuf:"varint,5,opt,name=queries,proto3" json:"queries,omitempty"`
-	CacheHits     uint64                 `protobuf:"varint,6,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ListenAddress    string                 `protobuf:"bytes,1,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
+	ClusterDomain    string                 `protobuf:"bytes,2,opt,name=cluster_domain,json=clusterDomain,proto3" json:"cluster_domain,omitempty"`
+	Search           []string               `protobuf:"bytes,3,rep,name=search,proto3" json:"search,omitempty"`
+	Upstreams        []string               `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	Queries          uint64                 `protobuf:"varint,5,opt,name=queries,proto3" json:"queries,omitempty"`
+	CacheHits        uint64                 `protobuf:"varint,6,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
+	ClusterForwards  uint64                 `protobuf:"varint,7,opt,name=cluster_forwards,json=clusterForwards,proto3" json:"cluster_forwards,omitempty"`
+	UpstreamForwards uint64                 `protobuf:"varint,8,opt,name=upstream_forwards,json=upstreamForwards,proto3" json:"upstream_forwards,omitempty"`
+	Failures         uint64                 `protobuf:"varint,9,opt,name=failures,proto3" json:"failures,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DNSStatus) Reset() {
@@ -260,6 +263,27 @@ func (x *DNSStatus) GetQueries() uint64 {
 func (x *DNSStatus) GetCacheHits() uint64 {
 	if x != nil {
 		return x.CacheHits
+	}
+	return 0
+}
+
+func (x *DNSStatus) GetClusterForwards() uint64 {
+	if x != nil {
+		return x.ClusterForwards
+	}
+	return 0
+}
+
+func (x *DNSStatus) GetUpstreamForwards() uint64 {
+	if x != nil {
+		return x.UpstreamForwards
+	}
+	return 0
+}
+
+func (x *DNSStatus) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
 	}
 	return 0
 }
@@ -509,7 +533,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x0eSubnetConflict\x12\x16\n" +
 	"\x06subnet\x18\x01 \x01(\tR\x06subnet\x12%\n" +
 	"\x0econflicts_with\x18\x02 \x01(\tR\rconflictsWith\x12\x1c\n" +
-	"\tinterface\x18\x03 \x01(\tR\tinterface\"\xc8\x01\n" +
+	"\tinterface\x18\x03 \x01(\tR\tinterface\"\xbc\x02\n" +
 	"\tDNSStatus\x12%\n" +
 	"\x0elisten_address\x18\x01 \x01(\tR\rlistenAddress\x12%\n" +
 	"\x0ecluster_domain\x18\x02 \x01(\tR\rclusterDomain\x12\x16\n" +
@@ -517,7 +541,10 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\tupstreams\x18\x04 \x03(\tR\tupstreams\x12\x18\n" +
 	"\aqueries\x18\x05 \x01(\x04R\aqueries\x12\x1d\n" +
 	"\n" +
-	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\"\xf0\x04\n" +
+	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\x12)\n" +
+	"\x10cluster_forwards\x18\a \x01(\x04R\x0fclusterForwards\x12+\n" +
+	"\x11upstream_forwards\x18\b \x01(\x04R\x10upstreamForwards\x12\x1a\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\"\xf0\x04\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
