@@ -144,6 +144,24 @@ func readReset(addr string) error {
 	return err
 }
 
+func TestAppListeningOnPodIPOnly(t *testing.T) {
+	// The app listens on the "pod IP" only, so 127.0.0.1 refuses.
+	podIP := netip.MustParseAddr("127.0.0.2")
+	app := newTestServerAt(t, "app", netip.AddrPortFrom(podIP, 0).String())
+	dev := newTestServer(t, "dev")
+	mgr := newFakeManager(t, dev.addr.String())
+	ta := startAgent(t, app, agentOptions{managerAddr: mgr.address(), podIP: podIP})
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("spliced: served by %q, want app", got)
+	}
+	waitFor(t, "the agent to arrive", ta.arrived.Load)
+	mgr.setIntercepts(personalIntercept("ic-1", ta.containerPt, map[string]string{"x-dev": "alice"}, ""))
+	ta.waitRoutes(t, "ic-1")
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("HTTP mode: served by %q, want app", got)
+	}
+}
+
 func TestGlobalInterceptGoesToClient(t *testing.T) {
 	e := newEnv(t)
 	e.mgr.setIntercepts(globalIntercept("ic-1", e.agent.containerPt))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sort"
 	"strings"
 )
 
@@ -280,14 +279,4 @@ func (c *Config) validate() error {
 		c.Log = slog.Default()
 	}
 	return nil
-}
-
-// sortedKeys returns m's keys in order (for logs and stable output).
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 
 	"github.com/tp-run/tp/tunnel"
 )
@@ -21,8 +22,7 @@ var errNoSession = errors.New("no session with the traffic-manager")
 // with splice(2) between the two sockets). A refused dial resets c, as the
 // app's closed port would.
 func (a *agent) toApp(ctx context.Context, p Port, c net.Conn) {
-	d := net.Dialer{Timeout: a.dialTimeout}
-	app, err := d.DialContext(ctx, "tcp", a.appAddr(p.ContainerPort))
+	app, err := a.dialApp(ctx, "tcp", a.appAddr(p.ContainerPort))
 	if err != nil {
 		a.log.Debug("cannot reach the app; resetting the connection", "containerPort", p.ContainerPort,
 			"client", c.RemoteAddr(), "err", err)
@@ -30,6 +30,26 @@ func (a *agent) toApp(ctx context.Context, p Port, c net.Conn) {
 		return
 	}
 	spliceConns(ctx, c, app)
+}
+
+// dialApp dials the app at addr (127.0.0.1:containerPort). An app that
+// refuses there may listen on the pod IP only: then it dials the same port
+// on the pod IP, which (being locally generated) no redirect rule touches.
+func (a *agent) dialApp(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: a.dialTimeout}
+	c, err := d.DialContext(ctx, network, addr)
+	if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		return c, err
+	}
+	ap, perr := netip.ParseAddrPort(addr)
+	if perr != nil || !ap.Addr().IsLoopback() || ap.Addr() == a.cfg.PodIP {
+		return nil, err
+	}
+	c, err2 := d.DialContext(ctx, network, netip.AddrPortFrom(a.cfg.PodIP, ap.Port()).String())
+	if err2 != nil {
+		return nil, err // the loopback error says it best
+	}
+	return c, nil
 }
 
 // toClient splices c to a global intercept's client through a tunnel flow.

@@ -117,11 +117,6 @@ func (m *fakeManager) stop() {
 	}
 }
 
-func (m *fakeManager) restart() {
-	m.stop()
-	m.start(m.address())
-}
-
 func (m *fakeManager) address() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -275,6 +270,11 @@ type testServer struct {
 
 func newTestServer(tb testing.TB, name string) *testServer {
 	tb.Helper()
+	return newTestServerAt(tb, name, "127.0.0.1:0")
+}
+
+func newTestServerAt(tb testing.TB, name, listenAddr string) *testServer {
+	tb.Helper()
 	gs := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		grpc.SetHeader(ctx, metadata.Pairs("served-by", name))
 		return handler(ctx, req)
@@ -294,7 +294,7 @@ func newTestServer(tb testing.TB, name string) *testServer {
 			fmt.Fprintf(w, "%s %s %s host=%s xff=%s", name, r.Proto, r.URL.Path, r.Host, r.Header.Get("X-Forwarded-For"))
 		}),
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", listenAddr)
 	if err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
@@ -322,7 +322,8 @@ type testAgent struct {
 
 type agentOptions struct {
 	managerAddr string
-	appAddr     string // instead of the app's address
+	appAddr     string     // instead of the app's address
+	podIP       netip.Addr // instead of 127.0.0.1
 }
 
 func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
@@ -340,9 +341,16 @@ func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
 		Environment: map[string]string{"GREETING": "hello"},
 		Log:         testLogger(tb),
 	}
+	if opts.podIP.IsValid() {
+		cfg.PodIP = opts.podIP
+	}
 	a, err := newAgent(cfg)
 	if err != nil {
 		tb.Fatalf("newAgent: %v", err)
+	}
+	if opts.appAddr == "" {
+		// The app's port on loopback, wherever the app listens.
+		opts.appAddr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), app.addr.Port()).String()
 	}
 	ta := &testAgent{agent: a, containerPt: cp}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -33,17 +33,16 @@ type httpProxy struct {
 	clientH1, clientH2 *http.Transport
 	errLog             *log.Logger
 
-	handlers sync.WaitGroup // requests in flight
+	// Requests in flight; once closed, no new request starts.
+	mu       sync.RWMutex
+	closed   bool
+	handlers sync.WaitGroup
 }
 
 func newHTTPProxy(a *agent) *httpProxy {
 	h := &httpProxy{a: a, errLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug)}
-	dialApp := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := net.Dialer{Timeout: a.dialTimeout}
-		return d.DialContext(ctx, network, addr)
-	}
-	h.appH1 = newTransport(dialApp, false, 90*time.Second)
-	h.appH2 = newTransport(dialApp, true, 90*time.Second)
+	h.appH1 = newTransport(a.dialApp, false, 90*time.Second)
+	h.appH2 = newTransport(a.dialApp, true, 90*time.Second)
 	h.clientH1 = newTransport(h.dialClient, false, 30*time.Second)
 	h.clientH2 = newTransport(h.dialClient, true, 30*time.Second)
 	return h
@@ -77,14 +76,24 @@ func (h *httpProxy) server(p Port) *http.Server {
 	return &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(p, w, r) }),
 		Protocols:         protocols,
-		ReadHeaderTimeout: time.Minute,
+		// Generous: only against connections that never send a request
+		// (an idle keep-alive connection waits without limit, as a
+		// splice would).
+		ReadHeaderTimeout: 5 * time.Minute,
 		ErrorLog:          h.errLog,
 	}
 }
 
 // serve routes one request by the latest snapshot.
 func (h *httpProxy) serve(p Port, w http.ResponseWriter, r *http.Request) {
+	h.mu.RLock()
+	if h.closed {
+		h.mu.RUnlock()
+		http.Error(w, "tp-agent: shutting down", http.StatusServiceUnavailable)
+		return
+	}
 	h.handlers.Add(1)
+	h.mu.RUnlock()
 	defer h.handlers.Done()
 	ic := h.a.routes.Load().port(p.ContainerPort).route(r)
 	if ic == nil {
@@ -194,6 +203,9 @@ func (h *httpProxy) routesChanged(old, cur *routes) {
 // close waits for the requests in flight (their servers are closed) and
 // closes the idle connections.
 func (h *httpProxy) close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
 	h.handlers.Wait()
 	for _, t := range []*http.Transport{h.appH1, h.appH2, h.clientH1, h.clientH2} {
 		t.CloseIdleConnections()
