@@ -16,7 +16,13 @@
 //     request or stream: all of an intercept's headers match and the path
 //     starts with its prefix -> that intercept's client, else the app. When
 //     the client cannot be reached the request gets a 502 that says so; it
-//     is not silently sent to the app.
+//     is not silently sent to the app. Such a port must carry plain HTTP
+//     (not TLS); requests keep their Host and X-Forwarded-* headers.
+//
+// An intercept without headers is global (a path prefix alone does not make
+// it personal), as the manager's ownership rules have it. When several
+// personal intercepts match a request, the one with more headers wins, then
+// the longer path prefix, then the smaller id.
 //
 // The snapshot is read per connection and, in HTTP mode, per request: new
 // and removed intercepts apply at once to new connections and requests.
