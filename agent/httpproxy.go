@@ -74,8 +74,8 @@ func (h *httpProxy) server(p Port) *http.Server {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	return &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(p, w, r) }),
-		Protocols:         protocols,
+		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(p, w, r) }),
+		Protocols: protocols,
 		// Generous: only against connections that never send a request
 		// (an idle keep-alive connection waits without limit, as a
 		// splice would).
