@@ -291,7 +291,8 @@ func newTestServerAt(tb testing.TB, name, listenAddr string) *testServer {
 				return
 			}
 			w.Header().Set("Served-By", name)
-			fmt.Fprintf(w, "%s %s %s host=%s xff=%s", name, r.Proto, r.URL.Path, r.Host, r.Header.Get("X-Forwarded-For"))
+			fmt.Fprintf(w, "%s %s %s host=%s remote=%s xff=%s", name, r.Proto, r.URL.Path, r.Host, r.RemoteAddr,
+				r.Header.Get("X-Forwarded-For"))
 		}),
 	}
 	lis, err := net.Listen("tcp", listenAddr)

@@ -3,15 +3,20 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -170,6 +175,27 @@ func TestInitInNamespace(t *testing.T) {
 		}
 	}
 
+	// The whole path of a redirect port: a client outside the pod, the
+	// redirect, the agent, and the agent's own dial of 127.0.0.1, which is
+	// not redirected again.
+	web := Port{Name: "web", ContainerPort: 7070, AgentPort: 9910, Mechanism: MechanismRedirect}
+	if err := Init(ctx, append(ports, web), log); err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	newTestServerAt(t, "app", ":7070")
+	startNamespaceAgent(t, web, netip.MustParseAddr("198.18.0.1"))
+	for _, dst := range []net.IP{ns4, ns6} {
+		var body string
+		remote.do(t, func() error {
+			var err error
+			body, err = getOnThisThread(net.JoinHostPort(dst.String(), "7070"))
+			return err
+		})
+		if !strings.HasPrefix(body, "app ") || !strings.Contains(body, " remote=127.0.0.1:") {
+			t.Errorf("GET %s:7070 from outside: %q, want the app's answer to the agent (remote=127.0.0.1)", dst, body)
+		}
+	}
+
 	// Without redirect ports Init removes its tables.
 	if err := Init(ctx, ports[1:2], log); err != nil {
 		t.Fatalf("Init with rename ports only: %v", err)
@@ -259,6 +285,46 @@ func listRedirects(t *testing.T, fam nftables.TableFamily) map[uint16]uint16 {
 		t.Errorf("family %d: %d rules for %d redirects", fam, len(rules), len(got))
 	}
 	return got
+}
+
+// startNamespaceAgent runs an agent for one port with its real listeners
+// (all addresses) and no manager.
+func startNamespaceAgent(t *testing.T, p Port, podIP netip.Addr) {
+	t.Helper()
+	a, err := newAgent(Config{ManagerAddr: dead, Workload: "echo", Namespace: "default", PodName: "echo-1",
+		PodIP: podIP, Ports: []Port{p}, HealthAddr: "127.0.0.1:0", Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("newAgent: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	waitFor(t, "the agent to listen", a.listened.Load)
+}
+
+// getOnThisThread sends GET / to addr over a socket created on the calling
+// thread (so in its network namespace) and returns the body.
+func getOnThisThread(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 func deref[T any](p *T) any {
