@@ -218,9 +218,6 @@ var (
 	// clusterGrants is what the manager needs on cluster-scoped objects.
 	clusterGrants = []grant{
 		{"", "nodes", "list"}, {"", "nodes", "watch"},
-		{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"},
-		{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"},
-		{"admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"},
 	}
 )
 
@@ -232,8 +229,10 @@ func TestRenderDefaults(t *testing.T) {
 		"ClusterRole /traffic-manager-" + ns,
 		"ClusterRoleBinding /traffic-manager-" + ns,
 		"Deployment " + ns + "/traffic-manager",
+		"MutatingWebhookConfiguration /traffic-manager-" + ns,
 		"Role " + ns + "/traffic-manager",
 		"RoleBinding " + ns + "/traffic-manager",
+		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Service " + ns + "/traffic-manager",
 		"ServiceAccount " + ns + "/traffic-manager",
 	}
@@ -291,8 +290,8 @@ func TestRenderDefaults(t *testing.T) {
 	if len(c.Command) != 0 {
 		t.Errorf("command: got %v, want none (the image's entrypoint /tp)", c.Command)
 	}
-	if len(c.Ports) != 1 || c.Ports[0].Name != "grpc" || c.Ports[0].ContainerPort != 8081 {
-		t.Errorf("ports: got %+v, want grpc 8081", c.Ports)
+	if len(c.Ports) != 2 || c.Ports[0].Name != "grpc" || c.Ports[0].ContainerPort != 8081 {
+		t.Errorf("ports: got %+v, want grpc 8081 and webhook", c.Ports)
 	}
 	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 		if p == nil || p.GRPC == nil || p.GRPC.Port != 8081 {
@@ -343,8 +342,8 @@ func TestRenderDefaults(t *testing.T) {
 	if got := svc.Spec.Type; got != corev1.ServiceTypeClusterIP {
 		t.Errorf("service type: got %q, want ClusterIP", got)
 	}
-	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "grpc" || svc.Spec.Ports[0].Port != 8081 || svc.Spec.Ports[0].TargetPort.String() != "grpc" {
-		t.Errorf("service ports: got %+v, want grpc 8081 -> grpc", svc.Spec.Ports)
+	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Name != "grpc" || svc.Spec.Ports[0].Port != 8081 || svc.Spec.Ports[0].TargetPort.String() != "grpc" {
+		t.Errorf("service ports: got %+v, want grpc 8081 -> grpc and webhook", svc.Spec.Ports)
 	}
 	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
 		t.Errorf("service selector %v does not match pod labels %v", svc.Spec.Selector, pod.Labels)
@@ -410,6 +409,8 @@ func TestRenderNamespaced(t *testing.T) {
 		"ClusterRole /traffic-manager-" + ns,
 		"ClusterRoleBinding /traffic-manager-" + ns,
 		"Deployment " + ns + "/traffic-manager",
+		"MutatingWebhookConfiguration /traffic-manager-" + ns,
+		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Role billing/traffic-manager-" + ns,
 		"Role shop/traffic-manager-" + ns,
 		"Role " + ns + "/traffic-manager",

@@ -104,8 +104,38 @@ ClusterRole).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch"]
-# The agent-injector webhook (intercepts).
-- apiGroups: ["admissionregistration.k8s.io"]
-  resources: ["mutatingwebhookconfigurations"]
-  verbs: ["get", "create", "update"]
+{{- /* No access to mutatingwebhookconfigurations: the chart installs the
+agent-injection webhook (webhook.yaml) with its certificate. */}}
+{{- end }}
+
+{{/*
+Webhook port of the manager container (TLS; the Service maps 443 to it).
+*/}}
+{{- define "tp.webhookPort" -}}
+8443
+{{- end }}
+
+{{/*
+Name of the Secret holding the webhook's serving certificate.
+*/}}
+{{- define "tp.webhookSecret" -}}
+traffic-manager-webhook-tls
+{{- end }}
+
+{{/*
+TLS of the agent-injection webhook: a CA and a serving certificate for the
+manager's Service, generated once per render (cached in the root context, so
+pass $) and shared by the Secret, the webhook's caBundle and the Deployment's
+checksum annotation. Every install and upgrade rotates them and, through the
+checksum, restarts the manager. Returns YAML: ca, cert, key (PEM).
+*/}}
+{{- define "tp.webhookTLS" -}}
+{{- if not (hasKey . "tpWebhookTLS") -}}
+{{- $name := include "tp.name" . -}}
+{{- $svc := printf "%s.%s.svc" $name .Release.Namespace -}}
+{{- $ca := genCA (printf "tp-webhook-ca.%s" .Release.Namespace) 3650 -}}
+{{- $cert := genSignedCert $svc nil (list $svc (printf "%s.cluster.local" $svc) (printf "%s.%s" $name .Release.Namespace) $name) 3650 $ca -}}
+{{- $_ := set . "tpWebhookTLS" (dict "ca" $ca.Cert "cert" $cert.Cert "key" $cert.Key) -}}
+{{- end -}}
+{{- toYaml (get . "tpWebhookTLS") -}}
 {{- end }}
