@@ -91,6 +91,7 @@ type agent struct {
 	dialer   atomic.Pointer[tunnel.Dialer] // nil while no session
 	listened atomic.Bool                   // every agent port listens
 	arrived  atomic.Bool                   // arrived at the manager (at least once)
+	draining atomic.Bool                   // Run's context ended
 
 	http *httpProxy
 
@@ -161,7 +162,14 @@ func (a *agent) run(ctx context.Context) error {
 		httpListeners[i] = newConnListener(listeners[i].Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
+	// Serving outlives ctx by the drain; the manager session does not.
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	g, gctx := errgroup.WithContext(serveCtx)
+	mctx, stopManaging := context.WithCancel(ctx)
+	defer stopManaging()
+	stopManagingOnFailure := context.AfterFunc(gctx, stopManaging)
+	defer stopManagingOnFailure()
 	g.Go(func() error {
 		if err := healthSrv.Serve(health); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			return fmt.Errorf("traffic-agent: health endpoint: %w", err)
@@ -177,7 +185,27 @@ func (a *agent) run(ctx context.Context) error {
 		})
 		g.Go(func() error { return a.acceptLoop(gctx, p, listeners[i], httpListeners[i]) })
 	}
-	g.Go(func() error { a.manage(gctx, managerv1.NewManagerClient(cc), cc); return nil })
+	managed := make(chan struct{})
+	g.Go(func() error {
+		defer close(managed)
+		a.manage(mctx, managerv1.NewManagerClient(cc), cc)
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-ctx.Done():
+		}
+		a.draining.Store(true)
+		<-managed // departed: everything goes to the app
+		if d := a.cfg.DrainTimeout; d > 0 {
+			a.log.Info("shutting down: serving for the drain period", "drain", d)
+			sleep(gctx, d)
+		}
+		stopServing()
+		return nil
+	})
 	g.Go(func() error {
 		<-gctx.Done()
 		closeAll()

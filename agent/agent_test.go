@@ -511,7 +511,7 @@ func TestDepartOnShutdown(t *testing.T) {
 	mgr := newFakeManager(t, "127.0.0.1:1")
 	a, err := newAgent(Config{
 		ManagerAddr: mgr.address(), Workload: "echo", Namespace: "default", PodName: "p",
-		PodIP: netip.MustParseAddr("127.0.0.1"), Log: testLogger(t),
+		PodIP: netip.MustParseAddr("127.0.0.1"), Log: testLogger(t), DrainTimeout: -1,
 		Ports: []Port{{ContainerPort: int32(app.addr.Port()), AgentPort: 9900, Mechanism: MechanismRename}},
 	})
 	if err != nil {
@@ -522,13 +522,59 @@ func TestDepartOnShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx) }()
-	waitFor(t, "the agent to arrive", func() bool { return mgr.sessionCount() == 1 })
+	waitFor(t, "the agent to arrive", a.arrived.Load)
+	if n := mgr.sessionCount(); n != 1 {
+		t.Fatalf("%d sessions, want 1", n)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if n := mgr.sessionCount(); n != 0 {
 		t.Errorf("%d sessions after the agent stopped, want 0 (it departs)", n)
+	}
+}
+
+func TestDrainOnShutdown(t *testing.T) {
+	app := newTestServer(t, "app")
+	dev := newTestServer(t, "dev")
+	mgr := newFakeManager(t, dev.addr.String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const drain = 500 * time.Millisecond
+	ta := startAgent(t, app, agentOptions{managerAddr: mgr.address(), drain: drain, ctx: ctx})
+	waitFor(t, "the agent to arrive", ta.arrived.Load)
+	mgr.setIntercepts(globalIntercept("ic-1", ta.containerPt))
+	ta.waitRoutes(t, "ic-1")
+	before := dialHTTP(t, ta.addr)
+	if got := servedBy(before.mustGet("/", nil)); got != "dev" {
+		t.Fatalf("served by %q, want dev", got)
+	}
+
+	stopped := time.Now()
+	cancel()
+	// The agent departs and serves on: new connections reach the app, the
+	// old one still works, and it is no longer ready.
+	waitFor(t, "the agent to depart", func() bool { return mgr.sessionCount() == 0 })
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("during the drain: served by %q, want app", got)
+	}
+	if got := servedBy(before.mustGet("/", nil)); got != "dev" {
+		t.Errorf("during the drain, old connection: served by %q, want dev", got)
+	}
+	if code := httpStatus(t, "http://"+ta.healthAddr+ReadyPath); code != http.StatusServiceUnavailable {
+		t.Errorf("%s during the drain: %d, want 503", ReadyPath, code)
+	}
+	select {
+	case <-ta.done:
+		if d := time.Since(stopped); d < drain {
+			t.Errorf("Run returned %s after its context ended, want at least the drain of %s", d, drain)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the drain")
+	}
+	if _, _, err := before.get("/", nil); err == nil {
+		t.Error("the old connection still works after Run returned")
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Environment variables the webhook sets on the agent container (see
@@ -35,6 +36,11 @@ const (
 	// LivePath answers 200 while the process serves.
 	LivePath = "/healthz"
 )
+
+// DefaultDrainTimeout is how long the agent keeps serving after its
+// context ended (see Config.DrainTimeout); well within Kubernetes' default
+// termination grace period of 30 s.
+const DefaultDrainTimeout = 5 * time.Second
 
 // FirstAgentPort is the port the webhook gives the first port the agent
 // takes over; the next ones get 9901, 9902, ...
@@ -87,6 +93,13 @@ type Config struct {
 	// Environment is what the agent reports as the app container's
 	// environment (see ReportedEnvironment).
 	Environment map[string]string
+	// DrainTimeout: when Run's context ends (the pod terminates), the agent
+	// departs from the manager at once (everything goes to the app) but
+	// keeps serving this long, so that connections in flight finish and new
+	// ones that arrive while the endpoints update still reach the app,
+	// which terminates at the same time. 0 means DefaultDrainTimeout; a
+	// negative value stops at once.
+	DrainTimeout time.Duration
 	// Log receives the agent's logs; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -274,6 +287,9 @@ func (c *Config) validate() error {
 	}
 	if c.HealthAddr == "" {
 		c.HealthAddr = DefaultHealthAddr
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()

@@ -11,6 +11,10 @@ func (a *agent) healthServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
 		listened, arrived := a.listened.Load(), a.arrived.Load()
+		if a.draining.Load() {
+			http.Error(w, "not ready: shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if listened && arrived {
 			fmt.Fprintln(w, "ready")
 			return

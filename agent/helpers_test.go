@@ -319,28 +319,37 @@ type testAgent struct {
 	healthAddr  string
 	accepted    atomic.Int32 // connections accepted on the agent port
 	containerPt int32
+	done        <-chan struct{} // closed when Run returned
+	runErr      error           // what it returned
 }
 
 type agentOptions struct {
 	managerAddr string
 	appAddr     string     // instead of the app's address
 	podIP       netip.Addr // instead of 127.0.0.1
+	drain       time.Duration
+	// ctx ends the agent instead of the test's cleanup.
+	ctx context.Context
 }
 
 func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
 	tb.Helper()
 	cp := int32(app.addr.Port())
 	cfg := Config{
-		ManagerAddr: opts.managerAddr,
-		Workload:    "echo",
-		Kind:        "Deployment",
-		Namespace:   "default",
-		PodName:     "echo-7d9c-abcde",
-		PodIP:       netip.MustParseAddr("127.0.0.1"),
-		Container:   "echo",
-		Ports:       []Port{{Name: "http", ContainerPort: cp, AgentPort: FirstAgentPort, Protocol: "TCP", Mechanism: MechanismRename}},
-		Environment: map[string]string{"GREETING": "hello"},
-		Log:         testLogger(tb),
+		ManagerAddr:  opts.managerAddr,
+		Workload:     "echo",
+		Kind:         "Deployment",
+		Namespace:    "default",
+		PodName:      "echo-7d9c-abcde",
+		PodIP:        netip.MustParseAddr("127.0.0.1"),
+		Container:    "echo",
+		Ports:        []Port{{Name: "http", ContainerPort: cp, AgentPort: FirstAgentPort, Protocol: "TCP", Mechanism: MechanismRename}},
+		Environment:  map[string]string{"GREETING": "hello"},
+		DrainTimeout: opts.drain,
+		Log:          testLogger(tb),
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = -1
 	}
 	if opts.podIP.IsValid() {
 		cfg.PodIP = opts.podIP
@@ -370,15 +379,23 @@ func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
 		a.appAddr = func(int32) string { return opts.appAddr }
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.run(ctx) }()
+	parent := opts.ctx
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ta.runErr = a.run(ctx)
+	}()
+	ta.done = done
 	tb.Cleanup(func() {
 		cancel()
 		select {
-		case err := <-done:
-			if err != nil {
-				tb.Errorf("Run: %v", err)
+		case <-done:
+			if ta.runErr != nil {
+				tb.Errorf("Run: %v", ta.runErr)
 			}
 		case <-time.After(10 * time.Second):
 			tb.Errorf("Run did not return after its context ended")
