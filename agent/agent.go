@@ -33,9 +33,16 @@
 // connections see a personal intercept on their new connections only.
 //
 // The agent arrives at the traffic-manager (ArriveAsAgent), keeps its session
-// with Remain, watches its workload's intercepts and arrives anew when the
-// manager forgets the session or restarts. While the manager is unreachable
-// it routes everything to the app: intercepts need the manager anyway.
+// with Remain (every TTL/3), watches its workload's intercepts and arrives
+// anew, with backoff, when the manager forgets the session (NOT_FOUND) or
+// restarts. While the manager is unreachable it routes everything to the
+// app: intercepts need the manager anyway.
+//
+// Health: ReadyPath answers 200 once every agent port listens and the agent
+// has arrived at the manager once; it stays ready when the manager goes away
+// later (the app is still served). When Run's context ends the agent departs
+// at once, answers 503 on ReadyPath and keeps serving (everything to the
+// app) for Config.DrainTimeout before it closes every connection.
 //
 // agent-init (Init) installs the nftables redirects of the ports whose
 // mechanism is "redirect", in the pod's network namespace.
