@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 
 	"github.com/google/nftables"
@@ -39,7 +40,7 @@ const chainName = "prerouting"
 // idempotent: it replaces its own tables in one transaction per family and
 // touches nothing else. It needs CAP_NET_ADMIN. Without "redirect" ports
 // it only removes its tables. A failure on ip6 is logged and tolerated
-// when the pod has no IPv6 (the kernel then refuses the family).
+// when the pod has no IPv6 address besides loopback and link-local ones.
 func Init(ctx context.Context, ports []Port, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
@@ -60,8 +61,8 @@ func Init(ctx context.Context, ports []Port, log *slog.Logger) error {
 		return fmt.Errorf("agent-init: nftables table ip %s: %w%s", TableName, err, permissionHint(err))
 	}
 	if err := installRedirects(nftables.TableFamilyIPv6, redirect); err != nil {
-		if !ipv6Enabled() {
-			log.Warn("agent-init: no IPv6 in this pod; only IPv4 traffic is redirected", "err", err)
+		if !podHasIPv6() {
+			log.Warn("agent-init: cannot redirect IPv6, and the pod has no IPv6 address; only IPv4 traffic is redirected", "err", err)
 		} else {
 			return fmt.Errorf("agent-init: nftables table ip6 %s: %w%s", TableName, err, permissionHint(err))
 		}
@@ -114,12 +115,23 @@ func redirectExprs(p Port) []expr.Any {
 	}
 }
 
-func ipv6Enabled() bool {
-	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+// podHasIPv6 reports whether the pod has an IPv6 address other than
+// loopback and link-local ones, i.e. whether IPv6 traffic can reach it.
+func podHasIPv6() bool {
+	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return false // no IPv6 stack at all
+		return true // cannot tell: do not hide the failure
 	}
-	return len(b) > 0 && b[0] == '0'
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip := ipn.IP; ip.To4() == nil && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
+			return true
+		}
+	}
+	return false
 }
 
 func permissionHint(err error) string {
