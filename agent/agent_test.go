@@ -510,7 +510,7 @@ func TestDepartOnShutdown(t *testing.T) {
 	app := newTestServer(t, "app")
 	mgr := newFakeManager(t, "127.0.0.1:1")
 	a, err := newAgent(Config{
-		ManagerAddr: mgr.address(), Workload: "echo", Namespace: "default", PodName: "p",
+		ManagerAddr: mgr.address(), Workload: "echo", Kind: "Deployment", Namespace: "default", PodName: "p",
 		PodIP: netip.MustParseAddr("127.0.0.1"), Log: testLogger(t), DrainTimeout: -1,
 		Ports: []Port{{ContainerPort: int32(app.addr.Port()), AgentPort: 9900, Mechanism: MechanismRename}},
 	})
@@ -589,7 +589,7 @@ func TestRunFailsOnBadConfigAndBusyPort(t *testing.T) {
 	defer busy.Close()
 	port := int32(busy.Addr().(*net.TCPAddr).Port)
 	err = Run(context.Background(), Config{
-		ManagerAddr: "127.0.0.1:1", Workload: "w", Namespace: "n", PodName: "p",
+		ManagerAddr: "127.0.0.1:1", Workload: "w", Kind: "Deployment", Namespace: "n", PodName: "p",
 		PodIP: netip.MustParseAddr("127.0.0.1"), HealthAddr: "127.0.0.1:0", Log: testLogger(t),
 		Ports: []Port{{ContainerPort: 1, AgentPort: port, Mechanism: MechanismRename}},
 	})

@@ -80,7 +80,7 @@ type Config struct {
 	ManagerAddr string
 	// The workload the pod belongs to.
 	Workload  string
-	Kind      string // Deployment, StatefulSet or ReplicaSet (informational)
+	Kind      string // Deployment, StatefulSet or ReplicaSet
 	Namespace string
 	// The pod the agent runs in.
 	PodName string
@@ -123,7 +123,7 @@ func ConfigFromEnv(environ []string) (Config, error) {
 		Workload:    required(EnvWorkload, "the workload's name"),
 		Namespace:   required(EnvNamespace, "the pod's namespace"),
 		PodName:     required(EnvPodName, "the pod's name"),
-		Kind:        strings.TrimSpace(env[EnvKind]),
+		Kind:        required(EnvKind, "the workload's kind: Deployment, StatefulSet or ReplicaSet"),
 		Container:   strings.TrimSpace(env[EnvContainer]),
 		HealthAddr:  strings.TrimSpace(env[EnvHealthAddr]),
 		Environment: ReportedEnvironment(environ),
@@ -158,10 +158,10 @@ func PortsFromEnv(environ []string) ([]Port, error) {
 }
 
 func parsePorts(raw string) ([]Port, error) {
+	// Unknown fields are ignored, so that a newer webhook's additions do
+	// not break an agent; misspelt ones leave zeros that validation names.
 	var ports []Port
-	dec := json.NewDecoder(strings.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ports); err != nil {
+	if err := json.Unmarshal([]byte(raw), &ports); err != nil {
 		return nil, fmt.Errorf("%s is not a JSON list of {name, containerPort, agentPort, protocol, mechanism}: %w", EnvPorts, err)
 	}
 	if err := validatePorts(ports); err != nil {
@@ -270,8 +270,8 @@ func (c *Config) validate() error {
 	if c.ManagerAddr == "" {
 		errs = append(errs, errors.New("no traffic-manager address"))
 	}
-	if c.Workload == "" || c.Namespace == "" {
-		errs = append(errs, errors.New("no workload or namespace"))
+	if c.Workload == "" || c.Namespace == "" || c.Kind == "" {
+		errs = append(errs, errors.New("no workload, namespace or kind"))
 	}
 	if c.PodName == "" {
 		errs = append(errs, errors.New("no pod name"))

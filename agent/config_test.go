@@ -68,12 +68,13 @@ func TestConfigFromEnvErrors(t *testing.T) {
 	}{
 		{"nothing", nil, []string{"TP_MANAGER_ADDR is not set", "TP_AGENT_WORKLOAD is not set",
 			"TP_AGENT_NAMESPACE is not set", "TP_AGENT_POD_NAME is not set", "TP_AGENT_POD_IP is not set",
-			"TP_AGENT_PORTS is not set", "webhook"}},
+			"TP_AGENT_PORTS is not set", "TP_AGENT_KIND is not set", "webhook"}},
 		{"no manager", without("TP_MANAGER_ADDR"), []string{"TP_MANAGER_ADDR is not set"}},
 		{"bad pod IP", with("TP_AGENT_POD_IP=10.42.0"), []string{`TP_AGENT_POD_IP="10.42.0" is not an IP address`}},
 		{"ports not JSON", with("TP_AGENT_PORTS=8080"), []string{"TP_AGENT_PORTS is not a JSON list"}},
-		{"unknown field", with(`TP_AGENT_PORTS=[{"containerPort":8080,"agentPort":9900,"mechanism":"rename","port":1}]`),
-			[]string{"TP_AGENT_PORTS is not a JSON list", `unknown field "port"`}},
+		{"misspelt field", with(`TP_AGENT_PORTS=[{"container_port":8080,"agentPort":9900,"mechanism":"rename"}]`),
+			[]string{"containerPort 0 out of range"}},
+		{"no kind", without("TP_AGENT_KIND"), []string{"TP_AGENT_KIND is not set"}},
 		{"no ports", with("TP_AGENT_PORTS=[]"), []string{"no ports"}},
 		{"port range", with(`TP_AGENT_PORTS=[{"containerPort":0,"agentPort":70000,"mechanism":"rename"}]`),
 			[]string{"containerPort 0 out of range", "agentPort 70000 out of range"}},
@@ -98,6 +99,10 @@ func TestConfigFromEnvErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+	// Fields a newer webhook adds are ignored.
+	if ports, err := PortsFromEnv([]string{`TP_AGENT_PORTS=[{"containerPort":80,"agentPort":9900,"mechanism":"rename","future":true}]`}); err != nil || len(ports) != 1 {
+		t.Errorf("PortsFromEnv with an unknown field: got %v, %v; want the port", ports, err)
 	}
 	if _, err := PortsFromEnv(nil); err == nil || !strings.Contains(err.Error(), "TP_AGENT_PORTS is not set") {
 		t.Errorf("PortsFromEnv(nil): got %v, want TP_AGENT_PORTS is not set", err)
