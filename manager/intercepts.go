@@ -37,8 +37,8 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if err := m.interceptable(spec.GetNamespace()); err != nil {
 		return nil, err
 	}
-	if m.injectErr != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "the traffic-manager cannot inject agents: %v", m.injectErr)
+	if err := m.cannotInject(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "the traffic-manager cannot inject agents: %v", err)
 	}
 	w, err := getWorkload(ctx, m.kube, spec.GetNamespace(), spec.GetWorkload())
 	if errors.Is(err, errNoWorkload) {

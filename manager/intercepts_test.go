@@ -185,7 +185,7 @@ func TestCreateInterceptRefuses(t *testing.T) {
 	})
 	t.Run("no webhook", func(t *testing.T) {
 		h := newHarness(t, echoObjects()...)
-		h.m.injectErr = errors.New("webhook certificate: no such file")
+		h.m.setInjectErr(errors.New("webhook certificate: no such file"))
 		sess := h.arriveClient("tp", "laptop", "alice")
 		_, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: sess, Spec: &managerv1.InterceptSpec{Workload: "echo", LocalPort: 1}})
 		if got := status.Code(err); got != codes.FailedPrecondition || !strings.Contains(err.Error(), "no such file") {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -85,7 +86,7 @@ type Manager struct {
 	pairings *pairings
 	injector *injector
 	// injectErr says why the manager cannot inject agents (nil if it can).
-	injectErr error
+	injectErr atomic.Pointer[error]
 }
 
 // New checks the configuration and returns a Manager; Run serves it.
@@ -136,9 +137,19 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		},
 	}
 	if cfg.AgentImage == "" {
-		m.injectErr = errors.New("no agent image (TP_AGENT_IMAGE is empty); run `tp helm upgrade`")
+		m.setInjectErr(errors.New("no agent image (TP_AGENT_IMAGE is empty); run `tp helm upgrade`"))
 	}
 	return m, nil
+}
+
+func (m *Manager) setInjectErr(err error) { m.injectErr.Store(&err) }
+
+// cannotInject says why the manager cannot inject agents, or nil.
+func (m *Manager) cannotInject() error {
+	if p := m.injectErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Run discovers the cluster's networks, then serves gRPC until ctx ends.
@@ -173,7 +184,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	certs := &certFiles{dir: m.cfg.WebhookCertDir}
 	var webhookLis net.Listener
 	if _, err := certs.load(); err != nil {
-		m.injectErr = fmt.Errorf("%w; reinstall the traffic-manager with `tp helm upgrade`", err)
+		m.setInjectErr(fmt.Errorf("%w; reinstall the traffic-manager with `tp helm upgrade`", err))
 		m.log.Error("agent-injection webhook disabled", "err", err)
 	} else if webhookLis, err = net.Listen("tcp", m.cfg.WebhookAddr); err != nil {
 		lis.Close()

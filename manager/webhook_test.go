@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -487,8 +488,11 @@ func TestRenamedPort(t *testing.T) {
 		"very-long-name1": "tm-very-long-na",
 	} {
 		got := renamedPort(name)
-		if got != want || len(got) > 15 {
+		if got != want {
 			t.Errorf("renamedPort(%q): got %q, want %q", name, got, want)
+		}
+		if errs := validation.IsValidPortName(got); len(errs) > 0 {
+			t.Errorf("renamedPort(%q) = %q: not a valid port name: %v", name, got, errs)
 		}
 	}
 }
