@@ -450,6 +450,10 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 // ListWorkloads implements managerv1.ManagerServer.
 func (m *Manager) ListWorkloads(ctx context.Context, req *managerv1.ListWorkloadsRequest) (*managerv1.ListWorkloadsResponse, error) {
 	resp := &managerv1.ListWorkloadsResponse{}
+	ics, err := m.registry.list(ctx, nil)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list intercepts: %v", err)
+	}
 	for _, ns := range m.namespacesFor(req.GetNamespace()) {
 		ws, err := listWorkloads(ctx, m.kube, ns)
 		if err != nil {
@@ -458,10 +462,6 @@ func (m *Manager) ListWorkloads(ctx context.Context, req *managerv1.ListWorkload
 		svcs, err := m.kube.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, kubeStatus(err)
-		}
-		ics, err := m.registry.list(ctx, nil)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "list intercepts: %v", err)
 		}
 		for _, w := range ws {
 			info := &managerv1.WorkloadInfo{
