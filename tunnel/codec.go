@@ -16,9 +16,19 @@ import (
 // encoding of tunnelv1.Frame; the codec only avoids copying Data payloads.
 const codecName = "tptunnel"
 
-// maxPayload is the largest Data frame payload a sender produces: one UDP
-// datagram always fits, TCP data is cut into chunks of this size.
-const maxPayload = 64 << 10
+// maxPayload is the largest Data frame payload a sender produces for TCP.
+// Big frames amortize gRPC's per-message costs (256 KiB measured about 10%
+// less CPU per byte than 64 KiB); gRPC still interleaves flows on the wire
+// in 16 KiB HTTP/2 frames.
+const maxPayload = 256 << 10
+
+// maxDatagram is the largest UDP datagram, the limit of a Data frame for UDP.
+const maxDatagram = 64<<10 - 1
+
+// smallRead is the buffer a flow reads a connection into after a read that
+// did not fill its buffer: an idle connection holds this much, not
+// maxPayload, while it waits for data.
+const smallRead = 16 << 10
 
 // maxMessage is the largest message a peer accepts. It leaves room for
 // peers that send bigger Data frames than maxPayload.
@@ -31,15 +41,8 @@ func init() {
 	encoding.RegisterCodecV2(codec{})
 }
 
-// payloadPool holds the buffers that Data payloads are read into. gRPC's
-// default pool rounds 64 KiB up to 1 MiB, so it has its own.
-var payloadPool = func() mem.BufferPool {
-	p, err := mem.NewBinaryTieredBufferPool(12, 14, 16) // 4 KiB, 16 KiB, 64 KiB
-	if err != nil {
-		panic(err)
-	}
-	return p
-}()
+// payloadPool holds the buffers of Data payloads.
+var payloadPool mem.BufferPool = pool
 
 // frame is one tunnelv1.Frame in memory. A Data frame keeps its payload in
 // data, in reference-counted buffers that travel from the transport to the

@@ -290,16 +290,15 @@ func (f *flow) sendLast(m *tunnelv1.Frame, done error) error {
 
 // enqueue hands fr to sendLoop. The caller keeps fr on error.
 func (f *flow) enqueue(fr *frame) error {
-	select {
-	case <-f.closed:
+	switch {
+	case isClosed(f.closed):
 		return net.ErrClosed
-	case <-f.finReq:
+	case isClosed(f.finReq):
 		return syscall.EPIPE
-	case <-f.sendDone:
+	case isClosed(f.sendDone):
 		return f.writeError()
-	case <-f.writeDL.wait():
+	case isClosed(f.writeDL.wait()):
 		return timeoutError{}
-	default:
 	}
 	select {
 	case f.sendCh <- fr:
@@ -375,15 +374,13 @@ func (f *flow) Read(b []byte) (int, error) {
 // next waits for the next Data payload and stores it in f.pending, or
 // returns the terminal error.
 func (f *flow) next() error {
-	if f.readErr != nil {
-		return f.readErr
-	}
-	select {
-	case <-f.closed:
+	switch {
+	case isClosed(f.closed):
 		return net.ErrClosed
-	case <-f.readDL.wait():
+	case f.readErr != nil:
+		return f.readErr
+	case isClosed(f.readDL.wait()):
 		return timeoutError{}
-	default:
 	}
 	select {
 	case it := <-f.recvCh:
@@ -430,7 +427,7 @@ func (f *flow) Write(b []byte) (int, error) {
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	if f.network == "udp" {
-		if len(b) > maxPayload {
+		if len(b) > maxDatagram {
 			return 0, f.opError("write", syscall.EMSGSIZE)
 		}
 		fr := newDataFrame(copyPayload(b))
@@ -466,6 +463,9 @@ func copyPayload(b []byte) mem.BufferSlice {
 // ReadFrom implements io.ReaderFrom: it reads from r straight into pooled
 // payload buffers (one Data frame per Read, so one datagram per frame for
 // UDP sources) until r ends. It does not half-close the flow.
+//
+// The buffer grows to maxPayload while reads fill it and shrinks back to
+// smallRead after one that does not, so an idle connection pins little.
 func (f *flow) ReadFrom(r io.Reader) (int64, error) {
 	n, rerr, werr := f.readFrom(r)
 	if werr != nil {
@@ -478,9 +478,19 @@ func (f *flow) ReadFrom(r io.Reader) (int64, error) {
 func (f *flow) readFrom(r io.Reader) (total int64, rerr, werr error) {
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
+	small, big := smallRead, maxPayload
+	if f.network == "udp" {
+		small, big = maxDatagram, maxDatagram // a datagram must fit whole
+	}
+	size := small
 	for {
-		buf := payloadPool.Get(maxPayload)
+		buf := payloadPool.Get(size)
 		n, err := r.Read(*buf)
+		if n == size {
+			size = big
+		} else {
+			size = small
+		}
 		if n > 0 || (err == nil && f.network == "udp") {
 			*buf = (*buf)[:n]
 			fr := newDataFrame(mem.BufferSlice{mem.NewBuffer(buf, payloadPool)})

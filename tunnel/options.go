@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -17,9 +18,10 @@ const (
 	streamWindow = 4 << 20
 	// connWindow is the per-connection window shared by all flows.
 	connWindow = 32 << 20
-	// ioBufferSize is the size of gRPC's socket read and write buffers: one
-	// syscall moves up to this much.
-	ioBufferSize = 256 << 10
+	// ioBufferSize is the size of gRPC's socket read and write buffers (all
+	// data is copied through them). Bigger ones (128 KiB to 1 MiB) measured
+	// more CPU per byte on loopback than gRPC's default 32 KiB.
+	ioBufferSize = 32 << 10
 
 	keepaliveTime    = 30 * time.Second
 	keepaliveTimeout = 20 * time.Second
@@ -30,6 +32,7 @@ const (
 // RPC on the connection.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
+		experimental.WithBufferPool(pool),
 		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(connWindow),
 		grpc.WithReadBufferSize(ioBufferSize),
@@ -47,6 +50,7 @@ func DialOptions() []grpc.DialOption {
 // tunnel flows (and possibly other services).
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		experimental.BufferPool(pool),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.ReadBufferSize(ioBufferSize),

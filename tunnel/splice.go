@@ -36,8 +36,10 @@ func Splice(ctx context.Context, flow Conn, conn net.Conn) error {
 
 	var g errgroup.Group
 	g.Go(func() error { return spliceHalf(conn, flow, &connClosed, &flowClosed) })
-	g.Go(func() error { return spliceHalf(flow, conn, &flowClosed, &connClosed) })
-	err := g.Wait()
+	err := spliceHalf(flow, conn, &flowClosed, &connClosed)
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
 	flow.Close()
 	conn.Close()
 	if ctxErr := ctx.Err(); ctxErr != nil {

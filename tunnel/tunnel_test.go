@@ -315,7 +315,7 @@ func TestUDPDatagramBoundaries(t *testing.T) {
 	if n, err := c.Read(buf[:10]); n != 10 || err != nil {
 		t.Fatalf("short Read: got %d, %v, want 10, nil", n, err)
 	}
-	if _, err := c.Write(make([]byte, maxPayload+1)); !errors.Is(err, syscall.EMSGSIZE) {
+	if _, err := c.Write(make([]byte, maxDatagram+1)); !errors.Is(err, syscall.EMSGSIZE) {
 		t.Fatalf("oversized Write: got %v, want EMSGSIZE", err)
 	}
 }
