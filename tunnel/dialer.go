@@ -35,9 +35,11 @@ func NewDialer(cc grpc.ClientConnInterface, sessionID string, log *slog.Logger) 
 // Flow describes a flow to open.
 type Flow struct {
 	Network     string         // "tcp" or "udp"
-	Destination netip.AddrPort // where the server dials
+	Destination netip.AddrPort // where the server dials; optional with a PairingID
 	Source      netip.AddrPort // optional: where the flow comes from
-	PairingID   string         // optional: opaque id matching a reverse flow
+	// PairingID, if set, makes the server pair the flow with another one
+	// (see PairFunc) instead of dialing Destination.
+	PairingID string
 }
 
 // Dial opens a flow to dst. ctx bounds the dial only, like
@@ -58,7 +60,7 @@ func (d *Dialer) DialFlow(ctx context.Context, fl Flow) (Conn, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "dial", Net: network, Addr: remote, Err: err}
 	}
-	if !fl.Destination.IsValid() {
+	if !fl.Destination.IsValid() && fl.PairingID == "" {
 		return nil, opErr(errors.New("invalid destination address"))
 	}
 	if err := ctx.Err(); err != nil {

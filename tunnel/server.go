@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,6 +22,25 @@ type Server struct {
 	dial      DialFunc
 	authorize Authorizer
 	log       *slog.Logger
+	pair      atomic.Pointer[PairFunc]
+}
+
+// PairFunc serves a flow whose Open carries a pairing id, in place of
+// dialing its destination: the traffic-manager matches an agent's flow with
+// the flow the intercept's client opens for it and splices the two.
+//
+// accept answers the Open with Opened and returns the flow; pair owns the
+// flow until it returns, and may hand accept to another goroutine until
+// then. If pair returns before calling accept, the flow fails with pair's
+// error (errors.Is(err, syscall.ECONNREFUSED) reaches the dialer as a
+// refused dial, os.ErrDeadlineExceeded as a timeout). After accept, an
+// error aborts the flow, nil closes it gracefully.
+type PairFunc func(ctx context.Context, sessionID, pairingID string, accept func() (Conn, error)) error
+
+// HandlePairing makes s serve flows with a pairing id with pair. Without
+// it, such flows are refused. Call it before serving.
+func (s *Server) HandlePairing(pair PairFunc) {
+	s.pair.Store(&pair)
 }
 
 // NewServer returns a Server that reaches destinations with dial and admits
@@ -88,8 +110,9 @@ func (s *Server) handleStream(ss grpc.ServerStream) error {
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "tunnel: Open: %v", err)
 	}
+	pairingID := open.GetPairingId()
 	dst, err := fromEndpoint(open.GetDestination())
-	if err != nil || !dst.IsValid() {
+	if err != nil || (!dst.IsValid() && pairingID == "") {
 		return status.Errorf(codes.InvalidArgument, "tunnel: Open: bad destination: %v", err)
 	}
 	src, _ := fromEndpoint(open.GetSource())
@@ -97,13 +120,22 @@ func (s *Server) handleStream(ss grpc.ServerStream) error {
 	if src.IsValid() {
 		log = log.With("src", src)
 	}
+	// Seen from the server, the flow goes from the client's source to dst.
+	cfg := flowConfig{
+		network:    network,
+		local:      netAddr(network, dst),
+		remote:     netAddr(network, src),
+		plainProto: firstValue(md, "content-type") != "application/grpc+"+codecName,
+		log:        log,
+	}
+	if pairingID != "" {
+		return s.handlePaired(ss, sessionID, pairingID, cfg)
+	}
 
 	conn, err := s.dial(ctx, network, dst.String())
 	if err != nil {
 		log.Debug("tunnel: dial failed", "err", err)
-		return sendControl(ss, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{
-			Code: errorCode(err), Message: err.Error(),
-		}}})
+		return sendError(ss, err, err.Error())
 	}
 	if err := sendControl(ss, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Opened{Opened: &tunnelv1.Opened{
 		ProtocolVersion: ProtocolVersion,
@@ -114,14 +146,7 @@ func (s *Server) handleStream(ss grpc.ServerStream) error {
 	}
 	log.Debug("tunnel: flow opened")
 
-	// Seen from the server, the flow goes from the client's source to dst.
-	f := newFlow(ss, flowConfig{
-		network:    network,
-		local:      netAddr(network, dst),
-		remote:     netAddr(network, src),
-		plainProto: firstValue(md, "content-type") != "application/grpc+"+codecName,
-		log:        log,
-	})
+	f := newFlow(ss, cfg)
 	err = Splice(ctx, f, conn)
 	f.wait()
 	log.Debug("tunnel: flow ended", "err", err)
@@ -129,6 +154,73 @@ func (s *Server) handleStream(ss grpc.ServerStream) error {
 		return toStatus(ctxErr)
 	}
 	return nil
+}
+
+// handlePaired serves a flow with a pairing id through the PairFunc.
+func (s *Server) handlePaired(ss grpc.ServerStream, sessionID, pairingID string, cfg flowConfig) error {
+	ctx := ss.Context()
+	log := cfg.log.With("pairing", pairingID)
+	pair := s.pair.Load()
+	if pair == nil {
+		return sendError(ss, syscall.ECONNREFUSED, "tunnel: this server does not pair flows")
+	}
+
+	var (
+		mu       sync.Mutex
+		accepted bool // accept was called (or may no longer be)
+		f        *flow
+	)
+	accept := func() (Conn, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if accepted {
+			return nil, errors.New("tunnel: accept called twice or after the PairFunc returned")
+		}
+		accepted = true
+		if err := sendControl(ss, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Opened{Opened: &tunnelv1.Opened{
+			ProtocolVersion: ProtocolVersion,
+		}}}); err != nil {
+			return nil, fromStatus(err)
+		}
+		f = newFlow(ss, cfg)
+		return f, nil
+	}
+	err := (*pair)(ctx, sessionID, pairingID, accept)
+
+	mu.Lock()
+	tried := accepted
+	accepted = true
+	mu.Unlock()
+	switch {
+	case !tried:
+		log.Debug("tunnel: pairing failed", "err", err)
+		if err == nil {
+			err = errors.New("tunnel: the pairing ended without a flow")
+		}
+		if ctx.Err() != nil {
+			return toStatus(ctx.Err())
+		}
+		return sendError(ss, err, err.Error())
+	case f == nil:
+		return toStatus(err) // accept failed: the stream is broken
+	}
+	if err != nil {
+		abortConn(f, err)
+	}
+	f.Close()
+	f.wait()
+	log.Debug("tunnel: paired flow ended", "err", err)
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return toStatus(ctxErr)
+	}
+	return nil
+}
+
+// sendError answers an Open with an Error frame for cause.
+func sendError(ss grpc.ServerStream, cause error, msg string) error {
+	return sendControl(ss, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{
+		Code: errorCode(cause), Message: msg,
+	}}})
 }
 
 // authorizeSession maps the Authorizer's verdict to a status.
