@@ -50,6 +50,7 @@ type harness struct {
 	t     testing.TB
 	m     *Manager
 	kube  *fake.Clientset
+	cc    *grpc.ClientConn
 	mc    managerv1.ManagerClient
 	clock *clock
 }
@@ -70,16 +71,22 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 	m.sessions = newSessions(testTTL, clk.now)
 
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(tunnel.ServerOptions()...)
 	managerv1.RegisterManagerServer(srv, m)
+	tunnels, err := tunnel.NewServer(m.dial, m.authorize, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnels.HandlePairing(m.pair)
+	tunnels.Register(srv)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = srv.Serve(lis)
 	}()
-	cc, err := grpc.NewClient("passthrough:///bufnet",
+	cc, err := grpc.NewClient("passthrough:///bufnet", append(tunnel.DialOptions(),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +95,7 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 		srv.Stop()
 		<-served
 	})
-	return &harness{t: t, m: m, kube: kube, mc: managerv1.NewManagerClient(cc), clock: clk}
+	return &harness{t: t, m: m, kube: kube, cc: cc, mc: managerv1.NewManagerClient(cc), clock: clk}
 }
 
 func (h *harness) ctx() context.Context {

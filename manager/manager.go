@@ -166,7 +166,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// PAIRING-HOOK: tunnels.HandlePairing(m.pair) once tunnel has it.
+	tunnels.HandlePairing(m.pair)
 	srv := grpc.NewServer(tunnel.ServerOptions()...)
 	managerv1.RegisterManagerServer(srv, m)
 	tunnels.Register(srv)

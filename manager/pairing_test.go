@@ -200,3 +200,76 @@ func TestWatchDialsEndsWithSession(t *testing.T) {
 		t.Error("WatchDials after Depart: got a request, want the stream to end")
 	}
 }
+
+// TestPairThroughTunnel runs an intercepted connection the way agent and
+// daemon do: the agent opens a flow with a pairing id, the client gets the
+// DialRequest and opens its flow with the same id, the manager splices them.
+func TestPairThroughTunnel(t *testing.T) {
+	s := newPairSetup(t, true)
+	ctx := s.h.ctx()
+	agentDialer := tunnel.NewDialer(s.h.cc, s.agent, nil)
+	clientDialer := tunnel.NewDialer(s.h.cc, s.alice, nil)
+	pairingID := s.ic.GetId() + "/7f3a"
+
+	type dialed struct {
+		conn tunnel.Conn
+		err  error
+	}
+	agentSide := make(chan dialed, 1)
+	go func() {
+		c, err := agentDialer.DialFlow(ctx, tunnel.Flow{Network: "tcp", PairingID: pairingID})
+		agentSide <- dialed{c, err}
+	}()
+	req, err := s.dials.Recv()
+	if err != nil {
+		t.Fatalf("WatchDials: %v", err)
+	}
+	if req.GetPairingId() != pairingID || req.GetLocalPort() != 8000 {
+		t.Fatalf("DialRequest: got %v, want pairing %s on local port 8000", req, pairingID)
+	}
+	// The daemon has dialed its local port; it opens the paired flow.
+	client, err := clientDialer.DialFlow(ctx, tunnel.Flow{Network: "tcp", PairingID: req.GetPairingId()})
+	if err != nil {
+		t.Fatalf("client DialFlow: %v", err)
+	}
+	defer client.Close()
+	a := <-agentSide
+	if a.err != nil {
+		t.Fatalf("agent DialFlow: %v", a.err)
+	}
+	agent := a.conn
+	defer agent.Close()
+
+	exchange := func(from, to net.Conn, msg string) {
+		t.Helper()
+		if _, err := from.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(to, buf); err != nil || string(buf) != msg {
+			t.Fatalf("read: got %q, %v, want %q", buf, err, msg)
+		}
+	}
+	exchange(agent, client, "GET / HTTP/1.1\r\n\r\n")
+	exchange(client, agent, "HTTP/1.1 200 OK\r\n\r\n")
+	// Half-close travels through the splice.
+	if err := agent.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("client read after the agent's CloseWrite: got %d, %v, want EOF", n, err)
+	}
+
+	// A pairing nobody answers: the agent's dial times out.
+	_, err = agentDialer.DialFlow(ctx, tunnel.Flow{Network: "tcp", PairingID: s.ic.GetId() + "/unanswered"})
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("agent dial nobody answers: got %v, want os.ErrDeadlineExceeded", err)
+	}
+	// A client answering an unknown pairing: refused.
+	_, err = clientDialer.DialFlow(ctx, tunnel.Flow{Network: "tcp", PairingID: "nope/1"})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("client dial of an unknown pairing: got %v, want ECONNREFUSED", err)
+	}
+}
