@@ -188,6 +188,10 @@ func fromStatus(err error) error {
 				native = &VersionError{Client: vm.GetClientVersion(), Server: vm.GetServerVersion()}
 			}
 		}
+	case codes.Unimplemented:
+		// A peer without the Tunnel service (or without this method).
+		native = fmt.Errorf("%s: the peer does not serve tunnel protocol v%d: %w",
+			st.Message(), ProtocolVersion, ErrIncompatibleVersion)
 	case codes.Canceled:
 		native = fmt.Errorf("%s: %w", st.Message(), context.Canceled)
 	case codes.DeadlineExceeded:

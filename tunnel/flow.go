@@ -150,7 +150,11 @@ func (f *flow) recvLoop() {
 			if !ended {
 				f.deliver(recvItem{err: err})
 			}
-			f.setPeerDone(syscall.EPIPE) // no-op if already set above
+			if f.client {
+				// The stream is over; a server can still send after a
+				// client's half-close.
+				f.setPeerDone(syscall.EPIPE) // no-op if already set above
+			}
 			return
 		}
 		fr.normalize() // a Data frame decoded by the plain proto codec
@@ -629,8 +633,6 @@ func (f *flow) abort(cause error) {
 		}
 	})
 }
-
-func (f *flow) aborted() bool { return isClosed(f.abortReq) }
 
 // cancelAfter tears a client stream down after d unless it ends before.
 func (f *flow) cancelAfter(d time.Duration) {

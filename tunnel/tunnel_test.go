@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -686,5 +687,58 @@ func TestDialValidatesArguments(t *testing.T) {
 	}
 	if _, err := env.dialer.Dial(testContext(t), "tcp", netip.AddrPort{}); err == nil {
 		t.Error("Dial(invalid address): got nil error")
+	}
+}
+
+// TestPlainProtoHalfClose: a client that half-closes with CloseSend alone
+// (no Fin frame) still gets the server's reply.
+func TestPlainProtoHalfClose(t *testing.T) {
+	env := newEnv(t, envConfig{})
+	dst := serveTCP(t, func(c *net.TCPConn) {
+		req, _ := io.ReadAll(c)
+		c.Write(bytes.ToUpper(req))
+	})
+	ctx := metadata.AppendToOutgoingContext(testContext(t), SessionMetadataKey, testSession)
+	st, err := tunnelv1.NewTunnelClient(env.cc).Stream(ctx)
+	if err != nil {
+		t.Fatalf("Stream: %v", err)
+	}
+	st.Send(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Open{Open: &tunnelv1.Open{
+		ProtocolVersion: ProtocolVersion, Network: tunnelv1.Network_NETWORK_TCP, Destination: toEndpoint(dst),
+	}}})
+	st.Send(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Data{Data: []byte("shout")}})
+	st.CloseSend()
+	var got []byte
+	for {
+		f, err := st.Recv()
+		if err != nil {
+			t.Fatalf("Recv: got %v before Fin", err)
+		}
+		if f.GetFin() != nil {
+			break
+		}
+		got = append(got, f.GetData()...)
+	}
+	if string(got) != "SHOUT" {
+		t.Fatalf("got %q, want %q", got, "SHOUT")
+	}
+}
+
+func TestUnimplementedIsIncompatible(t *testing.T) {
+	gs := grpc.NewServer() // no Tunnel service
+	lis := listenTCP(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		gs.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-done
+	})
+	d := NewDialer(newClientConn(t, lis.Addr().String()), testSession, nil)
+	_, err := d.Dial(testContext(t), "tcp", netip.MustParseAddrPort("127.0.0.1:1"))
+	if !errors.Is(err, ErrIncompatibleVersion) {
+		t.Fatalf("Dial: got %v, want ErrIncompatibleVersion", err)
 	}
 }
