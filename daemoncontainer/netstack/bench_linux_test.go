@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -193,7 +194,7 @@ func benchPaths(b *testing.B, c benchClient) {
 }
 
 // BenchmarkTUNMemory reports the process's heap and RSS with the Stack idle, with 1000 open
-// connections, and with 1000 connections echoing 1 MiB each concurrently. The servers and
+// connections, and with 1000 connections echoing 16 KiB or 1 MiB each concurrently. The servers and
 // clients live in the same process but keep their buffers in the kernel (splice), so the
 // numbers approximate the daemon's.
 func BenchmarkTUNMemory(b *testing.B) {
@@ -247,12 +248,12 @@ func BenchmarkTUNMemory(b *testing.B) {
 		reportMemory(b)
 	})
 
-	b.Run("1000-busy", func(b *testing.B) {
-		const perConn = 1 << 20
+	// echoAll runs fn on every open connection concurrently and reports peak memory.
+	echoAll := func(b *testing.B, perConn int) {
 		var peak memPeak
 		stop := peak.sample()
-		b.SetBytes(conns * perConn)
-		payload := make([]byte, 64<<10)
+		b.SetBytes(int64(len(open) * perConn))
+		payload := make([]byte, min(perConn, 64<<10))
 		for b.Loop() {
 			var g errgroup.Group
 			for _, conn := range open {
@@ -266,7 +267,7 @@ func BenchmarkTUNMemory(b *testing.B) {
 						}
 						return nil
 					})
-					_, err := io.CopyN(io.Discard, conn, perConn)
+					_, err := io.CopyN(io.Discard, conn, int64(perConn))
 					if werr := w.Wait(); err == nil {
 						err = werr
 					}
@@ -279,8 +280,13 @@ func BenchmarkTUNMemory(b *testing.B) {
 		}
 		stop()
 		b.ReportMetric(peak.heap.Load()/(1<<20), "peak-heap-MB")
+		b.ReportMetric(peak.live.Load()/(1<<20), "peak-live-MB")
 		b.ReportMetric(peak.rss.Load()/(1<<20), "peak-rss-MB")
-	})
+	}
+	// Request/response load: every connection echoes 16 KiB at once.
+	b.Run("1000-rr16k", func(b *testing.B) { echoAll(b, 16<<10) })
+	// Worst case: every connection streams 1 MiB each way at once.
+	b.Run("1000-bulk1m", func(b *testing.B) { echoAll(b, 1<<20) })
 }
 
 func reportMemory(b *testing.B) {
@@ -293,7 +299,7 @@ func reportMemory(b *testing.B) {
 
 // memPeak samples heap and RSS every 10ms.
 type memPeak struct {
-	heap, rss atomicMax
+	heap, live, rss atomicMax
 }
 
 func (p *memPeak) sample() (stop func()) {
@@ -306,6 +312,7 @@ func (p *memPeak) sample() (stop func()) {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			p.heap.update(float64(ms.HeapInuse))
+			p.live.update(float64(liveHeap()))
 			p.rss.update(float64(rss()))
 			select {
 			case <-done:
@@ -329,6 +336,13 @@ func (m *atomicMax) update(x float64) {
 }
 
 func (m *atomicMax) Load() float64 { return float64(m.v.Load()) }
+
+// liveHeap returns the heap bytes that survived the last GC.
+func liveHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
 
 // rss returns the process's resident set size in bytes.
 func rss() int64 {

@@ -60,9 +60,15 @@ const (
 	// DefaultMaxPendingTCP bounds the SYNs whose dial is in progress; more are dropped (the
 	// client retransmits them).
 	DefaultMaxPendingTCP = 1024
-	// DefaultTCPBufferMax caps each TCP endpoint's send and receive buffer. Buffers start at
-	// 1 MiB (gVisor allocates them lazily) and grow up to this with receive-buffer moderation.
+	// DefaultTCPBufferMax caps each TCP flow's send and receive buffer (gVisor fills them
+	// lazily: an idle flow holds no buffer memory).
 	DefaultTCPBufferMax = 4 << 20
+	// DefaultTCPBufferBudget is shared by the open TCP flows: with n flows open, each one's
+	// buffers are limited to budget/n (within [MinTCPBuffer, TCPBufferMax]).
+	DefaultTCPBufferBudget = 64 << 20
+	// MinTCPBuffer is the smallest per-flow buffer: two packets at the default MTU, so that a
+	// Linux receiver ACKs at once rather than delaying its ACK.
+	MinTCPBuffer = 128 << 10
 	// DefaultTimeWait is how long a closed TCP endpoint lingers in TIME-WAIT. Linux uses 60s;
 	// there are no stray segments on a TUN, and every endpoint in TIME-WAIT costs memory.
 	DefaultTimeWait = 5 * time.Second
@@ -84,8 +90,12 @@ type Config struct {
 	UDPIdleTimeout time.Duration
 	// MaxPendingTCP bounds concurrent TCP dials; 0 means DefaultMaxPendingTCP.
 	MaxPendingTCP int
-	// TCPBufferMax caps per-connection TCP buffers; 0 means DefaultTCPBufferMax.
+	// TCPBufferMax caps per-flow TCP buffers; 0 means DefaultTCPBufferMax.
 	TCPBufferMax int
+	// TCPBufferBudget is divided among the open TCP flows; 0 means DefaultTCPBufferBudget.
+	// It bounds what busy flows can buffer together (at most ~2 x max(budget,
+	// flows x MinTCPBuffer)), so that 1000 flows cannot hold gigabytes.
+	TCPBufferBudget int
 	// TimeWait is the TCP TIME-WAIT duration; 0 means DefaultTimeWait.
 	TimeWait time.Duration
 

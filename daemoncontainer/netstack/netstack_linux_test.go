@@ -295,6 +295,34 @@ func TestTCPEcho(t *testing.T) {
 	}
 }
 
+func TestTCPEchoWithoutCopyBuffers(t *testing.T) {
+	d := newLoopbackDialer(clusterServer(t, echo), netip.AddrPort{})
+	n := newTestNet(t, d, nil)
+	n.stack.copyBufs.inUse.Store(maxCopyBuffers) // exhausted: flows copy through small buffers
+	c := n.dialContainer(t, netip.MustParseAddrPort("10.96.0.10:80"))
+	want := randomBytes(t, 1<<20)
+	var g errgroup.Group
+	g.Go(func() error {
+		if _, err := c.Write(want); err != nil {
+			return err
+		}
+		return c.CloseWrite()
+	})
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("echo: got %d bytes, want the %d bytes sent", len(got), len(want))
+	}
+	if got := n.stack.copyBufs.inUse.Load(); got != maxCopyBuffers {
+		t.Errorf("copy buffers in use: got %d, want %d (none taken beyond the limit)", got, maxCopyBuffers)
+	}
+}
+
 func TestTCPRefusedDialAnswersRST(t *testing.T) {
 	dialer := DialerFunc(func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
 		return nil, fmt.Errorf("tunnel: dial %v: %w", dst, syscall.ECONNREFUSED)
@@ -689,5 +717,25 @@ func waitFor(tb testing.TB, cond func() bool, what string) {
 			tb.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestBufferShares(t *testing.T) {
+	var b bufferShares
+	b.init(64<<20, 128<<10, 4<<20)
+	for _, tc := range []struct{ flows, want int }{
+		{0, 4 << 20},
+		{1, 4 << 20},
+		{16, 4 << 20},
+		{17, 2 << 20},
+		{100, 512 << 10},
+		{256, 256 << 10},
+		{512, 128 << 10},
+		{1000, 128 << 10},
+		{1 << 30, 128 << 10},
+	} {
+		if got := b.shareFor(tc.flows); got != tc.want {
+			t.Errorf("share for %d flows: got %d, want %d", tc.flows, got, tc.want)
+		}
 	}
 }

@@ -33,6 +33,9 @@ type Stack struct {
 	ip   *stack.Stack
 	fwd  *tcp.Forwarder
 	syns synTable
+	bufs bufferShares
+	// copyBufs bounds the relays' big copy buffers.
+	copyBufs copyBuffers
 
 	flows   flowSet
 	runCtx  context.Context // set by Run before the NIC is attached; dials derive from it
@@ -70,6 +73,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.TCPBufferMax <= 0 {
 		cfg.TCPBufferMax = DefaultTCPBufferMax
+	}
+	if cfg.TCPBufferBudget <= 0 {
+		cfg.TCPBufferBudget = DefaultTCPBufferBudget
 	}
 	if cfg.TimeWait <= 0 {
 		cfg.TimeWait = DefaultTimeWait
@@ -109,6 +115,7 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s.syns.init(cfg.MaxPendingTCP)
+	s.bufs.init(cfg.TCPBufferBudget, MinTCPBuffer, cfg.TCPBufferMax)
 	// The forwarder's own in-flight limit is never reached: synTable enforces MaxPendingTCP.
 	s.fwd = tcp.NewForwarder(s.ip, 0, 2*cfg.MaxPendingTCP, s.handleTCP)
 	s.ip.SetTransportProtocolHandler(tcp.ProtocolNumber, s.handleTCPPacket)
@@ -119,7 +126,9 @@ func New(cfg Config) (*Stack, error) {
 // tune sets the TCP options that make the stack fast on a local high-MTU link.
 func (s *Stack) tune() error {
 	sack := tcpip.TCPSACKEnabled(true)
-	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	// bufferShares sizes every flow's buffers: gVisor's auto-tuning grows them to 20 segments
+	// (1.3 MiB at a 64 KiB MSS) at least, per flow.
+	moderate := tcpip.TCPModerateReceiveBufferOption(false)
 	// gVisor's RACK loss detection causes spurious retransmissions (tailscale/tailscale#9707);
 	// a TUN does not lose packets anyway.
 	recovery := tcpip.TCPRecovery(0)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/bits"
 	"net"
 	"net/netip"
 	"os"
@@ -83,6 +84,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	s.stats.tcpTotal.Add(1)
 	s.stats.tcpOpen.Add(1)
+	s.bufs.add(f)
 	err = f.relay()
 	s.stats.tcpOpen.Add(-1)
 	s.flows.remove(f)
@@ -164,6 +166,7 @@ func (f *tcpFlow) relay() error {
 		f.abort()
 	}
 	upErr := g.Wait()
+	f.s.bufs.remove(f)
 	f.conn.Close()
 	f.ep.Close()
 	if err == nil {
@@ -178,39 +181,56 @@ func (f *tcpFlow) toCluster() error {
 	entry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
 	f.wq.EventRegister(&entry)
 	defer f.wq.EventUnregister(&entry)
+	var small []byte
 	for {
-		buf := getBuf()
-		w := tcpip.SliceWriter(*buf)
+		big := f.s.copyBufs.get()
+		var buf []byte
+		if big != nil {
+			buf = *big
+		} else {
+			if small == nil {
+				small = make([]byte, smallBufSize)
+			}
+			buf = small
+		}
+		w := tcpip.SliceWriter(buf)
 		res, terr := f.ep.Read(&w, tcpip.ReadOptions{})
+		var err error
 		switch terr.(type) {
 		case nil:
 			f.ep.ModerateRecvBuf(res.Count)
-			_, err := f.conn.Write((*buf)[:res.Count])
-			putBuf(buf)
-			if err != nil {
-				return err
+			if _, err = f.conn.Write(buf[:res.Count]); err == nil {
+				f.s.stats.bytesToCluster.Add(uint64(res.Count))
 			}
-			f.s.stats.bytesToCluster.Add(uint64(res.Count))
 		case *tcpip.ErrWouldBlock:
-			putBuf(buf)
+		case *tcpip.ErrClosedForReceive:
+			err = io.EOF
+		default:
+			err = tcpError(terr)
+		}
+		if big != nil {
+			f.s.copyBufs.put(big)
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
 			select {
 			case <-readable:
 			case <-f.stop:
 				return errStopped
 			}
-		case *tcpip.ErrClosedForReceive:
-			putBuf(buf)
+			continue
+		}
+		if errors.Is(err, io.EOF) {
 			return nil
-		default:
-			putBuf(buf)
-			return tcpError(terr)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
 
 // fromCluster copies from the cluster to the container until the cluster's EOF (nil) or an
 // error. While idle it holds only a small buffer; a read that fills it is continued in a big
-// pooled buffer so that the container gets large segments.
+// buffer, if one is available, so that the container gets large segments.
 func (f *tcpFlow) fromCluster() error {
 	small := make([]byte, smallBufSize)
 	for {
@@ -218,11 +238,12 @@ func (f *tcpFlow) fromCluster() error {
 		chunk := small[:n]
 		var big *[]byte
 		if n == len(small) && err == nil {
-			big = getBuf()
-			copy(*big, small)
-			var m int
-			m, err = f.conn.Read((*big)[n:])
-			chunk = (*big)[:n+m]
+			if big = f.s.copyBufs.get(); big != nil {
+				copy(*big, small)
+				var m int
+				m, err = f.conn.Read((*big)[n:])
+				chunk = (*big)[:n+m]
+			}
 		}
 		if len(chunk) > 0 {
 			werr := f.writeEndpoint(chunk)
@@ -233,7 +254,7 @@ func (f *tcpFlow) fromCluster() error {
 			}
 		}
 		if big != nil {
-			putBuf(big)
+			f.s.copyBufs.put(big)
 		}
 		switch {
 		case err == nil:
@@ -281,6 +302,70 @@ func (f *tcpFlow) writeEndpoint(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// setBuffers limits the flow's send and receive buffers to n bytes.
+func (f *tcpFlow) setBuffers(n int) {
+	ops := f.ep.SocketOptions()
+	ops.SetReceiveBufferSize(int64(n), true)
+	ops.SetSendBufferSize(int64(n), true)
+}
+
+// bufferShares divides a budget among the open TCP flows: each flow's buffers are limited to
+// budget/flows, rounded down to a power of two (so that shares change, and all flows are
+// resized, only when the number of flows doubles or halves) and clamped to [min, max].
+type bufferShares struct {
+	budget, min, max int
+
+	mu    sync.Mutex
+	share int
+	flows map[*tcpFlow]struct{}
+}
+
+func (b *bufferShares) init(budget, min, max int) {
+	b.budget, b.min, b.max = budget, min, max
+	b.flows = make(map[*tcpFlow]struct{})
+}
+
+func (b *bufferShares) add(f *tcpFlow) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.flows[f] = struct{}{}
+	if !b.rebalanceLocked() {
+		f.setBuffers(b.share)
+	}
+}
+
+func (b *bufferShares) remove(f *tcpFlow) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.flows, f)
+	b.rebalanceLocked()
+}
+
+// rebalanceLocked resizes all flows if the share changed, and reports whether it did.
+func (b *bufferShares) rebalanceLocked() bool {
+	share := b.shareFor(len(b.flows))
+	if share == b.share {
+		return false
+	}
+	b.share = share
+	for f := range b.flows {
+		f.setBuffers(share)
+	}
+	return true
+}
+
+// shareFor returns the per-flow buffer limit with n flows open.
+func (b *bufferShares) shareFor(n int) int {
+	if n == 0 {
+		return b.max
+	}
+	q := b.budget / n
+	if q < b.min {
+		return b.min
+	}
+	return min(b.max, 1<<(bits.Len(uint(q))-1))
 }
 
 // tcpError converts a gVisor error to a Go error that errors.Is understands for the usual cases.
