@@ -100,6 +100,9 @@ func TestRenderWebhook(t *testing.T) {
 	if got := env["TP_AGENT_IMAGE"]; got != c.Image {
 		t.Errorf("TP_AGENT_IMAGE: got %q, want the manager's image %q", got, c.Image)
 	}
+	if got := env["TP_AGENT_IMAGE_PULL_POLICY"]; got != string(c.ImagePullPolicy) {
+		t.Errorf("TP_AGENT_IMAGE_PULL_POLICY: got %q, want the manager's %q", got, c.ImagePullPolicy)
+	}
 	if got := env["TP_WEBHOOK_CERT_DIR"]; got != "/etc/tp/webhook" {
 		t.Errorf("TP_WEBHOOK_CERT_DIR: got %q, want /etc/tp/webhook", got)
 	}

@@ -24,7 +24,8 @@ const (
 // agentSpec is what the webhook needs besides the pod to inject an agent.
 type agentSpec struct {
 	// image of the agent: the manager's own.
-	image string
+	image      string
+	pullPolicy corev1.PullPolicy
 	// managerAddr is host:port of the manager's gRPC Service.
 	managerAddr string
 }
@@ -48,9 +49,10 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 	}
 
 	agent := corev1.Container{
-		Name:  agentContainerName,
-		Image: spec.image,
-		Args:  []string{"agent"},
+		Name:            agentContainerName,
+		Image:           spec.image,
+		ImagePullPolicy: spec.pullPolicy,
+		Args:            []string{"agent"},
 		// The kubelet resolves ConfigMaps, Secrets and the downward API for
 		// the agent exactly as for the app.
 		EnvFrom: append([]corev1.EnvFromSource(nil), pod.Spec.Containers[app].EnvFrom...),
@@ -111,10 +113,11 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 
 	if redirect {
 		init := corev1.Container{
-			Name:  agentInitContainerName,
-			Image: spec.image,
-			Args:  []string{"agent-init"},
-			Env:   []corev1.EnvVar{{Name: "TP_AGENT_PORTS", Value: string(portsJSON)}},
+			Name:            agentInitContainerName,
+			Image:           spec.image,
+			ImagePullPolicy: spec.pullPolicy,
+			Args:            []string{"agent-init"},
+			Env:             []corev1.EnvVar{{Name: "TP_AGENT_PORTS", Value: string(portsJSON)}},
 			Resources: corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{
 					corev1.ResourceCPU:    resource.MustParse("10m"),

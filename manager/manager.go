@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
@@ -51,6 +52,9 @@ type Config struct {
 	// AgentImage is the traffic-agent's image: the manager's own
 	// (TP_AGENT_IMAGE). Without it the manager cannot intercept.
 	AgentImage string
+	// AgentImagePullPolicy of the injected containers
+	// (TP_AGENT_IMAGE_PULL_POLICY); empty leaves Kubernetes' default.
+	AgentImagePullPolicy string
 	// WebhookAddr for the agent-injection webhook; default ":8443".
 	WebhookAddr string
 	// WebhookCertDir holds tls.crt and tls.key of the webhook
@@ -115,6 +119,11 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	if cfg.WebhookCertDir == "" {
 		cfg.WebhookCertDir = DefaultWebhookCertDir
 	}
+	switch corev1.PullPolicy(cfg.AgentImagePullPolicy) {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		return nil, fmt.Errorf("manager: agent image pull policy %q is not Always, IfNotPresent or Never", cfg.AgentImagePullPolicy)
+	}
 	if cfg.AgentWait <= 0 {
 		cfg.AgentWait = DefaultAgentWait
 	}
@@ -133,7 +142,10 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		pairings: newPairings(),
 		injector: &injector{
 			kube: kube, log: cfg.Log.With("component", "webhook"),
-			agent: agentSpec{image: cfg.AgentImage, managerAddr: fmt.Sprintf("traffic-manager.%s:%d", cfg.Namespace, Port)},
+			agent: agentSpec{
+				image: cfg.AgentImage, pullPolicy: corev1.PullPolicy(cfg.AgentImagePullPolicy),
+				managerAddr: fmt.Sprintf("traffic-manager.%s:%d", cfg.Namespace, Port),
+			},
 		},
 	}
 	if cfg.AgentImage == "" {

@@ -121,7 +121,7 @@ func admit(t *testing.T, in *injector, raw []byte) (*admissionv1.AdmissionRespon
 func newInjector(objs ...runtime.Object) *injector {
 	return &injector{
 		kube:  fake.NewClientset(objs...),
-		agent: agentSpec{image: "tp:test", managerAddr: "traffic-manager.tp:8081"},
+		agent: agentSpec{image: "tp:test", pullPolicy: corev1.PullNever, managerAddr: "traffic-manager.tp:8081"},
 		log:   slog.New(slog.DiscardHandler),
 	}
 }
@@ -313,8 +313,8 @@ func TestWebhookInjects(t *testing.T) {
 			}
 
 			// The agent.
-			if agent.Image != "tp:test" || !slices.Equal(agent.Args, []string{"agent"}) {
-				t.Errorf("agent image/args: got %s %v, want tp:test [agent]", agent.Image, agent.Args)
+			if agent.Image != "tp:test" || agent.ImagePullPolicy != corev1.PullNever || !slices.Equal(agent.Args, []string{"agent"}) {
+				t.Errorf("agent image/pull policy/args: got %s %s %v, want tp:test Never [agent]", agent.Image, agent.ImagePullPolicy, agent.Args)
 			}
 			if !reflect.DeepEqual(agent.EnvFrom, tt.app.EnvFrom) {
 				t.Errorf("agent envFrom: got %+v, want the app's %+v", agent.EnvFrom, tt.app.EnvFrom)
@@ -359,8 +359,8 @@ func TestWebhookInjects(t *testing.T) {
 			}
 			if init != nil {
 				isc := init.SecurityContext
-				if !slices.Equal(init.Args, []string{"agent-init"}) || init.Image != "tp:test" {
-					t.Errorf("init: got %s %v, want tp:test [agent-init]", init.Image, init.Args)
+				if !slices.Equal(init.Args, []string{"agent-init"}) || init.Image != "tp:test" || init.ImagePullPolicy != corev1.PullNever {
+					t.Errorf("init: got %s %s %v, want tp:test Never [agent-init]", init.Image, init.ImagePullPolicy, init.Args)
 				}
 				if isc == nil || !slices.Equal(isc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) ||
 					!slices.Equal(isc.Capabilities.Drop, []corev1.Capability{"ALL"}) || *isc.RunAsUser != 0 || *isc.AllowPrivilegeEscalation {
