@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/daemoncontainer/daemon"
 	"github.com/tp-run/tp/daemoncontainer/kubeauth"
@@ -89,6 +91,10 @@ func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			}
 			m, err := manager.New(manager.Config{
 				Namespace: os.Getenv("TP_NAMESPACE"), SessionTTL: ttl, Version: version.Version, Log: log,
+				AgentImage:           os.Getenv("TP_AGENT_IMAGE"),
+				AgentImagePullPolicy: os.Getenv("TP_AGENT_IMAGE_PULL_POLICY"),
+				WebhookCertDir:       os.Getenv("TP_WEBHOOK_CERT_DIR"),
+				ManagedNamespaces:    splitList(os.Getenv("TP_MANAGED_NAMESPACES")),
 			}, kc)
 			if err != nil {
 				return err
@@ -96,6 +102,17 @@ func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			return m.Run(cmd.Context())
 		},
 	}
+}
+
+// splitList splits a comma-separated list, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func envOr(key, def string) string {
@@ -161,4 +178,45 @@ func newKubeauthPluginCommand(streams genericiooptions.IOStreams) *cobra.Command
 	cmd.Flags().StringVar(&url, "url", "", "relay URL")
 	cmd.Flags().StringVar(&user, "user", "", "kubeconfig user")
 	return cmd
+}
+
+func newAgentCommand() *cobra.Command {
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:    "agent",
+		Short:  "Run the traffic-agent (sidecar of an intercepted workload's pods)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg, err := agent.ConfigFromEnv(os.Environ())
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			return agent.Run(cmd.Context(), cfg)
+		},
+	}
+	cmd.Flags().StringVar(&logLevel, "log-level", envOr("TP_LOG_LEVEL", "info"), "log level")
+	return cmd
+}
+
+func newAgentInitCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:    "agent-init",
+		Short:  "Redirect the intercepted ports to the traffic-agent (init container)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, _ := newLogger("info", os.Stderr)
+			ports, err := agent.PortsFromEnv(os.Environ())
+			if err != nil {
+				return err
+			}
+			return agent.Init(cmd.Context(), ports, log)
+		},
+	}
 }

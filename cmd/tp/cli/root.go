@@ -58,6 +58,8 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newVersionCommand(streams),
 		newDaemonCommand(streams),
 		newManagerCommand(streams),
+		newAgentCommand(),
+		newAgentInitCommand(),
 		newKubeauthCommand(streams),
 		newKubeauthPluginCommand(streams),
 	)
