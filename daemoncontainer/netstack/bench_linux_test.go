@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,6 +112,7 @@ func BenchmarkTUN(b *testing.B) {
 func benchPaths(b *testing.B, c benchClient) {
 	const chunk = 1 << 20
 	b.Run("upload", func(b *testing.B) {
+		defer reportCPU(b, chunk)()
 		b.SetBytes(chunk)
 		buf := make([]byte, chunk)
 		err := c.run(func() error {
@@ -135,6 +137,7 @@ func benchPaths(b *testing.B, c benchClient) {
 		}
 	})
 	b.Run("download", func(b *testing.B) {
+		defer reportCPU(b, chunk)()
 		b.SetBytes(chunk)
 		err := c.run(func() error {
 			conn, err := c.dial(context.Background(), 2, 19)
@@ -287,6 +290,22 @@ func BenchmarkTUNMemory(b *testing.B) {
 	b.Run("1000-rr16k", func(b *testing.B) { echoAll(b, 16<<10) })
 	// Worst case: every connection streams 1 MiB each way at once.
 	b.Run("1000-bulk1m", func(b *testing.B) { echoAll(b, 1<<20) })
+}
+
+// reportCPU reports the CPU time the whole process (clients and servers included) spent per
+// MiB moved: less sensitive to other load on the machine than MB/s. Call the result at the end.
+func reportCPU(b *testing.B, bytesPerOp int) func() {
+	start := cpuTime()
+	return func() {
+		mib := float64(b.N) * float64(bytesPerOp) / (1 << 20)
+		b.ReportMetric(float64((cpuTime()-start).Microseconds())/mib, "cpu-µs/MiB")
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func reportMemory(b *testing.B) {

@@ -29,16 +29,21 @@ var errStopped = errors.New("flow aborted")
 // pending table (bounding concurrent dials) before the forwarder starts handleTCP for them.
 func (s *Stack) handleTCPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	th := header.TCP(pkt.TransportHeader().Slice())
-	if len(th) >= header.TCPMinimumSize && th.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn {
-		switch s.syns.admit(id, pkt, s.cfg.DialTimeout) {
-		case synDuplicate:
-			return true // retransmitted SYN of a pending dial
-		case synFull:
-			s.stats.tcpDropped.Add(1)
-			return true // the client retransmits
-		}
+	if len(th) < header.TCPMinimumSize || th.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
+		return s.fwd.HandlePacket(id, pkt) // not a SYN: the forwarder declines, the stack resets
 	}
-	return s.fwd.HandlePacket(id, pkt)
+	switch s.syns.admit(id, pkt, s.cfg.DialTimeout) {
+	case synDuplicate:
+		return true // retransmitted SYN of a pending dial
+	case synFull:
+		s.stats.tcpDropped.Add(1)
+		return true // the client retransmits
+	}
+	if !s.fwd.HandlePacket(id, pkt) {
+		s.syns.remove(id) // malformed: no handler will remove it
+		return false
+	}
+	return true
 }
 
 // handleTCP runs, in a goroutine started by the forwarder, for each new SYN: it dials the

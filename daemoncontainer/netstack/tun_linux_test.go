@@ -144,6 +144,22 @@ func TestTUNDialErrors(t *testing.T) {
 			t.Errorf("dial %s: answered after %v, want at once (no SYN retransmission)", tc.addr, elapsed)
 		}
 	}
+	// UDP: the first datagram's refused dial comes back as ICMP port unreachable.
+	for _, addr := range []string{"10.96.0.10:1", "[fd00:96::10]:1"} {
+		c, err := n.dial(t, "udp", addr)
+		if err != nil {
+			t.Fatalf("dial udp %s: %v", addr, err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("q")); err != nil {
+			t.Fatalf("write udp %s: %v", addr, err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Read(make([]byte, 10))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("read udp %s: got %v, want %v", addr, err, syscall.ECONNREFUSED)
+		}
+	}
 }
 
 func TestTUNUDP(t *testing.T) {
