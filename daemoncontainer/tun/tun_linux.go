@@ -35,8 +35,9 @@ type Device struct {
 // sets its MTU (0 means DefaultMTU), brings it up with the addresses Addr4 (and Addr6 if a route
 // is IPv6) and routes the given prefixes through it. It needs CAP_NET_ADMIN and /dev/net/tun.
 //
-// A route that already exists in the namespace is an error; call Conflicts first to find and
-// report clashes.
+// Call Conflicts first to find and report clashes with the namespace's networks: a prefix the
+// namespace already routes elsewhere is skipped (Routes lists the prefixes actually routed),
+// a more specific one takes the overlapping addresses away from the existing network.
 func Open(name string, mtu int, routes []netip.Prefix) (*Device, error) {
 	if mtu == 0 {
 		mtu = DefaultMTU
@@ -152,7 +153,8 @@ func (d *Device) Routes() []netip.Prefix {
 }
 
 // SetRoutes makes routes the set of prefixes routed through the device: it adds the missing
-// ones and removes the others. It must be called in the device's network namespace.
+// ones (skipping those the namespace already routes elsewhere) and removes the others. It must
+// be called in the device's network namespace.
 func (d *Device) SetRoutes(routes []netip.Prefix) error {
 	if err := checkRoutes(routes); err != nil {
 		return err
@@ -176,7 +178,9 @@ func (d *Device) SetRoutes(routes []netip.Prefix) error {
 		}
 		if err := netlink.RouteAdd(d.route(p)); err != nil {
 			if errors.Is(err, syscall.EEXIST) {
-				return fmt.Errorf("route %v: the namespace already routes it elsewhere (see tun.Conflicts): %w", p, err)
+				// The namespace routes exactly this network elsewhere (Conflicts reports it);
+				// replacing that route would cut the namespace off from it.
+				continue
 			}
 			return fmt.Errorf("route %v: %w", p, err)
 		}

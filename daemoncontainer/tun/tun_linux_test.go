@@ -3,11 +3,9 @@
 package tun_test
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"slices"
-	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -166,10 +164,16 @@ func TestConflicts(t *testing.T) {
 			t.Errorf("Conflicts with tp0 open: got %v, want none", got)
 		}
 
-		// Routing an existing network is refused instead of hijacking it.
-		err = d.SetRoutes(mustPrefixes("10.96.0.0/12", "172.18.0.0/16"))
-		if !errors.Is(err, syscall.EEXIST) {
-			t.Errorf("SetRoutes over eth0's network: got %v, want EEXIST", err)
+		// A network the namespace already routes is skipped instead of hijacked.
+		if err := d.SetRoutes(mustPrefixes("10.96.0.0/12", "172.18.0.0/16")); err != nil {
+			t.Errorf("SetRoutes over eth0's network: %v", err)
+		}
+		if got, want := d.Routes(), routes[:1]; !slices.Equal(got, want) {
+			t.Errorf("Routes: got %v, want %v", got, want)
+		}
+		rs, err := netlink.RouteGet(net.ParseIP("172.18.0.9"))
+		if err != nil || len(rs) != 1 || rs[0].LinkIndex != dummy.Attrs().Index {
+			t.Errorf("route to 172.18.0.9: got %+v (%v), want via eth0", rs, err)
 		}
 		return nil
 	})
