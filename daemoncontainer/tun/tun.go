@@ -10,6 +10,7 @@
 package tun
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 )
@@ -24,6 +25,10 @@ var (
 	Addr4 = netip.MustParseAddr("169.254.116.112") // 169.254.'t'.'p'
 	Addr6 = netip.MustParseAddr("fd74:7000::1")
 )
+
+// ErrIPv6Unavailable is returned (wrapped) by Open and SetRoutes when an IPv6 route cannot be
+// installed because IPv6 is disabled in the namespace; route only the IPv4 prefixes then.
+var ErrIPv6Unavailable = errors.New("IPv6 is disabled")
 
 // Conflict is a route that overlaps a network already attached to the namespace.
 type Conflict struct {

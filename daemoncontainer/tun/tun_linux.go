@@ -121,14 +121,15 @@ func enableIPv6(name string) error {
 	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return errors.New("IPv6 is not available in this kernel or namespace")
+		return fmt.Errorf("%w: the kernel has no IPv6", ErrIPv6Unavailable)
 	}
 	if err != nil || len(b) == 0 || b[0] == '0' {
 		return err
 	}
 	if err := os.WriteFile(path, []byte("0"), 0); err != nil {
-		return fmt.Errorf("IPv6 is disabled on %s and %s is not writable "+
-			"(run the daemon container with --sysctl net.ipv6.conf.all.disable_ipv6=0): %w", name, path, err)
+		return fmt.Errorf("%w on %s and %s is not writable "+
+			"(run the daemon container with --sysctl net.ipv6.conf.all.disable_ipv6=0): %v",
+			ErrIPv6Unavailable, name, path, err)
 	}
 	return nil
 }

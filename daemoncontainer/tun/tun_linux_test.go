@@ -5,6 +5,7 @@ package tun_test
 import (
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 
@@ -174,6 +175,30 @@ func TestConflicts(t *testing.T) {
 		rs, err := netlink.RouteGet(net.ParseIP("172.18.0.9"))
 		if err != nil || len(rs) != 1 || rs[0].LinkIndex != dummy.Attrs().Index {
 			t.Errorf("route to 172.18.0.9: got %+v (%v), want via eth0", rs, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenEnablesIPv6OnTheDevice(t *testing.T) {
+	ns := tuntest.NewNetns(t)
+	err := ns.Do(func() error {
+		// Like a Docker container on a network without IPv6. (With a read-only /proc/sys, as in
+		// an unprivileged container, Open fails with ErrIPv6Unavailable instead.)
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0); err != nil {
+			t.Skipf("cannot disable IPv6 in the test namespace: %v", err)
+		}
+		d, err := tun.Open("tp0", 0, mustPrefixes("10.96.0.0/12"))
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		// /proc/sys is writable here: Open enables IPv6 on the device itself.
+		if err := d.SetRoutes(mustPrefixes("10.96.0.0/12", "fd00:96::/108")); err != nil {
+			t.Errorf("SetRoutes with IPv6 disabled by default: %v", err)
 		}
 		return nil
 	})
