@@ -4,17 +4,29 @@
 # bridge, its iptables chains (TP-*, kube-proxy's and the kubelet's KUBE-*,
 # the CNI plugins' CNI-*) and /var/lib/tp-cluster. Docker, its networks and
 # rules stay as they are; so does the build cache in .cache/cluster.
+#
+#   hack/cluster/down.sh [--keep-data]
+#
+# --keep-data stops and cleans up everything as a reboot would, but keeps
+# /var/lib/tp-cluster (etcd's state, PKI, images): the next up.sh restarts
+# the same cluster.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
 require_root
+keep_data=false
+case "${1:-}" in
+"") ;;
+--keep-data) keep_data=true ;;
+*) die "usage: $0 [--keep-data]" ;;
+esac
 
 # Our containerd's shims: each serves one pod sandbox of the k8s.io namespace.
 shim_pids() {
 	local dir cmd
 	for dir in /proc/[0-9]*; do
-		cmd="$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null)" || continue
+		cmd="$({ tr '\0' ' ' <"$dir/cmdline"; } 2>/dev/null)" || continue
 		case "$cmd" in
 		*containerd-shim*"-address $CONTAINERD_SOCK"*) echo "${dir#/proc/}" ;;
 		esac
@@ -35,7 +47,7 @@ component_pids() {
 		exe="${exe% (deleted)}"
 		for name in "${TP_COMPONENTS[@]}"; do
 			[ "$(basename "$exe")" = "$name" ] || continue
-			if [[ "$exe" == "$TP_BIN/"* ]] || tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q "$TP_CONF/"; then
+			if [[ "$exe" == "$TP_BIN/"* ]] || tr '\0' ' ' 2>/dev/null <"$dir/cmdline" | grep -q "$TP_CONF/"; then
 				echo "${dir#/proc/}"
 			fi
 		done
@@ -154,9 +166,16 @@ conntrack -D --orig-dst "$SERVICE_CIDR" >/dev/null 2>&1 || true
 
 left="$(our_mounts)"
 [ -z "$left" ] || die "still mounted, not removing $TP_DATA: $left"
-rm -rf --one-file-system "$TP_DATA"
+if [ "$keep_data" = true ]; then
+	rm -rf "$TP_RUN"
+else
+	rm -rf --one-file-system "$TP_DATA"
+fi
 rm -f "$CONTAINERD_SOCK" "$CONTAINERD_SOCK.ttrpc" "$CONTAINERD_SOCK.hidden-from-dockerd"
 rm -rf /run/containerd/runc/k8s.io
+# Directories our containerd created; rmdir keeps them while anyone else
+# (another containerd's shims) still uses them.
+rmdir /run/containerd/runc /run/containerd/s /run/containerd /run/netns 2>/dev/null || true
 # The kubelet links container logs (kept in $TP_DATA/pod-logs) here.
 find /var/log/containers -maxdepth 1 -type l -lname "$TP_DATA/*" -delete 2>/dev/null || true
 
@@ -171,8 +190,12 @@ for cmd in iptables ip6tables; do
 	[ "$chains" = 0 ] || problems+=("$chains $cmd chains")
 done
 [ -z "$(our_mounts)" ] || problems+=("mounts")
-[ -e "$TP_DATA" ] && problems+=("$TP_DATA")
+[ "$keep_data" = false ] && [ -e "$TP_DATA" ] && problems+=("$TP_DATA")
 if [ "${#problems[@]}" -gt 0 ]; then
 	die "left behind: ${problems[*]}"
 fi
-log "test bed removed (build cache kept in $TP_CACHE)"
+if [ "$keep_data" = true ]; then
+	log "test bed stopped; its state stays in $TP_DATA for the next up.sh"
+else
+	log "test bed removed (build cache kept in $TP_CACHE)"
+fi

@@ -76,7 +76,16 @@ start_bg() {
 	log "starting $name"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$TP_LOGS/$name.log"
 	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null &
-	echo $! >"$TP_RUN/$name.pid"
+	local pid=$! i
+	echo "$pid" >"$TP_RUN/$name.pid"
+	# Until the child has exec'd the binary (through nohup), pid_of would
+	# take it for dead.
+	for i in $(seq 1 100); do
+		running "$name" && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	running "$name" || { tail_log "$name"; die "$name did not start; see $TP_LOGS/$name.log"; }
 }
 
 # stop_pid NAME PID: SIGTERM, then SIGKILL after a grace period.
@@ -128,7 +137,7 @@ check_port() {
 	ours="$(pid_of "$name")"
 	for pid in $(port_pids "$port"); do
 		[ "$pid" = "$ours" ] && continue
-		die "port $port (needed by $name) is taken by pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)); stop it or run hack/cluster/down.sh"
+		die "port $port (needed by $name) is taken by pid $pid ($(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-120)); stop it or run hack/cluster/down.sh"
 	done
 }
 
