@@ -311,3 +311,40 @@ func relayListenHost(ctx context.Context, docker client.APIClient) (string, erro
 	}
 	return "", errors.New("docker's bridge network has no IPv4 gateway for the credential relay to listen on")
 }
+
+// Client is the CLI's handle on a running connection's daemon.
+type Client struct {
+	daemonv1.DaemonClient
+	Connection Connection
+	docker     *client.Client
+	cc         *grpc.ClientConn
+}
+
+// Close releases the client.
+func (c *Client) Close() error {
+	c.cc.Close()
+	return c.docker.Close()
+}
+
+// DialConnection finds the connection named name and dials its daemon.
+func DialConnection(ctx context.Context, name string) (*Client, error) {
+	docker, err := NewDockerClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := Find(ctx, docker, name)
+	if err != nil {
+		docker.Close()
+		return nil, err
+	}
+	if !conn.Running {
+		docker.Close()
+		return nil, fmt.Errorf("daemon container %s is %s: run `tp quit --name %s` and connect again", conn.ContainerName, conn.State, conn.Name)
+	}
+	cc, err := DialDaemon(docker, conn.ContainerID)
+	if err != nil {
+		docker.Close()
+		return nil, err
+	}
+	return &Client{DaemonClient: daemonv1.NewDaemonClient(cc), Connection: conn, docker: docker, cc: cc}, nil
+}

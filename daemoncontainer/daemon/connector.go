@@ -1,3 +1,5 @@
+//go:build linux
+
 package daemon
 
 import (
@@ -13,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,6 +39,8 @@ const managerSelector = "app=traffic-manager"
 // managerPort is the traffic-manager's gRPC port (manager.Port; not imported
 // to keep the daemon independent of the manager's code).
 const managerPort = 8081
+
+const connectedState = daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED
 
 // connector owns the connection to the traffic-manager: port-forward, gRPC
 // connection, session and heartbeats, and reconnects when any of them fails.
@@ -175,7 +180,16 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 			log.Info("departed from traffic-manager")
 		}
 	}()
-	return true, c.heartbeat(ctx, client, sess, pf.Done())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.heartbeat(gctx, client, sess, pf.Done()) })
+	g.Go(func() error {
+		if err := c.watchDials(gctx, client, c.dialer.Load(), sess.GetSessionId(), log); err != nil {
+			return err
+		}
+		<-gctx.Done() // the stream ended cleanly: keep the session until the heartbeat fails
+		return nil
+	})
+	return true, g.Wait()
 }
 
 // heartbeat keeps the session alive until it fails or ctx ends.

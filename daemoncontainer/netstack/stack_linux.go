@@ -29,7 +29,6 @@ const nicID tcpip.NICID = 1
 type Stack struct {
 	cfg  Config
 	log  *slog.Logger
-	link stack.LinkEndpoint
 	ip   *stack.Stack
 	fwd  *tcp.Forwarder
 	syns synTable
@@ -85,27 +84,11 @@ func New(cfg Config) (*Stack, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 
-	var link stack.LinkEndpoint
-	switch {
-	case cfg.testLink != nil:
-		link = cfg.testLink.(stack.LinkEndpoint)
-	case cfg.Device != nil:
-		var err error
-		link, err = fdbased.New(&fdbased.Options{
-			FDs: []int{int(cfg.Device.Fd())},
-			MTU: uint32(cfg.MTU),
-			// The kernel checksummed every packet it hands to the TUN and nothing can corrupt
-			// it on the way: skip verifying (a full pass over each 64 KiB packet).
-			RXChecksumOffload: true,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("netstack: attach TUN: %w", err)
-		}
-	default:
+	if cfg.Device == nil && cfg.testLink == nil {
 		return nil, errors.New("netstack: Config.Device is required")
 	}
 
-	s := &Stack{cfg: cfg, log: log, link: link, ready: make(chan struct{})}
+	s := &Stack{cfg: cfg, log: log, ready: make(chan struct{})}
 	s.ip = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
@@ -159,7 +142,11 @@ func (s *Stack) Run(ctx context.Context) error {
 	s.runCtx = ctx
 	defer s.ip.Destroy() // after the flows: detaches the NIC, stops the link's reader
 
-	if err := s.ip.CreateNICWithOptions(nicID, s.link, stack.NICOptions{Name: "tun"}); err != nil {
+	link, err := s.newLink()
+	if err != nil {
+		return err
+	}
+	if err := s.ip.CreateNICWithOptions(nicID, link, stack.NICOptions{Name: "tun"}); err != nil {
 		return fmt.Errorf("netstack: create NIC: %s", err)
 	}
 	// Accept and originate any address: the routes into the TUN decide what reaches us.
@@ -181,6 +168,24 @@ func (s *Stack) Run(ctx context.Context) error {
 		return nil
 	}
 	return ctx.Err()
+}
+
+// newLink returns the link endpoint serving the TUN device.
+func (s *Stack) newLink() (stack.LinkEndpoint, error) {
+	if s.cfg.testLink != nil {
+		return s.cfg.testLink.(stack.LinkEndpoint), nil
+	}
+	link, err := fdbased.New(&fdbased.Options{
+		FDs: []int{int(s.cfg.Device.Fd())},
+		MTU: uint32(s.cfg.MTU),
+		// The kernel checksummed every packet it hands to the TUN and nothing can corrupt it on
+		// the way: skip verifying (a pass over each 64 KiB packet).
+		RXChecksumOffload: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netstack: attach TUN: %w", err)
+	}
+	return link, nil
 }
 
 // Stats returns a snapshot of the counters.

@@ -72,6 +72,13 @@ func newHelmUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command 
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the objects to be deleted")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ns := managerNamespace(kube.Namespace)
+		restored, err := restoreAllWorkloads(cmd.Context(), kube, ns)
+		if err != nil {
+			return err
+		}
+		for _, r := range restored {
+			fmt.Fprintf(streams.Out, "Restored %s\n", r)
+		}
 		if err := charts.Uninstall(cmd.Context(), kube, charts.Options{Namespace: ns, Wait: true, Timeout: timeout}); err != nil {
 			return err
 		}

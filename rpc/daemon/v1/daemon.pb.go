@@ -11,6 +11,7 @@
 package daemonv1
 
 import (
+	v1 "github.com/tp-run/tp/rpc/manager/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -528,7 +529,7 @@ var File_rpc_daemon_v1_daemon_proto protoreflect.FileDescriptor
 
 const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crpc/manager/v1/manager.proto\"\x0f\n" +
 	"\rStatusRequest\"m\n" +
 	"\x0eSubnetConflict\x12\x16\n" +
 	"\x06subnet\x18\x01 \x01(\tR\x06subnet\x12%\n" +
@@ -576,10 +577,14 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x1bCONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n" +
 	"\x1aCONNECTION_STATE_CONNECTED\x10\x02\x12!\n" +
 	"\x1dCONNECTION_STATE_RECONNECTING\x10\x03\x12\x1b\n" +
-	"\x17CONNECTION_STATE_FAILED\x10\x042\x8c\x01\n" +
+	"\x17CONNECTION_STATE_FAILED\x10\x042\xfb\x03\n" +
 	"\x06Daemon\x12C\n" +
 	"\x06Status\x12\x1b.tp.daemon.v1.StatusRequest\x1a\x1c.tp.daemon.v1.StatusResponse\x12=\n" +
-	"\x04Quit\x12\x19.tp.daemon.v1.QuitRequest\x1a\x1a.tp.daemon.v1.QuitResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
+	"\x04Quit\x12\x19.tp.daemon.v1.QuitRequest\x1a\x1a.tp.daemon.v1.QuitResponse\x12M\n" +
+	"\x0fCreateIntercept\x12\x1c.tp.manager.v1.InterceptSpec\x1a\x1c.tp.manager.v1.InterceptInfo\x12`\n" +
+	"\x0fRemoveIntercept\x12%.tp.manager.v1.RemoveInterceptRequest\x1a&.tp.manager.v1.RemoveInterceptResponse\x12Z\n" +
+	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
+	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
 
 var (
 	file_rpc_daemon_v1_daemon_proto_rawDescOnce sync.Once
@@ -596,29 +601,45 @@ func file_rpc_daemon_v1_daemon_proto_rawDescGZIP() []byte {
 var file_rpc_daemon_v1_daemon_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_rpc_daemon_v1_daemon_proto_goTypes = []any{
-	(ConnectionState)(0),          // 0: tp.daemon.v1.ConnectionState
-	(*StatusRequest)(nil),         // 1: tp.daemon.v1.StatusRequest
-	(*SubnetConflict)(nil),        // 2: tp.daemon.v1.SubnetConflict
-	(*DNSStatus)(nil),             // 3: tp.daemon.v1.DNSStatus
-	(*StatusResponse)(nil),        // 4: tp.daemon.v1.StatusResponse
-	(*QuitRequest)(nil),           // 5: tp.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),          // 6: tp.daemon.v1.QuitResponse
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(ConnectionState)(0),               // 0: tp.daemon.v1.ConnectionState
+	(*StatusRequest)(nil),              // 1: tp.daemon.v1.StatusRequest
+	(*SubnetConflict)(nil),             // 2: tp.daemon.v1.SubnetConflict
+	(*DNSStatus)(nil),                  // 3: tp.daemon.v1.DNSStatus
+	(*StatusResponse)(nil),             // 4: tp.daemon.v1.StatusResponse
+	(*QuitRequest)(nil),                // 5: tp.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),               // 6: tp.daemon.v1.QuitResponse
+	(*timestamppb.Timestamp)(nil),      // 7: google.protobuf.Timestamp
+	(*v1.InterceptSpec)(nil),           // 8: tp.manager.v1.InterceptSpec
+	(*v1.RemoveInterceptRequest)(nil),  // 9: tp.manager.v1.RemoveInterceptRequest
+	(*v1.ListWorkloadsRequest)(nil),    // 10: tp.manager.v1.ListWorkloadsRequest
+	(*v1.UninstallAgentsRequest)(nil),  // 11: tp.manager.v1.UninstallAgentsRequest
+	(*v1.InterceptInfo)(nil),           // 12: tp.manager.v1.InterceptInfo
+	(*v1.RemoveInterceptResponse)(nil), // 13: tp.manager.v1.RemoveInterceptResponse
+	(*v1.ListWorkloadsResponse)(nil),   // 14: tp.manager.v1.ListWorkloadsResponse
+	(*v1.UninstallAgentsResponse)(nil), // 15: tp.manager.v1.UninstallAgentsResponse
 }
 var file_rpc_daemon_v1_daemon_proto_depIdxs = []int32{
-	0, // 0: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
-	2, // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
-	3, // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
-	7, // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
-	1, // 4: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
-	5, // 5: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
-	4, // 6: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
-	6, // 7: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
+	2,  // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
+	3,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
+	7,  // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
+	1,  // 4: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
+	5,  // 5: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
+	8,  // 6: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
+	9,  // 7: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	10, // 8: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	11, // 9: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	4,  // 10: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
+	6,  // 11: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
+	12, // 12: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	13, // 13: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	14, // 14: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	15, // 15: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_rpc_daemon_v1_daemon_proto_init() }

@@ -12,6 +12,7 @@ package daemonv1
 
 import (
 	context "context"
+	v1 "github.com/tp-run/tp/rpc/manager/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -23,8 +24,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Daemon_Status_FullMethodName = "/tp.daemon.v1.Daemon/Status"
-	Daemon_Quit_FullMethodName   = "/tp.daemon.v1.Daemon/Quit"
+	Daemon_Status_FullMethodName          = "/tp.daemon.v1.Daemon/Status"
+	Daemon_Quit_FullMethodName            = "/tp.daemon.v1.Daemon/Quit"
+	Daemon_CreateIntercept_FullMethodName = "/tp.daemon.v1.Daemon/CreateIntercept"
+	Daemon_RemoveIntercept_FullMethodName = "/tp.daemon.v1.Daemon/RemoveIntercept"
+	Daemon_ListWorkloads_FullMethodName   = "/tp.daemon.v1.Daemon/ListWorkloads"
+	Daemon_UninstallAgents_FullMethodName = "/tp.daemon.v1.Daemon/UninstallAgents"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -34,6 +39,13 @@ type DaemonClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Quit departs from the manager and stops the daemon.
 	Quit(ctx context.Context, in *QuitRequest, opts ...grpc.CallOption) (*QuitResponse, error)
+	// Intercepts: the daemon forwards these to the traffic-manager with its
+	// session, and accepts the intercepted connections in its network
+	// namespace (127.0.0.1:local_port, i.e. any container joined to it).
+	CreateIntercept(ctx context.Context, in *v1.InterceptSpec, opts ...grpc.CallOption) (*v1.InterceptInfo, error)
+	RemoveIntercept(ctx context.Context, in *v1.RemoveInterceptRequest, opts ...grpc.CallOption) (*v1.RemoveInterceptResponse, error)
+	ListWorkloads(ctx context.Context, in *v1.ListWorkloadsRequest, opts ...grpc.CallOption) (*v1.ListWorkloadsResponse, error)
+	UninstallAgents(ctx context.Context, in *v1.UninstallAgentsRequest, opts ...grpc.CallOption) (*v1.UninstallAgentsResponse, error)
 }
 
 type daemonClient struct {
@@ -64,6 +76,46 @@ func (c *daemonClient) Quit(ctx context.Context, in *QuitRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *daemonClient) CreateIntercept(ctx context.Context, in *v1.InterceptSpec, opts ...grpc.CallOption) (*v1.InterceptInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.InterceptInfo)
+	err := c.cc.Invoke(ctx, Daemon_CreateIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) RemoveIntercept(ctx context.Context, in *v1.RemoveInterceptRequest, opts ...grpc.CallOption) (*v1.RemoveInterceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.RemoveInterceptResponse)
+	err := c.cc.Invoke(ctx, Daemon_RemoveIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) ListWorkloads(ctx context.Context, in *v1.ListWorkloadsRequest, opts ...grpc.CallOption) (*v1.ListWorkloadsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.ListWorkloadsResponse)
+	err := c.cc.Invoke(ctx, Daemon_ListWorkloads_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) UninstallAgents(ctx context.Context, in *v1.UninstallAgentsRequest, opts ...grpc.CallOption) (*v1.UninstallAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.UninstallAgentsResponse)
+	err := c.cc.Invoke(ctx, Daemon_UninstallAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -71,6 +123,13 @@ type DaemonServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Quit departs from the manager and stops the daemon.
 	Quit(context.Context, *QuitRequest) (*QuitResponse, error)
+	// Intercepts: the daemon forwards these to the traffic-manager with its
+	// session, and accepts the intercepted connections in its network
+	// namespace (127.0.0.1:local_port, i.e. any container joined to it).
+	CreateIntercept(context.Context, *v1.InterceptSpec) (*v1.InterceptInfo, error)
+	RemoveIntercept(context.Context, *v1.RemoveInterceptRequest) (*v1.RemoveInterceptResponse, error)
+	ListWorkloads(context.Context, *v1.ListWorkloadsRequest) (*v1.ListWorkloadsResponse, error)
+	UninstallAgents(context.Context, *v1.UninstallAgentsRequest) (*v1.UninstallAgentsResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -86,6 +145,18 @@ func (UnimplementedDaemonServer) Status(context.Context, *StatusRequest) (*Statu
 }
 func (UnimplementedDaemonServer) Quit(context.Context, *QuitRequest) (*QuitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Quit not implemented")
+}
+func (UnimplementedDaemonServer) CreateIntercept(context.Context, *v1.InterceptSpec) (*v1.InterceptInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateIntercept not implemented")
+}
+func (UnimplementedDaemonServer) RemoveIntercept(context.Context, *v1.RemoveInterceptRequest) (*v1.RemoveInterceptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveIntercept not implemented")
+}
+func (UnimplementedDaemonServer) ListWorkloads(context.Context, *v1.ListWorkloadsRequest) (*v1.ListWorkloadsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkloads not implemented")
+}
+func (UnimplementedDaemonServer) UninstallAgents(context.Context, *v1.UninstallAgentsRequest) (*v1.UninstallAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UninstallAgents not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -144,6 +215,78 @@ func _Daemon_Quit_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_CreateIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.InterceptSpec)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).CreateIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_CreateIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).CreateIntercept(ctx, req.(*v1.InterceptSpec))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_RemoveIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.RemoveInterceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).RemoveIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_RemoveIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).RemoveIntercept(ctx, req.(*v1.RemoveInterceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_ListWorkloads_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.ListWorkloadsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).ListWorkloads(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_ListWorkloads_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).ListWorkloads(ctx, req.(*v1.ListWorkloadsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_UninstallAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.UninstallAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).UninstallAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_UninstallAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).UninstallAgents(ctx, req.(*v1.UninstallAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -158,6 +301,22 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Quit",
 			Handler:    _Daemon_Quit_Handler,
+		},
+		{
+			MethodName: "CreateIntercept",
+			Handler:    _Daemon_CreateIntercept_Handler,
+		},
+		{
+			MethodName: "RemoveIntercept",
+			Handler:    _Daemon_RemoveIntercept_Handler,
+		},
+		{
+			MethodName: "ListWorkloads",
+			Handler:    _Daemon_ListWorkloads_Handler,
+		},
+		{
+			MethodName: "UninstallAgents",
+			Handler:    _Daemon_UninstallAgents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

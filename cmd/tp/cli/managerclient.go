@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/tp-run/tp/internal/kube"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+)
+
+// restoreAllWorkloads asks the traffic-manager in ns, through a port-forward
+// from this host (no connection needed), to remove every agent. It is a
+// no-op when no manager pod runs.
+func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClientGetter, ns string) ([]string, error) {
+	rc, err := getter.ToRESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=traffic-manager"})
+	if err != nil {
+		return nil, fmt.Errorf("find the traffic-manager in %s: %w", ns, err)
+	}
+	var pod string
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			pod = p.Name
+		}
+	}
+	if pod == "" {
+		return nil, nil
+	}
+	pf, err := kube.NewPortForwarder(ctx, rc, ns, pod)
+	if err != nil {
+		return nil, err
+	}
+	defer pf.Close()
+	cc, err := grpc.NewClient("passthrough:///traffic-manager", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return pf.DialPort(8081) }))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := managerv1.NewManagerClient(cc).UninstallAgents(ctx, &managerv1.UninstallAgentsRequest{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("restore the workloads before uninstalling: %w", grpcMessage(err))
+	}
+	return resp.GetRestored(), nil
+}

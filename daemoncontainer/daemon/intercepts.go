@@ -1,0 +1,147 @@
+//go:build linux
+
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
+)
+
+// The daemon's half of intercepts: it forwards the CLI's requests to the
+// traffic-manager with its session, and accepts intercepted connections. For
+// each DialRequest on WatchDials it dials 127.0.0.1:local_port in its own
+// network namespace (where the --docker-run container, or any joined
+// container, listens) and opens the paired tunnel flow back to the manager.
+
+// managerClient returns the connected session's manager client.
+func (c *connector) managerClient() (managerv1.ManagerClient, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client == nil || c.session == nil || c.state != connectedState {
+		return nil, "", status.Errorf(codes.Unavailable, "not connected to the traffic-manager (state %s): see `tp status`", c.state)
+	}
+	return c.client, c.session.GetSessionId(), nil
+}
+
+// watchDials serves the session's intercepted connections until ctx ends or
+// the stream breaks (the connection then reconnects as a whole).
+func (c *connector) watchDials(ctx context.Context, client managerv1.ManagerClient, dialer *tunnel.Dialer, sessionID string, log *slog.Logger) error {
+	stream, err := client.WatchDials(ctx, &managerv1.SessionRef{SessionId: sessionID})
+	if err != nil {
+		return fmt.Errorf("watch dials: %w", err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // every accepted connection ends before we return
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("watch dials: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.acceptIntercepted(ctx, dialer, req, log)
+		}()
+	}
+}
+
+// acceptIntercepted connects one intercepted connection to the local target.
+func (c *connector) acceptIntercepted(ctx context.Context, dialer *tunnel.Dialer, req *managerv1.DialRequest, log *slog.Logger) {
+	log = log.With("intercept", req.GetInterceptId(), "pairing", req.GetPairingId(), "localPort", req.GetLocalPort(), "source", req.GetSource())
+	target := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(req.GetLocalPort()))
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	local, localErr := d.DialContext(dctx, "tcp", target.String())
+	cancel()
+	flow, err := dialer.DialFlow(ctx, tunnel.Flow{Network: "tcp", Destination: target, PairingID: req.GetPairingId()})
+	if err != nil {
+		log.Warn("intercepted connection: open the paired flow", "error", err)
+		if local != nil {
+			local.Close()
+		}
+		return
+	}
+	if localErr != nil {
+		// Reset the cluster side at once rather than let it time out.
+		log.Warn("intercepted connection: nothing listens on the local port; is the intercept's container running?",
+			"target", target, "error", localErr)
+		flow.Close()
+		return
+	}
+	if err := tunnel.Splice(ctx, flow, local); err != nil {
+		log.Debug("intercepted connection ended", "error", err)
+	}
+}
+
+
+// CreateIntercept implements daemonv1.DaemonServer.
+func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptSpec) (*managerv1.InterceptInfo, error) {
+	client, session, err := d.conn.managerClient()
+	if err != nil {
+		return nil, err
+	}
+	if spec.GetNamespace() == "" {
+		spec.Namespace = d.cfg.Namespace
+	}
+	info, err := client.CreateIntercept(ctx, &managerv1.CreateInterceptRequest{SessionId: session, Spec: spec})
+	if err != nil {
+		return nil, err
+	}
+	d.cfg.Log.Info("intercept created", "connection", d.cfg.Connection, "intercept", info.GetId(),
+		"workload", spec.GetWorkload(), "namespace", spec.GetNamespace(), "localPort", spec.GetLocalPort(), "headers", spec.GetHeaders())
+	return info, nil
+}
+
+// RemoveIntercept implements daemonv1.DaemonServer.
+func (d *daemon) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInterceptRequest) (*managerv1.RemoveInterceptResponse, error) {
+	client, session, err := d.conn.managerClient()
+	if err != nil {
+		return nil, err
+	}
+	req.SessionId = session
+	if req.GetNamespace() == "" {
+		req.Namespace = d.cfg.Namespace
+	}
+	resp, err := client.RemoveIntercept(ctx, req)
+	if err == nil {
+		d.cfg.Log.Info("intercept removed", "connection", d.cfg.Connection, "name", req.GetName(), "namespace", req.GetNamespace())
+	}
+	return resp, err
+}
+
+// ListWorkloads implements daemonv1.DaemonServer.
+func (d *daemon) ListWorkloads(ctx context.Context, req *managerv1.ListWorkloadsRequest) (*managerv1.ListWorkloadsResponse, error) {
+	client, _, err := d.conn.managerClient()
+	if err != nil {
+		return nil, err
+	}
+	if req.GetNamespace() == "" {
+		req.Namespace = d.cfg.Namespace
+	}
+	return client.ListWorkloads(ctx, req)
+}
+
+// UninstallAgents implements daemonv1.DaemonServer.
+func (d *daemon) UninstallAgents(ctx context.Context, req *managerv1.UninstallAgentsRequest) (*managerv1.UninstallAgentsResponse, error) {
+	client, _, err := d.conn.managerClient()
+	if err != nil {
+		return nil, err
+	}
+	return client.UninstallAgents(ctx, req)
+}
