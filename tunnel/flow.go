@@ -468,8 +468,9 @@ func copyPayload(b []byte) mem.BufferSlice {
 // payload buffers (one Data frame per Read, so one datagram per frame for
 // UDP sources) until r ends. It does not half-close the flow.
 //
-// The buffer grows to maxPayload while reads fill it and shrinks back to
-// smallRead after one that does not, so an idle connection pins little.
+// Reads start with a smallRead buffer, use maxPayload after a read of at
+// least smallRead and go back to smallRead after a shorter one, so an idle
+// connection pins little.
 func (f *flow) ReadFrom(r io.Reader) (int64, error) {
 	n, rerr, werr := f.readFrom(r)
 	if werr != nil {
@@ -490,8 +491,8 @@ func (f *flow) readFrom(r io.Reader) (total int64, rerr, werr error) {
 	for {
 		buf := payloadPool.Get(size)
 		n, err := r.Read(*buf)
-		if n == size {
-			size = big
+		if n >= smallRead {
+			size = big // a busy connection: read as much as it has
 		} else {
 			size = small
 		}
