@@ -176,8 +176,14 @@ rm -rf /run/containerd/runc/k8s.io
 # Directories our containerd created; rmdir keeps them while anyone else
 # (another containerd's shims) still uses them.
 rmdir /run/containerd/runc /run/containerd/s /run/containerd /run/netns 2>/dev/null || true
-# The kubelet links container logs (kept in $TP_DATA/pod-logs) here.
+# Paths the kubelet and libcni use whatever their configuration says: links
+# to container logs (kept in $TP_DATA/pod-logs), the device plugin socket,
+# cached CNI results of our network and of containerd's loopback.
 find /var/log/containers -maxdepth 1 -type l -lname "$TP_DATA/*" -delete 2>/dev/null || true
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+rm -f /var/lib/cni/results/"$CNI_NETWORK"-* /var/lib/cni/results/cni-loopback-*
+rmdir /var/log/containers /var/lib/kubelet/device-plugins /var/lib/kubelet \
+	/var/lib/cni/results /var/lib/cni 2>/dev/null || true
 
 # Prove it.
 problems=()

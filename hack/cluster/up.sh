@@ -621,9 +621,12 @@ spec:
 EOF
 }
 
+# coredns_ready: the Deployment says so and kube-dns answers on TCP (the
+# status alone may be stale right after the kubelet restarted).
 coredns_ready() {
 	[ "$(kubectl_tp --request-timeout=5s -n kube-system get deployment coredns \
-		-o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 1 ]
+		-o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 1 ] &&
+		timeout 2 bash -c "exec 3<>/dev/tcp/$DNS_SERVICE_IP/53" 2>/dev/null
 }
 
 ensure_coredns() {
