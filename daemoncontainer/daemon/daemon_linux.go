@@ -3,7 +3,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,7 +154,7 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 	d.mu.Lock()
 	d.routes, d.conflicts, d.stack, d.dns = routes, conflicts, st, srv
 	d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
-		Search: searchOf(rendered), Upstreams: orig.Upstreams()}
+		Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
 	d.mu.Unlock()
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -184,12 +184,11 @@ func readResolvConf(path string) (dns.ResolvConf, error) {
 	return dns.ParseResolvConf(f)
 }
 
-func searchOf(resolvConf []byte) []string {
-	rc, err := dns.ParseResolvConf(bytes.NewReader(resolvConf))
-	if err != nil {
-		return nil
-	}
-	return rc.Search
+// searchList is the search list RenderResolvConf writes: like a pod's, then
+// the original domains.
+func searchList(orig dns.ResolvConf, namespace, domain string) []string {
+	domain = strings.TrimSuffix(domain, ".")
+	return append([]string{namespace + ".svc." + domain, "svc." + domain, domain}, orig.Search...)
 }
 
 // exchangeCluster sends one DNS query to the cluster DNS through the tunnel:

@@ -2,7 +2,7 @@
 // answered (the one in the cluster or a developer's local one), and a tiny
 // client used by the demo from a container joined to tp.
 //
-//	echo serve            serve HTTP on :8080 and UDP echo on :9090
+//	echo serve            serve HTTP on :8080, gRPC on :9091 and UDP echo on :9090
 //	echo get URL          GET URL and print the body (exit 1 on failure)
 package main
 
@@ -17,8 +17,14 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/tp-run/tp/examples/echo/echopb"
 )
 
 func main() {
@@ -68,6 +74,7 @@ func serve() error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	httpAddr := env("ECHO_HTTP_ADDR", ":8080")
 	udpAddr := env("ECHO_UDP_ADDR", ":9090")
+	grpcAddr := env("ECHO_GRPC_ADDR", ":9091")
 	service := env("ECHO_SERVICE", "echo")
 	copyName := env("ECHO_COPY", "cluster")
 
@@ -102,17 +109,41 @@ func serve() error {
 	if err != nil {
 		return fmt.Errorf("listen udp %s: %w", udpAddr, err)
 	}
+	grpcLis, err := net.Listen("tcp", grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen grpc %s: %w", grpcAddr, err)
+	}
+	grpcSrv := grpc.NewServer()
+	echopb.RegisterEchoServer(grpcSrv, &echoGRPC{service: service, copy: copyName})
 	go func() {
 		<-ctx.Done()
 		_ = pc.Close()
+		grpcSrv.GracefulStop()
 		_ = srv.Shutdown(context.Background())
 	}()
 	go udpEcho(pc, copyName)
-	log.Info("echo serving", "http", httpAddr, "udp", udpAddr, "copy", copyName)
+	go func() { _ = grpcSrv.Serve(grpcLis) }()
+	log.Info("echo serving", "http", httpAddr, "grpc", grpcAddr, "udp", udpAddr, "copy", copyName)
 	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
 		return err
 	}
 	return nil
+}
+
+// echoGRPC answers Who with the copy that runs it.
+type echoGRPC struct {
+	echopb.UnimplementedEchoServer
+	service, copy string
+}
+
+func (e *echoGRPC) Who(ctx context.Context, req *echopb.WhoRequest) (*echopb.WhoReply, error) {
+	reply := &echopb.WhoReply{Service: e.service, Copy: e.copy, Pod: os.Getenv("POD_NAME"), Message: req.GetMessage(),
+		Metadata: map[string]string{}}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for k, v := range md {
+		reply.Metadata[k] = strings.Join(v, ",")
+	}
+	return reply, nil
 }
 
 // udpEcho answers every datagram with "<copy>:<datagram>".

@@ -6,6 +6,7 @@
 //	probe tcp HOST:PORT            open a TCP connection
 //	probe udp HOST:PORT MESSAGE    send a datagram, print the answer
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
+//	probe grpc HOST:PORT [KEY=VALUE...]  call the echo example's Who with that metadata, print the reply as JSON
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
 //
 // Every probe honours -timeout (default 5s).
@@ -13,6 +14,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -24,11 +26,17 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/tp-run/tp/examples/echo/echopb"
 )
 
 func main() {
 	fs := flag.NewFlagSet("probe", flag.ExitOnError)
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the probe")
+	fs.Var(&headers, "H", "HTTP header KEY=VALUE for http (repeatable)")
 	if len(os.Args) < 2 {
 		fail(fmt.Errorf("usage: probe http|tcp|udp|dns ARGS"))
 	}
@@ -47,6 +55,8 @@ func main() {
 		err = probeUDP(ctx, args[0], args[1])
 	case cmd == "dns" && len(args) == 1:
 		err = probeDNS(ctx, args[0])
+	case cmd == "grpc" && len(args) >= 1:
+		err = probeGRPC(ctx, args[0], args[1:])
 	case cmd == "dns-server" && len(args) > 0:
 		err = dnsServer(args)
 	default:
@@ -62,10 +72,22 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// headers are the -H KEY=VALUE flags.
+var headers headerFlags
+
+type headerFlags []string
+
+func (h *headerFlags) String() string     { return strings.Join(*h, ",") }
+func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
+
 func probeHTTP(ctx context.Context, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, "=")
+		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -155,4 +177,26 @@ func dnsServer(entries []string) error {
 	})
 	fmt.Println("dns-server listening on :53")
 	return (&dns.Server{Addr: ":53", Net: "udp"}).ListenAndServe()
+}
+
+func probeGRPC(ctx context.Context, addr string, md []string) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	for _, kv := range md {
+		k, v, _ := strings.Cut(kv, "=")
+		ctx = metadata.AppendToOutgoingContext(ctx, k, v)
+	}
+	reply, err := echopb.NewEchoClient(cc).Who(ctx, &echopb.WhoRequest{Message: "probe"})
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(map[string]string{"service": reply.GetService(), "copy": reply.GetCopy(), "pod": reply.GetPod()})
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
 }
