@@ -97,6 +97,18 @@ func serve() error {
 			n -= chunk
 		}
 	})
+	// /env?keys=A,B shows those environment variables: what a developer's
+	// local copy received from the intercepted pod.
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		out := map[string]string{}
+		for _, k := range strings.Split(r.URL.Query().Get("keys"), ",") {
+			if v, ok := os.LookupEnv(k); ok {
+				out[k] = v
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		reply := Reply{Service: service, Copy: copyName, Pod: os.Getenv("POD_NAME"),
 			Method: r.Method, Path: r.URL.Path, Headers: r.Header}
