@@ -21,6 +21,7 @@ case "${1:-}" in
 --keep-data) keep_data=true ;;
 *) die "usage: $0 [--keep-data]" ;;
 esac
+lock_cluster
 
 # Our containerd's shims: each serves one pod sandbox of the k8s.io namespace.
 shim_pids() {

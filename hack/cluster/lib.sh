@@ -75,7 +75,7 @@ start_bg() {
 	mkdir -p "$TP_LOGS" "$TP_RUN"
 	log "starting $name"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$TP_LOGS/$name.log"
-	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null &
+	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null 9>&- &
 	local pid=$! i
 	echo "$pid" >"$TP_RUN/$name.pid"
 	# Until the child has exec'd the binary (through nohup), pid_of would
@@ -139,6 +139,16 @@ check_port() {
 		[ "$pid" = "$ours" ] && continue
 		die "port $port (needed by $name) is taken by pid $pid ($(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-120)); stop it or run hack/cluster/down.sh"
 	done
+}
+
+# lock_cluster: one up.sh or down.sh at a time (tests may call up.sh in
+# parallel); the lock is released when the script exits.
+lock_cluster() {
+	exec 9>/run/tp-cluster.lock
+	if ! flock -n 9; then
+		log "waiting for another hack/cluster/up.sh or down.sh to finish"
+		flock -w 1800 9 || die "another hack/cluster/up.sh or down.sh still holds /run/tp-cluster.lock after 30 minutes"
+	fi
 }
 
 kubectl_tp() { "$TP_BIN/kubectl" --kubeconfig "$TP_KUBECONFIG" "$@"; }

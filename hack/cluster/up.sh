@@ -35,17 +35,29 @@ write_conf() {
 	return 0
 }
 
+# stamp_group NAME: the build.sh group that builds component NAME.
+stamp_group() {
+	case "$1" in
+	etcd) echo etcd ;;
+	kube*) echo kubernetes ;;
+	*) echo none ;;
+	esac
+}
+
 # ensure_started NAME BINARY ARGS...: start NAME unless it already runs the
 # current binary with the same arguments and unchanged configuration.
 ensure_started() {
 	local name="$1" pid spec
 	shift
-	spec="$*"
+	# The build stamp tells whether our binary changed (a new work tree
+	# rebuilds identical binaries: no restart then); for containerd, a
+	# package upgrade shows as a deleted executable.
+	spec="$* $(cat "$TP_BIN/.stamp-$(stamp_group "$name")" 2>/dev/null || true)"
 	pid="$(pid_of "$name")"
 	if [ -n "$pid" ]; then
 		if [ "$(cat "$TP_RUN/$name.spec" 2>/dev/null)" = "$spec" ] &&
 			[[ "$CHANGED" != *" $name "* ]] &&
-			[[ "$(readlink "/proc/$pid/exe")" != *"(deleted)" ]]; then
+			{ [ "$name" != containerd ] || [[ "$(readlink "/proc/$pid/exe")" != *"(deleted)" ]]; }; then
 			return 0
 		fi
 		log "restarting $name (binary, flags or configuration changed)"
@@ -655,7 +667,8 @@ ensure_coredns() {
 
 main() {
 	start=$SECONDS
-	"$TP_ROOT/hack/install-deps.sh"
+	lock_cluster
+	"$TP_ROOT/hack/install-deps.sh" 9>&- # dockerd must not inherit the lock
 	check_ports
 	"$TP_CLUSTER_SRC/build.sh"
 
