@@ -8,6 +8,7 @@
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
 //	probe grpc HOST:PORT [KEY=VALUE...]  call the echo example's Who with that metadata, print the reply as JSON
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
+//	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //
 // Every probe honours -timeout (default 5s).
 package main
@@ -41,6 +42,12 @@ func main() {
 		fail(fmt.Errorf("usage: probe http|tcp|udp|dns ARGS"))
 	}
 	cmd := os.Args[1]
+	if cmd == "bench" {
+		if err := bench(os.Args[2:]); err != nil {
+			fail(err)
+		}
+		return
+	}
 	_ = fs.Parse(os.Args[2:])
 	args := fs.Args()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
