@@ -85,7 +85,7 @@ remove_containers() {
 }
 
 kill_leftovers() {
-	local pid cg procs
+	local pid cg
 	for pid in $(shim_pids); do
 		log "killing leftover shim $pid"
 		kill -KILL "$pid" 2>/dev/null || true
@@ -110,8 +110,8 @@ our_mounts() {
 }
 
 unmount_all() {
-	local target round
-	for round in 1 2 3; do
+	local target
+	for _ in 1 2 3; do
 		while read -r target; do
 			[ -n "$target" ] || continue
 			umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Shared settings and helpers of the test bed scripts (sourced, not run).
 
 TP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -76,11 +76,11 @@ start_bg() {
 	log "starting $name"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$TP_LOGS/$name.log"
 	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null 9>&- &
-	local pid=$! i
+	local pid=$!
 	echo "$pid" >"$TP_RUN/$name.pid"
 	# Until the child has exec'd the binary (through nohup), pid_of would
 	# take it for dead.
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		running "$name" && return 0
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.05
@@ -90,9 +90,9 @@ start_bg() {
 
 # stop_pid NAME PID: SIGTERM, then SIGKILL after a grace period.
 stop_pid() {
-	local name="$1" pid="$2" i
+	local name="$1" pid="$2"
 	kill -TERM "$pid" 2>/dev/null || return 0
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
