@@ -103,6 +103,14 @@ for network in bridge "$NET"; do
 	expect reach "docker ($network) -> API server host.docker.internal:6443" "${run[@]}" dial host.docker.internal:6443 5s
 done
 
+# The API server's certificate holds the names a container uses for it.
+for server in "https://$gateway:6443" https://host.docker.internal:6443; do
+	expect reach "docker: kubectl --server $server get node (TLS verified)" \
+		docker run --rm --add-host host.docker.internal:host-gateway --entrypoint /kubectl \
+		-v "$TP_BIN/kubectl:/kubectl:ro" -v "$TP_KUBECONFIG:/kubeconfig:ro" "$NETCHECK_IMAGE" \
+		--kubeconfig /kubeconfig --server "$server" --request-timeout 10s get node "$NODE_NAME"
+done
+
 in_pod=(kubectl_tp -n "$NS" exec server -- /netcheck)
 expect reach "pod -> pod $dns_pod_ip:53" "${in_pod[@]}" dial "$dns_pod_ip:53" 5s
 expect reach "pod -> kube-dns $DNS_SERVICE_IP:53" "${in_pod[@]}" dial "$DNS_SERVICE_IP:53" 5s
