@@ -102,17 +102,21 @@ func (f *udpFlow) run() {
 	f.quote = nil
 	s.stats.udpTotal.Add(1)
 	s.stats.udpOpen.Add(1)
-	defer s.stats.udpOpen.Add(-1)
 	f.last.Store(int64(now()))
 
 	var g errgroup.Group
 	g.Go(func() error { defer f.abort(); return f.toCluster() })
 	g.Go(func() error { defer f.abort(); return f.fromCluster() })
 	f.expire(s.cfg.UDPIdleTimeout)
-	if err := g.Wait(); err != nil && !errors.Is(err, errStopped) {
+	err = g.Wait()
+	conn.Close()
+	// Unregister the endpoint before the flow counts as closed: the next datagram of the
+	// 5-tuple then opens a new flow.
+	f.ep.Close()
+	s.stats.udpOpen.Add(-1)
+	if err != nil && !errors.Is(err, errStopped) {
 		s.log.Debug("udp flow ended", "src", src, "dst", dst, "error", err)
 	}
-	conn.Close()
 }
 
 // expire aborts the flow once no datagram passed for idle, or returns when it is aborted.
