@@ -68,5 +68,9 @@ generate: ## regenerate protobuf code (byte for byte reproducible)
 demo: build cluster-up image ## fresh machine to tp's main job: cluster, example app, connect, intercept
 	hack/demo.sh
 
+bench: build cluster-up image ## measure tp against kubectl port-forward on the local cluster (table + bench-results.json)
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	go run ./test/bench -tp bin/tp -out bench-results.json
+
 clean: ## remove build outputs (keeps the cluster build cache in .cache/cluster)
 	rm -rf bin $(CACHE)/image

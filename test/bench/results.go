@@ -1,0 +1,376 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// probeResult is what `probe bench` prints (test/probe/bench.go).
+type probeResult struct {
+	Mode        string           `json:"mode"`
+	Target      string           `json:"target"`
+	OK          int64            `json:"ok"`
+	Failed      int64            `json:"failed"`
+	Seconds     float64          `json:"seconds"`
+	TimedOut    bool             `json:"timedOut,omitempty"`
+	Errors      []string         `json:"errors,omitempty"`
+	Bytes       int64            `json:"bytes,omitempty"`
+	Streams     int              `json:"streams,omitempty"`
+	Latency     *percentiles     `json:"latencyMicros,omitempty"`
+	Connections int64            `json:"connections,omitempty"`
+	Copies      map[string]int64 `json:"copies,omitempty"`
+	Rcodes      map[string]int64 `json:"rcodes,omitempty"`
+	LastByCopy  map[string]int64 `json:"lastByCopyUnixMs,omitempty"`
+	FirstByCopy map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
+	FailedAt    []int64          `json:"failedAtUnixMs,omitempty"`
+	OpenSeconds float64          `json:"openSeconds,omitempty"`
+}
+
+type percentiles struct {
+	N    int     `json:"n"`
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	Max  float64 `json:"max"`
+	Mean float64 `json:"mean"`
+}
+
+// decodeProbe decodes the last JSON line of a probe's output.
+func decodeProbe(out string) (*probeResult, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for _, l := range slices.Backward(lines) {
+		if !strings.HasPrefix(strings.TrimSpace(l), "{") {
+			continue
+		}
+		var r probeResult
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			return nil, fmt.Errorf("decode probe result %q: %w", l, err)
+		}
+		return &r, nil
+	}
+	return nil, fmt.Errorf("no result in probe output %q", tail(out, 400))
+}
+
+// mbps is the bulk rate in MB/s (10^6 bytes).
+func (r *probeResult) mbps() float64 {
+	if r.Seconds == 0 {
+		return 0
+	}
+	return float64(r.Bytes) / r.Seconds / 1e6
+}
+
+func (r *probeResult) perSecond() float64 {
+	if r.Seconds == 0 {
+		return 0
+	}
+	return float64(r.OK) / r.Seconds
+}
+
+func (r *probeResult) summary() string {
+	s := fmt.Sprintf("%s: ok %d failed %d in %.2fs", r.Mode, r.OK, r.Failed, r.Seconds)
+	if r.Bytes > 0 {
+		s += fmt.Sprintf(", %.1f MB/s", r.mbps())
+	}
+	if r.Latency != nil {
+		s += fmt.Sprintf(", p50 %.0fµs p99 %.0fµs", r.Latency.P50, r.Latency.P99)
+	}
+	if r.Mode == "connrate" {
+		s += fmt.Sprintf(", %.0f conn/s", r.perSecond())
+	}
+	if r.TimedOut {
+		s += " (timed out)"
+	}
+	if len(r.Errors) > 0 {
+		s += fmt.Sprintf(", errors %q", r.Errors)
+	}
+	return s
+}
+
+// results is everything the run measured, written as JSON.
+type results struct {
+	Started           time.Time               `json:"started"`
+	Seconds           float64                 `json:"seconds"`
+	Options           map[string]any          `json:"options"`
+	Machine           machine                 `json:"machine"`
+	TPVersion         string                  `json:"tpVersion"`
+	Namespace         string                  `json:"namespace"`
+	EchoPod           string                  `json:"echoPod"`
+	PortForwardPort   int                     `json:"portForwardPort,omitempty"`
+	PortForwardErrors []string                `json:"portForwardErrors,omitempty"`
+	Table             []row                   `json:"table"`
+	Connect           connectTimes            `json:"connect"`
+	Memory            memoryUse               `json:"memory"`
+	Intercept         interceptResults        `json:"intercept"`
+	Probes            map[string]*probeResult `json:"probes"` // every probe run, by phase
+	Failures          map[string]string       `json:"failures,omitempty"`
+	Notes             []string                `json:"notes,omitempty"`
+	Errors            []string                `json:"errors,omitempty"`
+}
+
+type machine struct {
+	CPUs         int    `json:"cpus"`
+	Kernel       string `json:"kernel"`
+	LoadAvgStart string `json:"loadAvgStart"`
+	LoadAvgEnd   string `json:"loadAvgEnd"`
+}
+
+type connectTimes struct {
+	FirstSeconds  float64   `json:"firstSeconds"` // may include installing the manager
+	RunsSeconds   []float64 `json:"runsSeconds"`  // quit, then connect: image and manager present
+	MedianSeconds float64   `json:"medianSeconds"`
+}
+
+type memoryUse struct {
+	DaemonPID         int     `json:"daemonPid"`
+	DaemonIdleMB      float64 `json:"daemonIdleMB"`
+	DaemonLoadPeakMB  float64 `json:"daemonLoadPeakMB"` // VmRSS sampled every 100 ms during the load phases
+	DaemonHWMMB       float64 `json:"daemonHwmMB"`      // VmHWM at the end of the load phases
+	DaemonAfterLoadMB float64 `json:"daemonAfterLoadMB"`
+	ManagerPIDs       []int   `json:"managerPids"`
+	ManagerIdleMB     float64 `json:"managerIdleMB"`
+	ManagerLoadPeakMB float64 `json:"managerLoadPeakMB"`
+	Samples           int     `json:"samples"`
+}
+
+type interceptResults struct {
+	Skipped                  string  `json:"skipped,omitempty"`
+	FirstInjectionSeconds    float64 `json:"firstInjectionSeconds,omitempty"`
+	AgentPresentSeconds      float64 `json:"agentPresentSeconds,omitempty"`
+	LeaveSeconds             float64 `json:"leaveSeconds,omitempty"`
+	SecondLeaveSeconds       float64 `json:"secondLeaveSeconds,omitempty"`
+	LeaveStartUnixMs         int64   `json:"leaveStartUnixMs,omitempty"`
+	LeaveEndUnixMs           int64   `json:"leaveEndUnixMs,omitempty"`
+	LastLocalAfterLeaveMs    float64 `json:"lastLocalAfterLeaveMs,omitempty"`    // last reply by the local copy, after `tp leave` returned
+	FirstClusterAfterLeaveMs float64 `json:"firstClusterAfterLeaveMs,omitempty"` // first reply by the app, after `tp leave` started
+}
+
+// row is one line of the table; values are nil when not measured.
+type row struct {
+	Metric   string   `json:"metric"`
+	Unit     string   `json:"unit"`
+	Baseline *float64 `json:"baseline,omitempty"`
+	TP       *float64 `json:"tp,omitempty"`
+	Ratio    *float64 `json:"ratio,omitempty"` // tp / baseline
+	Target   string   `json:"target"`
+	Note     string   `json:"note,omitempty"`
+	Section  bool     `json:"section,omitempty"`
+}
+
+func newResults(o options) *results {
+	return &results{
+		Started: time.Now(),
+		Options: map[string]any{
+			"tp": o.tp, "kubectl": o.kubectl, "name": o.name, "bulkBytes": o.bulkBytes, "bulkTimeout": o.bulkTimeout.String(),
+			"latencyN": o.latencyN, "connN": o.connN, "connC": o.connC, "connTimeout": o.connTimeout.String(),
+			"holdN": o.holdN, "connectRuns": o.connectRuns, "inboundBytes": o.inboundBytes,
+		},
+		Probes:   map[string]*probeResult{},
+		Failures: map[string]string{},
+	}
+}
+
+func (r *results) fail(phase string, err error) { r.Failures[phase] = err.Error() }
+
+func (r *results) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+// table turns the results into the rows of the report.
+func (r *results) table() []row {
+	var rows []row
+	val := func(f float64) *float64 { return &f }
+	probe := func(key string, f func(*probeResult) float64) *float64 {
+		if p := r.Probes[key]; p != nil {
+			return val(f(p))
+		}
+		return nil
+	}
+	side := func(metric, unit, key, target string, f func(*probeResult) float64) {
+		x := row{Metric: metric, Unit: unit, Baseline: probe("pf/"+key, f), TP: probe("tp/"+key, f), Target: target}
+		rows = append(rows, x)
+	}
+	mbps := (*probeResult).mbps
+	p50 := func(p *probeResult) float64 { return latency(p).P50 / 1e3 }
+	p99 := func(p *probeResult) float64 { return latency(p).P99 / 1e3 }
+	ok := func(p *probeResult) float64 { return float64(p.OK) }
+
+	rows = append(rows, row{Metric: "client in a container -> echo pod :8080", Section: true})
+	side("bulk download, 1 stream", "MB/s", "bulk1", ">= 0.8x", mbps)
+	side("bulk download, 4 streams", "MB/s", "bulk4", ">= 0.8x", mbps)
+	side("HTTP latency p50, one keep-alive conn", "ms", "latency", "<= 1.5x", p50)
+	side("HTTP latency p99, one keep-alive conn", "ms", "latency", "", p99)
+	rows = append(rows, row{Metric: "HTTP latency p50 by service name (tp)", Unit: "ms",
+		Baseline: probe("pf/latency", p50), TP: probe("tp/latency-svc", p50), Target: "", Note: "tp: http://echo.NS/ (service port 80)"})
+	side("new connections (connect+GET+close)", "conn/s", "connrate", ">= 1000/s", (*probeResult).perSecond)
+	side("  failed of "+fmt.Sprint(r.Options["connN"]), "count", "connrate", "0", func(p *probeResult) float64 {
+		return float64(p.Failed) + float64(max(0, toInt64(r.Options["connN"])-p.OK-p.Failed))
+	})
+	side(fmt.Sprintf("connections held open at once, ok of %v", r.Options["holdN"]), "count", "hold", "all", ok)
+
+	rows = append(rows, row{Metric: "daemon DNS at 127.0.0.1:53 from a joined container", Section: true})
+	rows = append(rows,
+		row{Metric: "DNS cold p50 (distinct pod names)", Unit: "µs", TP: probe("tp/dns-cold-pod", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
+		row{Metric: "DNS cold p50 (distinct NXDOMAIN svc names)", Unit: "µs", TP: probe("tp/dns-cold-nxdomain", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
+		row{Metric: "DNS cached p50 (one name repeated)", Unit: "µs", TP: probe("tp/dns-cached", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 60 µs"},
+	)
+
+	rows = append(rows, row{Metric: "connection and memory", Section: true})
+	c := r.Connect
+	rows = append(rows, row{Metric: fmt.Sprintf("tp connect wall time, median of %d", len(c.RunsSeconds)), Unit: "s", TP: nonZero(c.MedianSeconds), Target: "<= 1.5 s",
+		Note: fmt.Sprintf("runs %s; first connect %.2fs", fmtList(c.RunsSeconds), c.FirstSeconds)})
+	m := r.Memory
+	rows = append(rows,
+		row{Metric: "daemon RSS idle", Unit: "MB", TP: nonZero(m.DaemonIdleMB), Target: "<= 40 MB"},
+		row{Metric: "daemon RSS peak under load", Unit: "MB", TP: nonZero(m.DaemonLoadPeakMB), Target: "<= 100 MB",
+			Note: fmt.Sprintf("VmHWM %.1f MB, %.1f MB after load", m.DaemonHWMMB, m.DaemonAfterLoadMB)},
+		row{Metric: "manager RSS idle", Unit: "MB", TP: nonZero(m.ManagerIdleMB), Target: "<= 50 MB",
+			Note: fmt.Sprintf("peak under load %.1f MB", m.ManagerLoadPeakMB)},
+	)
+
+	ic := r.Intercept
+	rows = append(rows, row{Metric: "intercept: in-cluster client pod -> http://echo.NS (baseline: the app, no intercept)", Section: true})
+	if ic.Skipped != "" {
+		rows = append(rows, row{Metric: "intercept measurements skipped", Note: ic.Skipped})
+	} else {
+		inbound := func(metric, unit, base, tp string, f func(*probeResult) float64) {
+			rows = append(rows, row{Metric: metric, Unit: unit, Baseline: probe(base, f), TP: probe(tp, f)})
+		}
+		rows = append(rows,
+			row{Metric: "intercept setup, first injection", Unit: "s", TP: nonZero(ic.FirstInjectionSeconds)},
+			row{Metric: "intercept setup, agent present", Unit: "s", TP: nonZero(ic.AgentPresentSeconds)})
+		inbound("inbound HTTP latency p50 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p50)
+		inbound("inbound HTTP latency p99 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p99)
+		inbound("inbound bulk via intercept, 1 stream", "MB/s", "inbound/app-bulk", "inbound/intercept-bulk", mbps)
+		inbound("inbound HTTP p50 via agent, no intercept", "ms", "inbound/app-latency", "inbound/agent-latency", p50)
+		if p := r.Probes["inbound/leave-under-load"]; p != nil {
+			note := fmt.Sprintf("%d requests, copies %v; leave took %.2fs", p.OK+p.Failed, p.Copies, ic.LeaveSeconds)
+			if _, ok := p.FirstByCopy["cluster"]; ok {
+				note += fmt.Sprintf("; app answered %.0f ms after leave started", ic.FirstClusterAfterLeaveMs)
+			}
+			if _, ok := p.LastByCopy["local"]; ok {
+				note += fmt.Sprintf("; last local reply %+.0f ms after leave returned", ic.LastLocalAfterLeaveMs)
+			}
+			rows = append(rows, row{Metric: "failed requests, steady load across tp leave", Unit: "count", TP: val(float64(p.Failed)), Note: note})
+		} else {
+			rows = append(rows, row{Metric: "failed requests, steady load across tp leave", Unit: "count"})
+		}
+	}
+	for i := range rows {
+		x := &rows[i]
+		if x.Baseline != nil && x.TP != nil && *x.Baseline != 0 {
+			x.Ratio = val(*x.TP / *x.Baseline)
+		}
+	}
+	return rows
+}
+
+func latency(p *probeResult) percentiles {
+	if p.Latency == nil {
+		return percentiles{}
+	}
+	return *p.Latency
+}
+
+func nonZero(f float64) *float64 {
+	if f == 0 {
+		return nil
+	}
+	return &f
+}
+
+func toInt64(v any) int64 {
+	switch x := v.(type) {
+	case int:
+		return int64(x)
+	case int64:
+		return x
+	}
+	return 0
+}
+
+func fmtList(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("%.2fs", x)
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
+
+func fmtValue(v *float64, unit string) string {
+	if v == nil {
+		return "-"
+	}
+	switch unit {
+	case "ms":
+		return fmt.Sprintf("%.3f ms", *v)
+	case "count":
+		return fmt.Sprintf("%.0f", *v)
+	case "conn/s", "µs":
+		return fmt.Sprintf("%.0f %s", *v, unit)
+	case "s":
+		return fmt.Sprintf("%.2f s", *v)
+	}
+	return fmt.Sprintf("%.1f %s", *v, unit)
+}
+
+// report prints the table and failures to stdout and writes the JSON.
+func (b *bench) report() {
+	r := b.res
+	r.Table = r.table()
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "\ntp bench: %s, %d CPUs, load %s -> %s, %.0fs\n", r.TPVersion, r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Seconds)
+	fmt.Fprintln(w, "metric\tport-forward (baseline)\ttp\tratio\ttarget\tnote")
+	for _, x := range r.Table {
+		if x.Section {
+			fmt.Fprintf(w, "-- %s\t\t\t\t\t\n", x.Metric)
+			continue
+		}
+		ratio := "-"
+		if x.Ratio != nil {
+			ratio = fmt.Sprintf("%.2fx", *x.Ratio)
+		}
+		target := x.Target
+		if target == "" {
+			target = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", x.Metric, fmtValue(x.Baseline, x.Unit), fmtValue(x.TP, x.Unit), ratio, target, x.Note)
+	}
+	_ = w.Flush()
+	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
+		fmt.Printf("FAILED %s: %s\n", k, firstLine(r.Failures[k]))
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Probes)) {
+		if p := r.Probes[k]; p.TimedOut || len(p.Errors) > 0 {
+			fmt.Printf("note %s: %s\n", k, p.summary())
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Println("note:", n)
+	}
+	for _, e := range r.Errors {
+		fmt.Println("error:", e)
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err == nil {
+		err = os.WriteFile(b.o.out, append(data, '\n'), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: write results:", err)
+		return
+	}
+	fmt.Printf("raw results: %s\n", b.o.out)
+}
+
+func firstLine(s string) string {
+	l, rest, _ := strings.Cut(s, "\n")
+	if rest != "" {
+		l += " ..."
+	}
+	return l
+}
