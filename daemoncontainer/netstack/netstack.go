@@ -26,10 +26,19 @@ import (
 
 // Dialer opens a flow to dst in the cluster. network is "tcp" or "udp".
 //
-// Refused dials return errors satisfying errors.Is(err, syscall.ECONNREFUSED); unreachable
-// destinations errors satisfying errors.Is(err, syscall.EHOSTUNREACH) (or ENETUNREACH). The
-// returned conn may implement CloseWrite() error for TCP half-close. For "udp", one Write is
-// one datagram and one Read returns one datagram.
+// The dial's error decides what the container sees:
+//   - errors.Is(err, syscall.ECONNREFUSED): a TCP RST ("connection refused"), for UDP an ICMP
+//     port unreachable;
+//   - errors.Is(err, syscall.EHOSTUNREACH) or ENETUNREACH: an ICMP destination unreachable ("no
+//     route to host" at once);
+//   - os.ErrDeadlineExceeded or context.DeadlineExceeded: nothing, like a lost SYN (the client
+//     retransmits it, which dials again);
+//   - any other error: a TCP RST.
+//
+// The returned conn may implement CloseWrite() error; without it, the container's FIN is not
+// passed on and the flow ends when the cluster side closes. For "udp", one Write is one
+// datagram and one Read returns one datagram. For throughput, Read should return as much
+// buffered data as fits (the stack sends what one Read returns as one segment of up to 64 KiB).
 type Dialer interface {
 	Dial(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
 }
