@@ -81,7 +81,7 @@ func main() {
 	flag.DurationVar(&o.connTimeout, "conn-timeout", 40*time.Second, "bound of each connection-rate run")
 	flag.IntVar(&o.holdN, "hold-n", 1000, "connections held open at once")
 	flag.IntVar(&o.connectRuns, "connect-runs", 3, "tp quit + tp connect runs for the connect time")
-	flag.Int64Var(&o.inboundBytes, "inbound-bytes", 256<<20, "bytes of the inbound bulk run (in-cluster client)")
+	flag.Int64Var(&o.inboundBytes, "inbound-bytes", 1<<30, "bytes of the inbound bulk run (in-cluster client)")
 	flag.BoolVar(&o.skipIntercept, "skip-intercept", false, "skip the intercept measurements")
 	flag.Parse()
 

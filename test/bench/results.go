@@ -118,6 +118,8 @@ type machine struct {
 	Kernel       string `json:"kernel"`
 	LoadAvgStart string `json:"loadAvgStart"`
 	LoadAvgEnd   string `json:"loadAvgEnd"`
+	// OtherConnections are daemon containers of other connections running at the start.
+	OtherConnections []string `json:"otherConnections,omitempty"`
 }
 
 type connectTimes struct {
@@ -200,7 +202,7 @@ func (r *results) table() []row {
 	p99 := func(p *probeResult) float64 { return latency(p).P99 / 1e3 }
 	ok := func(p *probeResult) float64 { return float64(p.OK) }
 
-	rows = append(rows, row{Metric: "client in a container -> echo pod :8080", Section: true})
+	rows = append(rows, row{Metric: "outbound: container -> echo pod", Section: true, Note: "baseline: kubectl port-forward on the host, client --network host"})
 	side("bulk download, 1 stream", "MB/s", "bulk1", ">= 0.8x", mbps)
 	side("bulk download, 4 streams", "MB/s", "bulk4", ">= 0.8x", mbps)
 	side("HTTP latency p50, one keep-alive conn", "ms", "latency", "<= 1.5x", p50)
@@ -213,7 +215,7 @@ func (r *results) table() []row {
 	})
 	side(fmt.Sprintf("connections held open at once, ok of %v", r.Options["holdN"]), "count", "hold", "all", ok)
 
-	rows = append(rows, row{Metric: "daemon DNS at 127.0.0.1:53 from a joined container", Section: true})
+	rows = append(rows, row{Metric: "DNS: daemon at 127.0.0.1:53", Section: true, Note: "miekg/dns client in a joined container"})
 	rows = append(rows,
 		row{Metric: "DNS cold p50 (distinct pod names)", Unit: "µs", TP: probe("tp/dns-cold-pod", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
 		row{Metric: "DNS cold p50 (distinct NXDOMAIN svc names)", Unit: "µs", TP: probe("tp/dns-cold-nxdomain", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
@@ -234,9 +236,9 @@ func (r *results) table() []row {
 	)
 
 	ic := r.Intercept
-	rows = append(rows, row{Metric: "intercept: in-cluster client pod -> http://echo.NS (baseline: the app, no intercept)", Section: true})
+	rows = append(rows, row{Metric: "inbound: cluster pod -> http://echo.NS", Section: true, Note: "baseline column: the same client pod against the app, no intercept"})
 	if ic.Skipped != "" {
-		rows = append(rows, row{Metric: "intercept measurements skipped", Note: ic.Skipped})
+		rows = append(rows, row{Metric: "intercept measurements skipped", Note: firstLine(ic.Skipped)})
 	} else {
 		inbound := func(metric, unit, base, tp string, f func(*probeResult) float64) {
 			rows = append(rows, row{Metric: metric, Unit: unit, Baseline: probe(base, f), TP: probe(tp, f)})
@@ -326,9 +328,10 @@ func (b *bench) report() {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "\ntp bench: %s, %d CPUs, load %s -> %s, %.0fs\n", r.TPVersion, r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Seconds)
 	fmt.Fprintln(w, "metric\tport-forward (baseline)\ttp\tratio\ttarget\tnote")
+	fmt.Fprintln(w, "\t\t\t(tp/baseline)\t(the issue's)\t")
 	for _, x := range r.Table {
 		if x.Section {
-			fmt.Fprintf(w, "-- %s\t\t\t\t\t\n", x.Metric)
+			fmt.Fprintf(w, "-- %s\t\t\t\t\t%s\n", x.Metric, x.Note)
 			continue
 		}
 		ratio := "-"

@@ -108,6 +108,10 @@ func run(ctx context.Context, o options) error {
 func (b *bench) preflight(ctx context.Context) error {
 	b.res.Machine.CPUs = runtime.NumCPU()
 	b.res.Machine.LoadAvgStart = loadAvg()
+	b.res.Machine.OtherConnections = otherConnections(ctx)
+	if n := b.res.Machine.OtherConnections; len(n) > 0 {
+		b.res.note("other tp connections share the machine and the traffic-manager: %v", n)
+	}
 	if out, err := exec.CommandContext(ctx, "uname", "-r").Output(); err == nil {
 		b.res.Machine.Kernel = strings.TrimSpace(string(out))
 	}
@@ -115,7 +119,7 @@ func (b *bench) preflight(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s version (build it with `make build`): %w\n%s", b.o.tp, err, out)
 	}
-	b.res.TPVersion = strings.TrimSpace(out)
+	b.res.TPVersion = strings.Join(strings.Fields(out), " ")
 	if _, err := exec.LookPath(b.o.kubectl); err != nil {
 		return fmt.Errorf("kubectl %q for the baseline port-forward: %w", b.o.kubectl, err)
 	}
@@ -323,7 +327,7 @@ func (b *bench) intercepts(ctx context.Context) {
 
 	intercept := func(ctx context.Context) (float64, error) {
 		t0 := time.Now()
-		out, err := b.tp(ctx, 4*time.Minute, "intercept", "echo", "--name", b.o.name, "-n", ns, "--port", "8080:http")
+		out, err := b.tp(ctx, 4*time.Minute, "intercept", "echo", "--name", b.o.name, "-n", ns, "--service", "echo", "--port", "8080:http")
 		if err != nil {
 			return 0, fmt.Errorf("tp intercept: %w\n%s", err, out)
 		}
@@ -414,7 +418,7 @@ func (b *bench) leaveUnderLoad(ctx context.Context, url string, leave func(conte
 // its result under key (unless key is empty).
 func (b *bench) probeDocker(ctx context.Context, key, network string, timeout time.Duration, args ...string) (*probeResult, error) {
 	name := b.containerName("probe")
-	all := append([]string{"run", "--rm", "--name", name, "--network", network, "--ulimit", "nofile=65536:65536", probeImage, "bench"}, args...)
+	all := append([]string{"run", "--rm", "--name", name, "--network", network, probeImage, "bench"}, args...)
 	out, err := docker(ctx, timeout, all...)
 	if err != nil {
 		_ = dockerRemove(context.WithoutCancel(ctx), name)
@@ -478,6 +482,16 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// otherConnections lists the daemon containers of other tp connections
+// (other users of the machine and of the traffic-manager).
+func otherConnections(ctx context.Context) []string {
+	out, err := docker(ctx, time.Minute, "ps", "--filter", "label=run.tp.connection", "--format", "{{.Names}}")
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(out)
 }
 
 func loadAvg() string {
