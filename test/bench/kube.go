@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -196,4 +197,23 @@ func (k *kube) probePodResult(ctx context.Context, ns, name string, timeout time
 		return nil, fmt.Errorf("probe pod %s: phase %s, err %v, logs:\n%s", name, phase, err, tail(string(logs), 800))
 	}
 	return decodeProbe(string(logs))
+}
+
+// podsWithContainer counts the live pods of selector, and those of them with
+// the named container.
+func (k *kube) podsWithContainer(ctx context.Context, ns, selector, container string) (with, all int) {
+	pods, err := k.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return 0, 0
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		all++
+		if slices.ContainsFunc(p.Spec.Containers, func(c corev1.Container) bool { return c.Name == container }) {
+			with++
+		}
+	}
+	return with, all
 }

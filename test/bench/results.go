@@ -25,20 +25,23 @@ type probeResult struct {
 	Latency     *percentiles     `json:"latencyMicros,omitempty"`
 	Connections int64            `json:"connections,omitempty"`
 	Copies      map[string]int64 `json:"copies,omitempty"`
-	Rcodes      map[string]int64 `json:"rcodes,omitempty"`
-	LastByCopy  map[string]int64 `json:"lastByCopyUnixMs,omitempty"`
-	FirstByCopy map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
-	FailedAt    []int64          `json:"failedAtUnixMs,omitempty"`
-	OpenSeconds float64          `json:"openSeconds,omitempty"`
+	// CopiesByConn counts steady replies by copy and connection kind ("local/fresh", "cluster/keepalive").
+	CopiesByConn map[string]int64 `json:"copiesByConn,omitempty"`
+	Rcodes       map[string]int64 `json:"rcodes,omitempty"`
+	LastByCopy   map[string]int64 `json:"lastByCopyUnixMs,omitempty"`
+	FirstByCopy  map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
+	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
+	OpenSeconds  float64          `json:"openSeconds,omitempty"`
 }
 
 type percentiles struct {
-	N    int     `json:"n"`
-	P50  float64 `json:"p50"`
-	P90  float64 `json:"p90"`
-	P99  float64 `json:"p99"`
-	Max  float64 `json:"max"`
-	Mean float64 `json:"mean"`
+	N      int     `json:"n"`
+	P50    float64 `json:"p50"`
+	P90    float64 `json:"p90"`
+	P99    float64 `json:"p99"`
+	Max    float64 `json:"max"`
+	Mean   float64 `json:"mean"`
+	Over1s int     `json:"over1s,omitempty"` // samples of 1 s or more (a lost SYN's retransmission)
 }
 
 // decodeProbe decodes the last JSON line of a probe's output.
@@ -82,6 +85,9 @@ func (r *probeResult) summary() string {
 	}
 	if r.Mode == "connrate" {
 		s += fmt.Sprintf(", %.0f conn/s", r.perSecond())
+	}
+	if r.Latency != nil && r.Latency.Over1s > 0 {
+		s += fmt.Sprintf(", %d took >= 1s", r.Latency.Over1s)
 	}
 	if r.TimedOut {
 		s += " (timed out)"
@@ -141,15 +147,21 @@ type memoryUse struct {
 }
 
 type interceptResults struct {
-	Skipped                  string  `json:"skipped,omitempty"`
-	FirstInjectionSeconds    float64 `json:"firstInjectionSeconds,omitempty"`
-	AgentPresentSeconds      float64 `json:"agentPresentSeconds,omitempty"`
-	LeaveSeconds             float64 `json:"leaveSeconds,omitempty"`
-	SecondLeaveSeconds       float64 `json:"secondLeaveSeconds,omitempty"`
-	LeaveStartUnixMs         int64   `json:"leaveStartUnixMs,omitempty"`
-	LeaveEndUnixMs           int64   `json:"leaveEndUnixMs,omitempty"`
-	LastLocalAfterLeaveMs    float64 `json:"lastLocalAfterLeaveMs,omitempty"`    // last reply by the local copy, after `tp leave` returned
-	FirstClusterAfterLeaveMs float64 `json:"firstClusterAfterLeaveMs,omitempty"` // first reply by the app, after `tp leave` started
+	Skipped               string  `json:"skipped,omitempty"`
+	FirstInjectionSeconds float64 `json:"firstInjectionSeconds,omitempty"`
+	AgentPresentSeconds   float64 `json:"agentPresentSeconds,omitempty"`
+	LeaveSeconds          float64 `json:"leaveSeconds,omitempty"`
+	SecondLeaveSeconds    float64 `json:"secondLeaveSeconds,omitempty"`
+	LeaveStartUnixMs      int64   `json:"leaveStartUnixMs,omitempty"`
+	LeaveEndUnixMs        int64   `json:"leaveEndUnixMs,omitempty"`
+	// AfterLeaveMs: for "local/fresh", "local/keepalive" (and all "local") the
+	// last reply by the local copy relative to when `tp leave` returned; for
+	// "cluster/..." the first reply by the app relative to when it started.
+	AfterLeaveMs map[string]float64 `json:"afterLeaveMs,omitempty"`
+	// AgentPods are the echo pods with the tp-agent container after the
+	// first intercept, out of EchoPods.
+	AgentPods int `json:"agentPods"`
+	EchoPods  int `json:"echoPods"`
 }
 
 // row is one line of the table; values are nil when not measured.
@@ -244,19 +256,22 @@ func (r *results) table() []row {
 			rows = append(rows, row{Metric: metric, Unit: unit, Baseline: probe(base, f), TP: probe(tp, f)})
 		}
 		rows = append(rows,
-			row{Metric: "intercept setup, first injection", Unit: "s", TP: nonZero(ic.FirstInjectionSeconds)},
+			row{Metric: "intercept setup, first injection", Unit: "s", TP: nonZero(ic.FirstInjectionSeconds),
+				Note: fmt.Sprintf("echo pods with the agent after it: %d of %d", ic.AgentPods, ic.EchoPods)},
 			row{Metric: "intercept setup, agent present", Unit: "s", TP: nonZero(ic.AgentPresentSeconds)})
 		inbound("inbound HTTP latency p50 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p50)
 		inbound("inbound HTTP latency p99 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p99)
 		inbound("inbound bulk via intercept, 1 stream", "MB/s", "inbound/app-bulk", "inbound/intercept-bulk", mbps)
 		inbound("inbound HTTP p50 via agent, no intercept", "ms", "inbound/app-latency", "inbound/agent-latency", p50)
 		if p := r.Probes["inbound/leave-under-load"]; p != nil {
-			note := fmt.Sprintf("%d requests, copies %v; leave took %.2fs", p.OK+p.Failed, p.Copies, ic.LeaveSeconds)
-			if _, ok := p.FirstByCopy["cluster"]; ok {
-				note += fmt.Sprintf("; app answered %.0f ms after leave started", ic.FirstClusterAfterLeaveMs)
-			}
-			if _, ok := p.LastByCopy["local"]; ok {
-				note += fmt.Sprintf("; last local reply %+.0f ms after leave returned", ic.LastLocalAfterLeaveMs)
+			note := fmt.Sprintf("of %d; leave took %.2fs", p.OK+p.Failed, ic.LeaveSeconds)
+			for _, kind := range []string{"fresh", "keepalive"} {
+				if ms, ok := ic.AfterLeaveMs["cluster/"+kind]; ok {
+					note += fmt.Sprintf("; %s conns: app from %+.0f ms", kind, ms)
+				}
+				if ms, ok := ic.AfterLeaveMs["local/"+kind]; ok {
+					note += fmt.Sprintf(", local until %+.0f ms", ms)
+				}
 			}
 			rows = append(rows, row{Metric: "failed requests, steady load across tp leave", Unit: "count", TP: val(float64(p.Failed)), Note: note})
 		} else {

@@ -353,6 +353,7 @@ func (b *bench) intercepts(ctx context.Context) {
 		b.res.fail("intercept/first-injection", err)
 		return
 	}
+	ic.AgentPods, ic.EchoPods = b.k.podsWithContainer(ctx, ns, "app=echo", "tp-agent")
 	b.phase(ctx, "inbound/intercept-latency", func(ctx context.Context) error {
 		r, err := b.probePod(ctx, "inbound/intercept-latency", 2*time.Minute, append(latency, "-wait-copy", "local")...)
 		if err == nil && r.Copies["local"] != r.OK {
@@ -388,7 +389,7 @@ func (b *bench) leaveUnderLoad(ctx context.Context, url string, leave func(conte
 	const duration = 20 * time.Second
 	ic := &b.res.Intercept
 	pod, err := b.k.startProbePod(ctx, b.res.Namespace, probeImage,
-		"bench", "steady", "-url", url, "-duration", duration.String(), "-c", "4", "-pause", "10ms", "-wait-copy", "local", "-timeout", "90s")
+		"bench", "steady", "-url", url, "-duration", duration.String(), "-c", "4", "-fresh", "2", "-pause", "10ms", "-wait-copy", "local", "-timeout", "90s")
 	if err != nil {
 		return err
 	}
@@ -405,11 +406,14 @@ func (b *bench) leaveUnderLoad(ctx context.Context, url string, leave func(conte
 		return errors.Join(leaveErr, err)
 	}
 	b.res.Probes["inbound/leave-under-load"] = r
-	if last, ok := r.LastByCopy["local"]; ok {
-		ic.LastLocalAfterLeaveMs = float64(last - ic.LeaveEndUnixMs)
-	}
-	if first, ok := r.FirstByCopy["cluster"]; ok {
-		ic.FirstClusterAfterLeaveMs = float64(first - ic.LeaveStartUnixMs)
+	ic.AfterLeaveMs = map[string]float64{}
+	for _, kind := range []string{"", "/fresh", "/keepalive"} {
+		if last, ok := r.LastByCopy["local"+kind]; ok {
+			ic.AfterLeaveMs["local"+kind] = float64(last - ic.LeaveEndUnixMs)
+		}
+		if first, ok := r.FirstByCopy["cluster"+kind]; ok {
+			ic.AfterLeaveMs["cluster"+kind] = float64(first - ic.LeaveStartUnixMs)
+		}
 	}
 	return leaveErr
 }

@@ -45,10 +45,13 @@ type benchResult struct {
 	Copies      map[string]int64 `json:"copies,omitempty"`        // echo replies by the copy that answered
 	Rcodes      map[string]int64 `json:"rcodes,omitempty"`        // dns: answers by rcode
 
-	// steady: when the last reply of each copy came (Unix ms), and when each failure happened.
-	LastByCopy  map[string]int64 `json:"lastByCopyUnixMs,omitempty"`
-	FirstByCopy map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
-	FailedAt    []int64          `json:"failedAtUnixMs,omitempty"`
+	// steady: replies, first and last reply (Unix ms) by copy and kind of
+	// connection ("local/keepalive", "cluster/fresh", ...), and when each
+	// failure happened.
+	CopiesByConn map[string]int64 `json:"copiesByConn,omitempty"`
+	LastByCopy   map[string]int64 `json:"lastByCopyUnixMs,omitempty"`
+	FirstByCopy  map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
+	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
 
 	OpenSeconds float64 `json:"openSeconds,omitempty"` // hold: time until every connection was open
 }
@@ -60,6 +63,9 @@ type percentiles struct {
 	P99  float64 `json:"p99"`
 	Max  float64 `json:"max"`
 	Mean float64 `json:"mean"`
+	// Over1s counts samples of a second or more: typically a lost SYN and
+	// its retransmission.
+	Over1s int `json:"over1s,omitempty"`
 }
 
 func summarize(d []time.Duration) *percentiles {
@@ -70,11 +76,15 @@ func summarize(d []time.Duration) *percentiles {
 	us := func(x time.Duration) float64 { return float64(x.Nanoseconds()) / 1e3 }
 	pct := func(p float64) float64 { return us(d[int(p*float64(len(d)-1)+0.5)]) }
 	var sum time.Duration
+	over := 0
 	for _, x := range d {
 		sum += x
+		if x >= time.Second {
+			over++
+		}
 	}
 	return &percentiles{N: len(d), P50: pct(0.50), P90: pct(0.90), P99: pct(0.99), Max: us(d[len(d)-1]),
-		Mean: us(sum) / float64(len(d))}
+		Mean: us(sum) / float64(len(d)), Over1s: over}
 }
 
 // errorLog keeps the first few distinct error messages and counts failures.
@@ -102,7 +112,7 @@ func (e *errorLog) add(err error) {
 //	probe bench connrate -url URL -n N -c C                N GETs, a new connection each, C at a time
 //	probe bench hold     -url URL -n N -c C                open N connections, all at once, a GET on each before and after
 //	probe bench dns      -server ADDR -cold T -cold-n N -cached NAME -cached-n M
-//	probe bench steady   -url URL -duration D -c C -pause P  keep-alive GETs until D, recording which copy answered
+//	probe bench steady   -url URL -duration D -c C -fresh F -pause P  GETs until D (F of the C workers on a new connection each time, the others keep-alive), recording which copy answered
 func bench(args []string) error {
 	if len(args) == 0 {
 		return fmt.Errorf("usage: probe bench bulk|latency|connrate|hold|dns|steady [flags]")
@@ -124,6 +134,7 @@ func bench(args []string) error {
 		cachedN  = fs.Int("cached-n", 2000, "dns: cached queries")
 		duration = fs.Duration("duration", 20*time.Second, "steady: how long to send")
 		pause    = fs.Duration("pause", 10*time.Millisecond, "steady: pause between a worker's requests")
+		fresh    = fs.Int("fresh", 0, "steady: workers (of -c) that open a new connection for each request")
 	)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -146,7 +157,7 @@ func bench(args []string) error {
 	case "dns":
 		res, err = benchDNS(ctx, *server, *cold, *coldN, *cached, *cachedN)
 	case "steady":
-		res, err = benchSteady(ctx, *target, *duration, *conc, *pause, *waitCopy)
+		res, err = benchSteady(ctx, *target, *duration, *conc, *fresh, *pause, *waitCopy)
 	default:
 		return fmt.Errorf("unknown bench mode %q", mode)
 	}
@@ -531,29 +542,36 @@ func benchDNS(ctx context.Context, server, coldTmpl string, coldN int, cached st
 	return res, nil
 }
 
-// benchSteady sends GETs from conc workers (keep-alive, a pause between
-// requests) until duration ends and records which copy answered when, so a
-// run across `tp intercept` or `tp leave` shows failed requests and the switch.
-func benchSteady(ctx context.Context, target string, duration time.Duration, conc int, pause time.Duration, waitCopy string) (*benchResult, error) {
+// benchSteady sends GETs from conc workers (fresh of them on a new connection
+// each time, the others keep-alive; a pause between requests) until duration
+// ends and records which copy answered when, so a run across `tp intercept` or
+// `tp leave` shows failed requests and when each kind of connection switched.
+func benchSteady(ctx context.Context, target string, duration time.Duration, conc, fresh int, pause time.Duration, waitCopy string) (*benchResult, error) {
 	if waitCopy != "" {
 		if err := awaitCopy(ctx, target, waitCopy); err != nil {
 			return nil, err
 		}
 	}
-	res := &benchResult{Target: target, Copies: map[string]int64{}, LastByCopy: map[string]int64{}, FirstByCopy: map[string]int64{}}
+	res := &benchResult{Target: target, Copies: map[string]int64{}, CopiesByConn: map[string]int64{},
+		LastByCopy: map[string]int64{}, FirstByCopy: map[string]int64{}}
 	var (
 		mu   sync.Mutex
 		errs errorLog
 		lat  []time.Duration
 	)
-	client := &http.Client{Transport: newTransport(conc), Timeout: 5 * time.Second}
-	defer client.CloseIdleConnections()
 	sctx, cancel := context.WithTimeout(ctx, duration)
 	defer cancel()
 	start := time.Now()
 	var g errgroup.Group
-	for range conc {
+	for w := range conc {
+		kind := "keepalive"
+		client := &http.Client{Transport: newTransport(1), Timeout: 5 * time.Second}
+		if w < fresh {
+			kind = "fresh"
+			client.Transport.(*http.Transport).DisableKeepAlives = true
+		}
 		g.Go(func() error {
+			defer client.CloseIdleConnections()
 			for sctx.Err() == nil {
 				t0 := time.Now()
 				body, err := getOnce(ctx, client, target)
@@ -567,9 +585,12 @@ func benchSteady(ctx context.Context, target string, duration time.Duration, con
 				} else {
 					c := copyOf(body)
 					res.Copies[c]++
-					res.LastByCopy[c] = now.UnixMilli()
-					if _, ok := res.FirstByCopy[c]; !ok {
-						res.FirstByCopy[c] = now.UnixMilli()
+					res.CopiesByConn[c+"/"+kind]++
+					for _, key := range []string{c, c + "/" + kind} {
+						res.LastByCopy[key] = now.UnixMilli()
+						if _, ok := res.FirstByCopy[key]; !ok {
+							res.FirstByCopy[key] = now.UnixMilli()
+						}
 					}
 					lat = append(lat, now.Sub(t0))
 				}
