@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 	"time"
 
@@ -146,6 +148,8 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigPath,
 			"--log-level", o.LogLevel},
 		Labels: labels,
+		// Who owns this connection's intercepts, as others see it in tp list.
+		Env: []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
 	}
 	host := &container.HostConfig{
 		CapAdd:     []string{"NET_ADMIN"},
@@ -254,4 +258,16 @@ func NewDockerClient(ctx context.Context) (*client.Client, error) {
 		return nil, fmt.Errorf("docker: %w", dockerHint(err))
 	}
 	return c, nil
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
 }

@@ -142,7 +142,10 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		return false, fmt.Errorf("%w: traffic-manager %s speaks protocol %d, this tp %s speaks %d: run `tp helm upgrade` to install the manager of this version",
 			errPermanent, v.GetVersion(), v.GetProtocolVersion(), c.cfg.Version, tunnel.ProtocolVersion)
 	}
-	host, _ := os.Hostname()
+	host := os.Getenv("TP_HOST") // the workstation's name, set by tp connect
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	sess, err := client.ArriveAsClient(rpcCtx, &managerv1.ClientInfo{
 		Name: c.cfg.Connection, Namespace: c.cfg.Namespace, Host: host, User: os.Getenv("TP_USER"),
 		Version: c.cfg.Version, ProtocolVersion: tunnel.ProtocolVersion,

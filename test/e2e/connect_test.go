@@ -147,7 +147,9 @@ func TestConnect(t *testing.T) {
 	if after := conn.status(t).DNS.UpstreamForwards; after <= before {
 		t.Errorf("upstream forwards %d -> %d: the name outside the cluster did not go to the original resolver", before, after)
 	}
-	if out, err := conn.probe("tcp", "-timeout", "3s", "echo:81"); err == nil {
+	// A closed port of a pod refuses the connection in the cluster: it must
+	// be refused in the joined container too (a RST, not a hang).
+	if out, err := conn.probe("tcp", "-timeout", "3s", pod.Status.PodIP+":81"); err == nil {
 		t.Errorf("connect to a closed service port succeeded: %s", out)
 	} else if !strings.Contains(out, "refused") && !strings.Contains(out, "reset") {
 		t.Errorf("closed port failed with %q, want a refused connection (RST), not a timeout", out)

@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"bytes"
 	"context"
 	"io"
@@ -155,9 +156,23 @@ func (c *cluster) runningPod(t testing.TB, ns, selector string) *corev1.Pod {
 }
 
 // podOutput runs a one-shot pod of image with args in ns and returns its logs
-// once it succeeded.
+// once it succeeded. A new service is programmed by kube-proxy a moment after
+// its pods are Ready, so a failed run is retried for a few seconds.
 func (c *cluster) podOutput(t testing.TB, ns, image string, args ...string) string {
 	t.Helper()
+	var out string
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		if out, err = c.runPod(ns, image, args...); err == nil {
+			return out
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("%v", err)
+	return ""
+}
+
+func (c *cluster) runPod(ns, image string, args ...string) (string, error) {
 	ctx := context.Background()
 	name := "probe-" + rand.String(5)
 	pod := &corev1.Pod{
@@ -170,10 +185,11 @@ func (c *cluster) podOutput(t testing.TB, ns, image string, args ...string) stri
 		},
 	}
 	if _, err := c.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
+	defer func() { _ = c.client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}) }()
 	var phase corev1.PodPhase
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
 		p, err := c.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -183,9 +199,9 @@ func (c *cluster) podOutput(t testing.TB, ns, image string, args ...string) stri
 	})
 	logs, _ := c.client.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
 	if err != nil || phase != corev1.PodSucceeded {
-		t.Fatalf("pod %s %v: phase %s, err %v, logs:\n%s", name, args, phase, err, logs)
+		return "", fmt.Errorf("pod %s %v: phase %s, err %v, logs:\n%s", name, args, phase, err, logs)
 	}
-	return string(logs)
+	return string(logs), nil
 }
 
 // docker runs the docker CLI and returns its combined output and error.

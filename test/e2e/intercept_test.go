@@ -32,15 +32,26 @@ func (c *cluster) echoFromPod(t *testing.T, ns, url string, headers ...string) e
 func (c *cluster) waitCopy(t *testing.T, ns, url, want string, timeout time.Duration, headers ...string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
-	var got echoReply
-	for time.Now().Before(deadline) {
-		got = c.echoFromPod(t, ns, url, headers...)
-		if got.Copy == want {
-			return
-		}
-		time.Sleep(time.Second)
+	args := []string{"http"}
+	for _, h := range headers {
+		args = append(args, "-H", h)
 	}
-	t.Fatalf("%s %v answered by %+v, want copy %s within %s", url, headers, got, want, timeout)
+	args = append(args, url)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := c.runPod(ns, probeImage, args...)
+		if err == nil {
+			var got echoReply
+			if json.Unmarshal([]byte(out), &got) == nil && got.Copy == want {
+				return
+			}
+			last = out
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("%s %v: last answer %s; want copy %s within %s", url, headers, last, want, timeout)
 }
 
 // localEcho runs a local copy of the echo example in a connection's network
@@ -81,7 +92,7 @@ func TestInterceptGlobalDockerRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	envFile := filepath.Join(t.TempDir(), "echo.env")
-	run := exec.CommandContext(ctx, bin, "intercept", "echo", "--name", conn.name, "--port", "8080:http",
+	run := exec.CommandContext(ctx, bin, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
 		"--env-file", envFile, "--docker-run", "--", "-e", "ECHO_COPY=local", echoImage, "serve")
 	run.Cancel = func() error { return run.Process.Signal(os.Interrupt) }
 	var out strings.Builder
@@ -92,6 +103,11 @@ func TestInterceptGlobalDockerRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run.Wait() }()
 
+	select {
+	case err := <-done:
+		t.Fatalf("tp intercept --docker-run ended early: %v\n%s", err, out.String())
+	case <-time.After(time.Second):
+	}
 	c.waitCopy(t, ns, "http://echo."+ns+"/global", "local", 90*time.Second)
 	env := map[string]string{}
 	if err := json.Unmarshal([]byte(c.podOutput(t, ns, probeImage, "http", "http://echo."+ns+"/env?keys=ECHO_SERVICE,GREETING,API_TOKEN,POD_NAME,TP_INTERCEPT_NAME")), &env); err != nil {
@@ -127,7 +143,7 @@ func TestInterceptGlobalDockerRun(t *testing.T) {
 
 	// gRPC on the numeric targetPort 9091, with a local copy already running.
 	localEcho(t, conn, "local")
-	tpOK(t, "intercept", "echo", "--name", conn.name, "--port", "9091:grpc")
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "9091:grpc")
 	grpcCopy := func() string {
 		var r echoReply
 		_ = json.Unmarshal([]byte(c.podOutput(t, ns, probeImage, "grpc", "echo."+ns+":9091")), &r)
@@ -158,8 +174,8 @@ func TestInterceptPersonal(t *testing.T) {
 	bob := connect(t, "bob-"+suffix, "-n", ns)
 	localEcho(t, alice, "local-alice")
 	localEcho(t, bob, "local-bob")
-	tpOK(t, "intercept", "echo", "--name", alice.name, "--port", "8080:http", "--http-header", "x-dev=alice")
-	tpOK(t, "intercept", "echo", "--name", bob.name, "--port", "8080:http", "--http-header", "x-dev=bob")
+	tpOK(t, "intercept", "echo", "--name", alice.name, "--service", "echo", "--port", "8080:http", "--http-header", "x-dev=alice")
+	tpOK(t, "intercept", "echo", "--name", bob.name, "--service", "echo", "--port", "8080:http", "--http-header", "x-dev=bob")
 
 	url := "http://echo." + ns + "/personal"
 	c.waitCopy(t, ns, url, "local-alice", 90*time.Second, "x-dev=alice")
@@ -176,8 +192,10 @@ func TestInterceptPersonal(t *testing.T) {
 			t.Errorf("request with %v answered by %q, want %q", tc.headers, r.Copy, tc.want)
 		}
 	}
-	// A global intercept now would take the others' requests: refused, naming an owner.
-	out, err := tp(t, "intercept", "echo", "--name", alice.name, "--port", "8080:http")
+	// A global intercept by a third developer would take the others'
+	// requests: refused, naming an owner.
+	carol := connect(t, "carol-"+suffix, "-n", ns)
+	out, err := tp(t, "intercept", "echo", "--name", carol.name, "--service", "echo", "--port", "8080:http")
 	if err == nil || !strings.Contains(out, "bob-"+suffix) && !strings.Contains(out, "alice-"+suffix) {
 		t.Errorf("global intercept over personal ones: err %v, output %q; want a refusal naming the owner", err, out)
 	}
@@ -193,7 +211,7 @@ func TestInterceptCrashAndUninstall(t *testing.T) {
 	before := c.waitDeployment(t, ns, "echo", 2*time.Minute).Spec.Template
 	conn := connect(t, "crash-"+rand.String(4), "-n", ns)
 	localEcho(t, conn, "local")
-	tpOK(t, "intercept", "echo", "--name", conn.name, "--port", "8080:http")
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http")
 	url := "http://echo." + ns + "/crash"
 	c.waitCopy(t, ns, url, "local", 90*time.Second)
 

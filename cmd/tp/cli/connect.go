@@ -149,15 +149,20 @@ type statusJSON struct {
 	Reconnects       int32    `json:"reconnects"`
 	RoutedSubnets    []string `json:"routedSubnets,omitempty"`
 	Conflicts        []string `json:"subnetConflicts,omitempty"`
-	DNS              *struct {
-		Listen    string   `json:"listen"`
-		Domain    string   `json:"clusterDomain"`
-		Search    []string `json:"search"`
-		Upstreams []string `json:"upstreams"`
-		Queries   uint64   `json:"queries"`
-		CacheHits uint64   `json:"cacheHits"`
-	} `json:"dns,omitempty"`
-	OpenFlows int64 `json:"openFlows"`
+	DNS              *dnsJSON `json:"dns,omitempty"`
+	OpenFlows        int64    `json:"openFlows"`
+}
+
+type dnsJSON struct {
+	Listen           string   `json:"listen"`
+	Domain           string   `json:"clusterDomain"`
+	Search           []string `json:"search"`
+	Upstreams        []string `json:"upstreams"`
+	Queries          uint64   `json:"queries"`
+	CacheHits        uint64   `json:"cacheHits"`
+	ClusterForwards  uint64   `json:"clusterForwards"`
+	UpstreamForwards uint64   `json:"upstreamForwards"`
+	Failures         uint64   `json:"failures"`
 }
 
 func statusView(st *daemonv1.StatusResponse) statusJSON {
@@ -176,14 +181,8 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		v.Conflicts = append(v.Conflicts, fmt.Sprintf("%s overlaps %s (%s)", c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
 	}
 	if d := st.GetDns(); d != nil {
-		v.DNS = &struct {
-			Listen    string   `json:"listen"`
-			Domain    string   `json:"clusterDomain"`
-			Search    []string `json:"search"`
-			Upstreams []string `json:"upstreams"`
-			Queries   uint64   `json:"queries"`
-			CacheHits uint64   `json:"cacheHits"`
-		}{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(), d.GetQueries(), d.GetCacheHits()}
+		v.DNS = &dnsJSON{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(),
+			d.GetQueries(), d.GetCacheHits(), d.GetClusterForwards(), d.GetUpstreamForwards(), d.GetFailures()}
 	}
 	return v
 }
