@@ -42,14 +42,15 @@ import (
 
 // options are the command line.
 type options struct {
-	tp         string
-	kubectl    string
-	kubeconfig string
-	out        string
-	manifest   string
-	name       string // tp connection name
-	pfPort     int
-	timeout    time.Duration
+	tp               string
+	kubectl          string
+	kubeconfig       string
+	out              string
+	manifest         string
+	name             string // tp connection name
+	managerNamespace string
+	pfPort           int
+	timeout          time.Duration
 
 	bulkBytes     int64
 	bulkTimeout   time.Duration
@@ -71,6 +72,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench-results.json", "where to write the raw results as JSON")
 	flag.StringVar(&o.manifest, "manifest", "examples/echo/k8s/echo.yaml", "the echo example's manifest")
 	flag.StringVar(&o.name, "name", "bench", "tp connection name (daemon container tp-NAME)")
+	flag.StringVar(&o.managerNamespace, "manager-namespace", "tp", "namespace of the (shared) traffic-manager, watched for replacements during measurements")
 	flag.IntVar(&o.pfPort, "pf-port", 18080, "local port of the baseline port-forward (another free port when taken)")
 	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "give up the whole run after this long (cleanup still runs)")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes per bulk download run")

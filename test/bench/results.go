@@ -105,6 +105,7 @@ type results struct {
 	Options           map[string]any          `json:"options"`
 	Machine           machine                 `json:"machine"`
 	TPVersion         string                  `json:"tpVersion"`
+	ManagerVersion    string                  `json:"managerVersion"`
 	Namespace         string                  `json:"namespace"`
 	EchoPod           string                  `json:"echoPod"`
 	PortForwardPort   int                     `json:"portForwardPort,omitempty"`
@@ -115,8 +116,11 @@ type results struct {
 	Intercept         interceptResults        `json:"intercept"`
 	Probes            map[string]*probeResult `json:"probes"` // every probe run, by phase
 	Failures          map[string]string       `json:"failures,omitempty"`
-	Notes             []string                `json:"notes,omitempty"`
-	Errors            []string                `json:"errors,omitempty"`
+	// Disturbances are measurements during which the connection changed
+	// (the shared traffic-manager replaced, the daemon reconnected).
+	Disturbances []string `json:"disturbances,omitempty"`
+	Notes        []string `json:"notes,omitempty"`
+	Errors       []string `json:"errors,omitempty"`
 }
 
 type machine struct {
@@ -341,7 +345,7 @@ func (b *bench) report() {
 	r := b.res
 	r.Table = r.table()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(w, "\ntp bench: %s, %d CPUs, load %s -> %s, %.0fs\n", r.TPVersion, r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Seconds)
+	fmt.Fprintf(w, "\ntp bench: %s, manager %s, %d CPUs, load %s -> %s, %.0fs\n", r.TPVersion, r.ManagerVersion, r.Machine.CPUs, r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Seconds)
 	fmt.Fprintln(w, "metric\tport-forward (baseline)\ttp\tratio\ttarget\tnote")
 	fmt.Fprintln(w, "\t\t\t(tp/baseline)\t(the issue's)\t")
 	for _, x := range r.Table {
@@ -367,6 +371,9 @@ func (b *bench) report() {
 		if p := r.Probes[k]; p.TimedOut || len(p.Errors) > 0 {
 			fmt.Printf("note %s: %s\n", k, p.summary())
 		}
+	}
+	for _, d := range r.Disturbances {
+		fmt.Println("disturbed:", d)
 	}
 	for _, n := range r.Notes {
 		fmt.Println("note:", n)

@@ -187,6 +187,13 @@ func (b *bench) connect(ctx context.Context) error {
 	if _, err := b.probeDocker(ctx, "", "container:"+b.daemon, 30*time.Second, "latency", "-url", b.podURL("/"), "-n", "1", "-timeout", "20s"); err != nil {
 		return fmt.Errorf("first request through tp to the echo pod: %w", err)
 	}
+	podsBefore := b.managerPods(ctx)
+	defer func() {
+		if after := b.managerPods(ctx); !slices.Equal(podsBefore, after) {
+			d := fmt.Sprintf("tp connect runs: the traffic-manager's pods changed from %v to %v", podsBefore, after)
+			b.res.Disturbances = append(b.res.Disturbances, d)
+		}
+	}()
 	for i := range b.o.connectRuns {
 		if out, err := b.tp(ctx, time.Minute, "quit", "--name", b.o.name); err != nil {
 			return fmt.Errorf("tp quit (connect run %d): %w\n%s", i+1, err, out)
@@ -200,6 +207,9 @@ func (b *bench) connect(ctx context.Context) error {
 	b.res.Connect.MedianSeconds = median(b.res.Connect.RunsSeconds)
 	b.logf("tp connect: first %.2fs, runs %v", b.res.Connect.FirstSeconds, b.res.Connect.RunsSeconds)
 
+	if fp, err := b.waitConnected(ctx, 30*time.Second); err == nil {
+		b.res.ManagerVersion = fp.managerVersion
+	}
 	// Idle memory: connected, no traffic yet, a moment after connecting.
 	sleep(ctx, 3*time.Second)
 	b.res.Memory.DaemonIdleMB, b.res.Memory.DaemonPID = b.daemonRSS()
@@ -261,7 +271,7 @@ func (b *bench) sideBySide(ctx context.Context) {
 				return err
 			})
 		}
-		b.phase(ctx, "tp/"+r.name, func(ctx context.Context) error {
+		b.tpPhase(ctx, "tp/"+r.name, []string{"tp/" + r.name}, func(ctx context.Context) error {
 			_, err := b.probeDocker(ctx, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
 			return err
 		})
@@ -270,7 +280,7 @@ func (b *bench) sideBySide(ctx context.Context) {
 		b.res.PortForwardErrors = pf.errorLines()
 	}
 	// The service by name: DNS through the daemon, then the service IP.
-	b.phase(ctx, "tp/latency-svc", func(ctx context.Context) error {
+	b.tpPhase(ctx, "tp/latency-svc", []string{"tp/latency-svc"}, func(ctx context.Context) error {
 		_, err := b.probeDocker(ctx, "tp/latency-svc", tpNet, 90*time.Second,
 			"latency", "-url", "http://echo."+b.res.Namespace+"/", "-n", strconv.Itoa(b.o.latencyN), "-timeout", "60s")
 		return err
@@ -282,7 +292,7 @@ func (b *bench) sideBySide(ctx context.Context) {
 		{"tp/dns-cached", "-cached", "echo." + ns + ".svc.cluster.local"},
 	}
 	for _, d := range dns {
-		b.phase(ctx, d.key, func(ctx context.Context) error {
+		b.tpPhase(ctx, d.key, []string{d.key}, func(ctx context.Context) error {
 			_, err := b.probeDocker(ctx, d.key, tpNet, time.Minute, "dns", "-server", "127.0.0.1:53", d.flag, d.value,
 				"-cold-n", "200", "-cached-n", "2000", "-timeout", "30s")
 			return err
@@ -348,31 +358,44 @@ func (b *bench) intercepts(ctx context.Context) {
 
 	var err error
 	b.logf("tp intercept echo (first injection: rolls the deployment)")
+	podsBefore := b.managerPods(ctx)
 	if ic.FirstInjectionSeconds, err = intercept(ctx); err != nil {
 		ic.Skipped = "the intercept path does not work: " + err.Error()
 		b.res.fail("intercept/first-injection", err)
 		return
 	}
 	ic.AgentPods, ic.EchoPods = b.k.podsWithContainer(ctx, ns, "app=echo", "tp-agent")
-	b.phase(ctx, "inbound/intercept-latency", func(ctx context.Context) error {
+	if after := b.managerPods(ctx); !slices.Equal(podsBefore, after) {
+		b.res.Disturbances = append(b.res.Disturbances, fmt.Sprintf("first intercept: the traffic-manager's pods changed from %v to %v", podsBefore, after))
+	}
+	b.tpPhase(ctx, "inbound/intercept-latency", []string{"inbound/intercept-latency"}, func(ctx context.Context) error {
+		if _, err := intercept(ctx); err != nil { // already there: returns it (again after a disturbance)
+			return err
+		}
 		r, err := b.probePod(ctx, "inbound/intercept-latency", 2*time.Minute, append(latency, "-wait-copy", "local")...)
 		if err == nil && r.Copies["local"] != r.OK {
 			b.res.note("inbound latency through the intercept: replies by copy %v, want all local", r.Copies)
 		}
 		return err
 	})
-	b.phase(ctx, "inbound/intercept-bulk", func(ctx context.Context) error {
+	b.tpPhase(ctx, "inbound/intercept-bulk", []string{"inbound/intercept-bulk"}, func(ctx context.Context) error {
+		if _, err := intercept(ctx); err != nil {
+			return err
+		}
 		_, err := b.probePod(ctx, "inbound/intercept-bulk", b.o.bulkTimeout+time.Minute, bulk...)
 		return err
 	})
-	b.phase(ctx, "inbound/leave-under-load", func(ctx context.Context) error {
+	b.tpPhase(ctx, "inbound/leave-under-load", []string{"inbound/leave-under-load"}, func(ctx context.Context) error {
+		if _, err := intercept(ctx); err != nil {
+			return err
+		}
 		return b.leaveUnderLoad(ctx, svcURL+"/", leave)
 	})
-	b.phase(ctx, "inbound/agent-latency", func(ctx context.Context) error {
+	b.tpPhase(ctx, "inbound/agent-latency", []string{"inbound/agent-latency"}, func(ctx context.Context) error {
 		_, err := b.probePod(ctx, "inbound/agent-latency", 2*time.Minute, append(latency, "-wait-copy", "cluster")...)
 		return err
 	})
-	b.phase(ctx, "intercept/agent-present", func(ctx context.Context) error {
+	b.tpPhase(ctx, "intercept/agent-present", nil, func(ctx context.Context) error {
 		s, err := intercept(ctx)
 		ic.AgentPresentSeconds = s
 		if err != nil {
