@@ -91,6 +91,20 @@ func (m *fakeManager) start(addr string) {
 		m.tb.Fatalf("tunnel.NewServer: %v", err)
 	}
 	gs := grpc.NewServer(append(tunnel.ServerOptions(), grpc.StreamInterceptor(m.recordOpen))...)
+	// Paired flows (intercepts) go to the developer's server too: the
+	// fake stands in for the manager pairing them with a client's flow.
+	tunnels.HandlePairing(func(ctx context.Context, _, _ string, accept func() (tunnel.Conn, error)) error {
+		dev, err := m.dialDeveloper(ctx, "tcp", "")
+		if err != nil {
+			return err
+		}
+		flow, err := accept()
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		return tunnel.Splice(ctx, flow, dev)
+	})
 	managerv1.RegisterManagerServer(gs, m)
 	tunnels.Register(gs)
 	served := make(chan struct{})

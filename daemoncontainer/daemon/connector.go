@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -114,6 +115,9 @@ func (c *connector) run(ctx context.Context) error {
 func (c *connector) connectOnce(ctx context.Context) (connected bool, err error) {
 	pod, err := c.managerPod(ctx)
 	if err != nil {
+		return false, err
+	}
+	if err := c.checkPortForwardAllowed(ctx); err != nil {
 		return false, err
 	}
 	pf, err := kube.NewPortForwarder(ctx, c.rest, c.cfg.ManagerNamespace, pod)
@@ -232,6 +236,26 @@ func (c *connector) managerPod(ctx context.Context) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no ready traffic-manager pod in namespace %s (%d found): is it installed? run `tp helm install`", c.cfg.ManagerNamespace, len(pods.Items))
+}
+
+// checkPortForwardAllowed asks the API server whether this user may
+// port-forward to the manager, so that a missing permission is reported as
+// such at once instead of as a failed upgrade retried forever.
+func (c *connector) checkPortForwardAllowed(ctx context.Context) error {
+	review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+		ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Namespace: c.cfg.ManagerNamespace, Verb: "create", Resource: "pods", Subresource: "portforward",
+		},
+	}}
+	resp, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+	if err != nil {
+		return nil // cannot tell; the port-forward itself will say
+	}
+	if !resp.Status.Allowed {
+		return fmt.Errorf("%w: your user may not port-forward to pods in namespace %s (RBAC): ask your cluster admin for create on pods/portforward there",
+			errPermanent, c.cfg.ManagerNamespace)
+	}
+	return nil
 }
 
 func podReady(p *corev1.Pod) bool {
