@@ -37,11 +37,20 @@ step "A container joined to tp reaches the example by name"
 docker run --rm --network container:tp tp-echo:dev get "http://echo/hello"
 docker run --rm --network container:tp tp-echo:dev get "http://echo.$NS.svc.cluster.local/hello"
 
-if $TP intercept --help >/dev/null 2>&1; then
-  step "tp intercept echo: the cluster's requests are answered by a local container"
-  $TP intercept echo -n "$NS" --port 8080:80 --docker-run -- -d --name tp-demo-local -e ECHO_COPY=local tp-echo:dev serve
-  kubectl -n "$NS" run demo-client --rm -i --restart=Never --image=tp-probe:dev --image-pull-policy=Never -- http "http://echo.$NS/hello"
-  $TP leave echo -n "$NS"
-fi
+step "tp intercept echo: the cluster's requests are answered by a local container with the pod's environment"
+docker rm -f tp-demo-local >/dev/null 2>&1 || true
+$TP intercept echo -n "$NS" --service echo --port 8080:http \
+  --docker-run -- -d --name tp-demo-local -e ECHO_COPY=local tp-echo:dev serve
+in_cluster() { kubectl -n "$NS" run "demo-client-$RANDOM" --rm -i --restart=Never --image=tp-probe:dev --image-pull-policy=Never -- "$@"; }
+echo "A client in the cluster asks http://echo.$NS/hello:"
+in_cluster http "http://echo.$NS/hello"
+echo "The local copy got the pod's environment (ConfigMap, Secret, downward API):"
+in_cluster http "http://echo.$NS/env?keys=GREETING,API_TOKEN,POD_NAME,TP_INTERCEPT_NAME"
+$TP list -n "$NS"
+
+step "tp leave echo: the cluster's copy answers again"
+$TP leave echo -n "$NS"
+docker rm -f tp-demo-local >/dev/null
+in_cluster http "http://echo.$NS/hello"
 
 step "Done. Disconnect with: $TP quit"

@@ -235,3 +235,18 @@ func TestInterceptCrashAndUninstall(t *testing.T) {
 		t.Errorf("pod after uninstall has containers %d, init containers %d; want 1, 0", len(p.Spec.Containers), len(p.Spec.InitContainers))
 	}
 }
+
+// TestInterceptHeadless: a headless service's clients connect to the pod IP
+// itself; the agent-init redirect hands those connections to the agent.
+func TestInterceptHeadless(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "headless")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "hl-"+rand.String(4), "-n", ns)
+	localEcho(t, conn, "local")
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo-headless", "--port", "8080:http")
+	c.waitCopy(t, ns, "http://echo-headless."+ns+":8080/headless", "local", 90*time.Second)
+	tpOK(t, "leave", "echo", "--name", conn.name)
+	c.waitCopy(t, ns, "http://echo-headless."+ns+":8080/headless", "cluster", 30*time.Second)
+}
