@@ -16,7 +16,8 @@ import (
 // upgrade, restart or uninstall it while the bench runs. A tp measurement
 // during which the connection changed (the manager's pods, or the daemon's
 // session and reconnects) measured that event, not tp: the bench notes it,
-// waits until the connection is back and runs the measurement once more.
+// waits until the manager's rollout is done and the connection is back, and
+// runs the measurement again (three attempts in all).
 
 // tpStatus is the part of `tp status -o json` the bench reads.
 type tpStatus struct {
@@ -39,10 +40,13 @@ func (f fingerprint) String() string {
 	return fmt.Sprintf("session %s, reconnects %d, manager %s pods [%s]", f.session, f.reconnects, f.managerVersion, f.managerPods)
 }
 
-// waitConnected waits until the bench connection is connected and returns its
-// fingerprint.
+// waitConnected waits until the traffic-manager's rollout is complete and the
+// bench connection is connected, and returns its fingerprint.
 func (b *bench) waitConnected(ctx context.Context, timeout time.Duration) (fingerprint, error) {
 	deadline := time.Now().Add(timeout)
+	if err := b.k.waitDeployment(ctx, b.o.managerNamespace, "traffic-manager", timeout); err != nil {
+		return fingerprint{}, fmt.Errorf("traffic-manager: %w", err)
+	}
 	var last string
 	for {
 		out, err := b.tp(ctx, 30*time.Second, "status", "--name", b.o.name, "-o", "json")
@@ -82,8 +86,8 @@ func (b *bench) managerPods(ctx context.Context) []string {
 	return names
 }
 
-// tpPhase is phase for a measurement through tp: rerun once when the
-// connection changed under it. keys are the probe results it records; a
+// tpPhase is phase for a measurement through tp: run again (up to three
+// attempts) when the connection changed under it. keys are the probe results it records; a
 // disturbed run's results are kept under "KEY (disturbed)".
 func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func(context.Context) error) {
 	b.phase(ctx, name, func(ctx context.Context) error {
@@ -109,7 +113,7 @@ func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func
 					delete(b.res.Probes, k)
 				}
 			}
-			if attempt == 2 || aerr != nil {
+			if attempt == 3 || aerr != nil {
 				return errors.Join(err, fmt.Errorf("disturbed by a change of the connection (another user of the cluster replaced the traffic-manager?): %s", d))
 			}
 			b.logf("%s: running it once more", name)

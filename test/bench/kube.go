@@ -118,11 +118,20 @@ func (k *kube) waitDeployment(ctx context.Context, ns, name string, timeout time
 			want = *d.Spec.Replicas
 		}
 		status = fmt.Sprintf("%+v", d.Status)
-		return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == want &&
-			d.Status.ReadyReplicas == want && d.Status.Replicas == want, nil
+		if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != want ||
+			d.Status.ReadyReplicas != want || d.Status.Replicas != want {
+			return false, nil
+		}
+		// No old pod still terminating: the rollout is over.
+		sel := metav1.FormatLabelSelector(d.Spec.Selector)
+		pods, err := k.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return false, nil
+		}
+		return len(pods.Items) == int(want), nil
 	})
 	if err != nil {
-		return fmt.Errorf("deployment %s/%s not ready within %s (images loaded? `hack/cluster/load.sh tp-echo:dev`): %w (status %s)", ns, name, timeout, err, status)
+		return fmt.Errorf("deployment %s/%s not ready within %s (its image loaded into the cluster? hack/cluster/load.sh): %w (status %s)", ns, name, timeout, err, status)
 	}
 	return nil
 }

@@ -178,6 +178,10 @@ type row struct {
 	Target   string   `json:"target"`
 	Note     string   `json:"note,omitempty"`
 	Section  bool     `json:"section,omitempty"`
+	// BaselinePhase and TPPhase name the phases behind the values: a failed
+	// phase shows as "failed" (details under failures).
+	BaselinePhase string `json:"baselinePhase,omitempty"`
+	TPPhase       string `json:"tpPhase,omitempty"`
 }
 
 func newResults(o options) *results {
@@ -210,7 +214,8 @@ func (r *results) table() []row {
 		return nil
 	}
 	side := func(metric, unit, key, target string, f func(*probeResult) float64) {
-		x := row{Metric: metric, Unit: unit, Baseline: probe("pf/"+key, f), TP: probe("tp/"+key, f), Target: target}
+		x := row{Metric: metric, Unit: unit, Baseline: probe("pf/"+key, f), TP: probe("tp/"+key, f), Target: target,
+			BaselinePhase: "port-forward/" + key, TPPhase: "tp/" + key}
 		rows = append(rows, x)
 	}
 	mbps := (*probeResult).mbps
@@ -224,7 +229,8 @@ func (r *results) table() []row {
 	side("HTTP latency p50, one keep-alive conn", "ms", "latency", "<= 1.5x", p50)
 	side("HTTP latency p99, one keep-alive conn", "ms", "latency", "", p99)
 	rows = append(rows, row{Metric: "HTTP latency p50 by service name (tp)", Unit: "ms",
-		Baseline: probe("pf/latency", p50), TP: probe("tp/latency-svc", p50), Target: "", Note: "tp: http://echo.NS/ (service port 80)"})
+		Baseline: probe("pf/latency", p50), TP: probe("tp/latency-svc", p50), Target: "", Note: "tp: http://echo.NS/ (service port 80)",
+		BaselinePhase: "port-forward/latency", TPPhase: "tp/latency-svc"})
 	side("new connections (connect+GET+close)", "conn/s", "connrate", ">= 1000/s", (*probeResult).perSecond)
 	side("  failed of "+fmt.Sprint(r.Options["connN"]), "count", "connrate", "0", func(p *probeResult) float64 {
 		return float64(p.Failed) + float64(max(0, toInt64(r.Options["connN"])-p.OK-p.Failed))
@@ -232,10 +238,17 @@ func (r *results) table() []row {
 	side(fmt.Sprintf("connections held open at once, ok of %v", r.Options["holdN"]), "count", "hold", "all", ok)
 
 	rows = append(rows, row{Metric: "DNS: daemon at 127.0.0.1:53", Section: true, Note: "miekg/dns client in a joined container"})
+	dnsRow := func(metric, key, target string) row {
+		x := row{Metric: metric, Unit: "µs", TP: probe(key, func(p *probeResult) float64 { return latency(p).P50 }), Target: target, TPPhase: key}
+		if p := r.Probes[key]; p != nil {
+			x.Note = fmt.Sprintf("p99 %.0f µs, answers %v", latency(p).P99, p.Rcodes)
+		}
+		return x
+	}
 	rows = append(rows,
-		row{Metric: "DNS cold p50 (distinct pod names)", Unit: "µs", TP: probe("tp/dns-cold-pod", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
-		row{Metric: "DNS cold p50 (distinct NXDOMAIN svc names)", Unit: "µs", TP: probe("tp/dns-cold-nxdomain", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 1000 µs"},
-		row{Metric: "DNS cached p50 (one name repeated)", Unit: "µs", TP: probe("tp/dns-cached", func(p *probeResult) float64 { return latency(p).P50 }), Target: "<= 60 µs"},
+		dnsRow("DNS cold p50 (distinct pod names)", "tp/dns-cold-pod", "<= 1000 µs"),
+		dnsRow("DNS cold p50 (distinct NXDOMAIN svc names)", "tp/dns-cold-nxdomain", "<= 1000 µs"),
+		dnsRow("DNS cached p50 (one name repeated)", "tp/dns-cached", "<= 60 µs"),
 	)
 
 	rows = append(rows, row{Metric: "connection and memory", Section: true})
@@ -257,30 +270,33 @@ func (r *results) table() []row {
 		rows = append(rows, row{Metric: "intercept measurements skipped", Note: firstLine(ic.Skipped)})
 	} else {
 		inbound := func(metric, unit, base, tp string, f func(*probeResult) float64) {
-			rows = append(rows, row{Metric: metric, Unit: unit, Baseline: probe(base, f), TP: probe(tp, f)})
+			rows = append(rows, row{Metric: metric, Unit: unit, Baseline: probe(base, f), TP: probe(tp, f), BaselinePhase: base, TPPhase: tp})
 		}
 		rows = append(rows,
 			row{Metric: "intercept setup, first injection", Unit: "s", TP: nonZero(ic.FirstInjectionSeconds),
 				Note: fmt.Sprintf("echo pods with the agent after it: %d of %d", ic.AgentPods, ic.EchoPods)},
-			row{Metric: "intercept setup, agent present", Unit: "s", TP: nonZero(ic.AgentPresentSeconds)})
+			row{Metric: "intercept setup, agent present", Unit: "s", TP: nonZero(ic.AgentPresentSeconds), TPPhase: "intercept/agent-present"})
 		inbound("inbound HTTP latency p50 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p50)
 		inbound("inbound HTTP latency p99 via intercept", "ms", "inbound/app-latency", "inbound/intercept-latency", p99)
 		inbound("inbound bulk via intercept, 1 stream", "MB/s", "inbound/app-bulk", "inbound/intercept-bulk", mbps)
 		inbound("inbound HTTP p50 via agent, no intercept", "ms", "inbound/app-latency", "inbound/agent-latency", p50)
+		leaveRow := row{Metric: "failed requests, steady load across tp leave", Unit: "count", TPPhase: "inbound/leave-under-load"}
 		if p := r.Probes["inbound/leave-under-load"]; p != nil {
-			note := fmt.Sprintf("of %d; leave took %.2fs", p.OK+p.Failed, ic.LeaveSeconds)
+			leaveRow.TP = val(float64(p.Failed))
+			leaveRow.Note = fmt.Sprintf("of %d; leave took %.2fs", p.OK+p.Failed, ic.LeaveSeconds)
 			for _, kind := range []string{"fresh", "keepalive"} {
-				if ms, ok := ic.AfterLeaveMs["cluster/"+kind]; ok {
-					note += fmt.Sprintf("; %s conns: app from %+.0f ms", kind, ms)
-				}
+				leaveRow.Note += fmt.Sprintf("; %s conns: ", map[string]string{"fresh": "new", "keepalive": "keep-alive"}[kind])
 				if ms, ok := ic.AfterLeaveMs["local/"+kind]; ok {
-					note += fmt.Sprintf(", local until %+.0f ms", ms)
+					leaveRow.Note += fmt.Sprintf("local copy until %+.0f ms, ", ms)
+				}
+				if ms, ok := ic.AfterLeaveMs["cluster/"+kind]; ok {
+					leaveRow.Note += fmt.Sprintf("app from %+.0f ms", ms)
+				} else {
+					leaveRow.Note += "app never (run ended)"
 				}
 			}
-			rows = append(rows, row{Metric: "failed requests, steady load across tp leave", Unit: "count", TP: val(float64(p.Failed)), Note: note})
-		} else {
-			rows = append(rows, row{Metric: "failed requests, steady load across tp leave", Unit: "count"})
 		}
+		rows = append(rows, leaveRow)
 	}
 	for i := range rows {
 		x := &rows[i]
@@ -361,7 +377,8 @@ func (b *bench) report() {
 		if target == "" {
 			target = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", x.Metric, fmtValue(x.Baseline, x.Unit), fmtValue(x.TP, x.Unit), ratio, target, x.Note)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", x.Metric, r.cell(x.Baseline, x.Unit, x.BaselinePhase),
+			r.cell(x.TP, x.Unit, x.TPPhase), ratio, target, x.Note)
 	}
 	_ = w.Flush()
 	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
@@ -390,6 +407,14 @@ func (b *bench) report() {
 		return
 	}
 	fmt.Printf("raw results: %s\n", b.o.out)
+}
+
+// cell shows a value, or "failed" when its phase failed.
+func (r *results) cell(v *float64, unit, phase string) string {
+	if _, failed := r.Failures[phase]; failed && phase != "" {
+		return "failed"
+	}
+	return fmtValue(v, unit)
 }
 
 func firstLine(s string) string {
