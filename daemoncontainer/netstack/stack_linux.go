@@ -241,19 +241,6 @@ func (fs *flowSet) enter() bool {
 
 func (fs *flowSet) leave() { fs.wg.Done() }
 
-// goFlow runs fn in a goroutine owned by fs; it returns false (without running fn) once
-// shutdown has begun.
-func (fs *flowSet) goFlow(fn func()) bool {
-	if !fs.enter() {
-		return false
-	}
-	go func() {
-		defer fs.leave()
-		fn()
-	}()
-	return true
-}
-
 // add registers an open flow; it returns false once shutdown has begun.
 func (fs *flowSet) add(f flow) bool {
 	fs.mu.Lock()

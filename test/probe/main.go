@@ -67,7 +67,7 @@ func main() {
 	case cmd == "dns-server" && len(args) > 0:
 		err = dnsServer(args)
 	default:
-		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | dns-server NAME=IP...")
+		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP]")
 	}
 	if err != nil {
 		fail(err)
