@@ -16,8 +16,9 @@ import (
 // upgrade, restart or uninstall it while the bench runs. A tp measurement
 // during which the connection changed (the manager's pods, or the daemon's
 // session and reconnects) measured that event, not tp: the bench notes it,
-// waits until the manager's rollout is done and the connection is back, and
-// runs the measurement again (three attempts in all).
+// waits until the cluster, the manager's rollout and the connection are ready
+// and runs the measurement again (three attempts in all, every retry
+// reported). A measurement that failed is retried the same way.
 
 // tpStatus is the part of `tp status -o json` the bench reads.
 type tpStatus struct {
@@ -40,41 +41,57 @@ func (f fingerprint) String() string {
 	return fmt.Sprintf("session %s, reconnects %d, manager %s pods [%s]", f.session, f.reconnects, f.managerVersion, f.managerPods)
 }
 
-// waitConnected waits until the traffic-manager's rollout is complete and the
-// bench connection is connected, and returns its fingerprint.
+// waitConnected waits until the API server is ready, the traffic-manager's
+// rollout is complete and the bench connection is connected, and returns its
+// fingerprint.
 func (b *bench) waitConnected(ctx context.Context, timeout time.Duration) (fingerprint, error) {
 	deadline := time.Now().Add(timeout)
-	if err := b.k.waitDeployment(ctx, b.o.managerNamespace, "traffic-manager", timeout); err != nil {
-		return fingerprint{}, fmt.Errorf("traffic-manager: %w", err)
-	}
 	var last string
 	for {
-		out, err := b.tp(ctx, 30*time.Second, "status", "--name", b.o.name, "-o", "json")
-		var st tpStatus
+		fp, err := b.connectedNow(ctx)
 		if err == nil {
-			err = json.Unmarshal([]byte(out), &st)
+			return fp, nil
 		}
-		switch {
-		case err != nil:
-			last = fmt.Sprintf("%v: %s", err, strings.TrimSpace(out))
-		case st.State == "connected":
-			return fingerprint{session: st.SessionID, managerVersion: st.ManagerVersion, reconnects: st.Reconnects,
-				managerPods: strings.Join(b.managerPods(ctx), " ")}, nil
-		default:
-			last = st.State + " " + st.LastError
-		}
+		last = err.Error()
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fingerprint{}, fmt.Errorf("connection %s not connected within %s: %s", b.o.name, timeout, last)
+			return fingerprint{}, fmt.Errorf("connection %s not ready within %s: %s", b.o.name, timeout, last)
 		}
 		sleep(ctx, 500*time.Millisecond)
 	}
 }
 
-// managerPods names the running traffic-manager pods.
-func (b *bench) managerPods(ctx context.Context) []string {
+// connectedNow returns the fingerprint when everything is ready now.
+func (b *bench) connectedNow(ctx context.Context) (fingerprint, error) {
+	if _, err := b.k.client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
+		return fingerprint{}, fmt.Errorf("API server not ready: %w", err)
+	}
+	if err := b.k.deploymentReady(ctx, b.o.managerNamespace, "traffic-manager"); err != nil {
+		return fingerprint{}, err
+	}
+	pods, err := b.managerPods(ctx)
+	if err != nil {
+		return fingerprint{}, err
+	}
+	out, err := b.tp(ctx, 30*time.Second, "status", "--name", b.o.name, "-o", "json")
+	if err != nil {
+		return fingerprint{}, fmt.Errorf("tp status: %w: %s", err, strings.TrimSpace(out))
+	}
+	var st tpStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return fingerprint{}, fmt.Errorf("decode tp status %q: %w", out, err)
+	}
+	if st.State != "connected" {
+		return fingerprint{}, fmt.Errorf("connection %s: %s %s", b.o.name, st.State, st.LastError)
+	}
+	return fingerprint{session: st.SessionID, managerVersion: st.ManagerVersion, reconnects: st.Reconnects,
+		managerPods: strings.Join(pods, " ")}, nil
+}
+
+// managerPods names the traffic-manager's pods that are not terminating.
+func (b *bench) managerPods(ctx context.Context) ([]string, error) {
 	pods, err := b.k.client.CoreV1().Pods(b.o.managerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=traffic-manager"})
 	if err != nil {
-		return []string{"error: " + err.Error()}
+		return nil, fmt.Errorf("list traffic-manager pods: %w", err)
 	}
 	var names []string
 	for _, p := range pods.Items {
@@ -83,30 +100,36 @@ func (b *bench) managerPods(ctx context.Context) []string {
 		}
 	}
 	slices.Sort(names)
-	return names
+	return names, nil
 }
 
-// tpPhase is phase for a measurement through tp: run again (up to three
-// attempts) when the connection changed under it. keys are the probe results it records; a
-// disturbed run's results are kept under "KEY (disturbed)".
+// tpPhase is phase for a measurement through tp. When the connection changed
+// under it or it failed, it is run again once everything is ready, three
+// attempts in all; every retry is reported. A disturbed run's results are
+// kept under "KEY (disturbed)" for each of keys.
 func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func(context.Context) error) {
 	b.phase(ctx, name, func(ctx context.Context) error {
 		for attempt := 1; ; attempt++ {
-			before, err := b.waitConnected(ctx, 90*time.Second)
+			before, err := b.waitConnected(ctx, 2*time.Minute)
 			if err != nil {
 				return err
 			}
 			err = fn(ctx)
-			after, aerr := b.waitConnected(ctx, 90*time.Second)
-			if aerr == nil && after == before {
-				return err
+			after, aerr := b.waitConnected(ctx, 2*time.Minute)
+			var d string
+			switch {
+			case aerr != nil:
+				d = fmt.Sprintf("the connection broke: %v", aerr)
+			case after != before:
+				d = fmt.Sprintf("the connection changed (another user of the cluster replaced the traffic-manager or restarted the cluster?): before %s; after %s", before, after)
+			case err != nil:
+				d = "failed: " + firstLine(err.Error())
+			default:
+				return nil
 			}
-			d := fmt.Sprintf("%s (attempt %d): the connection changed during the measurement: before %s; after %s", name, attempt, before, after)
-			if aerr != nil {
-				d = fmt.Sprintf("%s (attempt %d): the connection broke during the measurement: %v", name, attempt, aerr)
-			}
+			d = fmt.Sprintf("%s (attempt %d): %s", name, attempt, d)
 			b.logf("%s", d)
-			b.res.Disturbances = append(b.res.Disturbances, d)
+			b.res.Retries = append(b.res.Retries, d)
 			for _, k := range keys {
 				if p, ok := b.res.Probes[k]; ok {
 					b.res.Probes[k+" (disturbed)"] = p
@@ -114,9 +137,9 @@ func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func
 				}
 			}
 			if attempt == 3 || aerr != nil {
-				return errors.Join(err, fmt.Errorf("disturbed by a change of the connection (another user of the cluster replaced the traffic-manager?): %s", d))
+				return errors.Join(err, errors.New(d))
 			}
-			b.logf("%s: running it once more", name)
+			b.logf("%s: running it again", name)
 		}
 	})
 }

@@ -105,33 +105,40 @@ func (k *kube) apply(ctx context.Context, ns, file string) error {
 	}
 }
 
-// waitDeployment waits until the deployment has all replicas updated and ready.
+// waitDeployment waits until the deployment's rollout is complete.
 func (k *kube) waitDeployment(ctx context.Context, ns, name string, timeout time.Duration) error {
-	var status string
+	var last error
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		d, err := k.client.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		want := int32(1)
-		if d.Spec.Replicas != nil {
-			want = *d.Spec.Replicas
-		}
-		status = fmt.Sprintf("%+v", d.Status)
-		if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != want ||
-			d.Status.ReadyReplicas != want || d.Status.Replicas != want {
-			return false, nil
-		}
-		// No old pod still terminating: the rollout is over.
-		sel := metav1.FormatLabelSelector(d.Spec.Selector)
-		pods, err := k.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
-		if err != nil {
-			return false, nil
-		}
-		return len(pods.Items) == int(want), nil
+		last = k.deploymentReady(ctx, ns, name)
+		return last == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("deployment %s/%s not ready within %s (its image loaded into the cluster? hack/cluster/load.sh): %w (status %s)", ns, name, timeout, err, status)
+		return fmt.Errorf("deployment %s/%s not ready within %s (its image loaded into the cluster? hack/cluster/load.sh): %w", ns, name, timeout, errors.Join(err, last))
+	}
+	return nil
+}
+
+// deploymentReady returns nil when all the deployment's replicas are updated
+// and ready and no old pod is left.
+func (k *kube) deploymentReady(ctx context.Context, ns, name string) error {
+	d, err := k.client.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != want ||
+		d.Status.ReadyReplicas != want || d.Status.Replicas != want {
+		return fmt.Errorf("deployment %s/%s rolling out: status %+v", ns, name, d.Status)
+	}
+	pods, err := k.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(d.Spec.Selector)})
+	if err != nil {
+		return err
+	}
+	if len(pods.Items) != int(want) {
+		return fmt.Errorf("deployment %s/%s: %d pods, want %d (old ones terminating)", ns, name, len(pods.Items), want)
 	}
 	return nil
 }

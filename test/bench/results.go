@@ -116,11 +116,12 @@ type results struct {
 	Intercept         interceptResults        `json:"intercept"`
 	Probes            map[string]*probeResult `json:"probes"` // every probe run, by phase
 	Failures          map[string]string       `json:"failures,omitempty"`
-	// Disturbances are measurements during which the connection changed
-	// (the shared traffic-manager replaced, the daemon reconnected).
-	Disturbances []string `json:"disturbances,omitempty"`
-	Notes        []string `json:"notes,omitempty"`
-	Errors       []string `json:"errors,omitempty"`
+	// Retries are measurements through tp run again: the connection changed
+	// under them (the shared traffic-manager replaced, the daemon
+	// reconnected) or they failed.
+	Retries []string `json:"retries,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+	Errors  []string `json:"errors,omitempty"`
 }
 
 type machine struct {
@@ -389,8 +390,8 @@ func (b *bench) report() {
 			fmt.Printf("note %s: %s\n", k, p.summary())
 		}
 	}
-	for _, d := range r.Disturbances {
-		fmt.Println("disturbed:", d)
+	for _, d := range r.Retries {
+		fmt.Println("retried:", d)
 	}
 	for _, n := range r.Notes {
 		fmt.Println("note:", n)
