@@ -309,6 +309,20 @@ func relayListenHost(ctx context.Context, docker client.APIClient) (string, erro
 			return c.Gateway, nil
 		}
 	}
+	// Docker's default bridge often names no gateway: it is the bridge
+	// interface's own address.
+	name := nw.Options["com.docker.network.bridge.name"]
+	if name == "" {
+		name = "docker0"
+	}
+	if ifc, err := net.InterfaceByName(name); err == nil {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+				return ipn.IP.String(), nil
+			}
+		}
+	}
 	return "", errors.New("docker's bridge network has no IPv4 gateway for the credential relay to listen on")
 }
 

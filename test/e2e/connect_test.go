@@ -51,6 +51,19 @@ func (c connection) probe(args ...string) (string, error) {
 	return probe([]string{"--network", "container:" + c.container}, args...)
 }
 
+// probeEventually retries a probe for up to 15 s: kube-proxy programs a new
+// service a moment after its pods are Ready, in the cluster as for tp.
+func (c connection) probeEventually(args ...string) (string, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := c.probe(args...)
+		if err == nil || time.Now().After(deadline) {
+			return out, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 type statusOut struct {
 	State          string   `json:"state"`
 	Namespace      string   `json:"namespace"`
@@ -118,6 +131,9 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("status = %+v, want connected in %s with routed subnets", st, ns)
 	}
 
+	if out, err := conn.probeEventually("http", "http://echo/"); err != nil {
+		t.Fatalf("joined container never reached the echo service: %v\n%s", err, out)
+	}
 	for _, url := range []string{
 		"http://echo/dns-short",
 		"http://echo." + ns + "/dns-ns",
@@ -165,7 +181,7 @@ func TestConnectSurvivesManagerRestart(t *testing.T) {
 	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
 	c.waitDeployment(t, ns, "echo", 2*time.Minute)
 	conn := connect(t, "e2e-"+rand.String(4), "-n", ns)
-	if out, err := conn.probe("http", "http://echo/"); err != nil {
+	if out, err := conn.probeEventually("http", "http://echo/"); err != nil {
 		t.Fatalf("before restart: %v\n%s", err, out)
 	}
 	old := c.runningPod(t, "tp", "app=traffic-manager")
@@ -222,7 +238,7 @@ func TestTwoConnections(t *testing.T) {
 	a := connect(t, "a"+suffix, "-n", ns1)
 	b := connect(t, "b"+suffix, "-n", ns2)
 	for conn, ns := range map[connection]string{a: ns1, b: ns2} {
-		out, err := conn.probe("http", "http://echo/")
+		out, err := conn.probeEventually("http", "http://echo/")
 		if err != nil {
 			t.Errorf("%s: GET http://echo/: %v\n%s", conn.container, err, out)
 			continue
@@ -266,7 +282,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
 	}
 
 	conn := connect(t, "exec-"+rand.String(4), "--kubeconfig", path, "-n", ns)
-	if out, err := conn.probe("http", "http://echo/"); err != nil {
+	if out, err := conn.probeEventually("http", "http://echo/"); err != nil {
 		t.Fatalf("joined container via exec-plugin connection: %v\n%s", err, out)
 	}
 	if b, err := os.ReadFile(calls); err != nil || len(b) == 0 {
@@ -276,7 +292,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
 	if err != nil {
 		t.Fatalf("read the daemon's kubeconfig: %v", err)
 	}
-	if !strings.Contains(inContainer, "kubeauth-plugin") || strings.Contains(inContainer, plugin) {
+	if !strings.Contains(inContainer, "kubeauth-plugin") || strings.Contains(inContainer, "command: "+plugin) {
 		t.Errorf("daemon kubeconfig does not relay the exec plugin to the host:\n%s", inContainer)
 	}
 }
