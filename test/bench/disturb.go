@@ -115,6 +115,9 @@ func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func
 				return err
 			}
 			err = fn(ctx)
+			if ctx.Err() != nil { // interrupted or out of time: nothing to retry
+				return errors.Join(err, context.Cause(ctx))
+			}
 			after, aerr := b.waitConnected(ctx, 2*time.Minute)
 			var d string
 			switch {
