@@ -74,7 +74,7 @@ func main() {
 	flag.StringVar(&o.name, "name", "bench", "tp connection name (daemon container tp-NAME)")
 	flag.StringVar(&o.managerNamespace, "manager-namespace", "tp", "namespace of the (shared) traffic-manager, watched for replacements during measurements")
 	flag.IntVar(&o.pfPort, "pf-port", 18080, "local port of the baseline port-forward (another free port when taken)")
-	flag.DurationVar(&o.timeout, "timeout", 14*time.Minute, "give up the whole run after this long (cleanup still runs)")
+	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up the whole run after this long (cleanup still runs)")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes per bulk download run")
 	flag.DurationVar(&o.bulkTimeout, "bulk-timeout", 30*time.Second, "bound of each bulk run (the rate is computed from what arrived)")
 	flag.IntVar(&o.latencyN, "latency-n", 2000, "requests over one keep-alive connection")
