@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	mdns "github.com/miekg/dns"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -140,9 +139,11 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 		return fmt.Errorf("manager sent a bad DNS address %q: %w", cluster.GetDnsIp(), err)
 	}
 	domain := cluster.GetClusterDomain()
+	viaTunnel := &clusterDNS{server: netip.AddrPortFrom(dnsIP, 53), dial: d.conn.dial}
+	defer viaTunnel.close()
 	srv, err := dns.NewServer(dns.Config{
 		ListenAddr: d.cfg.DNSAddr, ClusterDomain: domain, ClusterPrefixes: routes,
-		Cluster:   dns.ExchangerFunc(func(ctx context.Context, m *mdns.Msg) (*mdns.Msg, error) { return d.exchangeCluster(ctx, netip.AddrPortFrom(dnsIP, 53), m) }),
+		Cluster:   viaTunnel,
 		Upstreams: orig.Upstreams(), SearchDomains: orig.Search, Logger: log.With("component", "dns"),
 	})
 	if err != nil {
@@ -189,55 +190,6 @@ func readResolvConf(path string) (dns.ResolvConf, error) {
 func searchList(orig dns.ResolvConf, namespace, domain string) []string {
 	domain = strings.TrimSuffix(domain, ".")
 	return append([]string{namespace + ".svc." + domain, "svc." + domain, domain}, orig.Search...)
-}
-
-// exchangeCluster sends one DNS query to the cluster DNS through the tunnel:
-// UDP first, TCP when the answer is truncated.
-func (d *daemon) exchangeCluster(ctx context.Context, server netip.AddrPort, m *mdns.Msg) (*mdns.Msg, error) {
-	wire, err := m.Pack()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := d.conn.dial(ctx, "udp", server)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	if _, err := conn.Write(wire); err != nil {
-		return nil, err
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			return nil, err
-		}
-		resp := new(mdns.Msg)
-		if err := resp.Unpack(buf[:n]); err != nil || resp.Id != m.Id {
-			continue // not ours; keep waiting until ctx ends
-		}
-		if !resp.Truncated {
-			return resp, nil
-		}
-		return d.exchangeClusterTCP(ctx, server, m)
-	}
-}
-
-func (d *daemon) exchangeClusterTCP(ctx context.Context, server netip.AddrPort, m *mdns.Msg) (*mdns.Msg, error) {
-	conn, err := d.conn.dial(ctx, "tcp", server)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	co := &mdns.Conn{Conn: conn}
-	if err := co.WriteMsg(m); err != nil {
-		return nil, err
-	}
-	return co.ReadMsg()
 }
 
 // serveAPI serves the CLI's API on the unix socket until ctx ends.

@@ -89,7 +89,6 @@ func (c *connector) acceptIntercepted(ctx context.Context, dialer *tunnel.Dialer
 	}
 }
 
-
 // CreateIntercept implements daemonv1.DaemonServer.
 func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptSpec) (*managerv1.InterceptInfo, error) {
 	client, session, err := d.conn.managerClient()
