@@ -28,6 +28,9 @@ if docker run --rm tp-probe:dev http -timeout 3s "http://echo.$NS/" >/dev/null 2
 fi
 echo "ok: no route from Docker's network to the cluster"
 
+step "Traffic-manager of this build (tp helm upgrade installs it when missing)"
+$TP helm upgrade --namespace tp
+
 step "tp connect -n $NS"
 $TP quit >/dev/null 2>&1 || true
 $TP connect -n "$NS"
@@ -41,7 +44,14 @@ step "tp intercept echo: the cluster's requests are answered by a local containe
 docker rm -f tp-demo-local >/dev/null 2>&1 || true
 $TP intercept echo -n "$NS" --service echo --port 8080:http \
   --docker-run -- -d --name tp-demo-local -e ECHO_COPY=local tp-echo:dev serve
-in_cluster() { kubectl -n "$NS" run "demo-client-$RANDOM" --rm -i --restart=Never --image=tp-probe:dev --image-pull-policy=Never -- "$@"; }
+# in_cluster runs the probe as a pod in the cluster and prints what it got.
+in_cluster() {
+  local pod="demo-client-$RANDOM"
+  kubectl -n "$NS" run "$pod" --restart=Never --image=tp-probe:dev --image-pull-policy=Never -- "$@" >/dev/null
+  kubectl -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout=60s >/dev/null || true
+  kubectl -n "$NS" logs "$pod"
+  kubectl -n "$NS" delete pod "$pod" --wait=false >/dev/null
+}
 echo "A client in the cluster asks http://echo.$NS/hello:"
 in_cluster http "http://echo.$NS/hello"
 echo "The local copy got the pod's environment (ConfigMap, Secret, downward API):"
