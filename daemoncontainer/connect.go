@@ -255,25 +255,6 @@ func waitConnected(ctx context.Context, docker client.APIClient, id string) (*da
 	}
 }
 
-// Status asks the daemon of a connection for its status.
-func Status(ctx context.Context, docker client.APIClient, conn Connection) (*daemonv1.StatusResponse, error) {
-	if !conn.Running {
-		return nil, fmt.Errorf("daemon container %s is %s: run `tp quit --name %s` and connect again", conn.ContainerName, conn.State, conn.Name)
-	}
-	cc, err := DialDaemon(docker, conn.ContainerID)
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	st, err := daemonv1.NewDaemonClient(cc).Status(ctx, &daemonv1.StatusRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("daemon in %s does not answer: %w", conn.ContainerName, err)
-	}
-	return st, nil
-}
-
 // Quit ends a connection: the daemon departs from the manager, and the
 // container and the credential relay are removed.
 func Quit(ctx context.Context, docker client.APIClient, name string) error {

@@ -143,8 +143,10 @@ func (c *streamConn) Close() error {
 // CloseWrite half-closes the stream.
 func (c *streamConn) CloseWrite() error { return c.data.Close() }
 
-func (c *streamConn) LocalAddr() net.Addr  { return pfAddr("local") }
-func (c *streamConn) RemoteAddr() net.Addr { return pfAddr(c.f.namespace + "/" + c.f.pod + ":" + strconv.Itoa(c.port)) }
+func (c *streamConn) LocalAddr() net.Addr { return pfAddr("local") }
+func (c *streamConn) RemoteAddr() net.Addr {
+	return pfAddr(c.f.namespace + "/" + c.f.pod + ":" + strconv.Itoa(c.port))
+}
 
 // Deadlines are not supported by port-forward streams; gRPC does not need them.
 func (c *streamConn) SetDeadline(time.Time) error      { return errNoDeadline }

@@ -7,9 +7,9 @@ package e2e
 
 import (
 	"bufio"
-	"fmt"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -194,18 +195,16 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		Short: "Show the state of a connection: daemon, context, manager, routed subnets, DNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+			d, err := daemoncontainer.DialConnection(cmd.Context(), name)
 			if err != nil {
 				return err
 			}
-			defer docker.Close()
-			conn, err := daemoncontainer.Find(cmd.Context(), docker, name)
+			defer d.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			st, err := d.Status(ctx, &daemonv1.StatusRequest{})
 			if err != nil {
-				return err
-			}
-			st, err := daemoncontainer.Status(cmd.Context(), docker, conn)
-			if err != nil {
-				return err
+				return fmt.Errorf("daemon in %s does not answer: %w", d.Connection.ContainerName, err)
 			}
 			v := statusView(st)
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {

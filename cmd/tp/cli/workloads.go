@@ -81,8 +81,8 @@ type interceptJSON struct {
 func interceptView(i *managerv1.InterceptInfo) interceptJSON {
 	v := interceptJSON{
 		ID: i.GetId(), Name: i.GetSpec().GetName(),
-		State: strings.ToLower(strings.TrimPrefix(i.GetState().String(), "INTERCEPT_STATE_")),
-		Owner: fmt.Sprintf("%s@%s (connection %s)", i.GetOwner().GetUser(), i.GetOwner().GetHost(), i.GetOwner().GetName()),
+		State:   strings.ToLower(strings.TrimPrefix(i.GetState().String(), "INTERCEPT_STATE_")),
+		Owner:   fmt.Sprintf("%s@%s (connection %s)", i.GetOwner().GetUser(), i.GetOwner().GetHost(), i.GetOwner().GetName()),
 		Service: i.GetServiceName(), ServicePort: i.GetServicePort(), ContainerPort: i.GetContainerPort(),
 		LocalPort: i.GetSpec().GetLocalPort(), Headers: i.GetSpec().GetHeaders(), PathPrefix: i.GetSpec().GetPathPrefix(),
 	}
