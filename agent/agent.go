@@ -112,6 +112,7 @@ func newAgent(cfg Config) (*agent, error) {
 		return nil, err
 	}
 	log := cfg.Log.With("workload", cfg.Namespace+"/"+cfg.Workload, "pod", cfg.PodName)
+	cfg.NodeAddrs = append(cfg.NodeAddrs, defaultGateways()...)
 	a := &agent{
 		cfg:         cfg,
 		log:         log,
@@ -262,6 +263,10 @@ func (a *agent) acceptLoop(ctx context.Context, p Port, l net.Listener, httpConn
 func (a *agent) dispatch(ctx context.Context, p Port, c net.Conn, httpConns *connListener) {
 	pr := a.routes.Load().port(p.ContainerPort)
 	switch {
+	case a.fromNode(c.RemoteAddr().String()):
+		// The kubelet's probes (and anything else from the node) check the
+		// app, never an intercept's client.
+		a.goConn(c, func() { a.toApp(ctx, p, c) })
 	case pr != nil && pr.global != nil:
 		a.goConn(c, func() { a.toClient(ctx, p, pr.global, c) })
 	case pr != nil && len(pr.personal) > 0:

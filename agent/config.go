@@ -18,6 +18,7 @@ const (
 	EnvNamespace   = "TP_AGENT_NAMESPACE"
 	EnvPodName     = "TP_AGENT_POD_NAME"
 	EnvPodIP       = "TP_AGENT_POD_IP"
+	EnvHostIP      = "TP_AGENT_HOST_IP"
 	EnvContainer   = "TP_AGENT_CONTAINER"
 	EnvPorts       = "TP_AGENT_PORTS"
 	EnvHealthAddr  = "TP_AGENT_HEALTH_ADDR"
@@ -85,6 +86,11 @@ type Config struct {
 	// The pod the agent runs in.
 	PodName string
 	PodIP   netip.Addr
+	// NodeAddrs are the addresses the pod's node reaches it from (its host IP
+	// and the pod's default gateway). Connections from them, kubelet probes
+	// above all, always go to the app: an intercept must not take over the
+	// app's health.
+	NodeAddrs []netip.Addr
 	// Container is the app container whose ports the agent took over.
 	Container string
 	Ports     []Port
@@ -134,6 +140,11 @@ func ConfigFromEnv(environ []string) (Config, error) {
 			errs = append(errs, fmt.Errorf("%s=%q is not an IP address: %w", EnvPodIP, ip, err))
 		}
 		cfg.PodIP = addr.Unmap()
+	}
+	if ip := strings.TrimSpace(env[EnvHostIP]); ip != "" {
+		if addr, err := netip.ParseAddr(ip); err == nil {
+			cfg.NodeAddrs = append(cfg.NodeAddrs, addr.Unmap())
+		}
 	}
 	if raw := required(EnvPorts, "the JSON list of ports the agent takes over"); raw != "" {
 		ports, err := parsePorts(raw)

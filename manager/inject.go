@@ -62,6 +62,8 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 			fieldEnv("TP_AGENT_NAMESPACE", "metadata.namespace"),
 			fieldEnv("TP_AGENT_POD_NAME", "metadata.name"),
 			fieldEnv("TP_AGENT_POD_IP", "status.podIP"),
+			// Connections from the node (kubelet probes) always reach the app.
+			fieldEnv("TP_AGENT_HOST_IP", "status.hostIP"),
 			corev1.EnvVar{Name: "TP_AGENT_CONTAINER", Value: pod.Spec.Containers[app].Name},
 			corev1.EnvVar{Name: "TP_AGENT_PORTS", Value: string(portsJSON)},
 			corev1.EnvVar{Name: "TP_MANAGER_ADDR", Value: spec.managerAddr},
