@@ -157,19 +157,21 @@ func (c *cluster) runningPod(t testing.TB, ns, selector string) *corev1.Pod {
 
 // podOutput runs a one-shot pod of image with args in ns and returns its logs
 // once it succeeded. A new service is programmed by kube-proxy a moment after
-// its pods are Ready, so a failed run is retried for a few seconds.
+// its pods are Ready, and CoreDNS may still hold a negative answer for its
+// name from a moment before: a failed run is retried for up to 45 s.
 func (c *cluster) podOutput(t testing.TB, ns, image string, args ...string) string {
 	t.Helper()
-	var out string
-	var err error
-	for attempt := 0; attempt < 4; attempt++ {
-		if out, err = c.runPod(ns, image, args...); err == nil {
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		out, err := c.runPod(ns, image, args...)
+		if err == nil {
 			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v", err)
 		}
 		time.Sleep(time.Second)
 	}
-	t.Fatalf("%v", err)
-	return ""
 }
 
 func (c *cluster) runPod(ns, image string, args ...string) (string, error) {
