@@ -41,6 +41,9 @@ const managerSelector = "app=traffic-manager"
 // to keep the daemon independent of the manager's code).
 const managerPort = 8081
 
+// slowDial is the dial time worth a warning.
+const slowDial = 500 * time.Millisecond
+
 const connectedState = daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED
 
 // connector owns the connection to the traffic-manager: port-forward, gRPC
@@ -285,7 +288,13 @@ func (c *connector) dial(ctx context.Context, network string, dst netip.AddrPort
 	if d == nil {
 		return nil, fmt.Errorf("not connected to the traffic-manager: %w", syscall.EHOSTUNREACH)
 	}
-	return d.Dial(ctx, network, dst)
+	start := time.Now()
+	conn, err := d.Dial(ctx, network, dst)
+	if took := time.Since(start); took > slowDial {
+		// A client retransmits its SYN after 1 s: say so when the tunnel is that slow.
+		c.log.Warn("slow dial through the tunnel", "network", network, "dst", dst, "took", took, "error", err)
+	}
+	return conn, err
 }
 
 // status fills the connection part of the daemon's status.

@@ -252,6 +252,11 @@ func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.Sta
 	if d.stack != nil {
 		st := d.stack.Stats()
 		s.OpenFlows = st.TCPOpen + st.UDPOpen
+		s.Flows = &daemonv1.FlowStats{
+			TcpOpen: st.TCPOpen, TcpPending: st.TCPPending, TcpTotal: st.TCPTotal, TcpRefused: st.TCPRefused,
+			TcpUnreachable: st.TCPUnreachable, TcpDialFailed: st.TCPDialFailed, TcpDropped: st.TCPDropped,
+			UdpOpen: st.UDPOpen, UdpTotal: st.UDPTotal, BytesToCluster: st.BytesToCluster, BytesFromCluster: st.BytesFromCluster,
+		}
 	}
 	return s, nil
 }

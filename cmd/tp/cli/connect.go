@@ -152,6 +152,8 @@ type statusJSON struct {
 	Conflicts        []string `json:"subnetConflicts,omitempty"`
 	DNS              *dnsJSON `json:"dns,omitempty"`
 	OpenFlows        int64    `json:"openFlows"`
+	// Flows are the netstack's counters (the protobuf message's JSON form).
+	Flows *daemonv1.FlowStats `json:"flows,omitempty"`
 }
 
 type dnsJSON struct {
@@ -174,6 +176,7 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		ManagerNamespace: st.GetManagerNamespace(), APIServer: st.GetApiServer(),
 		DaemonVersion: st.GetVersion(), ManagerVersion: st.GetManagerVersion(), SessionID: st.GetSessionId(),
 		Reconnects: st.GetReconnects(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
+		Flows: st.GetFlows(),
 	}
 	if st.GetConnectedSince() != nil {
 		v.ConnectedSince = st.GetConnectedSince().AsTime().Format(time.RFC3339)
@@ -229,6 +232,11 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 						v.DNS.Listen, v.DNS.Domain, strings.Join(v.DNS.Search, " "), strings.Join(v.DNS.Upstreams, " "), v.DNS.Queries, v.DNS.CacheHits)
 				}
 				fmt.Fprintf(w, "Open flows:        %d\n", v.OpenFlows)
+				if f := v.Flows; f != nil {
+					fmt.Fprintf(w, "Flows since start: TCP %d (refused %d, unreachable %d, dial failed %d, SYNs dropped %d), UDP %d; %d bytes out, %d in\n",
+						f.GetTcpTotal(), f.GetTcpRefused(), f.GetTcpUnreachable(), f.GetTcpDialFailed(), f.GetTcpDropped(),
+						f.GetUdpTotal(), f.GetBytesToCluster(), f.GetBytesFromCluster())
+				}
 				return nil
 			})
 		},

@@ -307,6 +307,7 @@ type StatusResponse struct {
 	OpenFlows        int64                  `protobuf:"varint,14,opt,name=open_flows,json=openFlows,proto3" json:"open_flows,omitempty"`
 	Reconnects       int32                  `protobuf:"varint,15,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
 	ApiServer        string                 `protobuf:"bytes,16,opt,name=api_server,json=apiServer,proto3" json:"api_server,omitempty"`
+	Flows            *FlowStats             `protobuf:"bytes,17,opt,name=flows,proto3" json:"flows,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -453,6 +454,138 @@ func (x *StatusResponse) GetApiServer() string {
 	return ""
 }
 
+func (x *StatusResponse) GetFlows() *FlowStats {
+	if x != nil {
+		return x.Flows
+	}
+	return nil
+}
+
+// FlowStats are the netstack's counters since the daemon started.
+type FlowStats struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	TcpOpen          int64                  `protobuf:"varint,1,opt,name=tcp_open,json=tcpOpen,proto3" json:"tcp_open,omitempty"`
+	TcpPending       int64                  `protobuf:"varint,2,opt,name=tcp_pending,json=tcpPending,proto3" json:"tcp_pending,omitempty"`
+	TcpTotal         uint64                 `protobuf:"varint,3,opt,name=tcp_total,json=tcpTotal,proto3" json:"tcp_total,omitempty"`
+	TcpRefused       uint64                 `protobuf:"varint,4,opt,name=tcp_refused,json=tcpRefused,proto3" json:"tcp_refused,omitempty"`
+	TcpUnreachable   uint64                 `protobuf:"varint,5,opt,name=tcp_unreachable,json=tcpUnreachable,proto3" json:"tcp_unreachable,omitempty"`
+	TcpDialFailed    uint64                 `protobuf:"varint,6,opt,name=tcp_dial_failed,json=tcpDialFailed,proto3" json:"tcp_dial_failed,omitempty"`
+	TcpDropped       uint64                 `protobuf:"varint,7,opt,name=tcp_dropped,json=tcpDropped,proto3" json:"tcp_dropped,omitempty"`
+	UdpOpen          int64                  `protobuf:"varint,8,opt,name=udp_open,json=udpOpen,proto3" json:"udp_open,omitempty"`
+	UdpTotal         uint64                 `protobuf:"varint,9,opt,name=udp_total,json=udpTotal,proto3" json:"udp_total,omitempty"`
+	BytesToCluster   uint64                 `protobuf:"varint,10,opt,name=bytes_to_cluster,json=bytesToCluster,proto3" json:"bytes_to_cluster,omitempty"`
+	BytesFromCluster uint64                 `protobuf:"varint,11,opt,name=bytes_from_cluster,json=bytesFromCluster,proto3" json:"bytes_from_cluster,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *FlowStats) Reset() {
+	*x = FlowStats{}
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlowStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlowStats) ProtoMessage() {}
+
+func (x *FlowStats) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlowStats.ProtoReflect.Descriptor instead.
+func (*FlowStats) Descriptor() ([]byte, []int) {
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FlowStats) GetTcpOpen() int64 {
+	if x != nil {
+		return x.TcpOpen
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpPending() int64 {
+	if x != nil {
+		return x.TcpPending
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpTotal() uint64 {
+	if x != nil {
+		return x.TcpTotal
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpRefused() uint64 {
+	if x != nil {
+		return x.TcpRefused
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpUnreachable() uint64 {
+	if x != nil {
+		return x.TcpUnreachable
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpDialFailed() uint64 {
+	if x != nil {
+		return x.TcpDialFailed
+	}
+	return 0
+}
+
+func (x *FlowStats) GetTcpDropped() uint64 {
+	if x != nil {
+		return x.TcpDropped
+	}
+	return 0
+}
+
+func (x *FlowStats) GetUdpOpen() int64 {
+	if x != nil {
+		return x.UdpOpen
+	}
+	return 0
+}
+
+func (x *FlowStats) GetUdpTotal() uint64 {
+	if x != nil {
+		return x.UdpTotal
+	}
+	return 0
+}
+
+func (x *FlowStats) GetBytesToCluster() uint64 {
+	if x != nil {
+		return x.BytesToCluster
+	}
+	return 0
+}
+
+func (x *FlowStats) GetBytesFromCluster() uint64 {
+	if x != nil {
+		return x.BytesFromCluster
+	}
+	return 0
+}
+
 type QuitRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -461,7 +594,7 @@ type QuitRequest struct {
 
 func (x *QuitRequest) Reset() {
 	*x = QuitRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +606,7 @@ func (x *QuitRequest) String() string {
 func (*QuitRequest) ProtoMessage() {}
 
 func (x *QuitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +619,7 @@ func (x *QuitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitRequest.ProtoReflect.Descriptor instead.
 func (*QuitRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
 }
 
 type QuitResponse struct {
@@ -497,7 +630,7 @@ type QuitResponse struct {
 
 func (x *QuitResponse) Reset() {
 	*x = QuitResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +642,7 @@ func (x *QuitResponse) String() string {
 func (*QuitResponse) ProtoMessage() {}
 
 func (x *QuitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +655,7 @@ func (x *QuitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitResponse.ProtoReflect.Descriptor instead.
 func (*QuitResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{6}
 }
 
 var File_rpc_daemon_v1_daemon_proto protoreflect.FileDescriptor
@@ -545,7 +678,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\x12)\n" +
 	"\x10cluster_forwards\x18\a \x01(\x04R\x0fclusterForwards\x12+\n" +
 	"\x11upstream_forwards\x18\b \x01(\x04R\x10upstreamForwards\x12\x1a\n" +
-	"\bfailures\x18\t \x01(\x04R\bfailures\"\xf0\x04\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\"\x9f\x05\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -569,7 +702,24 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"reconnects\x18\x0f \x01(\x05R\n" +
 	"reconnects\x12\x1d\n" +
 	"\n" +
-	"api_server\x18\x10 \x01(\tR\tapiServer\"\r\n" +
+	"api_server\x18\x10 \x01(\tR\tapiServer\x12-\n" +
+	"\x05flows\x18\x11 \x01(\v2\x17.tp.daemon.v1.FlowStatsR\x05flows\"\x87\x03\n" +
+	"\tFlowStats\x12\x19\n" +
+	"\btcp_open\x18\x01 \x01(\x03R\atcpOpen\x12\x1f\n" +
+	"\vtcp_pending\x18\x02 \x01(\x03R\n" +
+	"tcpPending\x12\x1b\n" +
+	"\ttcp_total\x18\x03 \x01(\x04R\btcpTotal\x12\x1f\n" +
+	"\vtcp_refused\x18\x04 \x01(\x04R\n" +
+	"tcpRefused\x12'\n" +
+	"\x0ftcp_unreachable\x18\x05 \x01(\x04R\x0etcpUnreachable\x12&\n" +
+	"\x0ftcp_dial_failed\x18\x06 \x01(\x04R\rtcpDialFailed\x12\x1f\n" +
+	"\vtcp_dropped\x18\a \x01(\x04R\n" +
+	"tcpDropped\x12\x19\n" +
+	"\budp_open\x18\b \x01(\x03R\audpOpen\x12\x1b\n" +
+	"\tudp_total\x18\t \x01(\x04R\budpTotal\x12(\n" +
+	"\x10bytes_to_cluster\x18\n" +
+	" \x01(\x04R\x0ebytesToCluster\x12,\n" +
+	"\x12bytes_from_cluster\x18\v \x01(\x04R\x10bytesFromCluster\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
 	"\fQuitResponse*\xb4\x01\n" +
 	"\x0fConnectionState\x12 \n" +
@@ -599,47 +749,49 @@ func file_rpc_daemon_v1_daemon_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_daemon_v1_daemon_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_rpc_daemon_v1_daemon_proto_goTypes = []any{
 	(ConnectionState)(0),               // 0: tp.daemon.v1.ConnectionState
 	(*StatusRequest)(nil),              // 1: tp.daemon.v1.StatusRequest
 	(*SubnetConflict)(nil),             // 2: tp.daemon.v1.SubnetConflict
 	(*DNSStatus)(nil),                  // 3: tp.daemon.v1.DNSStatus
 	(*StatusResponse)(nil),             // 4: tp.daemon.v1.StatusResponse
-	(*QuitRequest)(nil),                // 5: tp.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),               // 6: tp.daemon.v1.QuitResponse
-	(*timestamppb.Timestamp)(nil),      // 7: google.protobuf.Timestamp
-	(*v1.InterceptSpec)(nil),           // 8: tp.manager.v1.InterceptSpec
-	(*v1.RemoveInterceptRequest)(nil),  // 9: tp.manager.v1.RemoveInterceptRequest
-	(*v1.ListWorkloadsRequest)(nil),    // 10: tp.manager.v1.ListWorkloadsRequest
-	(*v1.UninstallAgentsRequest)(nil),  // 11: tp.manager.v1.UninstallAgentsRequest
-	(*v1.InterceptInfo)(nil),           // 12: tp.manager.v1.InterceptInfo
-	(*v1.RemoveInterceptResponse)(nil), // 13: tp.manager.v1.RemoveInterceptResponse
-	(*v1.ListWorkloadsResponse)(nil),   // 14: tp.manager.v1.ListWorkloadsResponse
-	(*v1.UninstallAgentsResponse)(nil), // 15: tp.manager.v1.UninstallAgentsResponse
+	(*FlowStats)(nil),                  // 5: tp.daemon.v1.FlowStats
+	(*QuitRequest)(nil),                // 6: tp.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),               // 7: tp.daemon.v1.QuitResponse
+	(*timestamppb.Timestamp)(nil),      // 8: google.protobuf.Timestamp
+	(*v1.InterceptSpec)(nil),           // 9: tp.manager.v1.InterceptSpec
+	(*v1.RemoveInterceptRequest)(nil),  // 10: tp.manager.v1.RemoveInterceptRequest
+	(*v1.ListWorkloadsRequest)(nil),    // 11: tp.manager.v1.ListWorkloadsRequest
+	(*v1.UninstallAgentsRequest)(nil),  // 12: tp.manager.v1.UninstallAgentsRequest
+	(*v1.InterceptInfo)(nil),           // 13: tp.manager.v1.InterceptInfo
+	(*v1.RemoveInterceptResponse)(nil), // 14: tp.manager.v1.RemoveInterceptResponse
+	(*v1.ListWorkloadsResponse)(nil),   // 15: tp.manager.v1.ListWorkloadsResponse
+	(*v1.UninstallAgentsResponse)(nil), // 16: tp.manager.v1.UninstallAgentsResponse
 }
 var file_rpc_daemon_v1_daemon_proto_depIdxs = []int32{
 	0,  // 0: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
 	2,  // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
 	3,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
-	7,  // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
-	1,  // 4: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
-	5,  // 5: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
-	8,  // 6: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
-	9,  // 7: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	10, // 8: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	11, // 9: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	4,  // 10: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
-	6,  // 11: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
-	12, // 12: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	13, // 13: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	14, // 14: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	15, // 15: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	8,  // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
+	5,  // 4: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
+	1,  // 5: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
+	6,  // 6: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
+	9,  // 7: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
+	10, // 8: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	11, // 9: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	12, // 10: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	4,  // 11: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
+	7,  // 12: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
+	13, // 13: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	14, // 14: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	15, // 15: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	16, // 16: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_rpc_daemon_v1_daemon_proto_init() }
@@ -653,7 +805,7 @@ func file_rpc_daemon_v1_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_daemon_v1_daemon_proto_rawDesc), len(file_rpc_daemon_v1_daemon_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
