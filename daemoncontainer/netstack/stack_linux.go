@@ -118,13 +118,19 @@ func (s *Stack) tune() error {
 	// reno avoids an overflow in cubic's window arithmetic (google/gvisor#11632).
 	cc := tcpip.CongestionControlOption("reno")
 	timeWait := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
+	// A client that reuses a source port while our end of its previous
+	// connection is still in TIME-WAIT must get a new connection, as with
+	// Linux; gVisor's default allows that only over loopback and otherwise
+	// drops the SYN until TIME-WAIT ends (seen as 1-5 s connect stalls
+	// under connection churn).
+	timeWaitReuse := tcpip.TCPTimeWaitReuseGlobal
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: s.cfg.TCPBufferMax}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: s.cfg.TCPBufferMax}
 	if rcv.Default > rcv.Max {
 		rcv.Default = rcv.Max
 		snd.Default = snd.Max
 	}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &recovery, &cc, &timeWait, &rcv, &snd} {
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &recovery, &cc, &timeWait, &timeWaitReuse, &rcv, &snd} {
 		if err := s.ip.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			return fmt.Errorf("netstack: set TCP option %T: %s", opt, err)
 		}
