@@ -74,9 +74,20 @@ func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slo
 		state:    daemonv1.ConnectionState_CONNECTION_STATE_CONNECTING}
 }
 
-// errPermanent marks failures that retrying will not fix (RBAC, protocol
+// permanentError marks failures that retrying will not fix (RBAC, protocol
 // mismatch, bad credentials): the first connect gives up on them.
-var errPermanent = errors.New("permanent")
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// permanent marks err as one that retrying will not fix.
+func permanent(err error) error { return permanentError{err} }
+
+func isPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
 
 // run connects and reconnects until ctx ends; then it departs.
 func (c *connector) run(ctx context.Context) error {
@@ -89,7 +100,7 @@ func (c *connector) run(ctx context.Context) error {
 		c.mu.Lock()
 		everConnected := c.session != nil || c.reconnects > 0
 		c.lastErr = err.Error()
-		if errors.Is(err, errPermanent) && !everConnected {
+		if isPermanent(err) && !everConnected {
 			c.state = daemonv1.ConnectionState_CONNECTION_STATE_FAILED
 			c.mu.Unlock()
 			c.log.Error("cannot connect; giving up", "error", err)
@@ -146,8 +157,7 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		return false, fmt.Errorf("traffic-manager pod %s/%s: version: %w", c.cfg.ManagerNamespace, pod, classifyKubeErr(err, c.cfg.ManagerNamespace))
 	}
 	if v.GetProtocolVersion() != tunnel.ProtocolVersion {
-		return false, fmt.Errorf("%w: traffic-manager %s speaks protocol %d, this tp %s speaks %d: run `tp helm upgrade` to install the manager of this version",
-			errPermanent, v.GetVersion(), v.GetProtocolVersion(), c.cfg.Version, tunnel.ProtocolVersion)
+		return false, permanent(fmt.Errorf("traffic-manager %s speaks protocol %d, this tp %s speaks %d: run `tp helm upgrade` to install the manager of this version", v.GetVersion(), v.GetProtocolVersion(), c.cfg.Version, tunnel.ProtocolVersion))
 	}
 	host := os.Getenv("TP_HOST") // the workstation's name, set by tp connect
 	if host == "" {
@@ -159,7 +169,7 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	})
 	if err != nil {
 		if status.Code(err) == codes.FailedPrecondition {
-			return false, fmt.Errorf("%w: %s", errPermanent, status.Convert(err).Message())
+			return false, permanent(errors.New(status.Convert(err).Message()))
 		}
 		return false, fmt.Errorf("arrive at traffic-manager: %w", err)
 	}
@@ -268,8 +278,7 @@ func (c *connector) checkPortForwardAllowed(ctx context.Context) error {
 		return nil // cannot tell; the port-forward itself will say
 	}
 	if !resp.Status.Allowed {
-		return fmt.Errorf("%w: your user may not port-forward to pods in namespace %s (RBAC): ask your cluster admin for create on pods/portforward there",
-			errPermanent, c.cfg.ManagerNamespace)
+		return permanent(fmt.Errorf("your user may not port-forward to pods in namespace %s (RBAC): ask your cluster admin for create on pods/portforward there", c.cfg.ManagerNamespace))
 	}
 	return nil
 }
@@ -287,9 +296,9 @@ func podReady(p *corev1.Pod) bool {
 func classifyKubeErr(err error, namespace string) error {
 	switch {
 	case apierrors.IsForbidden(err):
-		return fmt.Errorf("%w: %v: your user may not list or port-forward to pods in namespace %s; ask for RBAC on pods (get, list) and pods/portforward (create)", errPermanent, err, namespace)
+		return permanent(fmt.Errorf("%w: your user may not list or port-forward to pods in namespace %s; ask for RBAC on pods (get, list) and pods/portforward (create)", err, namespace))
 	case apierrors.IsUnauthorized(err):
-		return fmt.Errorf("%w: %v: the cluster rejected the kubeconfig's credentials; refresh them (e.g. log in again) and reconnect", errPermanent, err)
+		return permanent(fmt.Errorf("%w: the cluster rejected the kubeconfig's credentials; refresh them (e.g. log in again) and reconnect", err))
 	}
 	return err
 }
