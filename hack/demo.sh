@@ -42,7 +42,7 @@ docker run --rm --network container:tp tp-echo:dev get "http://echo.$NS.svc.clus
 
 step "tp intercept echo: the cluster's requests are answered by a local container with the pod's environment"
 docker rm -f tp-demo-local >/dev/null 2>&1 || true
-$TP intercept echo -n "$NS" --service echo --port 8080:http \
+$TP intercept echo -n "$NS" --port 8080:http \
   --docker-run -- -d --name tp-demo-local -e ECHO_COPY=local tp-echo:dev serve
 # in_cluster runs the probe as a pod in the cluster and prints what it got.
 in_cluster() {

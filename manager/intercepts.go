@@ -139,6 +139,35 @@ type target struct {
 	container         string
 }
 
+// preferredService picks among several services selecting a workload the one
+// the user most likely means: the only one with the requested port (name or
+// number), else the only non-headless one among those. Nil when that still
+// leaves a choice.
+func preferredService(selecting []corev1.Service, port string) *corev1.Service {
+	var withPort []*corev1.Service
+	for i := range selecting {
+		for _, p := range selecting[i].Spec.Ports {
+			if port == "" || p.Name == port || strconv.Itoa(int(p.Port)) == port {
+				withPort = append(withPort, &selecting[i])
+				break
+			}
+		}
+	}
+	if len(withPort) == 1 {
+		return withPort[0]
+	}
+	var clusterIP []*corev1.Service
+	for _, s := range withPort {
+		if s.Spec.ClusterIP != corev1.ClusterIPNone {
+			clusterIP = append(clusterIP, s)
+		}
+	}
+	if len(clusterIP) == 1 {
+		return clusterIP[0]
+	}
+	return nil
+}
+
 // resolveTarget finds the service, service port and container port an
 // intercept of w means: spec's choices, or the only one.
 func resolveTarget(spec *managerv1.InterceptSpec, w *workload, services []corev1.Service) (target, error) {
@@ -159,8 +188,11 @@ func resolveTarget(spec *managerv1.InterceptSpec, w *workload, services []corev1
 		}
 		svc = &selecting[i]
 	case len(selecting) > 1:
-		return target{}, status.Errorf(codes.FailedPrecondition, "several services select the pods of %s: %s; choose one (--service)",
-			w.ref, strings.Join(names, ", "))
+		svc = preferredService(selecting, spec.GetServicePort())
+		if svc == nil {
+			return target{}, status.Errorf(codes.FailedPrecondition, "several services select the pods of %s: %s; choose one (--service)",
+				w.ref, strings.Join(names, ", "))
+		}
 	default:
 		svc = &selecting[0]
 	}

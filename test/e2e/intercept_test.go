@@ -211,7 +211,9 @@ func TestInterceptCrashAndUninstall(t *testing.T) {
 	before := c.waitDeployment(t, ns, "echo", 2*time.Minute).Spec.Template
 	conn := connect(t, "crash-"+rand.String(4), "-n", ns)
 	localEcho(t, conn, "local")
-	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http")
+	// Two services select echo's pods (echo, echo-headless): without
+	// --service the non-headless one with the port is meant.
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--port", "8080:http")
 	url := "http://echo." + ns + "/crash"
 	c.waitCopy(t, ns, url, "local", 90*time.Second)
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -120,7 +121,13 @@ func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				}
 			}
 			for _, n := range names {
-				if err := daemoncontainer.Quit(cmd.Context(), docker, n); err != nil {
+				err := daemoncontainer.Quit(cmd.Context(), docker, n)
+				if errors.Is(err, daemoncontainer.ErrNotConnected) {
+					// Quitting what is not there leaves the wanted state: not an error.
+					fmt.Fprintf(streams.Out, "Not connected: no container %s\n", daemoncontainer.ContainerName(n))
+					continue
+				}
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(streams.Out, "Disconnected %s\n", daemoncontainer.ContainerName(n))
