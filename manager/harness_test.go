@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/tp-run/tp/agent"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -125,7 +126,7 @@ func (h *harness) arriveAgent(ref workloadRef, pod string, env map[string]string
 		Container: "app", Environment: env, ProtocolVersion: tunnel.ProtocolVersion,
 	}
 	for i, p := range ports {
-		a.Ports = append(a.Ports, &managerv1.AgentPort{ContainerPort: p, AgentPort: firstAgentPort + int32(i), Protocol: "TCP"})
+		a.Ports = append(a.Ports, &managerv1.AgentPort{ContainerPort: p, AgentPort: agent.FirstAgentPort + int32(i), Protocol: "TCP"})
 	}
 	info, err := h.mc.ArriveAsAgent(h.ctx(), a)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	tpagent "github.com/tp-run/tp/agent"
 )
 
 // Names and ports of what the webhook injects.
@@ -43,7 +45,11 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 	if app < 0 {
 		return fmt.Errorf("no container %q in the pod", plan[0].container)
 	}
-	portsJSON, err := json.Marshal(plan)
+	wire := make([]tpagent.Port, len(plan))
+	for i, p := range plan {
+		wire[i] = p.Port
+	}
+	portsJSON, err := json.Marshal(wire)
 	if err != nil {
 		return err
 	}
@@ -95,7 +101,7 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 
 	redirect := false
 	for _, p := range plan {
-		if p.Mechanism == mechanismRedirect {
+		if p.Mechanism == tpagent.MechanismRedirect {
 			redirect = true
 			agent.Ports = append(agent.Ports, corev1.ContainerPort{ContainerPort: p.AgentPort, Protocol: corev1.ProtocolTCP})
 			continue

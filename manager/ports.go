@@ -6,6 +6,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tp-run/tp/agent"
 )
 
 // Labels and annotations of the intercept contract (docs/intercepts.md).
@@ -19,30 +21,11 @@ const (
 	injectedAnnotation = "tp.run/agent-injected"
 )
 
-// firstAgentPort is the agent's port for the first port it takes over; the
-// others follow in order.
-const firstAgentPort = 9900
-
-// How the agent takes a port over.
-const (
-	// mechanismRename: the app's named port is renamed and the agent declares
-	// the name, so a ClusterIP service's endpoints point at the agent.
-	mechanismRename = "rename"
-	// mechanismRedirect: an nftables rule of the init container redirects
-	// incoming TCP for the container port to the agent port.
-	mechanismRedirect = "redirect"
-)
-
-// agentPort is a port the agent takes over; its JSON form is an entry of
-// TP_AGENT_PORTS.
+// agentPort is a port the agent takes over. Its JSON form, an entry of
+// TP_AGENT_PORTS, is the agent's own type, so the webhook and the agent cannot
+// disagree on it.
 type agentPort struct {
-	// Name of the container port; empty when the port is not declared or
-	// has no name.
-	Name          string `json:"name"`
-	ContainerPort int32  `json:"containerPort"`
-	AgentPort     int32  `json:"agentPort"`
-	Protocol      string `json:"protocol"`
-	Mechanism     string `json:"mechanism"`
+	agent.Port
 
 	// container that declares the port (the first container when none does).
 	container string
@@ -97,17 +80,17 @@ func planPorts(spec *corev1.PodSpec, podLabels map[string]string, services []cor
 				continue
 			}
 			if headless {
-				p.Mechanism = mechanismRedirect
+				p.Mechanism = agent.MechanismRedirect
 			}
 			ref := servicePortRef{service: svc.Name, name: sp.Name, port: sp.Port}
 			if i, seen := index[p.ContainerPort]; seen {
-				if p.Mechanism == mechanismRedirect {
-					plan[i].Mechanism = mechanismRedirect
+				if p.Mechanism == agent.MechanismRedirect {
+					plan[i].Mechanism = agent.MechanismRedirect
 				}
 				plan[i].refs = append(plan[i].refs, ref)
 				continue
 			}
-			p.AgentPort = firstAgentPort + int32(len(plan))
+			p.AgentPort = agent.FirstAgentPort + int32(len(plan))
 			p.Protocol = string(corev1.ProtocolTCP)
 			p.refs = []servicePortRef{ref}
 			index[p.ContainerPort] = len(plan)
@@ -126,7 +109,7 @@ func targetOf(spec *corev1.PodSpec, sp corev1.ServicePort) (agentPort, bool) {
 		for _, c := range spec.Containers {
 			for _, cp := range c.Ports {
 				if cp.Name == tp.StrVal && isTCP(cp.Protocol) {
-					return agentPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Mechanism: mechanismRename, container: c.Name}, true
+					return agentPort{Port: agent.Port{Name: cp.Name, ContainerPort: cp.ContainerPort, Mechanism: agent.MechanismRename}, container: c.Name}, true
 				}
 			}
 		}
@@ -139,11 +122,11 @@ func targetOf(spec *corev1.PodSpec, sp corev1.ServicePort) (agentPort, bool) {
 	for _, c := range spec.Containers {
 		for _, cp := range c.Ports {
 			if cp.ContainerPort == num && isTCP(cp.Protocol) {
-				return agentPort{Name: cp.Name, ContainerPort: num, Mechanism: mechanismRedirect, container: c.Name}, true
+				return agentPort{Port: agent.Port{Name: cp.Name, ContainerPort: num, Mechanism: agent.MechanismRedirect}, container: c.Name}, true
 			}
 		}
 	}
-	return agentPort{ContainerPort: num, Mechanism: mechanismRedirect, container: spec.Containers[0].Name}, true
+	return agentPort{Port: agent.Port{ContainerPort: num, Mechanism: agent.MechanismRedirect}, container: spec.Containers[0].Name}, true
 }
 
 func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }

@@ -34,6 +34,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes/fake"
+
+	tpagent "github.com/tp-run/tp/agent"
 )
 
 // echoReplicaSet is the ReplicaSet of Deployment shop/echo.
@@ -178,7 +180,7 @@ func TestWebhookInjects(t *testing.T) {
 		name      string
 		app       corev1.Container
 		services  []runtime.Object
-		wantPorts []agentPort
+		wantPorts []tpagent.Port
 		// wantAppPorts are the app container's ports after injection.
 		wantAppPorts []corev1.ContainerPort
 		// wantAgentPorts are the agent container's declared ports.
@@ -188,14 +190,14 @@ func TestWebhookInjects(t *testing.T) {
 		{
 			name: "symbolic port", app: symbolicApp,
 			services:       []runtime.Object{clusterIP(namedPort("http", 80, intstr.FromString("http")))},
-			wantPorts:      []agentPort{{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRename}},
+			wantPorts:      []tpagent.Port{{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRename}},
 			wantAppPorts:   []corev1.ContainerPort{{Name: "tm-http", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
 			wantAgentPorts: []corev1.ContainerPort{{Name: "http", ContainerPort: 9900, Protocol: corev1.ProtocolTCP}},
 		},
 		{
 			name: "numeric port", app: numericApp,
 			services:       []runtime.Object{clusterIP(namedPort("", 80, intstr.FromInt32(8080)))},
-			wantPorts:      []agentPort{{ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRedirect}},
+			wantPorts:      []tpagent.Port{{ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRedirect}},
 			wantAppPorts:   numericApp.Ports,
 			wantAgentPorts: []corev1.ContainerPort{{ContainerPort: 9900, Protocol: corev1.ProtocolTCP}},
 			wantInit:       true,
@@ -203,7 +205,7 @@ func TestWebhookInjects(t *testing.T) {
 		{
 			name: "target port defaults to the port", app: numericApp,
 			services:       []runtime.Object{clusterIP(corev1.ServicePort{Port: 8080})},
-			wantPorts:      []agentPort{{ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRedirect}},
+			wantPorts:      []tpagent.Port{{ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRedirect}},
 			wantAppPorts:   numericApp.Ports,
 			wantAgentPorts: []corev1.ContainerPort{{ContainerPort: 9900, Protocol: corev1.ProtocolTCP}},
 			wantInit:       true,
@@ -211,7 +213,7 @@ func TestWebhookInjects(t *testing.T) {
 		{
 			name: "headless service", app: symbolicApp,
 			services:       []runtime.Object{headless(namedPort("http", 8080, intstr.FromString("http")))},
-			wantPorts:      []agentPort{{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRedirect}},
+			wantPorts:      []tpagent.Port{{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRedirect}},
 			wantAppPorts:   symbolicApp.Ports,
 			wantAgentPorts: []corev1.ContainerPort{{ContainerPort: 9900, Protocol: corev1.ProtocolTCP}},
 			wantInit:       true,
@@ -223,9 +225,9 @@ func TestWebhookInjects(t *testing.T) {
 				namedPort("metrics", 9090, intstr.FromString("metrics")),
 				corev1.ServicePort{Name: "dns", Port: 53, TargetPort: intstr.FromInt32(53), Protocol: corev1.ProtocolUDP},
 			)},
-			wantPorts: []agentPort{
-				{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRename},
-				{Name: "metrics", ContainerPort: 9090, AgentPort: 9901, Protocol: "TCP", Mechanism: mechanismRename},
+			wantPorts: []tpagent.Port{
+				{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRename},
+				{Name: "metrics", ContainerPort: 9090, AgentPort: 9901, Protocol: "TCP", Mechanism: tpagent.MechanismRename},
 			},
 			wantAppPorts: []corev1.ContainerPort{{Name: "tm-http", ContainerPort: 8080}, {Name: "tm-metrics", ContainerPort: 9090}},
 			wantAgentPorts: []corev1.ContainerPort{
@@ -239,9 +241,9 @@ func TestWebhookInjects(t *testing.T) {
 				clusterIP(namedPort("http", 80, intstr.FromString("http"))),
 				headless(namedPort("http", 8080, intstr.FromString("http")), namedPort("metrics", 9090, intstr.FromInt32(9090))),
 			},
-			wantPorts: []agentPort{
-				{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: mechanismRedirect},
-				{Name: "metrics", ContainerPort: 9090, AgentPort: 9901, Protocol: "TCP", Mechanism: mechanismRedirect},
+			wantPorts: []tpagent.Port{
+				{Name: "http", ContainerPort: 8080, AgentPort: 9900, Protocol: "TCP", Mechanism: tpagent.MechanismRedirect},
+				{Name: "metrics", ContainerPort: 9090, AgentPort: 9901, Protocol: "TCP", Mechanism: tpagent.MechanismRedirect},
 			},
 			wantAppPorts: symbolicApp.Ports,
 			wantAgentPorts: []corev1.ContainerPort{
@@ -281,7 +283,7 @@ func TestWebhookInjects(t *testing.T) {
 			// Probes that named a renamed port use its number; others stay.
 			renamed := map[string]int32{}
 			for _, p := range tt.wantPorts {
-				if p.Mechanism == mechanismRename {
+				if p.Mechanism == tpagent.MechanismRename {
 					renamed[p.Name] = p.ContainerPort
 				}
 			}
@@ -336,7 +338,7 @@ func TestWebhookInjects(t *testing.T) {
 					t.Errorf("agent env %s: got %+v, want fieldRef %s", name, e, path)
 				}
 			}
-			var ports []agentPort
+			var ports []tpagent.Port
 			if err := json.Unmarshal([]byte(env["TP_AGENT_PORTS"].Value), &ports); err != nil {
 				t.Fatalf("TP_AGENT_PORTS %q: %v", env["TP_AGENT_PORTS"].Value, err)
 			}
