@@ -16,9 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -139,13 +137,9 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		return false, classifyKubeErr(err, c.cfg.ManagerNamespace)
 	}
 	defer pf.Close()
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return pf.DialPort(managerPort) }),
-	}, tunnel.DialOptions()...)
-	cc, err := grpc.NewClient("passthrough:///traffic-manager", opts...)
+	cc, err := pf.DialGRPC(managerPort, tunnel.DialOptions()...)
 	if err != nil {
-		return false, fmt.Errorf("grpc client: %w", err)
+		return false, err
 	}
 	defer cc.Close()
 	client := managerv1.NewManagerClient(cc)

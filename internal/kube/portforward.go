@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	//lint:ignore SA1019 client-go's spdy and portforward packages still take this package's types
 	"k8s.io/apimachinery/pkg/util/httpstream"
@@ -159,3 +161,17 @@ type pfAddr string
 
 func (a pfAddr) Network() string { return "portforward" }
 func (a pfAddr) String() string  { return string(a) }
+
+// DialGRPC returns a plain-text gRPC client connection to port of the pod
+// over this session (the traffic-manager's API); opts add to the defaults.
+func (f *PortForwarder) DialGRPC(port int, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return f.DialPort(port) }),
+	}, opts...)
+	cc, err := grpc.NewClient("passthrough:///"+f.namespace+"/"+f.pod, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("gRPC client for %s/%s:%d: %w", f.namespace, f.pod, port, err)
+	}
+	return cc, nil
+}

@@ -6,15 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -22,6 +19,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/manager"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -333,8 +331,7 @@ func managerHasSession(t *testing.T, c *cluster, connection string) bool {
 		t.Fatal(err)
 	}
 	defer pf.Close()
-	cc, err := grpc.NewClient("passthrough:///manager", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return pf.DialPort(8081) }))
+	cc, err := pf.DialGRPC(manager.Port)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,16 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/manager"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -46,8 +44,7 @@ func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClien
 		return nil, err
 	}
 	defer pf.Close()
-	cc, err := grpc.NewClient("passthrough:///traffic-manager", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return pf.DialPort(8081) }))
+	cc, err := pf.DialGRPC(manager.Port)
 	if err != nil {
 		return nil, err
 	}
