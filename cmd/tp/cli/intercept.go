@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,7 +124,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	if f.pathPrefix != "" && !strings.HasPrefix(f.pathPrefix, "/") {
 		return fmt.Errorf("--http-path-prefix %q must start with /", f.pathPrefix)
 	}
-	if f.envFile != "" && !containsString(envSyntaxes, f.envSyntax) {
+	if f.envFile != "" && !slices.Contains(envSyntaxes, f.envSyntax) {
 		return fmt.Errorf("unknown --env-syntax %q: use one of %s", f.envSyntax, strings.Join(envSyntaxes, ", "))
 	}
 	d, err := daemoncontainer.DialConnection(ctx, f.connection)
@@ -305,15 +306,6 @@ func hasFlag(args []string, flag string) bool {
 		}
 		if !hasValue && !dockerBoolFlags[name] {
 			i++ // the flag's value
-		}
-	}
-	return false
-}
-
-func containsString(list []string, s string) bool {
-	for _, e := range list {
-		if e == s {
-			return true
 		}
 	}
 	return false
