@@ -11,7 +11,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image deps cluster-up cluster-down cluster-load test unit e2e lint generate demo bench clean
+.PHONY: help build image deps cluster-up cluster-down cluster-load test unit e2e e2e-run lint generate demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,19 @@ unit: ## unit tests with the race detector
 e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
 	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
 	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m ./test/e2e/...
+
+# e2e-run runs some e2e tests (RUN=regexp) against the cluster that is already
+# up, without `cluster-up`: for a second checkout (git worktree) whose up.sh
+# would restart the cluster. Runs on one machine wait for each other (flock),
+# since they share the cluster, the manager in namespace tp and Docker.
+RUN ?= .
+e2e-run: ## e2e tests matching RUN=regexp on the running cluster (serialized across checkouts)
+	flock /tmp/tp-e2e.lock $(MAKE) --no-print-directory e2e-run-locked RUN='$(RUN)'
+
+.PHONY: e2e-run-locked
+e2e-run-locked: build image
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m -run '$(RUN)' ./test/e2e/...
 
 lint: ## go vet and staticcheck (pinned)
 	go vet ./...
