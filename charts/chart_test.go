@@ -235,6 +235,7 @@ func TestRenderDefaults(t *testing.T) {
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Service " + ns + "/traffic-manager",
 		"ServiceAccount " + ns + "/traffic-manager",
+		"ValidatingWebhookConfiguration /traffic-manager-" + ns,
 	}
 	if got := r.keys(); !slices.Equal(got, wantKeys) {
 		t.Errorf("objects: got %v, want %v", got, wantKeys)
@@ -290,12 +291,15 @@ func TestRenderDefaults(t *testing.T) {
 	if len(c.Command) != 0 {
 		t.Errorf("command: got %v, want none (the image's entrypoint /tp)", c.Command)
 	}
-	if len(c.Ports) != 2 || c.Ports[0].Name != "grpc" || c.Ports[0].ContainerPort != 8081 {
-		t.Errorf("ports: got %+v, want grpc 8081 and webhook", c.Ports)
+	// The client API (8081) listens on the pod's loopback only: no port.
+	for _, p := range c.Ports {
+		if p.ContainerPort == 8081 {
+			t.Errorf("ports: got %+v, want no 8081 (the client API is reached through port-forward only)", c.Ports)
+		}
 	}
 	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
-		if p == nil || p.GRPC == nil || p.GRPC.Port != 8081 {
-			t.Errorf("%s probe: got %+v, want gRPC health on 8081", name, p)
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.String() != "health" {
+			t.Errorf("%s probe: got %+v, want HTTP on the health port", name, p)
 		}
 	}
 
@@ -419,6 +423,7 @@ func TestRenderNamespaced(t *testing.T) {
 		"RoleBinding " + ns + "/traffic-manager",
 		"Service " + ns + "/traffic-manager",
 		"ServiceAccount " + ns + "/traffic-manager",
+		"ValidatingWebhookConfiguration /traffic-manager-" + ns,
 	}
 	slices.Sort(wantKeys)
 	if got := r.keys(); !slices.Equal(got, wantKeys) {

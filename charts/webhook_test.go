@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"slices"
+	"strings"
 	"testing"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -189,4 +190,42 @@ func deref[T any](p *T) any {
 		return nil
 	}
 	return *p
+}
+
+// The authorizer (docs/security.md): sees only updates of workloads that
+// change tp.run/authorize, never blocks them, and never sees the manager's
+// own namespace or kube-system.
+func TestRenderAuthorizerWebhook(t *testing.T) {
+	const ns = "tp-test"
+	r := mustRender(t, "v1.2.3", ns, nil)
+	var vwc admissionregistrationv1.ValidatingWebhookConfiguration
+	r.decode(t, "ValidatingWebhookConfiguration", "", "traffic-manager-"+ns, &vwc)
+	if len(vwc.Webhooks) != 1 {
+		t.Fatalf("webhooks: got %d, want 1", len(vwc.Webhooks))
+	}
+	wh := vwc.Webhooks[0]
+	svcRef := wh.ClientConfig.Service
+	if svcRef == nil || svcRef.Name != "traffic-manager" || svcRef.Namespace != ns || svcRef.Path == nil || *svcRef.Path != "/authorize" ||
+		svcRef.Port == nil || *svcRef.Port != 443 {
+		t.Errorf("clientConfig.service: got %+v, want traffic-manager.%s:443/authorize", svcRef, ns)
+	}
+	if len(wh.Rules) != 1 || !slices.Equal(wh.Rules[0].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Update}) ||
+		!slices.Equal(wh.Rules[0].APIGroups, []string{"apps"}) ||
+		!slices.Equal(wh.Rules[0].Resources, []string{"deployments", "statefulsets", "replicasets"}) {
+		t.Errorf("rules: got %+v, want UPDATE of apps deployments, statefulsets, replicasets", wh.Rules)
+	}
+	if len(wh.MatchConditions) != 1 || !strings.Contains(wh.MatchConditions[0].Expression, "'tp.run/authorize' in object.metadata.annotations") {
+		t.Errorf("matchConditions: got %+v, want one on the tp.run/authorize annotation", wh.MatchConditions)
+	}
+	if wh.FailurePolicy == nil || *wh.FailurePolicy != admissionregistrationv1.Ignore {
+		t.Errorf("failurePolicy: got %v, want Ignore", wh.FailurePolicy)
+	}
+	if wh.SideEffects == nil || *wh.SideEffects != admissionregistrationv1.SideEffectClassNoneOnDryRun {
+		t.Errorf("sideEffects: got %v, want NoneOnDryRun", wh.SideEffects)
+	}
+	if wh.NamespaceSelector == nil || len(wh.NamespaceSelector.MatchExpressions) == 0 ||
+		!slices.Contains(wh.NamespaceSelector.MatchExpressions[0].Values, ns) ||
+		!slices.Contains(wh.NamespaceSelector.MatchExpressions[0].Values, "kube-system") {
+		t.Errorf("namespaceSelector: got %+v, want NotIn %s, kube-system", wh.NamespaceSelector, ns)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/internal/sessionid"
 	"github.com/tp-run/tp/tunnel"
 )
 
@@ -27,7 +28,7 @@ func (m *Manager) ArriveAsAgent(_ context.Context, a *managerv1.AgentInfo) (*man
 	}
 	s := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo))
 	m.changes.notify()
-	m.log.Info("agent arrived", "session", s.id, "workload", a.GetWorkload(), "kind", a.GetKind(),
+	m.log.Info("agent arrived", "session", sessionid.Public(s.id), "workload", a.GetWorkload(), "kind", a.GetKind(),
 		"namespace", a.GetNamespace(), "pod", a.GetPodName(), "ports", len(a.GetPorts()), "version", a.GetVersion())
 	return &managerv1.SessionInfo{
 		SessionId: s.id, Cluster: m.cluster,

@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -17,9 +19,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/tp-run/tp/agent"
+	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -70,6 +76,36 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 	}
 	clk := &clock{t: time.Now()}
 	m.sessions = newSessions(testTTL, clk.now)
+	// Like the API server with the chart's validating webhook: a patch that
+	// writes the authorize annotation reaches the authorizer, as user
+	// "user-<public session id>".
+	for _, resource := range []string{"deployments", "statefulsets", "replicasets"} {
+		kube.PrependReactor("patch", resource, func(action k8stesting.Action) (bool, runtime.Object, error) {
+			pa := action.(k8stesting.PatchAction)
+			var p struct {
+				Metadata struct {
+					Annotations map[string]string `json:"annotations"`
+				} `json:"metadata"`
+			}
+			if json.Unmarshal(pa.GetPatch(), &p) == nil {
+				if v := p.Metadata.Annotations[authorizeAnnotation]; v != "" {
+					kind := map[string]string{"deployments": kindDeployment, "statefulsets": kindStatefulSet, "replicasets": kindReplicaSet}[pa.GetResource().Resource]
+					if _, err := kube.Tracker().Get(pa.GetResource(), pa.GetNamespace(), pa.GetName()); err == nil {
+						sess, _, _ := parseAuthorizeValue(v)
+						user := "user-" + sess
+						for _, s := range m.sessions.list(clientSession) {
+							if sessionid.Public(s.id) == sess {
+								user = s.client.GetUser() // the API server authenticated them as who they say
+							}
+						}
+						m.grants.record(v, grant{Ref: workloadRef{Namespace: pa.GetNamespace(), Kind: kind, Name: pa.GetName()},
+							Session: sess, User: authenticationv1.UserInfo{Username: user}})
+					}
+				}
+			}
+			return false, nil, nil // the tracker applies the patch
+		})
+	}
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(tunnel.ServerOptions()...)
@@ -135,10 +171,20 @@ func (h *harness) arriveAgent(ref workloadRef, pod string, env map[string]string
 	return info.GetSessionId()
 }
 
+// authorize writes the authorize annotation on workload in namespace shop
+// for session, as tp's daemon does with the user's credentials.
+func (h *harness) authorize(session, workload string) {
+	h.t.Helper()
+	if _, err := kube.Authorize(h.ctx(), h.kube, "shop", workload, sessionid.Public(session)); err != nil && !errors.Is(err, kube.ErrNoWorkload) {
+		h.t.Fatalf("authorize %s: %v", workload, err)
+	}
+}
+
 // intercept creates a global (no headers) or personal intercept of workload
 // "echo" and fails the test on error.
 func (h *harness) intercept(session, name string, headers map[string]string) *managerv1.InterceptInfo {
 	h.t.Helper()
+	h.authorize(session, "echo")
 	info, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: session, Spec: &managerv1.InterceptSpec{
 		Name: name, Workload: "echo", Namespace: "shop", LocalPort: 8000, Headers: headers,
 	}})

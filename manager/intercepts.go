@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -52,6 +53,15 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if w.optedOut() {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s opted out of intercepts with the annotation %s: \"false\"; remove the annotation to intercept it", w.ref, injectAnnotation)
 	}
+	user, err := m.grants.authorized(w, sessionid.Public(sess.id))
+	if err != nil {
+		m.log.Warn("intercept refused: not authorized", "name", spec.GetName(), "workload", w.ref.String(),
+			"session", sessionid.Public(sess.id), "err", err)
+		return nil, status.Errorf(codes.PermissionDenied, "intercept %s: %v", spec.GetName(), err)
+	}
+	// The grant is used: drop the annotation (a leftover one authorizes
+	// nothing once its grant expires).
+	clearAuthorization(context.WithoutCancel(ctx), m.kube, w.ref, w.annotations[authorizeAnnotation], m.log)
 	svcs, err := m.kube.CoreV1().Services(spec.GetNamespace()).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, kubeStatus(err)
@@ -62,7 +72,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	}
 
 	ic, created, err := m.registry.create(ctx, &intercept{
-		ID: newSessionID(), SessionID: sess.id, Spec: spec, Workload: w.ref,
+		ID: newSessionID(), SessionID: sess.id, User: user.Username, Spec: spec, Workload: w.ref,
 		Container: tgt.container, ServiceName: tgt.service, ServicePortName: tgt.portName,
 		ServicePort: tgt.port, ContainerPort: tgt.containerPort, Created: time.Now(),
 	})
@@ -80,7 +90,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	}
 	if created {
 		m.log.Info("intercept created", "intercept", ic.ID, "name", spec.GetName(), "workload", w.ref.String(),
-			"port", tgt.containerPort, "session", sess.id, "host", sess.client.GetHost(), "user", sess.client.GetUser(),
+			"port", tgt.containerPort, "session", sessionid.Public(sess.id), "host", sess.client.GetHost(), "user", user.Username,
 			"headers", spec.GetHeaders())
 	}
 
@@ -328,7 +338,7 @@ func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) error {
 			return nil
 		}
 		if _, ok := m.sessions.get(ic.SessionID); !ok {
-			return status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", ic.SessionID)
+			return status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", sessionid.Public(ic.SessionID))
 		}
 		if _, ok := m.registry.get(ctx, ic.ID); !ok {
 			return status.Errorf(codes.Aborted, "intercept %s was removed while waiting for the agent", ic.Spec.GetName())
@@ -421,15 +431,20 @@ func (m *Manager) agentServing(ref workloadRef, containerPort int32) (session, b
 }
 
 // interceptInfo describes ic; withEnv adds the environment of the pod whose
-// agent serves it.
+// agent serves it, which is for the intercept's owner only. The owner's
+// session is named by its public id, and the owner's user is the one the API
+// server authenticated (ClientInfo.User is only what the client said).
 func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.InterceptInfo {
 	info := &managerv1.InterceptInfo{
-		Id: ic.ID, Spec: ic.Spec, SessionId: ic.SessionID, State: managerv1.InterceptState_INTERCEPT_STATE_WAITING,
+		Id: ic.ID, Spec: ic.Spec, SessionId: sessionid.Public(ic.SessionID), State: managerv1.InterceptState_INTERCEPT_STATE_WAITING,
 		ServiceName: ic.ServiceName, ServicePortName: ic.ServicePortName, ServicePort: ic.ServicePort,
 		ContainerPort: ic.ContainerPort,
 	}
 	if owner, ok := m.sessions.get(ic.SessionID); ok {
-		info.Owner = owner.client
+		info.Owner = proto.Clone(owner.client).(*managerv1.ClientInfo)
+		if ic.User != "" {
+			info.Owner.User = ic.User
+		}
 		info.OwnerLastSeen = timestamppb.New(owner.lastSeen)
 	}
 	if a, ok := m.agentServing(ic.Workload, ic.ContainerPort); ok {
@@ -475,7 +490,7 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 	if len(gone) == 0 {
 		return nil, status.Errorf(codes.NotFound, "you have no intercept %s in namespace %s", req.GetName(), ns)
 	}
-	m.log.Info("intercept removed", "intercept", gone[0].ID, "name", req.GetName(), "namespace", ns, "session", sess.id)
+	m.log.Info("intercept removed", "intercept", gone[0].ID, "name", req.GetName(), "namespace", ns, "session", sessionid.Public(sess.id))
 	return &managerv1.RemoveInterceptResponse{}, nil
 }
 
@@ -509,7 +524,9 @@ func (m *Manager) ListWorkloads(ctx context.Context, req *managerv1.ListWorkload
 			slices.Sort(info.Services)
 			for _, ic := range ics {
 				if ic.Workload == w.ref {
-					info.Intercepts = append(info.Intercepts, m.interceptInfo(ic, true))
+					// Never the environment: it holds the app's Secrets and is
+					// for the intercept's owner only (CreateIntercept returns it).
+					info.Intercepts = append(info.Intercepts, m.interceptInfo(ic, false))
 				}
 			}
 			resp.Workloads = append(resp.Workloads, info)
@@ -518,7 +535,13 @@ func (m *Manager) ListWorkloads(ctx context.Context, req *managerv1.ListWorkload
 	return resp, nil
 }
 
-// UninstallAgents implements managerv1.ManagerServer.
+// UninstallAgents implements managerv1.ManagerServer. The client has
+// already removed the agent label from the workloads' pod templates with the
+// user's own credentials (kube.RestoreWorkloads), so the API server decided
+// whether the user may. The manager only follows what is in the cluster: it
+// ends the intercepts of the workloads whose template no longer asks for the
+// agent and replaces the pods that no controller replaces. Whoever asks can
+// make it undo nothing but an injection that is gone already.
 func (m *Manager) UninstallAgents(ctx context.Context, req *managerv1.UninstallAgentsRequest) (*managerv1.UninstallAgentsResponse, error) {
 	if !req.GetAll() && len(req.GetWorkloads()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "uninstall agents: name workloads or ask for all")
@@ -534,10 +557,18 @@ func (m *Manager) UninstallAgents(ctx context.Context, req *managerv1.UninstallA
 			return nil, kubeStatus(err)
 		}
 		for _, w := range ws {
-			if req.GetAll() || slices.Contains(req.GetWorkloads(), w.ref.Name) {
-				targets = append(targets, w)
-				found[w.ref.Name] = true
+			if !req.GetAll() && !slices.Contains(req.GetWorkloads(), w.ref.Name) {
+				continue
 			}
+			found[w.ref.Name] = true
+			if w.agentEnabled() {
+				if !req.GetAll() {
+					return nil, status.Errorf(codes.FailedPrecondition, "%s still asks for the traffic-agent (label %s on its pod template): "+
+						"remove the label with your own credentials (`tp uninstall --agent %s` does)", w.ref, agentLabel, w.ref.Name)
+				}
+				continue
+			}
+			targets = append(targets, w)
 		}
 	}
 	if !req.GetAll() {
@@ -561,17 +592,12 @@ func (m *Manager) UninstallAgents(ctx context.Context, req *managerv1.UninstallA
 		for _, ic := range gone {
 			m.log.Info("intercept ended by uninstall", "intercept", ic.ID, "name", ic.Spec.GetName(), "workload", w.ref.String())
 		}
-		if !w.agentEnabled() {
-			continue
-		}
-		if err := setAgentLabel(ctx, m.kube, w.ref, false); err != nil {
-			return nil, kubeStatus(err)
-		}
 		if w.manualRoll {
 			m.rollouts.enqueue(w.ref)
 		}
-		m.log.Info("agent uninstalled", "workload", w.ref.String())
-		resp.Restored = append(resp.Restored, fmt.Sprintf("%s/%s/%s", w.ref.Namespace, strings.ToLower(w.ref.Kind), w.ref.Name))
+		if len(gone) > 0 || w.manualRoll {
+			resp.Restored = append(resp.Restored, fmt.Sprintf("%s/%s/%s", w.ref.Namespace, strings.ToLower(w.ref.Kind), w.ref.Name))
+		}
 	}
 	return resp, nil
 }

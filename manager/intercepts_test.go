@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -29,6 +31,7 @@ func TestCreateInterceptInjectsAndWaitsForAgent(t *testing.T) {
 		err  error
 	}
 	done := make(chan result, 1)
+	h.authorize(sess, "echo")
 	go func() {
 		info, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: sess, Spec: &managerv1.InterceptSpec{
 			Workload: "echo", LocalPort: 8000,
@@ -86,7 +89,7 @@ func TestCreateInterceptInjectsAndWaitsForAgent(t *testing.T) {
 		{"container port", info.GetContainerPort(), int32(8080)},
 		{"pod", info.GetPodName(), "echo-abc"},
 		{"owner", info.GetOwner().GetUser(), "alice"},
-		{"session", info.GetSessionId(), sess},
+		{"session", info.GetSessionId(), sessionid.Public(sess)},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
@@ -111,6 +114,7 @@ func TestCreateInterceptTimesOutWithoutAgent(t *testing.T) {
 		"no deadline: AgentWait": context.Background(),
 		"the request's deadline": short,
 	} {
+		h.authorize(sess, "echo")
 		_, err := h.mc.CreateIntercept(ctx, &managerv1.CreateInterceptRequest{SessionId: sess, Spec: &managerv1.InterceptSpec{
 			Workload: "echo", LocalPort: 8000,
 		}})
@@ -162,6 +166,7 @@ func TestCreateInterceptRefuses(t *testing.T) {
 			if tt.spec.LocalPort == 0 {
 				tt.spec.LocalPort = 8000
 			}
+			h.authorize(sess, tt.spec.GetWorkload())
 			_, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: sess, Spec: tt.spec})
 			if got := status.Code(err); got != tt.wantCode {
 				t.Fatalf("CreateIntercept: got %v, want code %v", err, tt.wantCode)
@@ -202,6 +207,7 @@ func TestInterceptOwnership(t *testing.T) {
 	carol := h.arriveClient("tp", "carolbox", "carol")
 
 	create := func(session, name string, headers map[string]string) error {
+		h.authorize(session, "echo")
 		_, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: session, Spec: &managerv1.InterceptSpec{
 			Name: name, Workload: "echo", LocalPort: 8000, Headers: headers,
 		}})
@@ -423,6 +429,13 @@ func TestUninstallAgentsRestoresTemplate(t *testing.T) {
 		t.Fatalf("template label %s: got %q, want %q", agentLabel, got, agentLabelEnabled)
 	}
 
+	// The manager restores nothing itself: the user's credentials must.
+	if _, err := h.mc.UninstallAgents(h.ctx(), &managerv1.UninstallAgentsRequest{Namespace: "shop", Workloads: []string{"echo"}}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("UninstallAgents of a still labelled workload: got %v, want FailedPrecondition", err)
+	}
+	if restored, err := kube.RestoreWorkloads(h.ctx(), h.kube, "shop", []string{"echo"}); err != nil || !reflect.DeepEqual(restored, []string{"shop/deployment/echo"}) {
+		t.Fatalf("RestoreWorkloads: got %v, %v, want [shop/deployment/echo]", restored, err)
+	}
 	resp, err := h.mc.UninstallAgents(h.ctx(), &managerv1.UninstallAgentsRequest{Namespace: "shop", Workloads: []string{"echo"}})
 	if err != nil {
 		t.Fatalf("UninstallAgents: %v", err)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -28,18 +29,24 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/internal/sessionid"
 	"github.com/tp-run/tp/tunnel"
 )
 
-// Port is the traffic-manager's gRPC port (control API, tunnel, health).
+// Port is the traffic-manager's client API (Manager and Tunnel for
+// workstation daemons, gRPC health). It listens on the pod's loopback only:
+// clients reach it through the API server's port-forward, which needs
+// pods/portforward in the manager's namespace (docs/security.md).
 const Port = 8081
 
 // Config configures a Manager.
 type Config struct {
 	// Namespace the manager runs in.
 	Namespace string
-	// ListenAddr for gRPC; default ":8081".
+	// ListenAddr of the client API; default "127.0.0.1:8081".
 	ListenAddr string
+	// HealthAddr of the probes' HTTP listener; default ":8083".
+	HealthAddr string
 	// SessionTTL: a session not seen for this long ends.
 	SessionTTL time.Duration
 	// Version of this build.
@@ -84,6 +91,7 @@ type Manager struct {
 	dialer   net.Dialer
 
 	changes  *changes
+	grants   *grants
 	registry *registry
 	rollouts *rollouts
 	dials    *dialQueues
@@ -105,7 +113,10 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		return nil, fmt.Errorf("manager: session TTL must be positive, got %s", cfg.SessionTTL)
 	}
 	if cfg.ListenAddr == "" {
-		cfg.ListenAddr = fmt.Sprintf(":%d", Port)
+		cfg.ListenAddr = fmt.Sprintf("127.0.0.1:%d", Port)
+	}
+	if cfg.HealthAddr == "" {
+		cfg.HealthAddr = fmt.Sprintf(":%d", HealthPort)
 	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
@@ -136,6 +147,7 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		sessions: newSessions(cfg.SessionTTL, time.Now),
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		changes:  c,
+		grants:   newGrants(time.Now),
 		registry: newRegistry(newMemoryStore(), c),
 		rollouts: newRollouts(kube, cfg.Log.With("component", "rollouts")),
 		dials:    newDialQueues(),
@@ -189,6 +201,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("manager: listen %s: %w", m.cfg.ListenAddr, err)
 	}
+	healthLis, err := net.Listen("tcp", m.cfg.HealthAddr)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("manager: listen %s: %w", m.cfg.HealthAddr, err)
+	}
 	m.log.Info("traffic-manager serving", "addr", lis.Addr(), "version", m.cfg.Version, "sessionTTL", m.cfg.SessionTTL)
 
 	// Without its certificate the webhook cannot serve: the manager still
@@ -200,15 +217,23 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.log.Error("agent-injection webhook disabled", "err", err)
 	} else if webhookLis, err = net.Listen("tcp", m.cfg.WebhookAddr); err != nil {
 		lis.Close()
+		healthLis.Close()
 		return fmt.Errorf("manager: listen %s: %w", m.cfg.WebhookAddr, err)
 	}
 
+	ready := &probes{}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(lis) })
+	g.Go(func() error { return serveHealth(ctx, healthLis, ready, m.log.With("component", "health")) })
+	ready.ready.Store(true)
 	if webhookLis != nil {
 		m.log.Info("agent-injection webhook serving", "addr", webhookLis.Addr(), "path", WebhookPath, "agentImage", m.cfg.AgentImage)
 		g.Go(func() error {
-			return serveWebhook(ctx, webhookLis, m.injector, certs, m.log.With("component", "webhook"))
+			handlers := map[string]http.Handler{
+				WebhookPath:   m.injector,
+				AuthorizePath: &authorizer{grants: m.grants, log: m.log.With("component", "authorizer")},
+			}
+			return serveWebhook(ctx, webhookLis, handlers, certs, m.log.With("component", "webhook"))
 		})
 	}
 	g.Go(func() error { m.rollouts.Run(ctx); return nil })
@@ -252,14 +277,14 @@ func (m *Manager) expireSessions(ctx context.Context) {
 func (m *Manager) endSession(ctx context.Context, s session, why string) {
 	m.changes.notify()
 	if s.kind == agentSession {
-		m.log.Info("agent session "+why, "session", s.id, "workload", s.agent.GetWorkload(), "namespace", s.agent.GetNamespace(),
+		m.log.Info("agent session "+why, "session", sessionid.Public(s.id), "workload", s.agent.GetWorkload(), "namespace", s.agent.GetNamespace(),
 			"pod", s.agent.GetPodName(), "lastSeen", s.lastSeen)
 		return
 	}
-	m.log.Info("session "+why, "session", s.id, "connection", s.client.GetName(), "host", s.client.GetHost(), "lastSeen", s.lastSeen)
+	m.log.Info("session "+why, "session", sessionid.Public(s.id), "connection", s.client.GetName(), "host", s.client.GetHost(), "lastSeen", s.lastSeen)
 	gone, err := m.registry.remove(ctx, func(ic *intercept) bool { return ic.SessionID == s.id })
 	if err != nil {
-		m.log.Error("removing the intercepts of an ended session failed", "session", s.id, "err", err)
+		m.log.Error("removing the intercepts of an ended session failed", "session", sessionid.Public(s.id), "err", err)
 	}
 	for _, ic := range gone {
 		m.log.Info("intercept ended with its session", "intercept", ic.ID, "name", ic.Spec.GetName(), "workload", ic.Workload.String())
@@ -290,7 +315,7 @@ func (m *Manager) ArriveAsClient(_ context.Context, c *managerv1.ClientInfo) (*m
 			c.GetProtocolVersion(), m.cfg.Version, tunnel.ProtocolVersion)
 	}
 	s := m.sessions.add(c)
-	m.log.Info("session arrived", "session", s.id, "connection", c.GetName(), "namespace", c.GetNamespace(),
+	m.log.Info("session arrived", "session", sessionid.Public(s.id), "connection", c.GetName(), "namespace", c.GetNamespace(),
 		"host", c.GetHost(), "user", c.GetUser(), "version", c.GetVersion())
 	return &managerv1.SessionInfo{
 		SessionId: s.id, Cluster: m.cluster,
@@ -314,12 +339,13 @@ func (m *Manager) Depart(ctx context.Context, r *managerv1.SessionRef) (*manager
 	return &managerv1.DepartResponse{}, nil
 }
 
-// ListSessions implements managerv1.ManagerServer.
+// ListSessions implements managerv1.ManagerServer. Sessions are named by
+// their public ids: a session's secret id goes only to its own client.
 func (m *Manager) ListSessions(context.Context, *managerv1.ListSessionsRequest) (*managerv1.ListSessionsResponse, error) {
 	resp := &managerv1.ListSessionsResponse{}
 	for _, s := range m.sessions.list(clientSession) {
 		resp.Sessions = append(resp.Sessions, &managerv1.Session{
-			SessionId: s.id, Client: s.client,
+			SessionId: sessionid.Public(s.id), Client: s.client,
 			Arrived: timestamppb.New(s.arrived), LastSeen: timestamppb.New(s.lastSeen),
 		})
 	}

@@ -24,8 +24,12 @@ func (w workloadRef) String() string {
 // intercept is a registered intercept: the client's spec and what the manager
 // resolved it to.
 type intercept struct {
-	ID        string
+	ID string
+	// SessionID is the owner's secret session id.
 	SessionID string
+	// User is who the API server authenticated when the owner asked for
+	// the intercept (the admission request's userInfo), never the client's word.
+	User string
 	// Spec with Name and Namespace filled in.
 	Spec     *managerv1.InterceptSpec
 	Workload workloadRef

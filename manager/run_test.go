@@ -46,7 +46,7 @@ func runManager(t *testing.T, certDir string) (*Manager, Config) {
 		})
 	})
 	cfg := Config{
-		Namespace: "tp", SessionTTL: testTTL, ListenAddr: freeAddr(t), WebhookAddr: freeAddr(t),
+		Namespace: "tp", SessionTTL: testTTL, ListenAddr: freeAddr(t), HealthAddr: freeAddr(t), WebhookAddr: freeAddr(t),
 		WebhookCertDir: certDir, AgentImage: "tp:test", ResolvConf: resolv, Log: slog.New(slog.DiscardHandler),
 	}
 	m, err := New(cfg, kube)

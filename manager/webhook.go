@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,32 +38,7 @@ type injector struct {
 }
 
 func (in *injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		http.Error(w, "POST an AdmissionReview", http.StatusMethodNotAllowed)
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
-		http.Error(w, fmt.Sprintf("not an AdmissionReview with a request: %v", err), http.StatusBadRequest)
-		return
-	}
-	resp := in.review(r.Context(), review.Request)
-	resp.UID = review.Request.UID
-	out, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "AdmissionReview"},
-		Response: resp,
-	})
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(out)
+	serveAdmission(w, r, in.review)
 }
 
 // review admits the pod in req, with the agent injected when it should be.
@@ -190,10 +164,13 @@ func (c *certFiles) load() (*tls.Certificate, error) {
 	return c.cert, nil
 }
 
-// serveWebhook serves the injector with TLS on lis until ctx ends.
-func serveWebhook(ctx context.Context, lis net.Listener, h http.Handler, certs *certFiles, log *slog.Logger) error {
+// serveWebhook serves the admission webhooks (path -> handler) with TLS on
+// lis until ctx ends.
+func serveWebhook(ctx context.Context, lis net.Listener, handlers map[string]http.Handler, certs *certFiles, log *slog.Logger) error {
 	mux := http.NewServeMux()
-	mux.Handle(WebhookPath, h)
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -552,7 +552,7 @@ func TestServeWebhookTLS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- serveWebhook(ctx, lis, newInjector(), certs, slog.New(slog.DiscardHandler))
+		served <- serveWebhook(ctx, lis, map[string]http.Handler{WebhookPath: newInjector()}, certs, slog.New(slog.DiscardHandler))
 	}()
 
 	// post sends a review of a pod that is not labelled and returns the

@@ -127,6 +127,7 @@ func TestCreateInterceptOfBareReplicaSetRollsPods(t *testing.T) {
 
 	ref := workloadRef{Namespace: "shop", Kind: kindReplicaSet, Name: "bare"}
 	alice := h.arriveClient("tp", "laptop", "alice")
+	h.authorize(alice, "bare")
 	done := make(chan error, 1)
 	go func() {
 		_, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: alice, Spec: &managerv1.InterceptSpec{

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/sessionid"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
@@ -167,7 +168,7 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		}
 		return false, fmt.Errorf("arrive at traffic-manager: %w", err)
 	}
-	log := c.log.With("session", sess.GetSessionId(), "managerPod", pod)
+	log := c.log.With("session", sessionid.Public(sess.GetSessionId()), "managerPod", pod)
 	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))
 	defer c.dialer.Store(nil)
 	c.mu.Lock()
@@ -321,7 +322,7 @@ func (c *connector) status(s *daemonv1.StatusResponse) {
 	s.LastError = c.lastErr
 	s.Reconnects = c.reconnects
 	if c.session != nil {
-		s.SessionId = c.session.GetSessionId()
+		s.SessionId = sessionid.Public(c.session.GetSessionId()) // the secret stays in the daemon
 		s.ManagerVersion = c.session.GetManagerVersion()
 	}
 	if !c.connectedSince.IsZero() && c.state == daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED {

@@ -10,12 +10,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -98,6 +103,12 @@ func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptS
 	if spec.GetNamespace() == "" {
 		spec.Namespace = d.cfg.Namespace
 	}
+	// The user's own credentials ask for the intercept on the workload: the
+	// API server checks that they may patch it, the manager's webhook learns
+	// who they are (docs/security.md).
+	if _, err := kube.Authorize(ctx, d.conn.kube, spec.GetNamespace(), spec.GetWorkload(), sessionid.Public(session)); err != nil {
+		return nil, kubeStatus(err)
+	}
 	info, err := client.CreateIntercept(ctx, &managerv1.CreateInterceptRequest{SessionId: session, Spec: spec})
 	if err != nil {
 		return nil, err
@@ -136,11 +147,47 @@ func (d *daemon) ListWorkloads(ctx context.Context, req *managerv1.ListWorkloads
 	return client.ListWorkloads(ctx, req)
 }
 
-// UninstallAgents implements daemonv1.DaemonServer.
+// UninstallAgents implements daemonv1.DaemonServer. The pod templates are
+// restored with the user's own credentials; the manager then ends their
+// intercepts and replaces the pods no controller replaces.
 func (d *daemon) UninstallAgents(ctx context.Context, req *managerv1.UninstallAgentsRequest) (*managerv1.UninstallAgentsResponse, error) {
 	client, _, err := d.conn.managerClient()
 	if err != nil {
 		return nil, err
 	}
-	return client.UninstallAgents(ctx, req)
+	var names []string
+	if !req.GetAll() {
+		names = req.GetWorkloads()
+	}
+	restored, err := kube.RestoreWorkloads(ctx, d.conn.kube, req.GetNamespace(), names)
+	if err != nil {
+		return nil, kubeStatus(err)
+	}
+	resp, err := client.UninstallAgents(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range resp.GetRestored() {
+		if !slices.Contains(restored, r) {
+			restored = append(restored, r)
+		}
+	}
+	d.cfg.Log.Info("agents uninstalled", "connection", d.cfg.Connection, "restored", restored)
+	return &managerv1.UninstallAgentsResponse{Restored: restored}, nil
+}
+
+// kubeStatus turns an error of the Kubernetes API into a gRPC status with
+// the API server's own message (it names the user, verb and resource).
+func kubeStatus(err error) error {
+	var se apierrors.APIStatus
+	switch {
+	case errors.Is(err, kube.ErrNoWorkload):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.As(err, &se) && apierrors.IsForbidden(err):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.As(err, &se) && apierrors.IsNotFound(err):
+		return status.Error(codes.NotFound, err.Error())
+	default:
+		return status.Error(codes.Unknown, err.Error())
+	}
 }

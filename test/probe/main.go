@@ -7,6 +7,7 @@
 //	probe udp HOST:PORT MESSAGE    send a datagram, print the answer
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
 //	probe grpc HOST:PORT [KEY=VALUE...]  call the echo example's Who with that metadata, print the reply as JSON
+//	probe manager-session ADDR...  try to open a traffic-manager session at each ADDR; fails if one opens
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //
@@ -64,6 +65,8 @@ func main() {
 		err = probeDNS(ctx, args[0])
 	case cmd == "grpc" && len(args) >= 1:
 		err = probeGRPC(ctx, args[0], args[1:])
+	case cmd == "manager-session" && len(args) > 0:
+		err = probeManagerSession(ctx, args)
 	case cmd == "dns-server" && len(args) > 0:
 		err = dnsServer(args)
 	default:

@@ -115,6 +115,11 @@ Webhook port of the manager container (TLS; the Service maps 443 to it).
 8443
 {{- end }}
 
+{{- /* The kubelet's probes (plain HTTP, manager.HealthPort). */}}
+{{- define "tp.healthPort" -}}
+8083
+{{- end }}
+
 {{/*
 Name of the Secret holding the webhook's serving certificate.
 */}}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,9 +15,10 @@ import (
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
-// restoreAllWorkloads asks the traffic-manager in ns, through a port-forward
-// from this host (no connection needed), to remove every agent. It is a
-// no-op when no manager pod runs.
+// restoreAllWorkloads restores the pod template of every workload with an
+// agent, with the user's own credentials, then asks the traffic-manager in
+// ns, through a port-forward from this host (no connection needed), to end
+// their intercepts and replace the pods no controller replaces.
 func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClientGetter, ns string) ([]string, error) {
 	rc, err := getter.ToRESTConfig()
 	if err != nil {
@@ -25,6 +27,10 @@ func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClien
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, err
+	}
+	restored, err := kube.RestoreWorkloads(ctx, kc, metav1.NamespaceAll, nil)
+	if err != nil {
+		return restored, fmt.Errorf("restore the workloads before uninstalling: %w", err)
 	}
 	pods, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=traffic-manager"})
 	if err != nil {
@@ -37,7 +43,7 @@ func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClien
 		}
 	}
 	if pod == "" {
-		return nil, nil
+		return restored, nil
 	}
 	pf, err := kube.NewPortForwarder(ctx, rc, ns, pod)
 	if err != nil {
@@ -51,7 +57,12 @@ func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClien
 	defer cc.Close()
 	resp, err := managerv1.NewManagerClient(cc).UninstallAgents(ctx, &managerv1.UninstallAgentsRequest{All: true})
 	if err != nil {
-		return nil, fmt.Errorf("restore the workloads before uninstalling: %w", grpcMessage(err))
+		return restored, fmt.Errorf("restore the workloads before uninstalling: %w", grpcMessage(err))
 	}
-	return resp.GetRestored(), nil
+	for _, r := range resp.GetRestored() {
+		if !slices.Contains(restored, r) {
+			restored = append(restored, r)
+		}
+	}
+	return restored, nil
 }

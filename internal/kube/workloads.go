@@ -1,0 +1,154 @@
+package kube
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+)
+
+// What a client does to workloads with the user's own credentials, so that
+// the API server, not the traffic-manager, decides whether the user may
+// (docs/security.md).
+const (
+	// AgentLabel on a workload's pod template asks the traffic-manager's
+	// webhook to inject the traffic-agent.
+	AgentLabel = "tp.run/agent"
+	// AuthorizeAnnotation on a workload asks the traffic-manager to act on it
+	// for the session it names ("<public session id>.<nonce>").
+	AuthorizeAnnotation = "tp.run/authorize"
+)
+
+// Workload kinds tp intercepts, in the order a name is looked up.
+var workloadKinds = []string{"Deployment", "StatefulSet", "ReplicaSet"}
+
+// ErrNoWorkload says no Deployment, StatefulSet or ReplicaSet has the name.
+var ErrNoWorkload = errors.New("no such workload")
+
+// Authorize writes AuthorizeAnnotation for the session with public id
+// session on the workload name in namespace, with kc's (the user's)
+// credentials; the API server checks that the user may patch it. It returns
+// the workload's kind. The annotation changes no pod.
+func Authorize(ctx context.Context, kc kubernetes.Interface, namespace, name, session string) (string, error) {
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"annotations": map[string]string{AuthorizeAnnotation: session + "." + hex.EncodeToString(nonce)},
+	}})
+	if err != nil {
+		return "", err
+	}
+	var forbidden error
+	for _, kind := range workloadKinds {
+		err := patchWorkload(ctx, kc, namespace, kind, name, types.MergePatchType, patch)
+		switch {
+		case err == nil:
+			return kind, nil
+		case apierrors.IsNotFound(err):
+			continue
+		case apierrors.IsForbidden(err):
+			// The user may lack rights on this kind only; try the others.
+			if forbidden == nil {
+				forbidden = err
+			}
+			continue
+		default:
+			return "", fmt.Errorf("authorize on %s %s in namespace %s: %w", strings.ToLower(kind), name, namespace, err)
+		}
+	}
+	if forbidden != nil {
+		return "", fmt.Errorf("you may not change workload %s in namespace %s, which intercepting it needs: %w", name, namespace, forbidden)
+	}
+	return "", fmt.Errorf("no Deployment, StatefulSet or ReplicaSet %s in namespace %s: %w", name, namespace, ErrNoWorkload)
+}
+
+// RestoreWorkloads removes AgentLabel from the pod templates of the
+// workloads in namespace (every namespace when empty) that carry it, with
+// kc's (the user's) credentials: all of them, or those named. That restores
+// each template exactly; the traffic-manager then ends their intercepts and
+// replaces the pods that a controller does not. It returns the restored
+// workloads as "<namespace>/<kind>/<name>" (kind in lower case).
+func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace string, names []string) ([]string, error) {
+	type target struct{ namespace, kind, name string }
+	var targets []target
+	found := map[string]bool{}
+	add := func(ns, kind, name string, labels map[string]string, controlled bool) {
+		if controlled || (len(names) > 0 && !slices.Contains(names, name)) {
+			return
+		}
+		found[name] = true
+		if _, ok := labels[AgentLabel]; ok {
+			targets = append(targets, target{ns, kind, name})
+		}
+	}
+	apps := kc.AppsV1()
+	ds, err := apps.Deployments(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list deployments: %w", err)
+	}
+	for _, d := range ds.Items {
+		add(d.Namespace, "Deployment", d.Name, d.Spec.Template.Labels, false)
+	}
+	ss, err := apps.StatefulSets(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list statefulsets: %w", err)
+	}
+	for _, s := range ss.Items {
+		add(s.Namespace, "StatefulSet", s.Name, s.Spec.Template.Labels, false)
+	}
+	rs, err := apps.ReplicaSets(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list replicasets: %w", err)
+	}
+	for _, r := range rs.Items {
+		add(r.Namespace, "ReplicaSet", r.Name, r.Spec.Template.Labels, metav1.GetControllerOf(&r) != nil)
+	}
+	var missing []string
+	for _, n := range names {
+		if !found[n] {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("no Deployment, StatefulSet or ReplicaSet %s in namespace %s: %w", strings.Join(missing, ", "), namespace, ErrNoWorkload)
+	}
+	// null removes the key and touches nothing else of the template.
+	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{
+		"metadata": map[string]any{"labels": map[string]any{AgentLabel: nil}},
+	}}})
+	var restored []string
+	for _, t := range targets {
+		if err := patchWorkload(ctx, kc, t.namespace, t.kind, t.name, types.MergePatchType, patch); err != nil {
+			return restored, fmt.Errorf("restore %s %s in namespace %s: %w", strings.ToLower(t.kind), t.name, t.namespace, err)
+		}
+		restored = append(restored, fmt.Sprintf("%s/%s/%s", t.namespace, strings.ToLower(t.kind), t.name))
+	}
+	return restored, nil
+}
+
+func patchWorkload(ctx context.Context, kc kubernetes.Interface, namespace, kind, name string, pt types.PatchType, patch []byte) error {
+	opts := metav1.PatchOptions{FieldManager: "tp"}
+	var err error
+	switch kind {
+	case "Deployment":
+		_, err = kc.AppsV1().Deployments(namespace).Patch(ctx, name, pt, patch, opts)
+	case "StatefulSet":
+		_, err = kc.AppsV1().StatefulSets(namespace).Patch(ctx, name, pt, patch, opts)
+	case "ReplicaSet":
+		_, err = kc.AppsV1().ReplicaSets(namespace).Patch(ctx, name, pt, patch, opts)
+	default:
+		err = fmt.Errorf("cannot patch a %s", kind)
+	}
+	return err
+}

@@ -1,0 +1,156 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tp-run/tp/internal/sessionid"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+)
+
+const (
+	testSession = "0123456789abcdef"
+	testNonce   = "00112233445566778899aabbccddeeff"
+	testValue   = testSession + "." + testNonce
+)
+
+func TestGrantsFirstReviewWinsAndExpire(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	gs := newGrants(clk.now)
+	alice := grant{Ref: echoRef, Session: testSession, User: authenticationv1.UserInfo{Username: "alice"}}
+	if !gs.record(testValue, alice) {
+		t.Fatal("first review not recorded")
+	}
+	forged := alice
+	forged.User.Username = "mallory"
+	if gs.record(testValue, forged) {
+		t.Error("a second review of the same value was recorded")
+	}
+	if g, ok := gs.lookup(testValue); !ok || g.User.Username != "alice" {
+		t.Errorf("lookup: got %+v, %v, want alice's grant", g, ok)
+	}
+	clk.advance(grantTTL + time.Second)
+	if _, ok := gs.lookup(testValue); ok {
+		t.Error("grant still valid after its TTL")
+	}
+}
+
+func TestGrantsAuthorized(t *testing.T) {
+	gs := newGrants(time.Now)
+	gs.record(testValue, grant{Ref: echoRef, Session: testSession, User: authenticationv1.UserInfo{Username: "alice"}})
+	w := func(value string, ref workloadRef) *workload {
+		return &workload{ref: ref, annotations: map[string]string{authorizeAnnotation: value}}
+	}
+	other := echoRef
+	other.Namespace = "other"
+	for _, tt := range []struct {
+		name    string
+		w       *workload
+		session string
+		ok      bool
+	}{
+		{"the annotation on the workload, the session it names", w(testValue, echoRef), testSession, true},
+		{"no annotation", &workload{ref: echoRef}, testSession, false},
+		{"another session", w(testValue, echoRef), "fedcba9876543210", false},
+		{"a value the webhook never saw (forged or missed)", w(testSession+".ffffffffffffffffffffffffffffffff", echoRef), testSession, false},
+		{"a grant for another workload", w(testValue, other), testSession, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			user, err := gs.authorized(tt.w, tt.session)
+			if (err == nil) != tt.ok {
+				t.Fatalf("got %v, want ok=%v", err, tt.ok)
+			}
+			if tt.ok && user.Username != "alice" {
+				t.Errorf("user: got %q, want alice", user.Username)
+			}
+		})
+	}
+}
+
+func TestAuthorizerReview(t *testing.T) {
+	raw := func(annotations map[string]string) runtime.RawExtension {
+		b, _ := json.Marshal(map[string]any{"metadata": metav1.ObjectMeta{Annotations: annotations}})
+		return runtime.RawExtension{Raw: b}
+	}
+	yes := true
+	base := admissionv1.AdmissionRequest{
+		Kind: metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, Operation: admissionv1.Update,
+		Namespace: "shop", Name: "echo", UserInfo: authenticationv1.UserInfo{Username: "alice"},
+		Object: raw(map[string]string{authorizeAnnotation: testValue}), OldObject: raw(nil),
+	}
+	for _, tt := range []struct {
+		name   string
+		modify func(*admissionv1.AdmissionRequest)
+		record bool
+	}{
+		{"a new value", func(*admissionv1.AdmissionRequest) {}, true},
+		{"unchanged value (another update)", func(r *admissionv1.AdmissionRequest) {
+			r.OldObject = raw(map[string]string{authorizeAnnotation: testValue})
+		}, false},
+		{"dry run", func(r *admissionv1.AdmissionRequest) { r.DryRun = &yes }, false},
+		{"a pod", func(r *admissionv1.AdmissionRequest) { r.Kind.Kind = "Pod" }, false},
+		{"a status update", func(r *admissionv1.AdmissionRequest) { r.SubResource = "status" }, false},
+		{"malformed", func(r *admissionv1.AdmissionRequest) {
+			r.Object = raw(map[string]string{authorizeAnnotation: "alice please"})
+		}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &authorizer{grants: newGrants(time.Now), log: slog.New(slog.DiscardHandler)}
+			req := base
+			tt.modify(&req)
+			if resp := a.review(context.Background(), &req); !resp.Allowed {
+				t.Errorf("review denied the update; it must never deny")
+			}
+			g, ok := a.grants.lookup(testValue)
+			if ok != tt.record {
+				t.Fatalf("recorded: got %v, want %v", ok, tt.record)
+			}
+			if ok && (g.User.Username != "alice" || g.Ref != echoRef || g.Session != testSession) {
+				t.Errorf("grant: got %+v", g)
+			}
+		})
+	}
+}
+
+// TestCreateInterceptNeedsAuthorization: without the user's own patch of the
+// workload (or with only a forged review) nothing is intercepted or injected.
+func TestCreateInterceptNeedsAuthorization(t *testing.T) {
+	d := deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 8080}))
+	h := newHarness(t, d, service("shop", "echo", echoLabels, namedPort("http", 80, intstr.FromString("http"))))
+	mallory := h.arriveClient("tp", "laptop", "mallory")
+	req := &managerv1.CreateInterceptRequest{SessionId: mallory, Spec: &managerv1.InterceptSpec{Workload: "echo", Namespace: "shop", LocalPort: 8000}}
+
+	_, err := h.mc.CreateIntercept(h.ctx(), req)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("without authorization: got %v, want PermissionDenied", err)
+	}
+	// A review posted straight to the webhook port, for an annotation that
+	// the API server never stored.
+	h.m.grants.record(sessionid.Public(mallory)+"."+testNonce, grant{Ref: echoRef, Session: sessionid.Public(mallory),
+		User: authenticationv1.UserInfo{Username: "admin"}})
+	if _, err := h.mc.CreateIntercept(h.ctx(), req); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("with a forged review: got %v, want PermissionDenied", err)
+	}
+	got, err := h.kube.AppsV1().Deployments("shop").Get(context.Background(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got.Spec.Template.Labels[agentLabel]; ok {
+		t.Error("a refused intercept labelled the pod template for injection")
+	}
+	if ics, _ := h.m.registry.list(context.Background(), nil); len(ics) != 0 {
+		t.Errorf("intercepts after refusals: got %d, want 0", len(ics))
+	}
+}
