@@ -28,8 +28,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
-	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/internal/sessionid"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
 
