@@ -423,7 +423,7 @@ type testAgent struct {
 
 type agentOptions struct {
 	managerAddr string
-	tokenFile   string // default: a file holding testToken
+	tokenFile   string     // default: a file holding testToken
 	appAddr     string     // instead of the app's address
 	podIP       netip.Addr // instead of 127.0.0.1
 	drain       time.Duration
