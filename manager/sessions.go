@@ -31,10 +31,10 @@ func (k sessionKind) String() string {
 // session is one workstation daemon's (client) or traffic-agent's presence
 // in the cluster. Both keep it alive with Remain.
 type session struct {
-	id       string
-	kind     sessionKind
-	client   *managerv1.ClientInfo // clientSession only
-	agent    *managerv1.AgentInfo  // agentSession only
+	id     string
+	kind   sessionKind
+	client *managerv1.ClientInfo // clientSession only
+	agent  *managerv1.AgentInfo  // agentSession only
 	// agentPod is the verified pod of an agent session: only its agent
 	// may use the session.
 	agentPod types.UID

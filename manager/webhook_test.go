@@ -125,7 +125,7 @@ const testCAFile = "testdata/ca.crt"
 
 func newInjector(objs ...runtime.Object) *injector {
 	return &injector{
-		kube:  fake.NewClientset(objs...),
+		kube:   fake.NewClientset(objs...),
 		agent:  agentSpec{image: "tp:test", pullPolicy: corev1.PullNever, managerAddr: agentManagerAddr("tp")},
 		caFile: testCAFile,
 		log:    slog.New(slog.DiscardHandler),
