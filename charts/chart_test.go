@@ -214,10 +214,13 @@ var (
 		{"apps", "deployments", "patch"}, {"apps", "deployments", "update"}, {"apps", "deployments", "watch"},
 		{"apps", "replicasets", "patch"}, {"apps", "statefulsets", "update"},
 		{"", "pods", "delete"},
+		// Verifying an agent: its pod and the owners up to the workload.
+		{"apps", "replicasets", "get"}, {"apps", "statefulsets", "get"}, {"apps", "deployments", "get"},
 	}
 	// clusterGrants is what the manager needs on cluster-scoped objects.
 	clusterGrants = []grant{
 		{"", "nodes", "list"}, {"", "nodes", "watch"},
+		{"authentication.k8s.io", "tokenreviews", "create"},
 	}
 )
 
@@ -232,6 +235,7 @@ func TestRenderDefaults(t *testing.T) {
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
 		"Role " + ns + "/traffic-manager",
 		"RoleBinding " + ns + "/traffic-manager",
+		"Secret " + ns + "/traffic-manager-ca",
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Service " + ns + "/traffic-manager",
 		"ServiceAccount " + ns + "/traffic-manager",
@@ -290,7 +294,7 @@ func TestRenderDefaults(t *testing.T) {
 	if len(c.Command) != 0 {
 		t.Errorf("command: got %v, want none (the image's entrypoint /tp)", c.Command)
 	}
-	if len(c.Ports) != 2 || c.Ports[0].Name != "grpc" || c.Ports[0].ContainerPort != 8081 {
+	if len(c.Ports) != 3 || c.Ports[0].Name != "grpc" || c.Ports[0].ContainerPort != 8081 {
 		t.Errorf("ports: got %+v, want grpc 8081 and webhook", c.Ports)
 	}
 	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
@@ -342,7 +346,7 @@ func TestRenderDefaults(t *testing.T) {
 	if got := svc.Spec.Type; got != corev1.ServiceTypeClusterIP {
 		t.Errorf("service type: got %q, want ClusterIP", got)
 	}
-	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Name != "grpc" || svc.Spec.Ports[0].Port != 8081 || svc.Spec.Ports[0].TargetPort.String() != "grpc" {
+	if len(svc.Spec.Ports) != 3 || svc.Spec.Ports[0].Name != "grpc" || svc.Spec.Ports[0].Port != 8081 || svc.Spec.Ports[0].TargetPort.String() != "grpc" {
 		t.Errorf("service ports: got %+v, want grpc 8081 -> grpc and webhook", svc.Spec.Ports)
 	}
 	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
@@ -410,6 +414,7 @@ func TestRenderNamespaced(t *testing.T) {
 		"ClusterRoleBinding /traffic-manager-" + ns,
 		"Deployment " + ns + "/traffic-manager",
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
+		"Secret " + ns + "/traffic-manager-ca",
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Role billing/traffic-manager-" + ns,
 		"Role shop/traffic-manager-" + ns,
