@@ -230,7 +230,9 @@ func deref[T any](p *T) any {
 
 // secretsProvider is the cluster of `lookup` during a render: it holds
 // the given Secrets.
-type secretsProvider struct{ client *dynamicfake.FakeDynamicClient }
+type secretsProvider struct {
+	client *dynamicfake.FakeDynamicClient
+}
 
 func (p secretsProvider) GetClientFor(apiVersion, kind string) (dynamic.NamespaceableResourceInterface, bool, error) {
 	if apiVersion != "v1" || kind != "Secret" {
