@@ -62,7 +62,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
@@ -132,8 +131,13 @@ func newAgent(cfg Config) (*agent, error) {
 }
 
 func (a *agent) run(ctx context.Context) error {
+	creds, err := managerTLS(a.cfg.ManagerCA)
+	if err != nil {
+		return fmt.Errorf("traffic-agent: %w", err)
+	}
 	cc, err := grpc.NewClient(a.cfg.ManagerAddr, append(tunnel.DialOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		grpc.WithTransportCredentials(creds),
+		grpc.WithPerRPCCredentials(tokenFile{path: a.cfg.TokenFile}))...)
 	if err != nil {
 		return fmt.Errorf("traffic-agent: traffic-manager address %q: %w", a.cfg.ManagerAddr, err)
 	}

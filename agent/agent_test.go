@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -510,7 +511,8 @@ func TestDepartOnShutdown(t *testing.T) {
 	app := newTestServer(t, "app")
 	mgr := newFakeManager(t, "127.0.0.1:1")
 	a, err := newAgent(Config{
-		ManagerAddr: mgr.address(), Workload: "echo", Kind: "Deployment", Namespace: "default", PodName: "p",
+		ManagerAddr: mgr.address(), ManagerCA: trustedCA(t), TokenFile: writeToken(t, "", testToken),
+		Workload: "echo", Kind: "Deployment", Namespace: "default", PodName: "p",
 		PodIP: netip.MustParseAddr("127.0.0.1"), Log: testLogger(t), DrainTimeout: -1,
 		Ports: []Port{{ContainerPort: int32(app.addr.Port()), AgentPort: 9900, Mechanism: MechanismRename}},
 	})
@@ -589,7 +591,7 @@ func TestRunFailsOnBadConfigAndBusyPort(t *testing.T) {
 	defer busy.Close()
 	port := int32(busy.Addr().(*net.TCPAddr).Port)
 	err = Run(context.Background(), Config{
-		ManagerAddr: "127.0.0.1:1", Workload: "w", Kind: "Deployment", Namespace: "n", PodName: "p",
+		ManagerAddr: "127.0.0.1:1", ManagerCA: trustedCA(t), TokenFile: "/t", Workload: "w", Kind: "Deployment", Namespace: "n", PodName: "p",
 		PodIP: netip.MustParseAddr("127.0.0.1"), HealthAddr: "127.0.0.1:0", Log: testLogger(t),
 		Ports: []Port{{ContainerPort: 1, AgentPort: port, Mechanism: MechanismRename}},
 	})
@@ -611,4 +613,51 @@ func httpStatus(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// The agent presents its token on every RPC and rereads the file, so a
+// token the kubelet rotated is used from the next RPC on.
+func TestTokenPresentedAndReread(t *testing.T) {
+	app, dev := newTestServer(t, "app"), newTestServer(t, "dev")
+	mgr := newFakeManager(t, dev.addr.String())
+	tokenPath := writeToken(t, "", testToken)
+	ta := startAgent(t, app, agentOptions{managerAddr: mgr.address(), tokenFile: tokenPath})
+	waitFor(t, "the agent to arrive", ta.arrived.Load)
+
+	mgr.setWantToken("rotated")
+	writeToken(t, tokenPath, "rotated")
+	// Heartbeats (every TTL/3) carry the new token.
+	waitFor(t, "the rotated token", func() bool { return slices.Contains(mgr.presentedTokens(), "rotated") })
+	if got := mgr.presentedTokens(); got[0] != testToken {
+		t.Errorf("tokens presented: got %q, want %q first", got, testToken)
+	}
+	// Its intercepted connections are flows with the new token too.
+	mgr.setIntercepts(globalIntercept("ic-1", ta.containerPt))
+	ta.waitRoutes(t, "ic-1")
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "dev" {
+		t.Errorf("intercepted with the rotated token: served by %q, want dev", got)
+	}
+}
+
+// A manager whose certificate the CA did not sign gets no session (and
+// no token): the agent routes everything to the app.
+func TestUntrustedManagerGetsNothing(t *testing.T) {
+	app, dev := newTestServer(t, "app"), newTestServer(t, "dev")
+	_, untrusted := testCerts(t)
+	mgr := newFakeManager(t, dev.addr.String())
+	mgr.stop()
+	mgr.setCert(untrusted.cert)
+	mgr.start(mgr.address())
+	ta := startAgent(t, app, agentOptions{managerAddr: mgr.address()})
+	// The agent tries (and backs off) meanwhile; the app answers.
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("served by %q, want app", got)
+	}
+	mgr.stop()
+	if n, toks := mgr.arrivalCount(), mgr.presentedTokens(); n != 0 || len(toks) != 0 {
+		t.Errorf("untrusted manager: got %d arrivals and tokens %q, want none", n, toks)
+	}
+	if ta.arrived.Load() {
+		t.Error("the agent says it arrived at an untrusted manager")
+	}
 }

@@ -23,6 +23,12 @@ const (
 	EnvPorts       = "TP_AGENT_PORTS"
 	EnvHealthAddr  = "TP_AGENT_HEALTH_ADDR"
 	EnvManagerAddr = "TP_MANAGER_ADDR"
+	// EnvManagerCA holds the PEM CA bundle that signed the manager's
+	// certificate.
+	EnvManagerCA = "TP_MANAGER_CA"
+	// EnvTokenFile is the path of the projected ServiceAccount token
+	// (audience TokenAudience); default DefaultTokenFile.
+	EnvTokenFile = "TP_AGENT_TOKEN_FILE"
 )
 
 // Health endpoints of the agent container.
@@ -76,9 +82,15 @@ type Port struct {
 
 // Config configures the traffic-agent sidecar.
 type Config struct {
-	// ManagerAddr is the traffic-manager's gRPC address (host:port),
-	// reached in plain text.
+	// ManagerAddr is the traffic-manager's agent address (host:port): TLS,
+	// the certificate must be valid for the host.
 	ManagerAddr string
+	// ManagerCA is the PEM CA bundle the manager's certificate is verified
+	// against.
+	ManagerCA []byte
+	// TokenFile holds the pod's projected ServiceAccount token with audience
+	// TokenAudience, presented on every RPC and reread each time.
+	TokenFile string
 	// The workload the pod belongs to.
 	Workload  string
 	Kind      string // Deployment, StatefulSet or ReplicaSet
@@ -126,6 +138,8 @@ func ConfigFromEnv(environ []string) (Config, error) {
 	}
 	cfg := Config{
 		ManagerAddr: required(EnvManagerAddr, "the traffic-manager's host:port"),
+		ManagerCA:   []byte(required(EnvManagerCA, "the PEM CA bundle of the traffic-manager's certificate")),
+		TokenFile:   strings.TrimSpace(env[EnvTokenFile]),
 		Workload:    required(EnvWorkload, "the workload's name"),
 		Namespace:   required(EnvNamespace, "the pod's namespace"),
 		PodName:     required(EnvPodName, "the pod's name"),
@@ -155,6 +169,9 @@ func ConfigFromEnv(environ []string) (Config, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, fmt.Errorf("traffic-agent configuration: %w", err)
+	}
+	if cfg.TokenFile == "" {
+		cfg.TokenFile = DefaultTokenFile
 	}
 	return cfg, nil
 }
@@ -280,6 +297,12 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.ManagerAddr == "" {
 		errs = append(errs, errors.New("no traffic-manager address"))
+	}
+	if len(c.ManagerCA) == 0 {
+		errs = append(errs, errors.New("no CA bundle of the traffic-manager"))
+	}
+	if c.TokenFile == "" {
+		errs = append(errs, errors.New("no ServiceAccount token file"))
 	}
 	if c.Workload == "" || c.Namespace == "" || c.Kind == "" {
 		errs = append(errs, errors.New("no workload, namespace or kind"))

@@ -10,7 +10,8 @@ import (
 
 func validEnviron() []string {
 	return []string{
-		"TP_MANAGER_ADDR=traffic-manager.tp:8081",
+		"TP_MANAGER_ADDR=traffic-manager.tp.svc:8082",
+		"TP_MANAGER_CA=-----BEGIN CERTIFICATE-----",
 		"TP_AGENT_WORKLOAD=echo",
 		"TP_AGENT_KIND=Deployment",
 		"TP_AGENT_NAMESPACE=default",
@@ -31,7 +32,9 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatalf("ConfigFromEnv: %v", err)
 	}
 	want := Config{
-		ManagerAddr: "traffic-manager.tp:8081",
+		ManagerAddr: "traffic-manager.tp.svc:8082",
+		ManagerCA:   []byte("-----BEGIN CERTIFICATE-----"),
+		TokenFile:   DefaultTokenFile,
 		Workload:    "echo", Kind: "Deployment", Namespace: "default",
 		PodName: "echo-7d9c-abcde", PodIP: netip.MustParseAddr("10.42.0.7"), Container: "echo",
 		Ports: []Port{
@@ -43,6 +46,9 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v, want %+v", cfg, want)
+	}
+	if cfg, err := ConfigFromEnv(append(validEnviron(), "TP_AGENT_TOKEN_FILE=/t/token")); err != nil || cfg.TokenFile != "/t/token" {
+		t.Errorf("TP_AGENT_TOKEN_FILE: got %q, %v; want /t/token", cfg.TokenFile, err)
 	}
 	ports, err := PortsFromEnv(validEnviron())
 	if err != nil || !reflect.DeepEqual(ports, want.Ports) {
@@ -66,10 +72,11 @@ func TestConfigFromEnvErrors(t *testing.T) {
 		environ []string
 		want    []string // substrings of the error
 	}{
-		{"nothing", nil, []string{"TP_MANAGER_ADDR is not set", "TP_AGENT_WORKLOAD is not set",
+		{"nothing", nil, []string{"TP_MANAGER_ADDR is not set", "TP_MANAGER_CA is not set", "TP_AGENT_WORKLOAD is not set",
 			"TP_AGENT_NAMESPACE is not set", "TP_AGENT_POD_NAME is not set", "TP_AGENT_POD_IP is not set",
 			"TP_AGENT_PORTS is not set", "TP_AGENT_KIND is not set", "webhook"}},
 		{"no manager", without("TP_MANAGER_ADDR"), []string{"TP_MANAGER_ADDR is not set"}},
+		{"no CA", without("TP_MANAGER_CA"), []string{"TP_MANAGER_CA is not set"}},
 		{"bad pod IP", with("TP_AGENT_POD_IP=10.42.0"), []string{`TP_AGENT_POD_IP="10.42.0" is not an IP address`}},
 		{"ports not JSON", with("TP_AGENT_PORTS=8080"), []string{"TP_AGENT_PORTS is not a JSON list"}},
 		{"misspelt field", with(`TP_AGENT_PORTS=[{"container_port":8080,"agentPort":9900,"mechanism":"rename"}]`),
@@ -118,6 +125,8 @@ func TestReportedEnvironment(t *testing.T) {
 		"TP_AGENT_WORKLOAD=echo",
 		"TP_AGENT_PORTS=[]",
 		"TP_MANAGER_ADDR=traffic-manager.tp:8081",
+		"TP_MANAGER_CA=-----BEGIN CERTIFICATE-----",
+		"TP_AGENT_TOKEN_FILE=/var/run/secrets/tp.run/agent/token",
 		"TP_USER=kept", // not an agent variable
 		"KUBERNETES_SERVICE_HOST=10.43.0.1",
 		"KUBERNETES_SERVICE_PORT=443",

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -68,12 +71,20 @@ type fakeManager struct {
 	opens     []*tunnelv1.Open
 	devAddr   string
 	flowCount int
+	// cert is what the manager serves (default: signed by the CA the
+	// agents trust); wantToken the bearer token it admits.
+	cert      tls.Certificate
+	wantToken string
+	tokens    []string // every token presented, in order, once each
+	refused   int      // RPCs refused for their token
 }
 
 func newFakeManager(tb testing.TB, devAddr string) *fakeManager {
 	tb.Helper()
+	trusted, _ := testCerts(tb)
 	m := &fakeManager{tb: tb, ttl: 300 * time.Millisecond, sessions: map[string]bool{},
-		snapshot: &managerv1.InterceptSnapshot{}, changed: make(chan struct{}), devAddr: devAddr}
+		snapshot: &managerv1.InterceptSnapshot{}, changed: make(chan struct{}), devAddr: devAddr,
+		cert: trusted.cert, wantToken: testToken}
 	m.start("127.0.0.1:0")
 	tb.Cleanup(m.stop)
 	return m
@@ -90,7 +101,23 @@ func (m *fakeManager) start(addr string) {
 	if err != nil {
 		m.tb.Fatalf("tunnel.NewServer: %v", err)
 	}
-	gs := grpc.NewServer(append(tunnel.ServerOptions(), grpc.StreamInterceptor(m.recordOpen))...)
+	m.mu.Lock()
+	cert := m.cert
+	m.mu.Unlock()
+	gs := grpc.NewServer(append(tunnel.ServerOptions(),
+		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if err := m.checkToken(ctx); err != nil {
+				return nil, err
+			}
+			return handler(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			if err := m.checkToken(ss.Context()); err != nil {
+				return err
+			}
+			return handler(srv, ss)
+		}, m.recordOpen))...)
 	// Paired flows (intercepts) go to the developer's server too: the
 	// fake stands in for the manager pairing them with a client's flow.
 	tunnels.HandlePairing(func(ctx context.Context, _, _ string, accept func() (tunnel.Conn, error)) error {
@@ -247,6 +274,46 @@ func (m *fakeManager) dialDeveloper(ctx context.Context, network, _ string) (net
 	return d.DialContext(ctx, network, addr)
 }
 
+// testToken is the token startAgent's agents present by default.
+const testToken = "agent-token"
+
+// checkToken admits RPCs with the bearer token m.wantToken.
+func (m *fakeManager) checkToken(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	var got string
+	if v := md.Get("authorization"); len(v) == 1 {
+		got = strings.TrimPrefix(v[0], "Bearer ")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n := len(m.tokens); n == 0 || m.tokens[n-1] != got {
+		m.tokens = append(m.tokens, got)
+	}
+	if got != m.wantToken {
+		m.refused++
+		return status.Error(codes.Unauthenticated, "fake manager: wrong token")
+	}
+	return nil
+}
+
+func (m *fakeManager) setCert(c tls.Certificate) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cert = c
+}
+
+func (m *fakeManager) setWantToken(tok string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.wantToken = tok
+}
+
+func (m *fakeManager) presentedTokens() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.tokens...)
+}
+
 // recordOpen records the Open frame of every tunnel flow.
 func (m *fakeManager) recordOpen(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if info.FullMethod != tunnelv1.Tunnel_Stream_FullMethodName {
@@ -272,6 +339,23 @@ func (r *openRecorder) RecvMsg(msg any) error {
 		}
 	}
 	return err
+}
+
+// writeToken writes tok to path (a new file when path is empty), as the
+// kubelet rotates a projected token: a new file renamed into place.
+func writeToken(tb testing.TB, path, tok string) string {
+	tb.Helper()
+	if path == "" {
+		path = filepath.Join(tb.TempDir(), "token")
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(tok), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		tb.Fatal(err)
+	}
+	return path
 }
 
 // testServer is the app or the developer's server: HTTP/1.1 and h2c on
@@ -339,6 +423,7 @@ type testAgent struct {
 
 type agentOptions struct {
 	managerAddr string
+	tokenFile   string     // default: a file holding testToken
 	appAddr     string     // instead of the app's address
 	podIP       netip.Addr // instead of 127.0.0.1
 	drain       time.Duration
@@ -349,8 +434,14 @@ type agentOptions struct {
 func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
 	tb.Helper()
 	cp := int32(app.addr.Port())
+	if opts.tokenFile == "" {
+		opts.tokenFile = writeToken(tb, "", testToken)
+	}
+	trusted, _ := testCerts(tb)
 	cfg := Config{
 		ManagerAddr:  opts.managerAddr,
+		ManagerCA:    trusted.caPEM,
+		TokenFile:    opts.tokenFile,
 		Workload:     "echo",
 		Kind:         "Deployment",
 		Namespace:    "default",

@@ -295,7 +295,7 @@ func listRedirects(t *testing.T, fam nftables.TableFamily) map[uint16]uint16 {
 // (all addresses) and no manager.
 func startNamespaceAgent(t *testing.T, p Port, podIP netip.Addr) {
 	t.Helper()
-	a, err := newAgent(Config{ManagerAddr: dead, Workload: "echo", Kind: "Deployment", Namespace: "default", PodName: "echo-1",
+	a, err := newAgent(Config{ManagerAddr: dead, ManagerCA: trustedCA(t), TokenFile: "/nonexistent", Workload: "echo", Kind: "Deployment", Namespace: "default", PodName: "echo-1",
 		PodIP: podIP, Ports: []Port{p}, HealthAddr: "127.0.0.1:0", DrainTimeout: -1, Log: testLogger(t)})
 	if err != nil {
 		t.Fatalf("newAgent: %v", err)

@@ -214,10 +214,13 @@ var (
 		{"apps", "deployments", "patch"}, {"apps", "deployments", "update"}, {"apps", "deployments", "watch"},
 		{"apps", "replicasets", "patch"}, {"apps", "statefulsets", "update"},
 		{"", "pods", "delete"},
+		// Verifying an agent: its pod and the owners up to the workload.
+		{"apps", "replicasets", "get"}, {"apps", "statefulsets", "get"}, {"apps", "deployments", "get"},
 	}
 	// clusterGrants is what the manager needs on cluster-scoped objects.
 	clusterGrants = []grant{
 		{"", "nodes", "list"}, {"", "nodes", "watch"},
+		{"authentication.k8s.io", "tokenreviews", "create"},
 	}
 )
 
@@ -232,6 +235,7 @@ func TestRenderDefaults(t *testing.T) {
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
 		"Role " + ns + "/traffic-manager",
 		"RoleBinding " + ns + "/traffic-manager",
+		"Secret " + ns + "/traffic-manager-ca",
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Service " + ns + "/traffic-manager",
 		"ServiceAccount " + ns + "/traffic-manager",
@@ -346,8 +350,13 @@ func TestRenderDefaults(t *testing.T) {
 	if got := svc.Spec.Type; got != corev1.ServiceTypeClusterIP {
 		t.Errorf("service type: got %q, want ClusterIP", got)
 	}
-	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Name != "grpc" || svc.Spec.Ports[0].Port != 8081 || svc.Spec.Ports[0].TargetPort.String() != "grpc" {
-		t.Errorf("service ports: got %+v, want grpc 8081 -> grpc and webhook", svc.Spec.Ports)
+	// Agents and the webhook only: the client API is not on the pod network.
+	var svcPorts []string
+	for _, p := range svc.Spec.Ports {
+		svcPorts = append(svcPorts, fmt.Sprintf("%s %d->%s", p.Name, p.Port, p.TargetPort.String()))
+	}
+	if want := []string{"agents 8082->agents", "webhook 443->webhook"}; !slices.Equal(svcPorts, want) {
+		t.Errorf("service ports: got %v, want %v", svcPorts, want)
 	}
 	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
 		t.Errorf("service selector %v does not match pod labels %v", svc.Spec.Selector, pod.Labels)
@@ -414,6 +423,7 @@ func TestRenderNamespaced(t *testing.T) {
 		"ClusterRoleBinding /traffic-manager-" + ns,
 		"Deployment " + ns + "/traffic-manager",
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
+		"Secret " + ns + "/traffic-manager-ca",
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Role billing/traffic-manager-" + ns,
 		"Role shop/traffic-manager-" + ns,

@@ -4,9 +4,20 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
+
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/releaseutil"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -94,6 +105,11 @@ func TestRenderWebhook(t *testing.T) {
 	if !slices.Contains(c.Ports, corev1.ContainerPort{Name: "webhook", ContainerPort: 8443, Protocol: corev1.ProtocolTCP}) {
 		t.Errorf("container ports: got %+v, want webhook 8443", c.Ports)
 	}
+	// The agent port: same certificate (the agents get the CA from the
+	// webhook), Service port 8082.
+	if !slices.Contains(c.Ports, corev1.ContainerPort{Name: "agents", ContainerPort: 8082, Protocol: corev1.ProtocolTCP}) {
+		t.Errorf("container ports: got %+v, want agents 8082", c.Ports)
+	}
 	env := map[string]string{}
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
@@ -136,6 +152,27 @@ func TestRenderWebhook(t *testing.T) {
 	}
 	if webhookPort == nil || webhookPort.Port != 443 || webhookPort.TargetPort.String() != "webhook" {
 		t.Errorf("service port webhook: got %+v, want 443 -> webhook", webhookPort)
+	}
+	if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
+		return p.Name == "agents" && p.Port == 8082 && p.TargetPort.String() == "agents" && p.Protocol == corev1.ProtocolTCP
+	}) {
+		t.Errorf("service ports: got %+v, want agents 8082 -> agents", svc.Spec.Ports)
+	}
+
+	// The CA is in a Secret of its own that nothing mounts, with its key
+	// (for the next upgrade to sign with), and signed the serving certificate.
+	var caSecret corev1.Secret
+	r.decode(t, "Secret", ns, "traffic-manager-ca", &caSecret)
+	if !bytes.Equal(caSecret.Data["ca.crt"], secret.Data["ca.crt"]) || len(caSecret.Data["ca.key"]) == 0 {
+		t.Errorf("Secret traffic-manager-ca: got keys %v, want ca.crt (the webhook Secret's) and ca.key", slices.Sorted(maps.Keys(caSecret.Data)))
+	}
+	if _, ok := secret.Data["ca.key"]; ok {
+		t.Error("Secret traffic-manager-webhook-tls holds ca.key; the manager mounts it and must not have the CA's key")
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "traffic-manager-ca" {
+			t.Errorf("volume %s mounts the CA's Secret", v.Name)
+		}
 	}
 
 	// The manager needs no access to webhook configurations.
@@ -227,5 +264,83 @@ func TestRenderAuthorizerWebhook(t *testing.T) {
 		!slices.Contains(wh.NamespaceSelector.MatchExpressions[0].Values, ns) ||
 		!slices.Contains(wh.NamespaceSelector.MatchExpressions[0].Values, "kube-system") {
 		t.Errorf("namespaceSelector: got %+v, want NotIn %s, kube-system", wh.NamespaceSelector, ns)
+	}
+}
+
+// secretsProvider is the cluster of `lookup` during a render: it holds
+// the given Secrets.
+type secretsProvider struct {
+	client *dynamicfake.FakeDynamicClient
+}
+
+func (p secretsProvider) GetClientFor(apiVersion, kind string) (dynamic.NamespaceableResourceInterface, bool, error) {
+	if apiVersion != "v1" || kind != "Secret" {
+		return nil, false, fmt.Errorf("lookup of %s %s: only v1 Secrets here", apiVersion, kind)
+	}
+	return p.client.Resource(corev1.SchemeGroupVersion.WithResource("secrets")), true, nil
+}
+
+// renderSecrets renders the chart as an upgrade in a cluster holding
+// secrets, and returns the Secrets it renders by name.
+func renderSecrets(t *testing.T, ns string, secrets ...runtime.Object) map[string]corev1.Secret {
+	t.Helper()
+	ch, err := Load("v1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := chartutil.ToRenderValues(ch, nil, chartutil.ReleaseOptions{Name: DefaultReleaseName, Namespace: ns, IsUpgrade: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := engine.RenderWithClientProvider(ch, vals, secretsProvider{dynamicfake.NewSimpleDynamicClient(scheme.Scheme, secrets...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]corev1.Secret{}
+	for _, m := range releaseutil.SplitManifests(out[ch.Name()+"/templates/webhook.yaml"]) {
+		var s corev1.Secret
+		if err := yaml.Unmarshal([]byte(m), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Kind == "Secret" {
+			got[s.Name] = s
+		}
+	}
+	return got
+}
+
+// An upgrade keeps the CA (agents carry it in their pod spec) and signs a
+// new serving certificate with it.
+func TestRenderKeepsCA(t *testing.T) {
+	const ns = "tp-test"
+	first := renderSecrets(t, ns)
+	ca := first["traffic-manager-ca"]
+	if len(ca.Data["ca.crt"]) == 0 || len(ca.Data["ca.key"]) == 0 {
+		t.Fatalf("first render: traffic-manager-ca %v, want ca.crt and ca.key", ca.Data)
+	}
+	ca.Namespace = ns
+	again := renderSecrets(t, ns, &ca)
+	if got := again["traffic-manager-ca"]; !bytes.Equal(got.Data["ca.crt"], ca.Data["ca.crt"]) || !bytes.Equal(got.Data["ca.key"], ca.Data["ca.key"]) {
+		t.Error("upgrade: a new CA, want the one in the cluster")
+	}
+	tlsSecret := again["traffic-manager-webhook-tls"]
+	if !bytes.Equal(tlsSecret.Data["ca.crt"], ca.Data["ca.crt"]) {
+		t.Error("upgrade: webhook Secret's ca.crt is not the kept CA")
+	}
+	if bytes.Equal(tlsSecret.Data["tls.crt"], first["traffic-manager-webhook-tls"].Data["tls.crt"]) {
+		t.Error("upgrade: same serving certificate, want a new one")
+	}
+	pair, err := tls.X509KeyPair(tlsSecret.Data["tls.crt"], tlsSecret.Data["tls.key"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.Data["ca.crt"])
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "traffic-manager." + ns + ".svc", Roots: roots}); err != nil {
+		t.Errorf("upgrade: the new serving certificate does not verify against the kept CA: %v", err)
 	}
 }

@@ -14,9 +14,27 @@ import (
 	"github.com/tp-run/tp/tunnel"
 )
 
-// ArriveAsAgent implements managerv1.ManagerServer: a traffic-agent (one per
-// pod) opens a session and reports its pod's environment and ports.
-func (m *Manager) ArriveAsAgent(_ context.Context, a *managerv1.AgentInfo) (*managerv1.SessionInfo, error) {
+// errAgentPortOnly refuses agent RPCs on the client port.
+func errAgentPortOnly(method string) error {
+	return status.Errorf(codes.PermissionDenied, "%s is served to traffic-agents only, on port %d with TLS and the pod's token", method, AgentPort)
+}
+
+// ArriveAsAgent implements managerv1.ManagerServer on the client port:
+// refused (agents arrive on the agent port, agentServer).
+func (m *Manager) ArriveAsAgent(context.Context, *managerv1.AgentInfo) (*managerv1.SessionInfo, error) {
+	return nil, errAgentPortOnly("ArriveAsAgent")
+}
+
+// WatchIntercepts implements managerv1.ManagerServer on the client port:
+// refused (agents watch on the agent port, agentServer).
+func (m *Manager) WatchIntercepts(*managerv1.SessionRef, grpc.ServerStreamingServer[managerv1.InterceptSnapshot]) error {
+	return errAgentPortOnly("WatchIntercepts")
+}
+
+// arriveAgent opens a session for the traffic-agent (one per pod) that
+// caller verified, which reports its pod's environment and ports: accepted
+// only for the verified pod and the workload and ports its webhook gave it.
+func (m *Manager) arriveAgent(ctx context.Context, caller *agentIdentity, a *managerv1.AgentInfo) (*managerv1.SessionInfo, error) {
 	if a.GetProtocolVersion() != tunnel.ProtocolVersion {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"traffic-agent speaks protocol %d, traffic-manager %s speaks %d: run `tp uninstall` for the workload and intercept again to get the manager's agent",
@@ -26,7 +44,11 @@ func (m *Manager) ArriveAsAgent(_ context.Context, a *managerv1.AgentInfo) (*man
 		return nil, status.Errorf(codes.InvalidArgument, "agent: workload %q, namespace %q and kind %q must all be set",
 			a.GetWorkload(), a.GetNamespace(), a.GetKind())
 	}
-	s := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo))
+	if err := caller.checkClaims(a); err != nil {
+		m.log.Warn("agent refused", "caller", caller.String(), "peer", peerAddr(ctx), "err", status.Convert(err).Message())
+		return nil, err
+	}
+	s := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo), caller.PodUID)
 	m.changes.notify()
 	m.log.Info("agent arrived", "session", sessionid.Public(s.id), "workload", a.GetWorkload(), "kind", a.GetKind(),
 		"namespace", a.GetNamespace(), "pod", a.GetPodName(), "ports", len(a.GetPorts()), "version", a.GetVersion())
@@ -36,10 +58,10 @@ func (m *Manager) ArriveAsAgent(_ context.Context, a *managerv1.AgentInfo) (*man
 	}, nil
 }
 
-// WatchIntercepts implements managerv1.ManagerServer: it sends the intercepts
-// of the agent's workload now and after every change, until the agent's
-// session ends (NotFound) or the agent goes away.
-func (m *Manager) WatchIntercepts(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.InterceptSnapshot]) error {
+// watchIntercepts sends the intercepts of the agent's workload now and after
+// every change, until the agent's session ends (NotFound) or the agent goes
+// away.
+func (m *Manager) watchIntercepts(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.InterceptSnapshot]) error {
 	ctx := stream.Context()
 	var last *managerv1.InterceptSnapshot
 	for {

@@ -12,13 +12,17 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -52,7 +56,9 @@ func (c *clock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// harness is a Manager on a fake clientset, served over bufconn gRPC.
+// harness is a Manager on a fake clientset, served over bufconn gRPC: the
+// client API on cc, the agent API (as on the agent port, with a test
+// authenticator instead of TLS and TokenReviews) on agentLis.
 type harness struct {
 	t     testing.TB
 	m     *Manager
@@ -60,6 +66,81 @@ type harness struct {
 	cc    *grpc.ClientConn
 	mc    managerv1.ManagerClient
 	clock *clock
+
+	agentLis *bufconn.Listener
+	// agents are the agent API connections by agent session id.
+	agents map[string]*grpc.ClientConn
+}
+
+// testAgentKey is the metadata the test authenticator takes the caller's
+// identity from (JSON of agentIdentity); nothing else is admitted.
+const testAgentKey = "x-test-agent"
+
+type testAuthenticator struct{}
+
+func (testAuthenticator) authenticate(ctx context.Context) (*agentIdentity, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(testAgentKey)
+	if len(v) != 1 {
+		return nil, status.Error(codes.Unauthenticated, "test: no identity")
+	}
+	id := &agentIdentity{}
+	if err := json.Unmarshal([]byte(v[0]), id); err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "test: %v", err)
+	}
+	return id, nil
+}
+
+// testAgentCreds present an identity to testAuthenticator.
+type testAgentCreds struct{ id string }
+
+func (c testAgentCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{testAgentKey: c.id}, nil
+}
+
+func (testAgentCreds) RequireTransportSecurity() bool { return false }
+
+// agentConn connects to the agent API as the agent verified as id (nil: no
+// identity at all).
+func (h *harness) agentConn(id *agentIdentity) *grpc.ClientConn {
+	h.t.Helper()
+	opts := append(tunnel.DialOptions(),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.agentLis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if id != nil {
+		b, err := json.Marshal(id)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(testAgentCreds{id: string(b)}))
+	}
+	cc, err := grpc.NewClient("passthrough:///agents", opts...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// agentClient is the agent API as the agent of session id.
+func (h *harness) agentClient(id string) managerv1.ManagerClient {
+	h.t.Helper()
+	cc := h.agents[id]
+	if cc == nil {
+		h.t.Fatalf("no agent connection for session %q", id)
+	}
+	return managerv1.NewManagerClient(cc)
+}
+
+// podIdentity is what the authenticator verifies for pod of ref that took
+// over ports (container ports; agent ports from 9900, as arriveAgent
+// claims).
+func podIdentity(ref workloadRef, pod string, ports ...int32) *agentIdentity {
+	id := &agentIdentity{Workload: ref, Pod: pod, PodUID: types.UID("uid-" + pod), PodIPs: []string{"10.1.0.7"}, Container: "app"}
+	for i, p := range ports {
+		id.Ports = append(id.Ports, agent.Port{ContainerPort: p, AgentPort: agent.FirstAgentPort + int32(i), Protocol: "TCP", Mechanism: agent.MechanismRename})
+	}
+	return id
 }
 
 const testTTL = 10 * time.Second
@@ -106,6 +187,7 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 			return false, nil, nil // the tracker applies the patch
 		})
 	}
+	m.agentAuth = testAuthenticator{}
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(tunnel.ServerOptions()...)
@@ -127,12 +209,32 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// The agent API, as listenAgents serves it but without TLS.
+	agentLis := bufconn.Listen(1 << 20)
+	agentTunnels, err := tunnel.NewServer(refuseAgentDial, m.authorizeAgentFlow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentTunnels.HandlePairing(m.pair)
+	agentSrv := grpc.NewServer(append(tunnel.ServerOptions(),
+		grpc.UnaryInterceptor(m.authenticateAgentUnary), grpc.StreamInterceptor(m.authenticateAgentStream))...)
+	managerv1.RegisterManagerServer(agentSrv, agentServer{m: m})
+	agentTunnels.Register(agentSrv)
+	agentServed := make(chan struct{})
+	go func() {
+		defer close(agentServed)
+		_ = agentSrv.Serve(agentLis)
+	}()
 	t.Cleanup(func() {
 		cc.Close()
 		srv.Stop()
+		agentSrv.Stop()
 		<-served
+		<-agentServed
 	})
-	return &harness{t: t, m: m, kube: kube, cc: cc, mc: managerv1.NewManagerClient(cc), clock: clk}
+	return &harness{t: t, m: m, kube: kube, cc: cc, mc: managerv1.NewManagerClient(cc), clock: clk,
+		agentLis: agentLis, agents: map[string]*grpc.ClientConn{}}
 }
 
 func (h *harness) ctx() context.Context {
@@ -164,10 +266,12 @@ func (h *harness) arriveAgent(ref workloadRef, pod string, env map[string]string
 	for i, p := range ports {
 		a.Ports = append(a.Ports, &managerv1.AgentPort{ContainerPort: p, AgentPort: agent.FirstAgentPort + int32(i), Protocol: "TCP"})
 	}
-	info, err := h.mc.ArriveAsAgent(h.ctx(), a)
+	cc := h.agentConn(podIdentity(ref, pod, ports...))
+	info, err := managerv1.NewManagerClient(cc).ArriveAsAgent(h.ctx(), a)
 	if err != nil {
 		h.t.Fatalf("ArriveAsAgent: %v", err)
 	}
+	h.agents[info.GetSessionId()] = cc
 	return info.GetSessionId()
 }
 

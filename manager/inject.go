@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"reflect"
 	"strconv"
 	"strings"
@@ -21,6 +22,12 @@ const (
 	agentInitContainerName = "tp-agent-init"
 	agentHealthPort        = 9898
 	agentUID               = 65532
+	// agentTokenVolume is the projected ServiceAccount token (audience tp)
+	// the agent authenticates with; mounted read-only into tp-agent only.
+	agentTokenVolume = "tp-agent-token"
+	// agentTokenSeconds is the token's lifetime (the API's minimum); the
+	// kubelet renews it after 80 % of that.
+	agentTokenSeconds = 600
 )
 
 // agentSpec is what the webhook needs besides the pod to inject an agent.
@@ -28,8 +35,10 @@ type agentSpec struct {
 	// image of the agent: the manager's own.
 	image      string
 	pullPolicy corev1.PullPolicy
-	// managerAddr is host:port of the manager's gRPC Service.
+	// managerAddr is host:port of the manager's agent port.
 	managerAddr string
+	// managerCA is the PEM CA bundle of the manager's certificate.
+	managerCA []byte
 }
 
 // errNothingToIntercept: no service selecting the pod targets a TCP port of it.
@@ -40,6 +49,11 @@ var errNothingToIntercept = errors.New("no service selecting the pod targets a T
 func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSpec) error {
 	if len(plan) == 0 {
 		return errNothingToIntercept
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == agentTokenVolume {
+			return fmt.Errorf("the pod has a volume named %s already", agentTokenVolume)
+		}
 	}
 	app := containerIndex(pod.Spec.Containers, plan[0].container)
 	if app < 0 {
@@ -72,9 +86,14 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 			fieldEnv("TP_AGENT_HOST_IP", "status.hostIP"),
 			corev1.EnvVar{Name: "TP_AGENT_CONTAINER", Value: pod.Spec.Containers[app].Name},
 			corev1.EnvVar{Name: "TP_AGENT_PORTS", Value: string(portsJSON)},
-			corev1.EnvVar{Name: "TP_MANAGER_ADDR", Value: spec.managerAddr},
+			corev1.EnvVar{Name: tpagent.EnvManagerAddr, Value: spec.managerAddr},
+			corev1.EnvVar{Name: tpagent.EnvManagerCA, Value: string(spec.managerCA)},
+			corev1.EnvVar{Name: tpagent.EnvTokenFile, Value: tpagent.DefaultTokenFile},
 			corev1.EnvVar{Name: "TP_AGENT_HEALTH_ADDR", Value: fmt.Sprintf(":%d", agentHealthPort)},
 		),
+		VolumeMounts: []corev1.VolumeMount{{
+			Name: agentTokenVolume, MountPath: path.Dir(tpagent.DefaultTokenFile), ReadOnly: true,
+		}},
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 				Path: "/ready", Port: intstr.FromInt32(agentHealthPort),
@@ -118,6 +137,17 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 		agent.Ports = append(agent.Ports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.AgentPort, Protocol: corev1.ProtocolTCP})
 	}
 	pod.Spec.Containers = append(pod.Spec.Containers, agent)
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
+		Name: agentTokenVolume,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: tpagent.TokenAudience, ExpirationSeconds: ptr(int64(agentTokenSeconds)),
+				Path: path.Base(tpagent.DefaultTokenFile),
+			}}},
+			// The agent runs as agentUID; the token is its alone.
+			DefaultMode: ptr(int32(0o400)),
+		}},
+	})
 
 	if redirect {
 		init := corev1.Container{
@@ -225,7 +255,8 @@ type patchOp struct {
 // podPatch is the JSON Patch from orig to mutated, where mutated is orig after
 // injectAgent: it replaces only the container fields injectAgent changes,
 // appends the agent, prepends the init container and adds the annotation,
-// leaving every other field of the pod as the API server sent it.
+// appends the token volume, leaving every other field of the pod as the API
+// server sent it.
 func podPatch(orig, mutated *corev1.Pod) ([]patchOp, error) {
 	var ops []patchOp
 	if len(mutated.Spec.Containers) < len(orig.Spec.Containers) {
@@ -260,6 +291,15 @@ func podPatch(orig, mutated *corev1.Pod) ([]patchOp, error) {
 		ops = append(ops, patchOp{Op: "add", Path: "/spec/initContainers/0", Value: mutated.Spec.InitContainers[0]})
 	default:
 		return nil, fmt.Errorf("%d init containers added, want at most 1", added)
+	}
+	switch {
+	case len(mutated.Spec.Volumes) == len(orig.Spec.Volumes):
+	case len(orig.Spec.Volumes) == 0:
+		ops = append(ops, patchOp{Op: "add", Path: "/spec/volumes", Value: mutated.Spec.Volumes})
+	default:
+		for _, v := range mutated.Spec.Volumes[len(orig.Spec.Volumes):] {
+			ops = append(ops, patchOp{Op: "add", Path: "/spec/volumes/-", Value: v})
+		}
 	}
 	if len(orig.Annotations) == 0 {
 		ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: mutated.Annotations})

@@ -314,7 +314,7 @@ func TestSessionEndRemovesInterceptsAndUpdatesAgents(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(h.ctx())
 	defer cancel()
-	watch, err := h.mc.WatchIntercepts(ctx, &managerv1.SessionRef{SessionId: agent})
+	watch, err := h.agentClient(agent).WatchIntercepts(ctx, &managerv1.SessionRef{SessionId: agent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func TestSessionEndRemovesInterceptsAndUpdatesAgents(t *testing.T) {
 
 	// Bob expires: the agent keeps its session alive, bob does not.
 	h.clock.advance(testTTL / 2)
-	if _, err := h.mc.Remain(h.ctx(), &managerv1.SessionRef{SessionId: agent}); err != nil {
+	if _, err := h.agentClient(agent).Remain(h.ctx(), &managerv1.SessionRef{SessionId: agent}); err != nil {
 		t.Fatal(err)
 	}
 	h.clock.advance(testTTL/2 + time.Second)
@@ -373,7 +373,7 @@ func TestAgentDepartureMakesInterceptWait(t *testing.T) {
 	agent := h.arriveAgent(echoRef, "echo-abc", nil, 8080)
 	alice := h.arriveClient("tp", "laptop", "alice")
 	h.intercept(alice, "echo", nil)
-	if _, err := h.mc.Depart(h.ctx(), &managerv1.SessionRef{SessionId: agent}); err != nil {
+	if _, err := h.agentClient(agent).Depart(h.ctx(), &managerv1.SessionRef{SessionId: agent}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := h.mc.ListWorkloads(h.ctx(), &managerv1.ListWorkloadsRequest{Namespace: "shop"})
@@ -388,8 +388,8 @@ func TestAgentDepartureMakesInterceptWait(t *testing.T) {
 func TestAgentSessionsAreAuthorizedButNotClients(t *testing.T) {
 	h := newHarness(t, echoObjects()...)
 	agent := h.arriveAgent(echoRef, "echo-abc", nil, 8080)
-	if err := h.m.authorize(context.Background(), agent); err != nil {
-		t.Errorf("tunnel authorize of an agent session: got %v, want nil", err)
+	if err := h.m.authorize(context.Background(), agent); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("client tunnel authorize of an agent session: got %v, want Unauthenticated", err)
 	}
 	_, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: agent, Spec: &managerv1.InterceptSpec{Workload: "echo", LocalPort: 1}})
 	if status.Code(err) != codes.PermissionDenied {
@@ -399,7 +399,7 @@ func TestAgentSessionsAreAuthorizedButNotClients(t *testing.T) {
 	if err != nil || len(resp.GetSessions()) != 0 {
 		t.Errorf("ListSessions: got %v, %v, want no client sessions", resp, err)
 	}
-	if _, err := h.mc.ArriveAsAgent(h.ctx(), &managerv1.AgentInfo{Workload: "echo", Namespace: "shop", Kind: kindDeployment, ProtocolVersion: 99}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := h.agentClient(agent).ArriveAsAgent(h.ctx(), &managerv1.AgentInfo{Workload: "echo", Namespace: "shop", Kind: kindDeployment, ProtocolVersion: 99}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("ArriveAsAgent with another protocol: got %v, want FailedPrecondition", err)
 	}
 }

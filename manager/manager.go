@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,8 @@ type Config struct {
 	// AgentImagePullPolicy of the injected containers
 	// (TP_AGENT_IMAGE_PULL_POLICY); empty leaves Kubernetes' default.
 	AgentImagePullPolicy string
+	// AgentAddr for the traffic-agents (TLS, token); default ":8082".
+	AgentAddr string
 	// WebhookAddr for the agent-injection webhook; default ":8443".
 	WebhookAddr string
 	// WebhookCertDir holds tls.crt and tls.key of the webhook
@@ -97,6 +100,8 @@ type Manager struct {
 	dials    *dialQueues
 	pairings *pairings
 	injector *injector
+	// agentAuth verifies the callers on the agent port.
+	agentAuth agentAuthenticator
 	// injectErr says why the manager cannot inject agents (nil if it can).
 	injectErr atomic.Pointer[error]
 }
@@ -127,6 +132,9 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	if cfg.WebhookAddr == "" {
 		cfg.WebhookAddr = fmt.Sprintf(":%d", WebhookPort)
 	}
+	if cfg.AgentAddr == "" {
+		cfg.AgentAddr = fmt.Sprintf(":%d", AgentPort)
+	}
 	if cfg.WebhookCertDir == "" {
 		cfg.WebhookCertDir = DefaultWebhookCertDir
 	}
@@ -156,10 +164,12 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 			kube: kube, log: cfg.Log.With("component", "webhook"),
 			agent: agentSpec{
 				image: cfg.AgentImage, pullPolicy: corev1.PullPolicy(cfg.AgentImagePullPolicy),
-				managerAddr: fmt.Sprintf("traffic-manager.%s:%d", cfg.Namespace, Port),
+				managerAddr: agentManagerAddr(cfg.Namespace),
 			},
+			caFile: filepath.Join(cfg.WebhookCertDir, "ca.crt"),
 		},
 	}
+	m.agentAuth = newTokenAuthenticator(kube, m.interceptable, cfg.Log.With("component", "agentauth"))
 	if cfg.AgentImage == "" {
 		m.setInjectErr(errors.New("no agent image (TP_AGENT_IMAGE is empty); run `tp helm upgrade`"))
 	}
@@ -221,9 +231,20 @@ func (m *Manager) Run(ctx context.Context) error {
 		return fmt.Errorf("manager: listen %s: %w", m.cfg.WebhookAddr, err)
 	}
 
+	agents, err := m.listenAgents(certs)
+	if err != nil {
+		lis.Close()
+		healthLis.Close()
+		if webhookLis != nil {
+			webhookLis.Close()
+		}
+		return err
+	}
+
 	ready := &probes{}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(lis) })
+	g.Go(func() error { return agents.serve(ctx) })
 	g.Go(func() error { return serveHealth(ctx, healthLis, ready, m.log.With("component", "health")) })
 	ready.ready.Store(true)
 	if webhookLis != nil {
@@ -292,7 +313,8 @@ func (m *Manager) endSession(ctx context.Context, s session, why string) {
 }
 
 func (m *Manager) authorize(_ context.Context, sessionID string) error {
-	if _, ok := m.sessions.get(sessionID); !ok {
+	// Agent sessions are served on the agent port only (authorizeAgentFlow).
+	if s, ok := m.sessions.get(sessionID); !ok || s.kind != clientSession {
 		return status.Errorf(codes.Unauthenticated, "session %q is unknown to the traffic-manager (expired or the manager restarted)", sessionID)
 	}
 	return nil
@@ -325,6 +347,9 @@ func (m *Manager) ArriveAsClient(_ context.Context, c *managerv1.ClientInfo) (*m
 
 // Remain implements managerv1.ManagerServer.
 func (m *Manager) Remain(_ context.Context, r *managerv1.SessionRef) (*managerv1.RemainResponse, error) {
+	if _, err := m.clientSession(r.GetSessionId()); err != nil {
+		return nil, err
+	}
 	if err := m.sessions.touch(r.GetSessionId()); err != nil {
 		return nil, status.Error(codes.NotFound, err.Error())
 	}
@@ -333,6 +358,9 @@ func (m *Manager) Remain(_ context.Context, r *managerv1.SessionRef) (*managerv1
 
 // Depart implements managerv1.ManagerServer.
 func (m *Manager) Depart(ctx context.Context, r *managerv1.SessionRef) (*managerv1.DepartResponse, error) {
+	if s, ok := m.sessions.get(r.GetSessionId()); ok && s.kind != clientSession {
+		return nil, status.Errorf(codes.PermissionDenied, "session %q is a traffic-agent's; agents depart on port %d", r.GetSessionId(), AgentPort)
+	}
 	if s, ok := m.sessions.remove(r.GetSessionId()); ok {
 		m.endSession(context.WithoutCancel(ctx), s, "departed")
 	}

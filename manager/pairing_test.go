@@ -207,7 +207,7 @@ func TestWatchDialsEndsWithSession(t *testing.T) {
 func TestPairThroughTunnel(t *testing.T) {
 	s := newPairSetup(t, true)
 	ctx := s.h.ctx()
-	agentDialer := tunnel.NewDialer(s.h.cc, s.agent, nil)
+	agentDialer := tunnel.NewDialer(s.h.agents[s.agent], s.agent, nil)
 	clientDialer := tunnel.NewDialer(s.h.cc, s.alice, nil)
 	pairingID := s.ic.GetId() + "/7f3a"
 

@@ -32,7 +32,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // runManager runs a Manager on a fake cluster until the test ends.
-func runManager(t *testing.T, certDir string) (*Manager, Config) {
+func runManager(t *testing.T, certDir string, setup ...func(*fake.Clientset)) (*Manager, Config) {
 	t.Helper()
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	if err := os.WriteFile(resolv, []byte("nameserver 10.96.0.10\nsearch tp.svc.cluster.local svc.cluster.local\n"), 0o644); err != nil {
@@ -45,8 +45,11 @@ func runManager(t *testing.T, certDir string) (*Manager, Config) {
 			field.Invalid(field.NewPath("spec", "clusterIPs"), "1.1.1.1", "The range of valid IPs is 10.96.0.0/12"),
 		})
 	})
+	for _, f := range setup {
+		f(kube)
+	}
 	cfg := Config{
-		Namespace: "tp", SessionTTL: testTTL, ListenAddr: freeAddr(t), HealthAddr: freeAddr(t), WebhookAddr: freeAddr(t),
+		Namespace: "tp", SessionTTL: testTTL, ListenAddr: freeAddr(t), HealthAddr: freeAddr(t), WebhookAddr: freeAddr(t), AgentAddr: freeAddr(t),
 		WebhookCertDir: certDir, AgentImage: "tp:test", ResolvConf: resolv, Log: slog.New(slog.DiscardHandler),
 	}
 	m, err := New(cfg, kube)

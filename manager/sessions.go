@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -29,10 +31,13 @@ func (k sessionKind) String() string {
 // session is one workstation daemon's (client) or traffic-agent's presence
 // in the cluster. Both keep it alive with Remain.
 type session struct {
-	id       string
-	kind     sessionKind
-	client   *managerv1.ClientInfo // clientSession only
-	agent    *managerv1.AgentInfo  // agentSession only
+	id     string
+	kind   sessionKind
+	client *managerv1.ClientInfo // clientSession only
+	agent  *managerv1.AgentInfo  // agentSession only
+	// agentPod is the verified pod of an agent session: only its agent
+	// may use the session.
+	agentPod types.UID
 	arrived  time.Time
 	lastSeen time.Time
 }
@@ -61,8 +66,8 @@ func (s *sessions) add(client *managerv1.ClientInfo) *session {
 	return s.insert(&session{kind: clientSession, client: client})
 }
 
-func (s *sessions) addAgent(agent *managerv1.AgentInfo) *session {
-	return s.insert(&session{kind: agentSession, agent: agent})
+func (s *sessions) addAgent(agent *managerv1.AgentInfo, pod types.UID) *session {
+	return s.insert(&session{kind: agentSession, agent: agent, agentPod: pod})
 }
 
 func (s *sessions) insert(sess *session) *session {

@@ -34,7 +34,10 @@ const WebhookPath = "/inject"
 type injector struct {
 	kube  kubernetes.Interface
 	agent agentSpec
-	log   *slog.Logger
+	// caFile is the PEM CA bundle of the manager's certificate, which the
+	// agents verify it against (ca.crt of the chart's Secret).
+	caFile string
+	log    *slog.Logger
 }
 
 func (in *injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -61,6 +64,11 @@ func (in *injector) review(ctx context.Context, req *admissionv1.AdmissionReques
 	if in.agent.image == "" {
 		return in.notInjected(allow, req, "the traffic-manager has no agent image (TP_AGENT_IMAGE); run `tp helm upgrade`")
 	}
+	spec := in.agent
+	var err error
+	if spec.managerCA, err = os.ReadFile(in.caFile); err != nil {
+		return in.notInjected(allow, req, "the CA bundle agents verify the traffic-manager with: %v; run `tp helm upgrade`", err)
+	}
 	wl, err := workloadOfPod(ctx, in.kube, namespace, &pod)
 	if err != nil {
 		return in.notInjected(allow, req, "%v", err)
@@ -70,7 +78,7 @@ func (in *injector) review(ctx context.Context, req *admissionv1.AdmissionReques
 		return in.notInjected(allow, req, "list services: %v", err)
 	}
 	mutated := pod.DeepCopy()
-	if err := injectAgent(mutated, wl, planPorts(&pod.Spec, pod.Labels, svcs.Items), in.agent); err != nil {
+	if err := injectAgent(mutated, wl, planPorts(&pod.Spec, pod.Labels, svcs.Items), spec); err != nil {
 		return in.notInjected(allow, req, "%v", err)
 	}
 	ops, err := podPatch(&pod, mutated)

@@ -120,12 +120,25 @@ func admit(t *testing.T, in *injector, raw []byte) (*admissionv1.AdmissionRespon
 	return r, &pod, generic
 }
 
+// testCAFile stands for ca.crt of the chart's Secret.
+const testCAFile = "testdata/ca.crt"
+
 func newInjector(objs ...runtime.Object) *injector {
 	return &injector{
-		kube:  fake.NewClientset(objs...),
-		agent: agentSpec{image: "tp:test", pullPolicy: corev1.PullNever, managerAddr: "traffic-manager.tp:8081"},
-		log:   slog.New(slog.DiscardHandler),
+		kube:   fake.NewClientset(objs...),
+		agent:  agentSpec{image: "tp:test", pullPolicy: corev1.PullNever, managerAddr: agentManagerAddr("tp")},
+		caFile: testCAFile,
+		log:    slog.New(slog.DiscardHandler),
 	}
+}
+
+func testCA(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile(testCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func mustJSON(t *testing.T, v any) []byte {
@@ -327,7 +340,8 @@ func TestWebhookInjects(t *testing.T) {
 			env := envOf(agent)
 			for name, want := range map[string]string{
 				"TP_AGENT_WORKLOAD": "echo", "TP_AGENT_KIND": kindDeployment, "TP_AGENT_CONTAINER": "app",
-				"TP_MANAGER_ADDR": "traffic-manager.tp:8081", "TP_AGENT_HEALTH_ADDR": ":9898",
+				"TP_MANAGER_ADDR": "traffic-manager.tp.svc:8082", "TP_AGENT_HEALTH_ADDR": ":9898",
+				"TP_MANAGER_CA": string(testCA(t)), "TP_AGENT_TOKEN_FILE": "/var/run/secrets/tp.run/agent/token",
 			} {
 				if got := env[name].Value; got != want {
 					t.Errorf("agent env %s: got %q, want %q", name, got, want)
@@ -344,6 +358,26 @@ func TestWebhookInjects(t *testing.T) {
 			}
 			if !reflect.DeepEqual(ports, tt.wantPorts) {
 				t.Errorf("TP_AGENT_PORTS: got %+v, want %+v", ports, tt.wantPorts)
+			}
+			// The token: a projected ServiceAccount token with audience tp,
+			// read-only in the agent container only.
+			wantMounts := []corev1.VolumeMount{{Name: "tp-agent-token", MountPath: "/var/run/secrets/tp.run/agent", ReadOnly: true}}
+			if !reflect.DeepEqual(agent.VolumeMounts, wantMounts) {
+				t.Errorf("agent volumeMounts: got %+v, want %+v", agent.VolumeMounts, wantMounts)
+			}
+			wantVolume := corev1.Volume{Name: "tp-agent-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+					Audience: "tp", ExpirationSeconds: ptr(int64(600)), Path: "token",
+				}}},
+				DefaultMode: ptr(int32(0o400)),
+			}}}
+			if n := len(pod.Spec.Volumes); n == 0 || !reflect.DeepEqual(pod.Spec.Volumes[n-1], wantVolume) {
+				t.Errorf("volumes: got %+v, want the token volume %+v last", pod.Spec.Volumes, wantVolume)
+			}
+			for _, c := range pod.Spec.Containers[:2] {
+				if len(c.VolumeMounts) != 0 {
+					t.Errorf("container %s mounts %+v, want nothing", c.Name, c.VolumeMounts)
+				}
 			}
 			if p := agent.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/ready" || p.HTTPGet.Port != intstr.FromInt32(agentHealthPort) {
 				t.Errorf("agent readiness probe: got %+v, want GET /ready on 9898", p)
@@ -381,6 +415,7 @@ func TestWebhookPatchKeepsTheRest(t *testing.T) {
 	pod := echoPod(corev1.Container{Name: "app", Image: "echo:1"})
 	pod.Annotations = map[string]string{"a/b": "c"}
 	pod.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "db:1"}}
+	pod.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	// A field this version of the Go types does not know must survive.
 	var raw map[string]any
 	if err := json.Unmarshal(mustJSON(t, pod), &raw); err != nil {
@@ -399,6 +434,13 @@ func TestWebhookPatchKeepsTheRest(t *testing.T) {
 	}
 	if want := []string{agentInitContainerName, "migrate"}; !slices.Equal(inits, want) {
 		t.Errorf("init containers: got %v, want %v", inits, want)
+	}
+	var volumes []string
+	for _, v := range got.Spec.Volumes {
+		volumes = append(volumes, v.Name)
+	}
+	if want := []string{"data", agentTokenVolume}; !slices.Equal(volumes, want) {
+		t.Errorf("volumes: got %v, want %v", volumes, want)
 	}
 	spec := generic["spec"].(map[string]any)
 	if spec["futureField"] != "kept" || spec["containers"].([]any)[0].(map[string]any)["futureContainerField"] != "kept" {
@@ -420,23 +462,34 @@ func TestWebhookLeavesAlone(t *testing.T) {
 	bare.OwnerReferences = nil
 	job := echoPod(app)
 	job.OwnerReferences[0].Kind = "Job"
+	clash := echoPod(app)
+	clash.Spec.Volumes = []corev1.Volume{{Name: agentTokenVolume}}
+	noCA := newInjector(echoReplicaSet(), svc)
+	noCA.caFile = "testdata/missing.crt"
 
 	tests := []struct {
 		name        string
 		objs        []runtime.Object
 		pod         *corev1.Pod
 		wantWarning string
+		in          *injector // default newInjector(objs...)
 	}{
-		{"already injected", []runtime.Object{echoReplicaSet(), svc}, injected, ""},
-		{"not labelled", []runtime.Object{echoReplicaSet(), svc}, unlabelled, ""},
-		{"no service", []runtime.Object{echoReplicaSet()}, echoPod(app), "no service selecting the pod"},
-		{"no controller", []runtime.Object{svc}, bare, "no controller"},
-		{"a job's pod", []runtime.Object{svc}, job, "Job"},
-		{"replicaset gone", []runtime.Object{svc}, echoPod(app), "ReplicaSet"},
+		{"no CA bundle", nil, echoPod(app), "CA bundle", noCA},
+		{"token volume name taken", []runtime.Object{echoReplicaSet(), svc}, clash, "volume named tp-agent-token", nil},
+		{"already injected", []runtime.Object{echoReplicaSet(), svc}, injected, "", nil},
+		{"not labelled", []runtime.Object{echoReplicaSet(), svc}, unlabelled, "", nil},
+		{"no service", []runtime.Object{echoReplicaSet()}, echoPod(app), "no service selecting the pod", nil},
+		{"no controller", []runtime.Object{svc}, bare, "no controller", nil},
+		{"a job's pod", []runtime.Object{svc}, job, "Job", nil},
+		{"replicaset gone", []runtime.Object{svc}, echoPod(app), "ReplicaSet", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, _, _ := admit(t, newInjector(tt.objs...), mustJSON(t, tt.pod))
+			in := tt.in
+			if in == nil {
+				in = newInjector(tt.objs...)
+			}
+			resp, _, _ := admit(t, in, mustJSON(t, tt.pod))
 			if resp.Patch != nil {
 				t.Errorf("patch: got %s, want none", resp.Patch)
 			}

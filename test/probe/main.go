@@ -9,6 +9,8 @@
 //	probe grpc HOST:PORT [KEY=VALUE...]  call the echo example's Who with that metadata, print the reply as JSON
 //	probe manager-session ADDR...  try to open a traffic-manager session at each ADDR; fails if one opens
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
+//	probe agent-arrive [-ca FILE] [-claim NS/KIND/WORKLOAD/POD] ADDR ATTEMPT...
+//	                               pose as a traffic-agent (ATTEMPT: plain, tls, tls:TOKENFILE), print each status as JSON
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //
 // Every probe honours -timeout (default 5s).
@@ -39,6 +41,8 @@ func main() {
 	fs := flag.NewFlagSet("probe", flag.ExitOnError)
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the probe")
 	fs.Var(&headers, "H", "HTTP header KEY=VALUE for http (repeatable)")
+	caFile := fs.String("ca", "", "agent-arrive: PEM CA bundle of the manager's certificate")
+	claim := fs.String("claim", "", "agent-arrive: the namespace/kind/workload/pod to claim")
 	if len(os.Args) < 2 {
 		fail(fmt.Errorf("usage: probe http|tcp|udp|dns ARGS"))
 	}
@@ -67,6 +71,8 @@ func main() {
 		err = probeGRPC(ctx, args[0], args[1:])
 	case cmd == "manager-session" && len(args) > 0:
 		err = probeManagerSession(ctx, args)
+	case cmd == "agent-arrive" && len(args) >= 2:
+		err = agentArrive(ctx, *caFile, *claim, args[0], args[1:])
 	case cmd == "dns-server" && len(args) > 0:
 		err = dnsServer(args)
 	default:

@@ -104,6 +104,11 @@ ClusterRole).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch"]
+# Traffic-agents authenticate with their pod's ServiceAccount token (audience
+# tp), verified by a TokenReview (then the pod is checked with get pods).
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
 {{- /* No access to mutatingwebhookconfigurations: the chart installs the
 agent-injection webhook (webhook.yaml) with its certificate. */}}
 {{- end }}
@@ -128,19 +133,45 @@ traffic-manager-webhook-tls
 {{- end }}
 
 {{/*
-TLS of the agent-injection webhook: a CA and a serving certificate for the
-manager's Service, generated once per render (cached in the root context, so
-pass $) and shared by the Secret, the webhook's caBundle and the Deployment's
-checksum annotation. Every install and upgrade rotates them and, through the
-checksum, restarts the manager. Returns YAML: ca, cert, key (PEM).
+Name of the Secret holding the CA (ca.crt, ca.key) that signs the manager's
+serving certificate. Not mounted anywhere.
+*/}}
+{{- define "tp.caSecret" -}}
+traffic-manager-ca
+{{- end }}
+
+{{/*
+TLS of the manager: a CA and a serving certificate for the manager's Service,
+used by the agent-injection webhook (port 8443) and the agent port (8082).
+Generated once per render (cached in the root context, so pass $) and shared
+by the Secrets, the webhook's caBundle and the Deployment's checksum
+annotation. The CA is kept across upgrades (read back from its Secret with
+lookup), because the traffic-agents carry it in their pod spec; the serving
+certificate is new on every install and upgrade and, through the checksum,
+restarts the manager. A render without a cluster (helm template) generates a
+new CA. Returns YAML: ca, caKey, cert, key (PEM).
 */}}
 {{- define "tp.webhookTLS" -}}
 {{- if not (hasKey . "tpWebhookTLS") -}}
 {{- $name := include "tp.name" . -}}
 {{- $svc := printf "%s.%s.svc" $name .Release.Namespace -}}
-{{- $ca := genCA (printf "tp-webhook-ca.%s" .Release.Namespace) 3650 -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "tp.caSecret" .) -}}
+{{- $ca := "" -}}
+{{- if and $old $old.data (index $old.data "ca.crt") (index $old.data "ca.key") -}}
+{{- $ca = buildCustomCert (index $old.data "ca.crt") (index $old.data "ca.key") -}}
+{{- else -}}
+{{- $ca = genCA (printf "tp-webhook-ca.%s" .Release.Namespace) 3650 -}}
+{{- end -}}
 {{- $cert := genSignedCert $svc nil (list $svc (printf "%s.cluster.local" $svc) (printf "%s.%s" $name .Release.Namespace) $name) 3650 $ca -}}
-{{- $_ := set . "tpWebhookTLS" (dict "ca" $ca.Cert "cert" $cert.Cert "key" $cert.Key) -}}
+{{- $_ := set . "tpWebhookTLS" (dict "ca" $ca.Cert "caKey" $ca.Key "cert" $cert.Cert "key" $cert.Key) -}}
 {{- end -}}
 {{- toYaml (get . "tpWebhookTLS") -}}
+{{- end }}
+
+{{/*
+Agent port of the manager container and Service (gRPC, TLS with the
+certificate above, agents authenticated by their pod's token).
+*/}}
+{{- define "tp.agentPort" -}}
+8082
 {{- end }}
