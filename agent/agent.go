@@ -32,7 +32,10 @@
 // personal intercept was created keeps reaching the app: clients that pool
 // connections see a personal intercept on their new connections only.
 //
-// The agent arrives at the traffic-manager (ArriveAsAgent), keeps its session
+// The agent talks to the manager's agent port over TLS (the certificate
+// verified against TP_MANAGER_CA) and presents its pod's projected
+// ServiceAccount token (audience tp, reread for every RPC) on every RPC.
+// It arrives at the traffic-manager (ArriveAsAgent), keeps its session
 // with Remain (every TTL/3), watches its workload's intercepts and arrives
 // anew, with backoff, when the manager forgets the session (NOT_FOUND) or
 // restarts. While the manager is unreachable it routes everything to the

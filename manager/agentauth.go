@@ -494,13 +494,6 @@ func (l *agentListener) serve(ctx context.Context) error {
 	return nil
 }
 
-// close releases the listener of an agentListener that never served.
-func (l *agentListener) close() {
-	if l != nil {
-		l.lis.Close()
-	}
-}
-
 // agentManagerAddr is the address agents dial: the host their TLS checks
 // the manager's certificate for, and the agent port.
 func agentManagerAddr(namespace string) string {

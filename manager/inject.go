@@ -144,8 +144,8 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 				Audience: tpagent.TokenAudience, ExpirationSeconds: ptr(int64(agentTokenSeconds)),
 				Path: path.Base(tpagent.DefaultTokenFile),
 			}}},
-			// The agent runs as agentUID; the token is its alone.
-			DefaultMode: ptr(int32(0o400)),
+			// The default mode 0644: the agent (agentUID) must read it
+			// whatever user owns the file; only tp-agent mounts it.
 		}},
 	})
 

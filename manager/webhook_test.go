@@ -369,7 +369,6 @@ func TestWebhookInjects(t *testing.T) {
 				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 					Audience: "tp", ExpirationSeconds: ptr(int64(600)), Path: "token",
 				}}},
-				DefaultMode: ptr(int32(0o400)),
 			}}}
 			if n := len(pod.Spec.Volumes); n == 0 || !reflect.DeepEqual(pod.Spec.Volumes[n-1], wantVolume) {
 				t.Errorf("volumes: got %+v, want the token volume %+v last", pod.Spec.Volumes, wantVolume)

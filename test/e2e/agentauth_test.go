@@ -87,10 +87,15 @@ func TestAgentAuth(t *testing.T) {
 	}
 
 	// A pod dressed up as an injected one: the annotation, a tp-agent
-	// container, its own tp token; but no workload owns it.
+	// container with the webhook's variables, its own tp token; but no
+	// workload owns it.
 	fake := "echo-fake-" + rand.String(5)
 	fakePod := probePod(fake, "tp-agent", agentArriveArgs(ns, fake, agentAddr, "tls:"+probeTPToken))
 	fakePod.Annotations = map[string]string{"tp.run/agent-injected": "true"}
+	fakePod.Spec.Containers[0].Env = []corev1.EnvVar{
+		{Name: "TP_AGENT_CONTAINER", Value: "echo"},
+		{Name: "TP_AGENT_PORTS", Value: `[{"name":"http","containerPort":8080,"agentPort":9900,"protocol":"TCP","mechanism":"rename"}]`},
+	}
 	fakePod.Labels = map[string]string{"app": "echo"}
 	if r := decodeArrive(t, c.runProbePod(t, ns, fakePod)["tp-agent"])["tls:"+probeTPToken]; r.Session != "" || r.Code != "PermissionDenied" {
 		t.Errorf("pod dressed up as an agent: got %s %q (session %q), want PermissionDenied", r.Code, r.Message, r.Session)
