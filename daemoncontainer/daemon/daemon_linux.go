@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tp-run/tp/daemoncontainer"
@@ -32,12 +33,9 @@ import (
 func Run(ctx context.Context, cfg Config) error {
 	cfg = withDefaults(cfg)
 	log := cfg.Log.With("connection", cfg.Connection)
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: cfg.Context})
-	rc, err := loader.ClientConfig()
+	rc, err := restConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+		return err
 	}
 	rc.QPS, rc.Burst = 50, 100
 	kc, err := kubernetes.NewForConfig(rc)
@@ -64,6 +62,29 @@ func Run(ctx context.Context, cfg Config) error {
 	err = g.Wait()
 	log.Info("daemon stopped", "error", err)
 	return err
+}
+
+// restConfig loads the kubeconfig: the in-memory KubeconfigData when set
+// (the daemon container's case), otherwise the file Kubeconfig.
+func restConfig(cfg Config) (*rest.Config, error) {
+	overrides := &clientcmd.ConfigOverrides{CurrentContext: cfg.Context}
+	if cfg.KubeconfigData != nil {
+		raw, err := clientcmd.Load(cfg.KubeconfigData)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+		rc, err := clientcmd.NewNonInteractiveClientConfig(*raw, cfg.Context, overrides, nil).ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}, overrides).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	return rc, nil
 }
 
 func withDefaults(cfg Config) Config {
@@ -149,13 +170,8 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 	if err != nil {
 		return err
 	}
-	listen := netip.MustParseAddrPort(d.cfg.DNSAddr)
-	rendered := dns.RenderResolvConf(orig, listen.Addr(), d.cfg.Namespace, domain)
-
 	d.mu.Lock()
 	d.routes, d.conflicts, d.stack, d.dns = routes, conflicts, st, srv
-	d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
-		Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
 	d.mu.Unlock()
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -167,9 +183,13 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 			return nil
 		case <-srv.Ready():
 		}
-		if err := os.WriteFile(d.cfg.ResolvConf, rendered, 0o644); err != nil {
-			return fmt.Errorf("point %s at the cluster DNS: %w", d.cfg.ResolvConf, err)
-		}
+		// Status shows DNS once it answers: then `tp connect` points the
+		// shared resolv.conf at it (PointResolvConf; the daemon's own root
+		// filesystem, resolv.conf included, is read-only).
+		d.mu.Lock()
+		d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
+			Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
+		d.mu.Unlock()
 		log.Info("network ready", "routes", routes, "dns", d.cfg.DNSAddr, "clusterDNS", dnsIP, "domain", domain)
 		return nil
 	})
