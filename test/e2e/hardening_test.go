@@ -5,6 +5,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -261,5 +264,71 @@ func TestDaemonContainerHardening(t *testing.T) {
 	}
 	if files == 0 {
 		t.Fatal("docker export of the daemon container is empty, want its filesystem (/tp at least)")
+	}
+}
+
+// tpWithKubeconfig runs the tp CLI under test with $KUBECONFIG set to path.
+func tpWithKubeconfig(t *testing.T, path string, args ...string) (string, error) {
+	t.Helper()
+	bin := os.Getenv("TP_BIN")
+	if bin == "" {
+		bin = filepath.Join(repoRoot(t), "bin", "tp")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+path)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestUninstallEverythingUsesConnectionContext: `tp uninstall --everything`
+// acts on the connection's cluster even when the kubeconfig's current context
+// points elsewhere (here: an unreachable decoy), and refuses a --context
+// other than the connection's. It uninstalls the shared traffic-manager, so it
+// installs it again at the end, as TestMain does.
+func TestUninstallEverythingUsesConnectionContext(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "unctx")
+	raw, err := clientcmd.LoadFromFile(c.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real := raw.CurrentContext
+	raw.Clusters["decoy"] = &clientcmdapi.Cluster{Server: "https://192.0.2.1:6443"} // TEST-NET-1: nothing answers
+	raw.Contexts["decoy"] = &clientcmdapi.Context{Cluster: "decoy", AuthInfo: raw.Contexts[real].AuthInfo, Namespace: "default"}
+	raw.CurrentContext = "decoy"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*raw, path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if out, err := tp(t, "helm", "upgrade", "--namespace", "tp"); err != nil {
+			t.Errorf("reinstall the traffic-manager: %v\n%s", err, out)
+		}
+	})
+
+	name := "unctx-" + rand.String(4)
+	if out, err := tpWithKubeconfig(t, path, "connect", "--name", name, "--context", real, "-n", ns); err != nil {
+		t.Fatalf("tp connect --context %s: %v\n%s", real, err, out)
+	}
+	t.Cleanup(func() { _, _ = tp(t, "quit", "--name", name) })
+
+	out, err := tpWithKubeconfig(t, path, "uninstall", "--everything", "--name", name, "--context", "decoy")
+	if err == nil || !strings.Contains(out, "is for context "+real) {
+		t.Errorf("tp uninstall --everything --context decoy on a connection of %s: %v\n%s\nwant a refusal naming the connection's context", real, err, out)
+	}
+	out, err = tpWithKubeconfig(t, path, "uninstall", "--everything", "--name", name)
+	if err != nil {
+		t.Fatalf("tp uninstall --everything with the current context on a decoy: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "Traffic-manager uninstalled from namespace tp") {
+		t.Errorf("tp uninstall --everything said:\n%s", out)
+	}
+	if _, err := c.client.AppsV1().Deployments("tp").Get(context.Background(), "traffic-manager", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("traffic-manager deployment after tp uninstall --everything: %v, want not found", err)
+	}
+	if out, err := docker("inspect", "tp-"+name); err == nil {
+		t.Errorf("daemon container tp-%s still exists after tp uninstall --everything:\n%.300s", name, out)
 	}
 }
