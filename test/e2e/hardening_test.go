@@ -295,7 +295,7 @@ func TestUninstallEverythingUsesConnectionContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	real := raw.CurrentContext
-	raw.Clusters["decoy"] = &clientcmdapi.Cluster{Server: "https://192.0.2.1:6443"} // TEST-NET-1: nothing answers
+	raw.Clusters["decoy"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"} // nothing listens
 	raw.Contexts["decoy"] = &clientcmdapi.Context{Cluster: "decoy", AuthInfo: raw.Contexts[real].AuthInfo, Namespace: "default"}
 	raw.CurrentContext = "decoy"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
