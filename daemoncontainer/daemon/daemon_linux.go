@@ -18,8 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/daemoncontainer/dns"
@@ -62,29 +60,6 @@ func Run(ctx context.Context, cfg Config) error {
 	err = g.Wait()
 	log.Info("daemon stopped", "error", err)
 	return err
-}
-
-// restConfig loads the kubeconfig: the in-memory KubeconfigData when set
-// (the daemon container's case), otherwise the file Kubeconfig.
-func restConfig(cfg Config) (*rest.Config, error) {
-	overrides := &clientcmd.ConfigOverrides{CurrentContext: cfg.Context}
-	if cfg.KubeconfigData != nil {
-		raw, err := clientcmd.Load(cfg.KubeconfigData)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig: %w", err)
-		}
-		rc, err := clientcmd.NewNonInteractiveClientConfig(*raw, cfg.Context, overrides, nil).ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig: %w", err)
-		}
-		return rc, nil
-	}
-	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}, overrides).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
-	}
-	return rc, nil
 }
 
 func withDefaults(cfg Config) Config {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // maxKubeconfigSize bounds what ReadKubeconfig accepts.
@@ -43,4 +46,27 @@ func ReadKubeconfig(stdin io.ReadCloser, timeout time.Duration) ([]byte, error) 
 		_ = stdin.Close()
 		return nil, fmt.Errorf("no kubeconfig on stdin within %s: `tp connect` did not deliver it; run it again", timeout)
 	}
+}
+
+// restConfig loads the kubeconfig: the in-memory KubeconfigData when set
+// (the daemon container's case), otherwise the file Kubeconfig.
+func restConfig(cfg Config) (*rest.Config, error) {
+	overrides := &clientcmd.ConfigOverrides{CurrentContext: cfg.Context}
+	if cfg.KubeconfigData != nil {
+		raw, err := clientcmd.Load(cfg.KubeconfigData)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+		rc, err := clientcmd.NewNonInteractiveClientConfig(*raw, cfg.Context, overrides, nil).ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}, overrides).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	return rc, nil
 }
