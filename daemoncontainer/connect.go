@@ -44,7 +44,7 @@ type ConnectOptions struct {
 	Progress io.Writer
 	// Kubeauth starts the host relay for exec credential plugins; see
 	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
-	Kubeauth func(ctx context.Context, containerName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
+	Kubeauth func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
 }
 
 // Connect starts the daemon container for a connection and waits until it is
@@ -94,7 +94,14 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	if existing, err := Find(ctx, docker, o.Name); err == nil {
 		if existing.Running && existing.Context == contextName && existing.Namespace == namespace && existing.ManagerNamespace == o.ManagerNamespace {
 			fmt.Fprintf(o.Progress, "Already connected as %s (context %s, namespace %s)\n", cname, contextName, namespace)
-			return waitConnected(ctx, docker, existing.ContainerID)
+			st, err := waitConnected(ctx, docker, existing.ContainerID)
+			if err != nil {
+				return nil, err
+			}
+			if err := pointResolver(ctx, docker, existing.ContainerID, st); err != nil {
+				return nil, err
+			}
+			return st, nil
 		}
 		if existing.Running {
 			return nil, fmt.Errorf("connection %q already runs for context %s, namespace %s: run `tp quit --name %s` first, or connect with another --name",
@@ -125,7 +132,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		if err != nil {
 			return nil, err
 		}
-		relay, pid, err := o.Kubeauth(ctx, cname, host)
+		relay, pid, err := o.Kubeauth(ctx, cname, contextName, host)
 		if err != nil {
 			return nil, fmt.Errorf("start the credential relay for the exec plugin: %w", err)
 		}
@@ -139,17 +146,20 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 
 	fmt.Fprintf(o.Progress, "Starting daemon container %s (%s)\n", cname, o.Image)
 	conn := Connection{Name: o.Name, ContainerName: cname, Context: contextName, Namespace: namespace,
-		ManagerNamespace: o.ManagerNamespace, Version: o.Version}
+		ManagerNamespace: o.ManagerNamespace, Version: o.Version, Kubeconfig: kubeconfigPaths(o.Kube)}
 	if kubeauthPID != 0 {
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		Kubeconfig: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS})
+		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
 		return nil, err
 	}
 	st, err := waitConnected(ctx, docker, id)
+	if err == nil {
+		err = pointResolver(ctx, docker, id, st)
+	}
 	if err != nil {
 		logs := logsTail(context.WithoutCancel(ctx), docker, id, 15)
 		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)

@@ -8,7 +8,6 @@
 package daemoncontainer
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
@@ -35,10 +35,34 @@ const (
 	LabelManagerNamespace = "run.tp.manager-namespace"
 	LabelVersion          = "run.tp.version"
 	LabelKubeauthPID      = "run.tp.kubeauth-pid"
+	// LabelKubeconfig is the kubeconfig file(s) on the host the connection
+	// was made with (--kubeconfig, else $KUBECONFIG; absent for the
+	// default): commands acting on the connection's cluster load it with
+	// LabelContext, not the host's current context.
+	LabelKubeconfig = "run.tp.kubeconfig"
 )
 
-// KubeconfigPath is where the daemon finds its kubeconfig inside the container.
-const KubeconfigPath = "/etc/tp/kubeconfig"
+// KubeconfigFromStdin is the daemon's --kubeconfig: `tp connect` writes the
+// kubeconfig to the daemon's stdin, and the daemon keeps it in memory. It is
+// never a file in the container's writable layer (there is none: the root
+// filesystem is read-only), a volume or a host file; it is gone with the
+// daemon process.
+const KubeconfigFromStdin = "-"
+
+// Capabilities is the daemon container's whole capability set: Docker's
+// defaults are all dropped. NET_ADMIN creates the TUN device and sets its
+// MTU, address, link state and routes (netlink). Nothing else is needed: the
+// DNS server binds 127.0.0.1:53 thanks to the namespaced sysctl
+// net.ipv4.ip_unprivileged_port_start=0 (Docker >= 20.10 sets it by default;
+// the daemon container sets it explicitly) instead of NET_BIND_SERVICE; gVisor
+// terminates every flow in the process, so no NET_RAW; the daemon runs as
+// root and only touches what it owns (its socket on a tmpfs, /dev/net/tun is
+// 0666), so no DAC_OVERRIDE, CHOWN or FOWNER.
+var Capabilities = []string{"NET_ADMIN"}
+
+// RunDir is the daemon container's only writable directory (a tmpfs, private
+// to root): the daemon API's socket lives there.
+const RunDir = "/run/tp"
 
 // DefaultName is the connection name used when --name is not given.
 const DefaultName = "default"
@@ -64,6 +88,9 @@ type Connection struct {
 	ManagerNamespace string
 	Version          string
 	KubeauthPID      string
+	// Kubeconfig is the host's kubeconfig path(s) of the connection, "" for
+	// the default loading rules.
+	Kubeconfig string
 }
 
 func connectionFrom(id, name string, labels map[string]string, state string) Connection {
@@ -78,6 +105,7 @@ func connectionFrom(id, name string, labels map[string]string, state string) Con
 		ManagerNamespace: labels[LabelManagerNamespace],
 		Version:          labels[LabelVersion],
 		KubeauthPID:      labels[LabelKubeauthPID],
+		Kubeconfig:       labels[LabelKubeconfig],
 	}
 }
 
@@ -122,18 +150,19 @@ func List(ctx context.Context, docker client.APIClient) ([]Connection, error) {
 // createOptions describes a daemon container to create.
 type createOptions struct {
 	Connection
-	Image      string
-	Kubeconfig []byte
-	Networks   []string // extra Docker networks to join (e.g. a kind cluster's)
-	LogLevel   string
+	Image string
+	// KubeconfigData is the container's kubeconfig (handed over on stdin).
+	KubeconfigData []byte
+	Networks       []string // extra Docker networks to join (e.g. a kind cluster's)
+	LogLevel       string
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
 }
 
-// create creates and starts the daemon container. On any failure it removes
-// what it created.
-func create(ctx context.Context, docker client.APIClient, o createOptions) (id string, err error) {
+// containerConfig is the daemon container's configuration. Its stdin is
+// open for exactly one writer, the kubeconfig hand-off, and closed after it.
+func containerConfig(o createOptions) *container.Config {
 	labels := map[string]string{
 		LabelConnection: o.Name, LabelContext: o.Context, LabelNamespace: o.Namespace,
 		LabelManagerNamespace: o.ManagerNamespace, LabelVersion: o.Version,
@@ -141,25 +170,46 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 	if o.KubeauthPID != "" {
 		labels[LabelKubeauthPID] = o.KubeauthPID
 	}
-	cfg := &container.Config{
+	if o.Kubeconfig != "" {
+		labels[LabelKubeconfig] = o.Kubeconfig
+	}
+	return &container.Config{
 		Image: o.Image,
 		Cmd: []string{"daemon", "run",
 			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
-			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigPath,
+			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigFromStdin,
 			"--log-level", o.LogLevel},
 		Labels: labels,
 		// Who owns this connection's intercepts, as others see it in tp list.
-		Env: []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
+		Env:       []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
+		OpenStdin: true, StdinOnce: true, AttachStdin: true,
 	}
-	host := &container.HostConfig{
-		CapAdd:     []string{"NET_ADMIN"},
-		DNS:        o.DNS,
-		ExtraHosts: []string{"host.docker.internal:host-gateway"},
+}
+
+// hostConfig is what the daemon container may do: NET_ADMIN and the TUN
+// device, nothing more (see Capabilities), no new privileges (no setuid or
+// file capabilities), a read-only root filesystem with one small tmpfs
+// (RunDir), and no mounts or volumes.
+func hostConfig(o createOptions) *container.HostConfig {
+	return &container.HostConfig{
+		CapDrop:        []string{"ALL"},
+		CapAdd:         Capabilities,
+		SecurityOpt:    []string{"no-new-privileges"},
+		ReadonlyRootfs: true,
+		Tmpfs:          map[string]string{RunDir: "rw,noexec,nosuid,nodev,size=1m,mode=0700"},
+		Sysctls:        map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
+		DNS:            o.DNS,
+		ExtraHosts:     []string{"host.docker.internal:host-gateway"},
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",
 		}}},
 	}
-	created, err := docker.ContainerCreate(ctx, cfg, host, &network.NetworkingConfig{}, nil, o.ContainerName)
+}
+
+// create creates and starts the daemon container and hands it the
+// kubeconfig through its stdin. On any failure it removes what it created.
+func create(ctx context.Context, docker client.APIClient, o createOptions) (id string, err error) {
+	created, err := docker.ContainerCreate(ctx, containerConfig(o), hostConfig(o), &network.NetworkingConfig{}, nil, o.ContainerName)
 	if err != nil {
 		if cerrdefs.IsConflict(err) {
 			return "", fmt.Errorf("container name %s is already in use: run `tp quit --name %s` or pick another --name", o.ContainerName, o.Name)
@@ -181,17 +231,32 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 			return "", fmt.Errorf("join daemon container to network %s: %w", n, err)
 		}
 	}
-	archive, err := tarFile(KubeconfigPath, o.Kubeconfig, 0o600)
+	// Attach before the start, as `docker start -ai` does: the daemon reads
+	// its stdin first thing.
+	stdin, err := docker.ContainerAttach(ctx, created.ID, container.AttachOptions{Stream: true, Stdin: true})
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("attach to the daemon container's stdin: %w", dockerHint(err))
 	}
-	if err := docker.CopyToContainer(ctx, created.ID, "/", archive, container.CopyToContainerOptions{}); err != nil {
-		return "", fmt.Errorf("copy kubeconfig into the daemon container: %w", err)
-	}
+	defer stdin.Close()
 	if err := docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return "", fmt.Errorf("start daemon container %s: %w", o.ContainerName, dockerHint(err))
 	}
+	if err := handKubeconfig(stdin, o.KubeconfigData); err != nil {
+		return "", err
+	}
 	return created.ID, nil
+}
+
+// handKubeconfig writes the kubeconfig to the daemon's stdin and closes it
+// (StdinOnce: Docker then closes the daemon's stdin, which reads to EOF).
+func handKubeconfig(stdin types.HijackedResponse, data []byte) error {
+	if _, err := stdin.Conn.Write(data); err != nil {
+		return fmt.Errorf("hand the kubeconfig to the daemon: %w", err)
+	}
+	if err := stdin.CloseWrite(); err != nil {
+		return fmt.Errorf("hand the kubeconfig to the daemon: %w", err)
+	}
+	return nil
 }
 
 // remove stops the daemon container (the daemon departs from the manager on
@@ -217,25 +282,6 @@ func logsTail(ctx context.Context, docker client.APIClient, id string, lines int
 	var buf bytes.Buffer
 	_, _ = stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 64<<10))
 	return strings.TrimSpace(buf.String())
-}
-
-func tarFile(path string, data []byte, mode int64) (io.Reader, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dir := path[:strings.LastIndex(path, "/")+1]
-	if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(dir, "/"), Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
-		return nil, err
-	}
-	if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(path, "/"), Mode: mode, Size: int64(len(data))}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(data); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return &buf, nil
 }
 
 // dockerHint adds what to do when the Docker engine cannot be reached.

@@ -1,9 +1,15 @@
 package daemoncontainer
 
 import (
-	"archive/tar"
-	"io"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 )
 
 func TestContainerName(t *testing.T) {
@@ -20,11 +26,11 @@ func TestContainerName(t *testing.T) {
 func TestLabelsRoundTrip(t *testing.T) {
 	labels := map[string]string{
 		LabelConnection: "a", LabelContext: "ctx", LabelNamespace: "ns",
-		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42",
+		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelKubeconfig: "/home/u/kc",
 	}
 	got := connectionFrom("id1", "/tp-a", labels, "running")
 	want := Connection{Name: "a", ContainerName: "tp-a", ContainerID: "id1", Running: true, State: "running",
-		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42"}
+		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", Kubeconfig: "/home/u/kc"}
 	if got != want {
 		t.Errorf("connectionFrom = %+v, want %+v", got, want)
 	}
@@ -33,30 +39,187 @@ func TestLabelsRoundTrip(t *testing.T) {
 	}
 }
 
-func TestTarFile(t *testing.T) {
-	r, err := tarFile(KubeconfigPath, []byte("apiVersion: v1\n"), 0o600)
-	if err != nil {
-		t.Fatal(err)
+// TestHostConfigHardening: the daemon container may do what the TUN device
+// and the DNS server need, and nothing else.
+func TestHostConfigHardening(t *testing.T) {
+	h := hostConfig(createOptions{DNS: []string{"192.0.2.53"}})
+	if !slices.Equal(h.CapDrop, []string{"ALL"}) {
+		t.Errorf("CapDrop = %q, want [ALL]", h.CapDrop)
 	}
-	tr := tar.NewReader(r)
-	var names []string
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
+	if !slices.Equal(h.CapAdd, []string{"NET_ADMIN"}) {
+		t.Errorf("CapAdd = %q, want exactly [NET_ADMIN]", h.CapAdd)
+	}
+	if !slices.Contains(h.SecurityOpt, "no-new-privileges") {
+		t.Errorf("SecurityOpt = %q, want no-new-privileges", h.SecurityOpt)
+	}
+	if !h.ReadonlyRootfs {
+		t.Error("root filesystem is writable, want read-only")
+	}
+	if got := slices.Collect(maps.Keys(h.Tmpfs)); !slices.Equal(got, []string{RunDir}) {
+		t.Errorf("tmpfs mounts at %q, want only %s", got, RunDir)
+	}
+	if opts := h.Tmpfs[RunDir]; !strings.Contains(opts, "mode=0700") || !strings.Contains(opts, "noexec") {
+		t.Errorf("tmpfs %s options %q, want mode=0700 and noexec", RunDir, opts)
+	}
+	if h.Sysctls["net.ipv4.ip_unprivileged_port_start"] != "0" {
+		t.Errorf("sysctls %v, want net.ipv4.ip_unprivileged_port_start=0 (DNS on port 53 without NET_BIND_SERVICE)", h.Sysctls)
+	}
+	if len(h.Binds) != 0 || len(h.Mounts) != 0 || len(h.VolumesFrom) != 0 {
+		t.Errorf("binds %q, mounts %v, volumes-from %q: want none (nothing of the connection on the host or in volumes)", h.Binds, h.Mounts, h.VolumesFrom)
+	}
+	if h.Privileged {
+		t.Error("privileged")
+	}
+	if len(h.Resources.Devices) != 1 || h.Resources.Devices[0].PathInContainer != "/dev/net/tun" {
+		t.Errorf("devices %+v, want only /dev/net/tun", h.Resources.Devices)
+	}
+	if !slices.Equal(h.DNS, []string{"192.0.2.53"}) {
+		t.Errorf("DNS = %q, want the --dns override", h.DNS)
+	}
+}
+
+// TestContainerConfigKubeconfigOnStdin: the kubeconfig travels on the
+// daemon's stdin only, never in the command line, environment or labels.
+func TestContainerConfigKubeconfigOnStdin(t *testing.T) {
+	secret := "client-key-data: c2VjcmV0"
+	o := createOptions{Connection: Connection{Name: "a", Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", Kubeconfig: "/home/u/kc"},
+		Image: "tp:v1", KubeconfigData: []byte(secret), LogLevel: "info"}
+	c := containerConfig(o)
+	if !c.OpenStdin || !c.StdinOnce || !c.AttachStdin || c.Tty {
+		t.Errorf("stdin open %v, once %v, attach %v, tty %v: want an open stdin, closed after the one writer, no TTY",
+			c.OpenStdin, c.StdinOnce, c.AttachStdin, c.Tty)
+	}
+	i := slices.Index(c.Cmd, "--kubeconfig")
+	if i < 0 || i+1 >= len(c.Cmd) || c.Cmd[i+1] != KubeconfigFromStdin {
+		t.Errorf("command %q, want --kubeconfig %s", c.Cmd, KubeconfigFromStdin)
+	}
+	everything := strings.Join(c.Cmd, " ") + strings.Join(c.Env, " ") + strings.Join(slices.Collect(maps.Values(c.Labels)), " ")
+	if strings.Contains(everything, "c2VjcmV0") {
+		t.Errorf("the kubeconfig leaks into the container's configuration: %s", everything)
+	}
+	if c.Labels[LabelKubeconfig] != "/home/u/kc" || c.Labels[LabelContext] != "ctx" {
+		t.Errorf("labels %v, want the kubeconfig path and context of the connection", c.Labels)
+	}
+}
+
+func TestResolverWriter(t *testing.T) {
+	cfg, host := resolverWriter("tp:v1", "abc", netip.MustParseAddr("127.0.0.1"), "dev", "cluster.local")
+	if host.NetworkMode != "container:abc" {
+		t.Errorf("network mode %q, want container:abc (the daemon's namespace and resolv.conf)", host.NetworkMode)
+	}
+	if !slices.Equal(host.CapDrop, []string{"ALL"}) || len(host.CapAdd) != 0 || !slices.Contains(host.SecurityOpt, "no-new-privileges") {
+		t.Errorf("writer caps drop %q add %q, security %q: want no capabilities and no new privileges", host.CapDrop, host.CapAdd, host.SecurityOpt)
+	}
+	want := []string{"daemon", "resolvconf", "--nameserver", "127.0.0.1", "--namespace", "dev", "--cluster-domain", "cluster.local"}
+	if !slices.Equal(cfg.Cmd, want) || cfg.Image != "tp:v1" {
+		t.Errorf("writer runs %s %q, want tp:v1 %q", cfg.Image, cfg.Cmd, want)
+	}
+}
+
+func TestKubeconfigPaths(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	t.Setenv("KUBECONFIG", "a"+string(filepath.ListSeparator)+"/x/b")
+	if got, want := kubeconfigPaths(genericclioptions.NewConfigFlags(true)), filepath.Join(dir, "a")+string(filepath.ListSeparator)+"/x/b"; got != want {
+		t.Errorf("from $KUBECONFIG: %q, want %q", got, want)
+	}
+	f := genericclioptions.NewConfigFlags(true)
+	explicit := "kc"
+	f.KubeConfig = &explicit
+	if got, want := kubeconfigPaths(f), filepath.Join(dir, "kc"); got != want {
+		t.Errorf("from --kubeconfig: %q, want %q", got, want)
+	}
+	t.Setenv("KUBECONFIG", "")
+	if got := kubeconfigPaths(genericclioptions.NewConfigFlags(true)); got != "" {
+		t.Errorf("default: %q, want empty", got)
+	}
+}
+
+// TestKubeFlags: commands on a connection use its kubeconfig and context,
+// not the host's current context.
+func TestKubeFlags(t *testing.T) {
+	conn := Connection{Name: "a", Context: "conn-ctx", Kubeconfig: "/home/u/kc"}
+	str := func(s string) *string { return &s }
+	for _, tc := range []struct {
+		name                 string
+		kubeconfig, context  *string
+		wantKubeconfig, want string
+		wantErr              bool
+	}{
+		{name: "no flags", wantKubeconfig: "/home/u/kc", want: "conn-ctx"},
+		{name: "same context", context: str("conn-ctx"), wantKubeconfig: "/home/u/kc", want: "conn-ctx"},
+		{name: "other context", context: str("prod"), wantErr: true},
+		{name: "explicit kubeconfig", kubeconfig: str("/other"), wantKubeconfig: "/other", want: "conn-ctx"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			user := genericclioptions.NewConfigFlags(true)
+			if tc.kubeconfig != nil {
+				user.KubeConfig = tc.kubeconfig
+			}
+			if tc.context != nil {
+				user.Context = tc.context
+			}
+			f, err := conn.KubeFlags(user)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("KubeFlags with --context %s succeeded, want an error (the connection is for %s)", *tc.context, conn.Context)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *f.KubeConfig != tc.wantKubeconfig || *f.Context != tc.want {
+				t.Errorf("kubeconfig %q context %q, want %q %q", *f.KubeConfig, *f.Context, tc.wantKubeconfig, tc.want)
+			}
+		})
+	}
+	t.Run("kubeconfig list", func(t *testing.T) {
+		t.Setenv("KUBECONFIG", "")
+		list := "/a" + string(filepath.ListSeparator) + "/b"
+		f, err := Connection{Context: "c", Kubeconfig: list}.KubeFlags(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		names = append(names, h.Name)
-		if h.Name == "etc/tp/kubeconfig" {
-			b, _ := io.ReadAll(tr)
-			if string(b) != "apiVersion: v1\n" || h.Mode != 0o600 {
-				t.Errorf("kubeconfig entry: %q mode %o, want the content with mode 600", b, h.Mode)
-			}
+		if *f.KubeConfig != "" || os.Getenv("KUBECONFIG") != list {
+			t.Errorf("kubeconfig %q, $KUBECONFIG %q: want the list in $KUBECONFIG", *f.KubeConfig, os.Getenv("KUBECONFIG"))
 		}
+	})
+}
+
+// TestKubeFlagsLoadsConnectionContext: the flags really load the
+// connection's context, whatever the file's current context is.
+func TestKubeFlagsLoadsConnectionContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	kc := `apiVersion: v1
+kind: Config
+current-context: host-current
+clusters:
+- name: a
+  cluster: {server: "https://a.example:6443"}
+- name: b
+  cluster: {server: "https://b.example:6443"}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: host-current
+  context: {cluster: a, user: u}
+- name: conn-ctx
+  context: {cluster: b, user: u}
+`
+	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if len(names) != 2 || names[0] != "etc/tp/" || names[1] != "etc/tp/kubeconfig" {
-		t.Errorf("archive holds %q, want [etc/tp/ etc/tp/kubeconfig]", names)
+	f, err := Connection{Name: "x", Context: "conn-ctx", Kubeconfig: path}.KubeFlags(genericclioptions.NewConfigFlags(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := f.ToRESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Host != "https://b.example:6443" {
+		t.Errorf("API server %s, want the connection's https://b.example:6443 (not the current context's)", rc.Host)
 	}
 }

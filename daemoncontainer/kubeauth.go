@@ -44,15 +44,19 @@ const KubeauthEnvSecret = kubeauth.EnvSecret
 
 // StartKubeauthProcess returns a ConnectOptions.Kubeauth that runs the relay
 // as `<this executable> kubeauth serve`, with kubeArgs (the kubectl-style
-// flags of the connect command) so that it loads the same kubeconfig.
-func StartKubeauthProcess(kubeArgs []string) func(ctx context.Context, containerName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
-	return func(ctx context.Context, containerName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
+// flags of the connect command) so that it loads the same kubeconfig, and the
+// connection's context.
+func StartKubeauthProcess(kubeArgs []string) func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
+	return func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
 		self, err := os.Executable()
 		if err != nil {
 			return nil, 0, err
 		}
 		secret := rand.Text()
 		args := append([]string{"kubeauth", "serve", "--container", containerName, "--listen", net.JoinHostPort(listenHost, "0")}, kubeArgs...)
+		// The connection's context, even if the kubeconfig's current
+		// context changes meanwhile (the last --context wins).
+		args = append(args, "--context="+contextName)
 		cmd := exec.Command(self, args...)
 		cmd.Env = append(os.Environ(), KubeauthEnvSecret+"="+secret)
 		detach(cmd)

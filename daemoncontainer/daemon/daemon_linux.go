@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/daemoncontainer/dns"
@@ -32,12 +31,9 @@ import (
 func Run(ctx context.Context, cfg Config) error {
 	cfg = withDefaults(cfg)
 	log := cfg.Log.With("connection", cfg.Connection)
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig},
-		&clientcmd.ConfigOverrides{CurrentContext: cfg.Context})
-	rc, err := loader.ClientConfig()
+	rc, err := restConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+		return err
 	}
 	rc.QPS, rc.Burst = 50, 100
 	kc, err := kubernetes.NewForConfig(rc)
@@ -149,13 +145,8 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 	if err != nil {
 		return err
 	}
-	listen := netip.MustParseAddrPort(d.cfg.DNSAddr)
-	rendered := dns.RenderResolvConf(orig, listen.Addr(), d.cfg.Namespace, domain)
-
 	d.mu.Lock()
 	d.routes, d.conflicts, d.stack, d.dns = routes, conflicts, st, srv
-	d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
-		Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
 	d.mu.Unlock()
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -167,9 +158,13 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 			return nil
 		case <-srv.Ready():
 		}
-		if err := os.WriteFile(d.cfg.ResolvConf, rendered, 0o644); err != nil {
-			return fmt.Errorf("point %s at the cluster DNS: %w", d.cfg.ResolvConf, err)
-		}
+		// Status shows DNS once it answers: then `tp connect` points the
+		// shared resolv.conf at it (PointResolvConf; the daemon's own root
+		// filesystem, resolv.conf included, is read-only).
+		d.mu.Lock()
+		d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
+			Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
+		d.mu.Unlock()
 		log.Info("network ready", "routes", routes, "dns", d.cfg.DNSAddr, "clusterDNS", dnsIP, "domain", domain)
 		return nil
 	})

@@ -22,12 +22,16 @@ type Config struct {
 	Namespace string
 	// ManagerNamespace is where the traffic-manager runs.
 	ManagerNamespace string
-	// Kubeconfig is the path of the kubeconfig handed in by the CLI.
+	// KubeconfigData is the kubeconfig handed in by the CLI on stdin (see
+	// ReadKubeconfig), kept in memory only.
+	KubeconfigData []byte
+	// Kubeconfig is a kubeconfig file, read when KubeconfigData is nil.
 	Kubeconfig string
 	Version    string
 	// Socket is the API's unix socket; default daemoncontainer.DaemonSocket.
 	Socket string
-	// ResolvConf is rewritten to point at the daemon's DNS; default /etc/resolv.conf.
+	// ResolvConf holds the original resolvers (read once; `tp connect`
+	// rewrites it afterwards, see PointResolvConf); default /etc/resolv.conf.
 	ResolvConf string
 	// TUN device name; default "tp0".
 	TUNName string

@@ -286,12 +286,11 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
 	if b, err := os.ReadFile(calls); err != nil || len(b) == 0 {
 		t.Errorf("the exec plugin never ran on the host (%v)", err)
 	}
-	inContainer, err := docker("cp", conn.container+":/etc/tp/kubeconfig", "-")
-	if err != nil {
-		t.Fatalf("read the daemon's kubeconfig: %v", err)
-	}
-	if !strings.Contains(inContainer, "kubeauth-plugin") || strings.Contains(inContainer, "command: "+plugin) {
-		t.Errorf("daemon kubeconfig does not relay the exec plugin to the host:\n%s", inContainer)
+	// The daemon's kubeconfig has no credential but the relayed plugin (the
+	// client key and certificate were removed above): reaching echo proves
+	// the relay. It lives only in the daemon's memory, never in a file.
+	if out, err := docker("cp", conn.container+":/etc/tp/kubeconfig", "-"); err == nil {
+		t.Errorf("the daemon container has a kubeconfig file:\n%.300s", out)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -46,6 +47,11 @@ func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				return err
 			}
 			cfg.Log, cfg.Version = log, version.Version
+			if cfg.Kubeconfig == daemoncontainer.KubeconfigFromStdin {
+				if cfg.KubeconfigData, err = daemon.ReadKubeconfig(os.Stdin, time.Minute); err != nil {
+					return err
+				}
+			}
 			return daemon.Run(cmd.Context(), cfg)
 		},
 	}
@@ -53,7 +59,7 @@ func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	run.Flags().StringVar(&cfg.Context, "context", "", "kubeconfig context")
 	run.Flags().StringVar(&cfg.Namespace, "namespace", "default", "namespace for short names")
 	run.Flags().StringVar(&cfg.ManagerNamespace, "manager-namespace", defaultManagerNamespace, "traffic-manager namespace")
-	run.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", daemoncontainer.KubeconfigPath, "kubeconfig path")
+	run.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", daemoncontainer.KubeconfigFromStdin, "kubeconfig path, - for stdin (kept in memory)")
 	run.Flags().StringVar(&logLevel, "log-level", "info", "log level")
 	proxy := &cobra.Command{
 		Use:  "proxy",
@@ -62,7 +68,22 @@ func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			return daemon.Proxy(cmd.Context(), daemoncontainer.DaemonSocket, os.Stdin, streams.Out)
 		},
 	}
-	cmd.AddCommand(run, proxy)
+	var nameserver, namespace, clusterDomain string
+	resolvconf := &cobra.Command{
+		Use:  "resolvconf",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ns, err := netip.ParseAddr(nameserver)
+			if err != nil {
+				return fmt.Errorf("--nameserver: %w", err)
+			}
+			return daemon.PointResolvConf("/etc/resolv.conf", ns, namespace, clusterDomain)
+		},
+	}
+	resolvconf.Flags().StringVar(&nameserver, "nameserver", "127.0.0.1", "the daemon's DNS server")
+	resolvconf.Flags().StringVar(&namespace, "namespace", "", "namespace for short names")
+	resolvconf.Flags().StringVar(&clusterDomain, "cluster-domain", "", "cluster domain (default cluster.local)")
+	cmd.AddCommand(run, proxy, resolvconf)
 	return cmd
 }
 

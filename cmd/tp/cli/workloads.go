@@ -180,6 +180,11 @@ func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			return err
 		}
 		defer d.Close()
+		// The connection's own cluster, not the host's current context.
+		connKube, err := d.Connection.KubeFlags(kube)
+		if err != nil {
+			return err
+		}
 		req := &managerv1.UninstallAgentsRequest{Namespace: namespace}
 		switch {
 		case agent != "":
@@ -208,7 +213,7 @@ func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			return nil
 		}
 		mns := d.Connection.ManagerNamespace
-		if err := charts.Uninstall(ctx, kube, charts.Options{Namespace: mns, Wait: true}); err != nil && !errors.Is(err, charts.ErrNotInstalled) {
+		if err := charts.Uninstall(ctx, connKube, charts.Options{Namespace: mns, Wait: true}); err != nil && !errors.Is(err, charts.ErrNotInstalled) {
 			return err
 		}
 		fmt.Fprintf(streams.Out, "Traffic-manager uninstalled from namespace %s\n", mns)
