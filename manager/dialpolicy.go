@@ -200,7 +200,7 @@ type nodeAddresses struct {
 func (n *nodeAddresses) list(ctx context.Context) (map[netip.Addr]string, error) {
 	out := map[netip.Addr]string{}
 	if n.hostIP.IsValid() {
-		out[n.hostIP.Unmap()] = "of the traffic-manager"
+		out[n.hostIP.Unmap()] = "hosting the traffic-manager"
 	}
 	if !n.noNodes {
 		nodes, err := n.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})

@@ -204,7 +204,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	nodes := &nodeAddresses{kube: m.kube, noNodes: m.cfg.NoNodes, namespaces: visible, hostIP: m.cfg.HostIP}
 	addrs, err := nodes.list(ctx)
 	if err != nil {
-		return fmt.Errorf("dial policy: %w", err)
+		// Node addresses outside the cluster's ranges are refused anyway; the
+		// refresh retries. Give the own node at least.
+		m.log.Error("dial policy: reading the node addresses failed; retrying every "+m.cfg.NodeRefresh.String(), "err", err)
+		addrs = map[netip.Addr]string{}
+		if m.cfg.HostIP.IsValid() {
+			addrs[m.cfg.HostIP.Unmap()] = "hosting the traffic-manager"
+		}
 	}
 	policy.setNodes(addrs)
 	m.policy.Store(policy)
