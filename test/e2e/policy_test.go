@@ -58,6 +58,8 @@ func TestTunnelPolicy(t *testing.T) {
 			t.Errorf("joined container connected to %s through the traffic-manager: %s", dst, out)
 		case !strings.Contains(out, "connection refused"):
 			t.Errorf("connect to %s failed with %q, want connection refused (a RST at once, not a timeout)", dst, strings.TrimSpace(out))
+		default:
+			t.Logf("joined container to %s: %s", dst, strings.TrimSpace(out))
 		}
 	}
 	if out, err := conn.probe("udp", "-timeout", "5s", "169.254.169.254:9999", "ping"); err == nil {
@@ -80,6 +82,11 @@ func TestTunnelPolicy(t *testing.T) {
 	for _, want := range wants {
 		if !strings.Contains(logs, want) {
 			t.Errorf("daemon log lacks %q:\n%s", want, lastLines(logs, 30))
+		}
+	}
+	for _, l := range lines(logs) {
+		if strings.Contains(l, "refused by the traffic-manager") {
+			t.Logf("daemon log: %s", l)
 		}
 	}
 
@@ -137,6 +144,7 @@ func TestTunnelPolicyRefusesHostNetworkIntercept(t *testing.T) {
 	if err == nil {
 		t.Fatalf("tp intercept of a hostNetwork Deployment succeeded:\n%s", out)
 	}
+	t.Logf("tp intercept hostnet: %s", strings.TrimSpace(out))
 	for _, want := range []string{"hostnet", "hostNetwork: true", "remove hostNetwork"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("tp intercept output lacks %q:\n%s", want, out)
