@@ -1,10 +1,13 @@
 // Package manager is the in-cluster traffic-manager. It keeps the sessions of
 // workstation daemons and traffic-agents (heartbeats, TTL), tells daemons
 // what to route and resolve, and dials destinations in the cluster for their
-// flows through the tunnel. For intercepts (docs/intercepts.md) it keeps the
-// intercept registry, injects the traffic-agent into workloads (pod template
-// label plus its mutating admission webhook) and pairs the agents'
-// connections with the clients' flows.
+// flows through the tunnel, only within its dial policy (dialpolicy.go: the
+// cluster's pod and service ranges and tunnel.allowCIDRs; no loopback, and
+// link-local or node addresses only when allowed), so that the tunnel is no
+// open proxy with the manager's network identity. For intercepts
+// (docs/intercepts.md) it keeps the intercept registry, injects the
+// traffic-agent into workloads (pod template label plus its mutating admission
+// webhook) and pairs the agents' connections with the clients' flows.
 package manager
 
 import (
