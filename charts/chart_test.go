@@ -3,6 +3,7 @@ package charts
 import (
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -16,8 +17,11 @@ import (
 	"helm.sh/helm/v3/pkg/storage/driver"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -198,31 +202,37 @@ func allows(rules []rbacv1.PolicyRule, group, resource, verb, name string) bool 
 	return false
 }
 
-type grant struct {
-	group, resource, verb string
-}
-
-func (g grant) String() string { return g.verb + " " + g.resource + "." + g.group }
-
+// The manager's exact RBAC: what its code calls (manager/, see the rules in
+// templates/_helpers.tpl), nothing more.
 var (
-	// namespacedGrants is what the manager needs in every namespace it sees.
-	namespacedGrants = []grant{
-		{"", "pods", "list"}, {"", "pods", "watch"}, {"", "pods", "get"},
-		{"", "services", "list"}, {"", "endpoints", "watch"},
-		{"", "configmaps", "get"}, {"", "secrets", "get"},
-		{"discovery.k8s.io", "endpointslices", "watch"},
-		{"apps", "deployments", "patch"}, {"apps", "deployments", "update"}, {"apps", "deployments", "watch"},
-		{"apps", "replicasets", "patch"}, {"apps", "statefulsets", "update"},
-		{"", "pods", "delete"},
-		// Verifying an agent: its pod and the owners up to the workload.
-		{"apps", "replicasets", "get"}, {"apps", "statefulsets", "get"}, {"apps", "deployments", "get"},
+	// namespacedRules are granted in every namespace the manager sees.
+	namespacedRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"list"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "delete"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "replicasets", "statefulsets"}, Verbs: []string{"get", "list", "patch"}},
 	}
-	// clusterGrants is what the manager needs on cluster-scoped objects.
-	clusterGrants = []grant{
-		{"", "nodes", "list"}, {"", "nodes", "watch"},
-		{"authentication.k8s.io", "tokenreviews", "create"},
+	// nodeRules are cluster-scoped (rbac.readNodes).
+	nodeRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list"}},
+	}
+	// agentAuthRules are cluster-scoped in every mode: TokenReviews of the
+	// agents' tokens (a create, no read).
+	agentAuthRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+	}
+	// releaseRules are granted in the release namespace (service CIDR probe).
+	releaseRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"create"}},
 	}
 )
+
+// checkRules compares rendered rules with the exact rules wanted.
+func checkRules(t testing.TB, what string, got, want []rbacv1.PolicyRule) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s rules:\n got  %+v\n want %+v", what, got, want)
+	}
+}
 
 func TestRenderDefaults(t *testing.T) {
 	const ns = "tp-test"
@@ -233,6 +243,7 @@ func TestRenderDefaults(t *testing.T) {
 		"ClusterRoleBinding /traffic-manager-" + ns,
 		"Deployment " + ns + "/traffic-manager",
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
+		"NetworkPolicy " + ns + "/traffic-manager",
 		"Role " + ns + "/traffic-manager",
 		"RoleBinding " + ns + "/traffic-manager",
 		"Secret " + ns + "/traffic-manager-ca",
@@ -364,30 +375,12 @@ func TestRenderDefaults(t *testing.T) {
 
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
-	for _, g := range append(slices.Clone(namespacedGrants), clusterGrants...) {
-		if !allows(cr.Rules, g.group, g.resource, g.verb, "") {
-			t.Errorf("ClusterRole: does not allow %v", g)
-		}
-	}
-	for _, g := range []grant{{"", "namespaces", "list"}, {"", "namespaces", "watch"}} {
-		if !allows(cr.Rules, g.group, g.resource, g.verb, "any") {
-			t.Errorf("ClusterRole: does not allow %v on every namespace", g)
-		}
-	}
-	for _, g := range []grant{{"", "services", "create"}, {"", "services", "delete"}, {"", "pods", "create"}, {"", "secrets", "update"}} {
-		if allows(cr.Rules, g.group, g.resource, g.verb, "") {
-			t.Errorf("ClusterRole: allows %v cluster-wide", g)
-		}
-	}
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, agentAuthRules, namespacedRules))
 	checkBinding(t, r, "ClusterRoleBinding", "", "traffic-manager-"+ns, "ClusterRole", ns)
 
 	var role rbacv1.Role
 	r.decode(t, "Role", ns, "traffic-manager", &role)
-	for _, g := range []grant{{"", "services", "create"}, {"", "services", "delete"}} {
-		if !allows(role.Rules, g.group, g.resource, g.verb, "") {
-			t.Errorf("Role in %s: does not allow %v", ns, g)
-		}
-	}
+	checkRules(t, "Role "+ns+"/traffic-manager", role.Rules, releaseRules)
 	checkBinding(t, r, "RoleBinding", ns, "traffic-manager", "Role", ns)
 
 	if !strings.Contains(r.notes, ns) {
@@ -424,6 +417,7 @@ func TestRenderNamespaced(t *testing.T) {
 		"Deployment " + ns + "/traffic-manager",
 		"MutatingWebhookConfiguration /traffic-manager-" + ns,
 		"Secret " + ns + "/traffic-manager-ca",
+		"NetworkPolicy " + ns + "/traffic-manager",
 		"Secret " + ns + "/traffic-manager-webhook-tls",
 		"Role billing/traffic-manager-" + ns,
 		"Role shop/traffic-manager-" + ns,
@@ -442,37 +436,19 @@ func TestRenderNamespaced(t *testing.T) {
 
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
-	for _, g := range clusterGrants {
-		if !allows(cr.Rules, g.group, g.resource, g.verb, "") {
-			t.Errorf("ClusterRole: does not allow %v", g)
-		}
-	}
-	for _, g := range namespacedGrants {
-		if allows(cr.Rules, g.group, g.resource, g.verb, "") {
-			t.Errorf("ClusterRole: allows %v cluster-wide, want only in managed namespaces", g)
-		}
-	}
-	for _, name := range []string{"shop", "billing"} {
-		if !allows(cr.Rules, "", "namespaces", "get", name) {
-			t.Errorf("ClusterRole: does not allow get namespace %s", name)
-		}
-	}
-	if allows(cr.Rules, "", "namespaces", "get", "kube-system") {
-		t.Error("ClusterRole: allows get namespace kube-system, want only managed namespaces")
-	}
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, agentAuthRules))
 	checkBinding(t, r, "ClusterRoleBinding", "", "traffic-manager-"+ns, "ClusterRole", ns)
 
 	for _, managed := range []string{"shop", "billing"} {
 		var role rbacv1.Role
 		r.decode(t, "Role", managed, "traffic-manager-"+ns, &role)
-		for _, g := range namespacedGrants {
-			if !allows(role.Rules, g.group, g.resource, g.verb, "") {
-				t.Errorf("Role in %s: does not allow %v", managed, g)
-			}
-		}
+		checkRules(t, "Role "+managed, role.Rules, namespacedRules)
 		checkBinding(t, r, "RoleBinding", managed, "traffic-manager-"+ns, "Role", ns)
 	}
 	checkBinding(t, r, "RoleBinding", ns, "traffic-manager", "Role", ns)
+	var role rbacv1.Role
+	r.decode(t, "Role", ns, "traffic-manager", &role)
+	checkRules(t, "Role "+ns+"/traffic-manager", role.Rules, releaseRules)
 
 	var dep appsv1.Deployment
 	r.decode(t, "Deployment", ns, "traffic-manager", &dep)
@@ -544,6 +520,9 @@ func TestRenderRejects(t *testing.T) {
 		{"ttl not a duration", []string{"session.ttl=fifteen"}},
 		{"misspelt image key", []string{"image.tga=v1"}},
 		{"pull policy", []string{"image.pullPolicy=Sometimes"}},
+		{"allowCIDRs not a CIDR", []string{"tunnel.allowCIDRs={metadata.internal}"}},
+		{"misspelt tunnel key", []string{"tunnel.allowCIDR={10.0.0.0/8}"}},
+		{"networkPolicy not a bool", []string{"networkPolicy.enabled=maybe"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -555,5 +534,115 @@ func TestRenderRejects(t *testing.T) {
 				t.Errorf("render with %v: got no error, want one", tt.set)
 			}
 		})
+	}
+}
+
+// TestRenderNamespacedWithoutNodes: rbac.namespaced with rbac.readNodes=false
+// grants nothing cluster-wide, so no ClusterRole at all.
+func TestRenderNamespacedWithoutNodes(t *testing.T) {
+	const ns = "tp-system"
+	vals, err := MergeValues(nil, []string{"rbac.namespaced=true", "rbac.managedNamespaces={shop}", "rbac.readNodes=false"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := mustRender(t, "v1.2.3", ns, vals)
+	// No cluster-wide read: the ClusterRole holds the agents' TokenReviews only.
+	var onlyAuth rbacv1.ClusterRole
+	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &onlyAuth)
+	checkRules(t, "ClusterRole", onlyAuth.Rules, agentAuthRules)
+	var role rbacv1.Role
+	r.decode(t, "Role", "shop", "traffic-manager-"+ns, &role)
+	checkRules(t, "Role shop", role.Rules, namespacedRules)
+	r.decode(t, "Role", ns, "traffic-manager", &role)
+	checkRules(t, "Role "+ns+"/traffic-manager", role.Rules, releaseRules)
+	if got := deploymentEnv(t, r, ns)["TP_READ_NODES"].Value; got != "false" {
+		t.Errorf("env TP_READ_NODES: got %q, want false", got)
+	}
+
+	// Cluster-wide without node access: the namespaced rules only.
+	vals, err = MergeValues(nil, []string{"rbac.readNodes=false"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = mustRender(t, "v1.2.3", ns, vals)
+	var cr rbacv1.ClusterRole
+	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(agentAuthRules, namespacedRules))
+}
+
+func deploymentEnv(t testing.TB, r rendered, ns string) map[string]corev1.EnvVar {
+	t.Helper()
+	var dep appsv1.Deployment
+	r.decode(t, "Deployment", ns, "traffic-manager", &dep)
+	env := map[string]corev1.EnvVar{}
+	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = e
+	}
+	return env
+}
+
+func TestRenderTunnelPolicy(t *testing.T) {
+	r := mustRender(t, "v1.2.3", "tp", nil)
+	env := deploymentEnv(t, r, "tp")
+	if e, ok := env["TP_TUNNEL_ALLOW_CIDRS"]; ok {
+		t.Errorf("env TP_TUNNEL_ALLOW_CIDRS: got %+v, want none by default", e)
+	}
+	if e, ok := env["TP_READ_NODES"]; ok {
+		t.Errorf("env TP_READ_NODES: got %+v, want none by default (true)", e)
+	}
+	if e := env["TP_HOST_IP"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+		t.Errorf("env TP_HOST_IP: got %+v, want fieldRef status.hostIP", e)
+	}
+
+	vals, err := MergeValues(nil, []string{"tunnel.allowCIDRs={10.20.0.0/16,192.168.1.10/32,fd00::/8}"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env = deploymentEnv(t, mustRender(t, "v1.2.3", "tp", vals), "tp")
+	if got, want := env["TP_TUNNEL_ALLOW_CIDRS"].Value, "10.20.0.0/16,192.168.1.10/32,fd00::/8"; got != want {
+		t.Errorf("env TP_TUNNEL_ALLOW_CIDRS: got %q, want %q", got, want)
+	}
+}
+
+func TestRenderNetworkPolicy(t *testing.T) {
+	const ns = "tp"
+	r := mustRender(t, "v1.2.3", ns, nil)
+	var np networkingv1.NetworkPolicy
+	r.decode(t, "NetworkPolicy", ns, "traffic-manager", &np)
+
+	var dep appsv1.Deployment
+	r.decode(t, "Deployment", ns, "traffic-manager", &dep)
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Empty() || !sel.Matches(labels.Set(dep.Spec.Template.Labels)) {
+		t.Errorf("podSelector %v: want the manager pod's labels %v", sel, dep.Spec.Template.Labels)
+	}
+	if got, want := np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}; !slices.Equal(got, want) {
+		t.Errorf("policyTypes: got %v, want %v", got, want)
+	}
+	tcp := corev1.ProtocolTCP
+	port := func(p int) []networkingv1.NetworkPolicyPort {
+		v := intstr.FromInt(p)
+		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &v}}
+	}
+	want := []networkingv1.NetworkPolicyIngressRule{
+		{Ports: port(8443)}, // webhook: from anywhere (the API server)
+		{Ports: port(8082), From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}}, // agents: pods of every namespace
+		{Ports: port(8083)}, // health: kubelet
+	}
+	if !reflect.DeepEqual(np.Spec.Ingress, want) {
+		t.Errorf("ingress:\n got  %+v\n want %+v", np.Spec.Ingress, want)
+	}
+
+	vals, err := MergeValues(nil, []string{"networkPolicy.enabled=false"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range mustRender(t, "v1.2.3", ns, vals).keys() {
+		if strings.HasPrefix(k, "NetworkPolicy") {
+			t.Errorf("networkPolicy.enabled=false: got %s", k)
+		}
 	}
 }

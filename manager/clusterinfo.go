@@ -3,6 +3,7 @@ package manager
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -19,25 +20,33 @@ import (
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
+// discovery says where discoverClusterInfo may look.
+type discovery struct {
+	namespace  string   // the manager's: the service CIDR probe
+	resolvConf string   // the manager pod's
+	noNodes    bool     // Nodes may not be read: pod CIDRs from pod IPs
+	namespaces []string // namespaces whose pods and services the manager may list ("" is all)
+}
+
 // discoverClusterInfo finds what a daemon must route and resolve: the pod and
 // service CIDRs, the cluster DNS server and the cluster domain.
-func discoverClusterInfo(ctx context.Context, kube kubernetes.Interface, namespace, resolvConf string) (*managerv1.ClusterInfo, error) {
-	pods, err := podCIDRs(ctx, kube)
+func discoverClusterInfo(ctx context.Context, kube kubernetes.Interface, d discovery) (*managerv1.ClusterInfo, error) {
+	pods, err := podCIDRs(ctx, kube, d.noNodes, d.namespaces)
 	if err != nil {
 		return nil, fmt.Errorf("discover pod CIDRs: %w", err)
 	}
-	svcs, err := serviceCIDRs(ctx, kube, namespace)
+	svcs, err := serviceCIDRs(ctx, kube, d.namespace, d.namespaces)
 	if err != nil {
 		return nil, fmt.Errorf("discover service CIDRs: %w", err)
 	}
-	f, err := os.Open(resolvConf)
+	f, err := os.Open(d.resolvConf)
 	if err != nil {
 		return nil, fmt.Errorf("discover cluster DNS: %w", err)
 	}
 	defer f.Close()
 	dnsIP, domain := parsePodResolvConf(f)
 	if dnsIP == "" {
-		return nil, fmt.Errorf("discover cluster DNS: no nameserver in %s", resolvConf)
+		return nil, fmt.Errorf("discover cluster DNS: no nameserver in %s", d.resolvConf)
 	}
 	return &managerv1.ClusterInfo{
 		PodCidrs: prefixStrings(pods), ServiceCidrs: prefixStrings(svcs),
@@ -46,11 +55,11 @@ func discoverClusterInfo(ctx context.Context, kube kubernetes.Interface, namespa
 }
 
 // podCIDRs returns the nodes' pod CIDRs, or, when nodes carry none (some
-// CNIs), /16s (IPv4) and /64s (IPv6) covering the running pods' IPs.
-func podCIDRs(ctx context.Context, kube kubernetes.Interface) ([]netip.Prefix, error) {
+// CNIs) or may not be read (noNodes), /16s (IPv4) and /64s (IPv6) covering
+// the IPs of the pods in namespaces.
+func podCIDRs(ctx context.Context, kube kubernetes.Interface, noNodes bool, namespaces []string) ([]netip.Prefix, error) {
 	set := map[netip.Prefix]bool{}
-	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err == nil {
+	if nodes, err := listNodes(ctx, kube, noNodes); err == nil {
 		for _, n := range nodes.Items {
 			cidrs := n.Spec.PodCIDRs
 			if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
@@ -63,8 +72,12 @@ func podCIDRs(ctx context.Context, kube kubernetes.Interface) ([]netip.Prefix, e
 			}
 		}
 	}
-	if len(set) == 0 {
-		pods, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	fromNodes := len(set) > 0
+	for _, ns := range namespaces {
+		if fromNodes {
+			break
+		}
+		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, err
 		}
@@ -86,6 +99,16 @@ func podCIDRs(ctx context.Context, kube kubernetes.Interface) ([]netip.Prefix, e
 	return sortedPrefixes(set), nil
 }
 
+// listNodes lists the nodes, or fails when the manager may not read them.
+func listNodes(ctx context.Context, kube kubernetes.Interface, noNodes bool) (*corev1.NodeList, error) {
+	if noNodes {
+		return nil, errNoNodes
+	}
+	return kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+}
+
+var errNoNodes = errors.New("the traffic-manager may not read Nodes (rbac.readNodes=false)")
+
 // validRange finds the range in the API server's answer to a service with an
 // invalid cluster IP: "... The range of valid IPs is 10.96.0.0/12".
 var validRange = regexp.MustCompile(`valid IPs is ([0-9a-fA-F.:/]+)`)
@@ -93,7 +116,7 @@ var validRange = regexp.MustCompile(`valid IPs is ([0-9a-fA-F.:/]+)`)
 // serviceCIDRs asks the API server: creating a service with a cluster IP out
 // of every range fails with a message naming the configured range. Clusters
 // with the ServiceCIDR API could be asked directly; this works on all.
-func serviceCIDRs(ctx context.Context, kube kubernetes.Interface, namespace string) ([]netip.Prefix, error) {
+func serviceCIDRs(ctx context.Context, kube kubernetes.Interface, namespace string, namespaces []string) ([]netip.Prefix, error) {
 	set := map[netip.Prefix]bool{}
 	for _, probe := range []string{"1.1.1.1", "::1"} {
 		svc := &corev1.Service{
@@ -117,9 +140,13 @@ func serviceCIDRs(ctx context.Context, kube kubernetes.Interface, namespace stri
 			}
 		}
 	}
-	if len(set) == 0 {
+	fromAPIServer := len(set) > 0
+	for _, ns := range namespaces {
+		if fromAPIServer {
+			break
+		}
 		// Fall back to the service IPs in use, widened to /16.
-		list, err := kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+		list, err := kube.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, err
 		}

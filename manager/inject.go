@@ -44,11 +44,60 @@ type agentSpec struct {
 // errNothingToIntercept: no service selecting the pod targets a TCP port of it.
 var errNothingToIntercept = errors.New("no service selecting the pod targets a TCP port of it")
 
+// errNotInjectable wraps why a pod cannot get the traffic-agent.
+var errNotInjectable = errors.New("the traffic-agent cannot be added")
+
+// checkInjectable refuses pods the agent would break or could not serve: a
+// pod on the node's network (hostNetwork), where the agent's ports and the
+// init container's nftables redirect would act on the node itself, and a pod
+// whose containers already use a port of the agent (its ports 9900, 9901,
+// ... as plan numbers them, and its health port 9898). The error says why
+// and what to do. CreateIntercept checks the pod template with it before it
+// labels the workload, and injectAgent every pod.
+func checkInjectable(spec *corev1.PodSpec, plan []agentPort) error {
+	if spec.HostNetwork {
+		return fmt.Errorf("%w: the pod uses the node's network (hostNetwork: true), where the agent's ports and its "+
+			"traffic redirect would act on the node itself; tp intercepts only pods with their own network, "+
+			"so remove hostNetwork from the pod template to intercept it", errNotInjectable)
+	}
+	used := map[int32]string{agentHealthPort: "health port"}
+	for _, p := range plan {
+		used[p.AgentPort] = "port"
+	}
+	last := int32(tpagent.FirstAgentPort + len(plan) - 1)
+	ports := fmt.Sprintf("%d-%d and %d", tpagent.FirstAgentPort, last, agentHealthPort)
+	if len(plan) <= 1 {
+		ports = fmt.Sprintf("%d and %d", tpagent.FirstAgentPort, agentHealthPort)
+	}
+	clash := func(container string, port int32) error {
+		return fmt.Errorf("%w: container %s uses port %d, the traffic-agent's %s (the agent listens on %s in the pod); "+
+			"move the container to another port to intercept it", errNotInjectable, container, port, used[port], ports)
+	}
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			for _, cp := range c.Ports {
+				if _, ok := used[cp.ContainerPort]; ok && c.Name != agentContainerName {
+					return clash(c.Name, cp.ContainerPort)
+				}
+			}
+		}
+	}
+	for _, p := range plan {
+		if _, ok := used[p.ContainerPort]; ok {
+			return clash(p.container, p.ContainerPort)
+		}
+	}
+	return nil
+}
+
 // injectAgent adds the traffic-agent to pod, which belongs to wl and whose
 // ports are taken over as plan says (see planPorts and docs/intercepts.md).
 func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSpec) error {
 	if len(plan) == 0 {
 		return errNothingToIntercept
+	}
+	if err := checkInjectable(&pod.Spec, plan); err != nil {
+		return err
 	}
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == agentTokenVolume {

@@ -70,6 +70,10 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if err != nil {
 		return nil, err
 	}
+	// Refuse before labelling the workload: the webhook would not inject.
+	if err := checkInjectable(&w.template.Spec, planPorts(&w.template.Spec, w.template.Labels, svcs.Items)); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "cannot intercept %s: %v", w.ref, err)
+	}
 
 	ic, created, err := m.registry.create(ctx, &intercept{
 		ID: newSessionID(), SessionID: sess.id, User: user.Username, Spec: spec, Workload: w.ref,

@@ -138,6 +138,11 @@ func TestCreateInterceptRefuses(t *testing.T) {
 	other := service("shop", "echo2", echoLabels, namedPort("http", 80, intstr.FromString("http")))
 	twoPorts := service("shop", "echo", echoLabels, namedPort("http", 80, intstr.FromString("http")), namedPort("admin", 81, intstr.FromInt32(9000)))
 	udp := service("shop", "echo", echoLabels, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP})
+	hostNet := deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 8080}))
+	hostNet.Spec.Template.Spec.HostNetwork = true
+	clash := deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 8080},
+		corev1.ContainerPort{Name: "metrics", ContainerPort: 9898}))
+	targetClash := deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 9900}))
 
 	tests := []struct {
 		name     string
@@ -158,6 +163,12 @@ func TestCreateInterceptRefuses(t *testing.T) {
 		{"kube-system", echoObjects(), &managerv1.InterceptSpec{Workload: "echo", Namespace: "kube-system"}, codes.FailedPrecondition, "kube-system"},
 		{"no local port", echoObjects(), &managerv1.InterceptSpec{Workload: "echo", LocalPort: -1}, codes.InvalidArgument, "local port"},
 		{"no workload name", echoObjects(), &managerv1.InterceptSpec{}, codes.InvalidArgument, "no workload"},
+		{"hostNetwork", []runtime.Object{hostNet, svc}, &managerv1.InterceptSpec{Workload: "echo"}, codes.FailedPrecondition,
+			"cannot intercept deployment echo in namespace shop: the traffic-agent cannot be added: the pod uses the node's network (hostNetwork: true)"},
+		{"agent health port taken", []runtime.Object{clash, svc}, &managerv1.InterceptSpec{Workload: "echo"}, codes.FailedPrecondition,
+			"deployment echo in namespace shop: the traffic-agent cannot be added: container app uses port 9898, the traffic-agent's health port"},
+		{"agent port taken", []runtime.Object{targetClash, svc}, &managerv1.InterceptSpec{Workload: "echo"}, codes.FailedPrecondition,
+			"container app uses port 9900, the traffic-agent's port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,10 +1,13 @@
 // Package manager is the in-cluster traffic-manager. It keeps the sessions of
 // workstation daemons and traffic-agents (heartbeats, TTL), tells daemons
 // what to route and resolve, and dials destinations in the cluster for their
-// flows through the tunnel. For intercepts (docs/intercepts.md) it keeps the
-// intercept registry, injects the traffic-agent into workloads (pod template
-// label plus its mutating admission webhook) and pairs the agents'
-// connections with the clients' flows.
+// flows through the tunnel, only within its dial policy (dialpolicy.go: the
+// cluster's pod and service ranges and tunnel.allowCIDRs; no loopback, and
+// link-local or node addresses only when allowed), so that the tunnel is no
+// open proxy with the manager's network identity. For intercepts
+// (docs/intercepts.md) it keeps the intercept registry, injects the
+// traffic-agent into workloads (pod template label plus its mutating admission
+// webhook) and pairs the agents' connections with the clients' flows.
 package manager
 
 import (
@@ -14,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -76,7 +80,21 @@ type Config struct {
 	// PairWait is how long an agent's connection waits for its client;
 	// default DefaultPairWait.
 	PairWait time.Duration
-	Log      *slog.Logger
+	// AllowCIDRs are destinations the tunnel may dial besides the cluster's
+	// pod and service ranges (TP_TUNNEL_ALLOW_CIDRS; tunnel.allowCIDRs); see
+	// dialpolicy.go.
+	AllowCIDRs []netip.Prefix
+	// NoNodes: the manager may not read Nodes (TP_READ_NODES=false;
+	// rbac.readNodes=false). Pod CIDRs and node addresses then come from the
+	// pods it may list.
+	NoNodes bool
+	// HostIP is the address of the manager's node (TP_HOST_IP); the dial
+	// policy refuses it like every node address.
+	HostIP netip.Addr
+	// NodeRefresh is how often the dial policy re-reads the node addresses;
+	// default DefaultNodeRefresh.
+	NodeRefresh time.Duration
+	Log         *slog.Logger
 }
 
 // DefaultWebhookCertDir is where the chart mounts the webhook's certificate.
@@ -92,6 +110,9 @@ type Manager struct {
 	sessions *sessions
 	cluster  *managerv1.ClusterInfo
 	dialer   net.Dialer
+	// policy decides what the tunnel dials (dialpolicy.go); nil until Run
+	// discovered the cluster, and then every dial is refused.
+	policy atomic.Pointer[dialPolicy]
 
 	changes  *changes
 	grants   *grants
@@ -149,6 +170,9 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	if cfg.PairWait <= 0 {
 		cfg.PairWait = DefaultPairWait
 	}
+	if cfg.NodeRefresh <= 0 {
+		cfg.NodeRefresh = DefaultNodeRefresh
+	}
 	c := newChanges()
 	m := &Manager{
 		cfg: cfg, kube: kube, log: cfg.Log,
@@ -188,13 +212,34 @@ func (m *Manager) cannotInject() error {
 
 // Run discovers the cluster's networks, then serves gRPC until ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
-	info, err := discoverClusterInfo(ctx, m.kube, m.cfg.Namespace, m.cfg.ResolvConf)
+	visible := m.namespacesFor("")
+	info, err := discoverClusterInfo(ctx, m.kube, discovery{
+		namespace: m.cfg.Namespace, resolvConf: m.cfg.ResolvConf, noNodes: m.cfg.NoNodes, namespaces: visible,
+	})
 	if err != nil {
 		return err
 	}
 	m.cluster = info
 	m.log.Info("cluster discovered", "podCIDRs", info.PodCidrs, "serviceCIDRs", info.ServiceCidrs,
 		"dns", info.DnsIp, "domain", info.ClusterDomain)
+	policy, err := newDialPolicy(info, m.cfg.AllowCIDRs)
+	if err != nil {
+		return err
+	}
+	nodes := &nodeAddresses{kube: m.kube, noNodes: m.cfg.NoNodes, namespaces: visible, hostIP: m.cfg.HostIP}
+	addrs, err := nodes.list(ctx)
+	if err != nil {
+		// Node addresses outside the cluster's ranges are refused anyway; the
+		// refresh retries. Give the own node at least.
+		m.log.Error("dial policy: reading the node addresses failed; retrying every "+m.cfg.NodeRefresh.String(), "err", err)
+		addrs = map[netip.Addr]string{}
+		if m.cfg.HostIP.IsValid() {
+			addrs[m.cfg.HostIP.Unmap()] = "hosting the traffic-manager"
+		}
+	}
+	policy.setNodes(addrs)
+	m.policy.Store(policy)
+	m.log.Info("dial policy", "allowCIDRs", m.cfg.AllowCIDRs, "refusedNodeAddresses", addrList(addrs))
 
 	tunnels, err := tunnel.NewServer(m.dial, m.authorize, m.log.With("component", "tunnel"))
 	if err != nil {
@@ -265,6 +310,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { m.reapSessions(ctx); return nil })
+	g.Go(func() error { m.refreshNodes(ctx, nodes, m.cfg.NodeRefresh); return nil })
 	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
@@ -320,7 +366,20 @@ func (m *Manager) authorize(_ context.Context, sessionID string) error {
 	return nil
 }
 
+// dial dials a client's flow if the dial policy allows its destination.
 func (m *Manager) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	dst, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	p := m.policy.Load()
+	if p == nil {
+		return nil, &dialDeniedError{network: network, dst: dst, reason: "the traffic-manager has not discovered the cluster yet"}
+	}
+	if err := p.check(network, dst); err != nil {
+		m.log.Info("dial refused by the dial policy", "network", network, "dst", dst, "err", err)
+		return nil, err
+	}
 	return m.dialer.DialContext(ctx, network, address)
 }
 

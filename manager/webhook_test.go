@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"math/big"
 	"net"
@@ -461,10 +462,13 @@ func TestWebhookLeavesAlone(t *testing.T) {
 	bare.OwnerReferences = nil
 	job := echoPod(app)
 	job.OwnerReferences[0].Kind = "Job"
-	clash := echoPod(app)
-	clash.Spec.Volumes = []corev1.Volume{{Name: agentTokenVolume}}
+	tokenClash := echoPod(app)
+	tokenClash.Spec.Volumes = []corev1.Volume{{Name: agentTokenVolume}}
 	noCA := newInjector(echoReplicaSet(), svc)
 	noCA.caFile = "testdata/missing.crt"
+	hostNet := echoPod(app)
+	hostNet.Spec.HostNetwork = true
+	clash := echoPod(app, corev1.Container{Name: "sidecar", Image: "s:1", Ports: []corev1.ContainerPort{{ContainerPort: 9900}}})
 
 	tests := []struct {
 		name        string
@@ -474,13 +478,15 @@ func TestWebhookLeavesAlone(t *testing.T) {
 		in          *injector // default newInjector(objs...)
 	}{
 		{"no CA bundle", nil, echoPod(app), "CA bundle", noCA},
-		{"token volume name taken", []runtime.Object{echoReplicaSet(), svc}, clash, "volume named tp-agent-token", nil},
+		{"token volume name taken", []runtime.Object{echoReplicaSet(), svc}, tokenClash, "volume named tp-agent-token", nil},
 		{"already injected", []runtime.Object{echoReplicaSet(), svc}, injected, "", nil},
 		{"not labelled", []runtime.Object{echoReplicaSet(), svc}, unlabelled, "", nil},
 		{"no service", []runtime.Object{echoReplicaSet()}, echoPod(app), "no service selecting the pod", nil},
 		{"no controller", []runtime.Object{svc}, bare, "no controller", nil},
 		{"a job's pod", []runtime.Object{svc}, job, "Job", nil},
 		{"replicaset gone", []runtime.Object{svc}, echoPod(app), "ReplicaSet", nil},
+		{"hostNetwork", []runtime.Object{echoReplicaSet(), svc}, hostNet, "hostNetwork: true", nil},
+		{"agent port taken", []runtime.Object{echoReplicaSet(), svc}, clash, "container sidecar uses port 9900", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -639,5 +645,54 @@ func TestServeWebhookTLS(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("serveWebhook: got %v, want nil after cancel", err)
+	}
+}
+
+func TestCheckInjectable(t *testing.T) {
+	plan := func(containerPorts ...int32) []agentPort {
+		var out []agentPort
+		for i, p := range containerPorts {
+			out = append(out, agentPort{Port: tpagent.Port{ContainerPort: p, AgentPort: tpagent.FirstAgentPort + int32(i)}, container: "app"})
+		}
+		return out
+	}
+	app := func(ports ...int32) corev1.Container {
+		c := corev1.Container{Name: "app"}
+		for _, p := range ports {
+			c.Ports = append(c.Ports, corev1.ContainerPort{ContainerPort: p})
+		}
+		return c
+	}
+	tests := []struct {
+		name    string
+		spec    corev1.PodSpec
+		plan    []agentPort
+		wantErr string // empty: injectable
+	}{
+		{name: "plain", spec: corev1.PodSpec{Containers: []corev1.Container{app(8080)}}, plan: plan(8080)},
+		{name: "port beyond the agent's", spec: corev1.PodSpec{Containers: []corev1.Container{app(8080, 9901)}}, plan: plan(8080)},
+		{name: "hostNetwork", spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{app(8080)}}, plan: plan(8080),
+			wantErr: "remove hostNetwork"},
+		{name: "health port", spec: corev1.PodSpec{Containers: []corev1.Container{app(8080, 9898)}}, plan: plan(8080),
+			wantErr: "container app uses port 9898, the traffic-agent's health port (the agent listens on 9900 and 9898 in the pod); move"},
+		{name: "second agent port", spec: corev1.PodSpec{Containers: []corev1.Container{app(8080, 8081, 9901)}}, plan: plan(8080, 8081),
+			wantErr: "uses port 9901, the traffic-agent's port (the agent listens on 9900-9901 and 9898"},
+		{name: "init container", spec: corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init", Ports: []corev1.ContainerPort{{ContainerPort: 9900}}}},
+			Containers: []corev1.Container{app(8080)}}, plan: plan(8080), wantErr: "container init uses port 9900"},
+		{name: "undeclared target port", spec: corev1.PodSpec{Containers: []corev1.Container{app()}}, plan: plan(9898),
+			wantErr: "container app uses port 9898"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkInjectable(&tt.spec, tt.plan)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("got %v, want injectable", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("got %v, want an error containing %q", err, tt.wantErr)
+			case tt.wantErr != "" && !errors.Is(err, errNotInjectable):
+				t.Errorf("got %v, want errors.Is errNotInjectable", err)
+			}
+		})
 	}
 }

@@ -39,8 +39,9 @@ func (e *VersionError) Unwrap() error { return ErrIncompatibleVersion }
 // reach the destination, or why it aborted the flow. It unwraps to the
 // matching native error, so errors.Is(err, syscall.ECONNREFUSED) holds for a
 // refused dial, syscall.EHOSTUNREACH for an unreachable destination,
-// os.ErrDeadlineExceeded (and context.DeadlineExceeded) for a timeout and
-// syscall.ECONNRESET for a reset.
+// os.ErrDeadlineExceeded (and context.DeadlineExceeded) for a timeout,
+// syscall.ECONNRESET for a reset and syscall.EACCES for a destination the
+// server's policy does not allow (the message says which setting allows it).
 type RemoteError struct {
 	Code    tunnelv1.ErrorCode
 	Message string
@@ -79,6 +80,8 @@ func (e *RemoteError) native() error {
 		return os.ErrDeadlineExceeded
 	case tunnelv1.ErrorCode_ERROR_CODE_RESET:
 		return syscall.ECONNRESET
+	case tunnelv1.ErrorCode_ERROR_CODE_DENIED:
+		return syscall.EACCES
 	default:
 		return errOther
 	}
@@ -92,6 +95,9 @@ func errorCode(err error) tunnelv1.ErrorCode {
 		return re.Code
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return tunnelv1.ErrorCode_ERROR_CODE_REFUSED
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		// A DialFunc's policy refusal, or a local firewall's.
+		return tunnelv1.ErrorCode_ERROR_CODE_DENIED
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
 		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.ENETDOWN):
 		return tunnelv1.ErrorCode_ERROR_CODE_UNREACHABLE

@@ -178,6 +178,10 @@ func TestDialErrors(t *testing.T) {
 			return (&net.Dialer{}).DialContext(ctx, network, address)
 		}, want: os.ErrDeadlineExceeded},
 		{name: "connect timeout", dial: syscallErr(syscall.ETIMEDOUT), want: os.ErrDeadlineExceeded},
+		{name: "denied by policy", dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, fmt.Errorf("not in the allowed ranges: %w", syscall.EACCES)
+		}, want: syscall.EACCES},
+		{name: "firewall EPERM", dial: syscallErr(syscall.EPERM), want: syscall.EACCES},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +209,32 @@ func TestDialErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestDialDeniedKeepsMessage(t *testing.T) {
+	const msg = "dial 169.254.169.254:80 refused: allow it with the chart value tunnel.allowCIDRs"
+	env := newEnv(t, envConfig{dial: func(context.Context, string, string) (net.Conn, error) {
+		return nil, &deniedErr{msg}
+	}})
+	_, err := env.dialer.Dial(testContext(t), "tcp", netip.MustParseAddrPort("169.254.169.254:80"))
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("Dial: got %v, want a *RemoteError", err)
+	}
+	if got, want := re.Code, tunnelv1.ErrorCode_ERROR_CODE_DENIED; got != want {
+		t.Errorf("code: got %v, want %v", got, want)
+	}
+	if re.Message != msg {
+		t.Errorf("message: got %q, want %q", re.Message, msg)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("Dial: got %v, which matches ECONNREFUSED; want only EACCES", err)
+	}
+}
+
+type deniedErr struct{ msg string }
+
+func (e *deniedErr) Error() string { return e.msg }
+func (e *deniedErr) Unwrap() error { return syscall.EACCES }
 
 func TestDialTimeoutIsNetTimeout(t *testing.T) {
 	env := newEnv(t, envConfig{dial: func(context.Context, string, string) (net.Conn, error) {

@@ -93,7 +93,8 @@ type Config struct {
 	MTU int
 	// Dialer carries flows to the cluster.
 	Dialer Dialer
-	// Logger receives flow errors (Debug) and unexpected failures (Warn). nil discards.
+	// Logger receives flow errors (Debug), unexpected failures and dials the traffic-manager's
+	// policy refused (Warn). nil discards.
 	Logger *slog.Logger
 	// DialTimeout bounds one dial; 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -119,7 +120,7 @@ type Stats struct {
 	TCPOpen          int64  // TCP flows being relayed now
 	TCPPending       int64  // SYNs whose dial is in progress
 	TCPTotal         uint64 // TCP flows relayed since start
-	TCPRefused       uint64 // SYNs answered with RST because the cluster refused them
+	TCPRefused       uint64 // SYNs answered with RST because the cluster or the manager's dial policy refused them
 	TCPUnreachable   uint64 // SYNs answered with ICMP unreachable
 	TCPDialFailed    uint64 // other failed TCP dials (timeouts, tunnel errors)
 	TCPDropped       uint64 // SYNs dropped because MaxPendingTCP dials were in progress

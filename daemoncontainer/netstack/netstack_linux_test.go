@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -340,6 +343,41 @@ func TestTCPRefusedDialAnswersRST(t *testing.T) {
 	if got := n.stack.Stats().TCPRefused; got != 2 {
 		t.Errorf("TCPRefused: got %d, want 2", got)
 	}
+}
+
+func TestTCPDeniedDialAnswersRSTAndWarns(t *testing.T) {
+	const msg = "dial 169.254.169.254:80 refused by the traffic-manager: allow it with the chart value tunnel.allowCIDRs"
+	dialer := DialerFunc(func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+		return nil, fmt.Errorf("%s: %w", msg, syscall.EACCES)
+	})
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	n := newTestNet(t, dialer, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	err := n.connectError(t, netip.MustParseAddrPort("169.254.169.254:80"))
+	if _, ok := err.(*tcpip.ErrConnectionRefused); !ok {
+		t.Errorf("connect: got %v, want connection refused", err)
+	}
+	if got := n.stack.Stats().TCPRefused; got != 1 {
+		t.Errorf("TCPRefused: got %d, want 1", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "tunnel.allowCIDRs") {
+		t.Errorf("log: got %q, want a warning with the policy's message", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func TestTCPUnreachableDialAnswersICMP(t *testing.T) {

@@ -105,6 +105,12 @@ func (s *Stack) rejectTCP(id stack.TransportEndpointID, src, dst netip.AddrPort,
 		s.stats.tcpRefused.Add(1)
 		complete(true)
 		s.log.Debug("tcp connection refused", "src", src, "dst", dst)
+	case errors.Is(err, syscall.EACCES):
+		// The traffic-manager's dial policy: refuse at once like a firewall that rejects, and
+		// tell the user why (the error names the chart value that allows the destination).
+		s.stats.tcpRefused.Add(1)
+		complete(true)
+		s.log.Warn("tcp connection refused by the traffic-manager's policy", "src", src, "dst", dst, "error", err)
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		s.stats.tcpUnreachable.Add(1)
 		s.sendUnreachable(s.syns.quote(id), false)

@@ -86,6 +86,11 @@ func (f *udpFlow) run() {
 			s.sendUnreachable(f.quote, true)
 		case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 			s.sendUnreachable(f.quote, false)
+		case errors.Is(err, syscall.EACCES):
+			// The traffic-manager's dial policy (see rejectTCP).
+			s.sendUnreachable(f.quote, true)
+			s.log.Warn("udp flow refused by the traffic-manager's policy", "src", src, "dst", dst, "error", err)
+			return
 		}
 		s.log.Debug("udp dial failed", "src", src, "dst", dst, "error", err)
 		return

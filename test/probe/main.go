@@ -11,6 +11,8 @@
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
 //	probe agent-arrive [-ca FILE] [-claim NS/KIND/WORKLOAD/POD] ADDR ATTEMPT...
 //	                               pose as a traffic-agent (ATTEMPT: plain, tls, tls:TOKENFILE), print each status as JSON
+//	probe route DEV PREFIX...      route PREFIXes to the device DEV (needs NET_ADMIN), e.g. more of a
+//	                               joined container's destinations into tp's TUN
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //
 // Every probe honours -timeout (default 5s).
@@ -30,6 +32,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -75,8 +78,10 @@ func main() {
 		err = agentArrive(ctx, *caFile, *claim, args[0], args[1:])
 	case cmd == "dns-server" && len(args) > 0:
 		err = dnsServer(args)
+	case cmd == "route" && len(args) > 1:
+		err = addRoutes(args[0], args[1:])
 	default:
-		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP]")
+		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX...")
 	}
 	if err != nil {
 		fail(err)
@@ -118,6 +123,27 @@ func probeHTTP(ctx context.Context, url string) error {
 		return fmt.Errorf("%s: %s", resp.Status, body)
 	}
 	fmt.Print(string(body))
+	return nil
+}
+
+// addRoutes routes the prefixes to the device dev in the current network
+// namespace (replacing routes to the same prefixes).
+func addRoutes(dev string, prefixes []string) error {
+	link, err := netlink.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", dev, err)
+	}
+	for _, s := range prefixes {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return err
+		}
+		dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("route %s dev %s: %w", p, dev, err)
+		}
+		fmt.Println("routed", p, "to", dev)
+	}
 	return nil
 }
 

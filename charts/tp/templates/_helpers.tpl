@@ -74,36 +74,42 @@ list is empty. Returns them comma-separated.
 
 {{/*
 RBAC rules on namespaced resources: cluster-wide in a ClusterRole by default,
-or in a Role per managed namespace when rbac.namespaced is true.
+or in a Role per managed namespace when rbac.namespaced is true. Exactly the
+calls of the manager's code (manager/): keep both in step, charts/chart_test.go
+checks the rendered rules.
 */}}
 {{- define "tp.rules.namespaced" -}}
-# Dial targets and intercept candidates; configmaps and secrets provide the
-# environment of intercepted pods.
+# Which services select a workload (intercepts, ListWorkloads, the webhook's
+# port plan); the service CIDR when the API server names none.
 - apiGroups: [""]
-  resources: ["pods", "services", "endpoints", "configmaps", "secrets"]
-  verbs: ["get", "list", "watch"]
-# Intercepting a bare ReplicaSet recreates its pods one at a time.
+  resources: ["services"]
+  verbs: ["list"]
+# A workload's pods (pod CIDRs without node access or when nodes carry none);
+# a bare ReplicaSet's or an OnDelete StatefulSet's pods are replaced one at a
+# time so that they gain or lose the agent; an agent's own pod (get) when it
+# authenticates.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["delete"]
-- apiGroups: ["discovery.k8s.io"]
-  resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
-# Intercepts add the traffic-agent to workloads.
+  verbs: ["get", "list", "delete"]
+# Intercepts label the pod template (the webhook then injects the agent);
+# uninstalling removes the label.
 - apiGroups: ["apps"]
   resources: ["deployments", "replicasets", "statefulsets"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "patch"]
 {{- end }}
 
 {{/*
-RBAC rules on cluster-scoped resources other than namespaces (always in a
-ClusterRole).
+RBAC rules on cluster-scoped resources (always in a ClusterRole). May be
+empty: with rbac.readNodes=false the manager reads nothing cluster-wide.
 */}}
 {{- define "tp.rules.clusterScoped" -}}
-# Node pod CIDRs tell the manager which subnets to route.
+{{- if .Values.rbac.readNodes }}
+# Nodes: pod CIDRs to route, and the node addresses the tunnel's dial policy
+# refuses (listed at start and every 30 s).
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
+{{- end }}
 # Traffic-agents authenticate with their pod's ServiceAccount token (audience
 # tp), verified by a TokenReview (then the pod is checked with get pods).
 - apiGroups: ["authentication.k8s.io"]

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,6 +103,20 @@ func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("TP_SESSION_TTL: %w", err)
 			}
+			allow, err := manager.ParseCIDRs(os.Getenv("TP_TUNNEL_ALLOW_CIDRS"))
+			if err != nil {
+				return fmt.Errorf("TP_TUNNEL_ALLOW_CIDRS (chart value %s): %w", manager.AllowCIDRsValue, err)
+			}
+			readNodes, err := strconv.ParseBool(envOr("TP_READ_NODES", "true"))
+			if err != nil {
+				return fmt.Errorf("TP_READ_NODES: %w", err)
+			}
+			var hostIP netip.Addr
+			if s := os.Getenv("TP_HOST_IP"); s != "" {
+				if hostIP, err = netip.ParseAddr(s); err != nil {
+					return fmt.Errorf("TP_HOST_IP: %w", err)
+				}
+			}
 			rc, err := rest.InClusterConfig()
 			if err != nil {
 				return fmt.Errorf("the traffic-manager runs in a pod: %w", err)
@@ -116,6 +131,7 @@ func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				AgentImagePullPolicy: os.Getenv("TP_AGENT_IMAGE_PULL_POLICY"),
 				WebhookCertDir:       os.Getenv("TP_WEBHOOK_CERT_DIR"),
 				ManagedNamespaces:    splitList(os.Getenv("TP_MANAGED_NAMESPACES")),
+				AllowCIDRs:           allow, NoNodes: !readNodes, HostIP: hostIP,
 			}, kc)
 			if err != nil {
 				return err

@@ -111,6 +111,10 @@ const (
 	ErrorCode_ERROR_CODE_TIMEOUT ErrorCode = 4
 	// The connection was reset or aborted (ECONNRESET).
 	ErrorCode_ERROR_CODE_RESET ErrorCode = 5
+	// The server's policy does not allow this destination (the traffic-manager
+	// dials only into the cluster's pod and service ranges); the message says
+	// what to change. Clients map it to EACCES and refuse like a firewall.
+	ErrorCode_ERROR_CODE_DENIED ErrorCode = 6
 )
 
 // Enum value maps for ErrorCode.
@@ -122,6 +126,7 @@ var (
 		3: "ERROR_CODE_UNREACHABLE",
 		4: "ERROR_CODE_TIMEOUT",
 		5: "ERROR_CODE_RESET",
+		6: "ERROR_CODE_DENIED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED": 0,
@@ -130,6 +135,7 @@ var (
 		"ERROR_CODE_UNREACHABLE": 3,
 		"ERROR_CODE_TIMEOUT":     4,
 		"ERROR_CODE_RESET":       5,
+		"ERROR_CODE_DENIED":      6,
 	}
 )
 
@@ -662,14 +668,15 @@ const file_rpc_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\aNetwork\x12\x17\n" +
 	"\x13NETWORK_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TCP\x10\x01\x12\x0f\n" +
-	"\vNETWORK_UDP\x10\x02*\x9f\x01\n" +
+	"\vNETWORK_UDP\x10\x02*\xb6\x01\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ERROR_CODE_OTHER\x10\x01\x12\x16\n" +
 	"\x12ERROR_CODE_REFUSED\x10\x02\x12\x1a\n" +
 	"\x16ERROR_CODE_UNREACHABLE\x10\x03\x12\x16\n" +
 	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x14\n" +
-	"\x10ERROR_CODE_RESET\x10\x052@\n" +
+	"\x10ERROR_CODE_RESET\x10\x05\x12\x15\n" +
+	"\x11ERROR_CODE_DENIED\x10\x062@\n" +
 	"\x06Tunnel\x126\n" +
 	"\x06Stream\x12\x13.tp.tunnel.v1.Frame\x1a\x13.tp.tunnel.v1.Frame(\x010\x01B-Z+github.com/tp-run/tp/rpc/tunnel/v1;tunnelv1b\x06proto3"
 
