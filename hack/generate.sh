@@ -31,6 +31,16 @@ if ! command -v protoc >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null ||
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 fi
+# The well-known types (google/protobuf/*.proto) come with libprotobuf-dev.
+if [[ ! -f /usr/include/google/protobuf/duration.proto ]]; then
+	if [[ "$(id -u)" != 0 ]]; then
+		echo "generate.sh: google/protobuf/*.proto not found; install them with: sudo apt-get install libprotobuf-dev" >&2
+		exit 1
+	fi
+	echo "generate.sh: installing libprotobuf-dev" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev >/dev/null ||
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev >/dev/null; }
+fi
 if [[ "$(protoc --version)" != "libprotoc $protoc_version" ]]; then
 	echo "generate.sh: $(command -v protoc) is '$(protoc --version)', want 'libprotoc $protoc_version'" >&2
 	echo "generate.sh: generated code names the protoc version; run this script on Debian bookworm (protobuf-compiler 3.21.12)" >&2
