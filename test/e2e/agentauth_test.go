@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -60,10 +61,12 @@ func TestAgentAuth(t *testing.T) {
 	attempts := []string{"plain", "tls", "tls:" + probeAPIToken, "tls:" + probeTPToken}
 	ordinary := "ordinary-" + rand.String(5)
 	pod := probePod(ordinary, "probe", agentArriveArgs(ns, ordinary, agentAddr, attempts...))
-	// The client port: no agent RPC there (or nothing at all from pods).
+	// The client port: it listens on the manager pod's loopback only, so
+	// from a pod there is nothing on the pod IP (and no agent RPC anyway).
+	managerPod := c.runningPod(t, "tp", "app=traffic-manager")
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{
 		Name: "client-port", Image: probeImage, ImagePullPolicy: corev1.PullNever,
-		Args: agentArriveArgs(ns, ordinary, "traffic-manager.tp.svc:8081", "plain"),
+		Args: agentArriveArgs(ns, ordinary, net.JoinHostPort(managerPod.Status.PodIP, "8081"), "plain"),
 	})
 	out := c.runProbePod(t, ns, pod)
 
