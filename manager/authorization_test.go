@@ -154,3 +154,35 @@ func TestCreateInterceptNeedsAuthorization(t *testing.T) {
 		t.Errorf("intercepts after refusals: got %d, want 0", len(ics))
 	}
 }
+
+// TestRemoveInterceptByForce: a teammate's intercept ends by force only for
+// a caller who authorized on the workload with their own credentials.
+func TestRemoveInterceptByForce(t *testing.T) {
+	d := deployment("shop", "echo", echoLabels, appContainer(corev1.ContainerPort{Name: "http", ContainerPort: 8080}))
+	h := newHarness(t, d, service("shop", "echo", echoLabels, namedPort("http", 80, intstr.FromString("http"))))
+	h.arriveAgent(echoRef, "echo-abc", nil, 8080)
+	alice := h.arriveClient("tp", "laptop", "alice")
+	h.intercept(alice, "echo", nil)
+	bob := h.arriveClient("tp", "desktop", "bob")
+	force := &managerv1.RemoveInterceptRequest{SessionId: bob, Name: "echo", Namespace: "shop", Force: true}
+
+	if _, err := h.mc.RemoveIntercept(h.ctx(), force); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("force without authorization: got %v, want PermissionDenied", err)
+	}
+	if _, err := h.mc.RemoveIntercept(h.ctx(), &managerv1.RemoveInterceptRequest{SessionId: bob, Name: "echo", Namespace: "shop"}); status.Code(err) != codes.NotFound {
+		t.Errorf("leave without force of another's intercept: got %v, want NotFound", err)
+	}
+	if ics, _ := h.m.registry.list(context.Background(), nil); len(ics) != 1 {
+		t.Fatalf("intercepts after refusals: got %d, want alice's", len(ics))
+	}
+	h.authorize(bob, "echo")
+	if _, err := h.mc.RemoveIntercept(h.ctx(), force); err != nil {
+		t.Fatalf("force with authorization: %v", err)
+	}
+	if ics, _ := h.m.registry.list(context.Background(), nil); len(ics) != 0 {
+		t.Errorf("intercepts after force: got %d, want 0", len(ics))
+	}
+	if _, err := h.mc.RemoveIntercept(h.ctx(), force); status.Code(err) != codes.NotFound {
+		t.Errorf("force of a gone intercept: got %v, want NotFound", err)
+	}
+}

@@ -485,6 +485,9 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 	if ns == "" {
 		ns = metav1.NamespaceDefault
 	}
+	if req.GetForce() {
+		return m.removeByForce(ctx, sess, req.GetName(), ns)
+	}
 	gone, err := m.registry.remove(ctx, func(ic *intercept) bool {
 		return ic.SessionID == sess.id && ic.Spec.GetName() == req.GetName() && ic.Spec.GetNamespace() == ns
 	})
@@ -495,6 +498,49 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 		return nil, status.Errorf(codes.NotFound, "you have no intercept %s in namespace %s", req.GetName(), ns)
 	}
 	m.log.Info("intercept removed", "intercept", gone[0].ID, "name", req.GetName(), "namespace", ns, "session", sessionid.Public(sess.id))
+	return &managerv1.RemoveInterceptResponse{}, nil
+}
+
+// removeByForce ends every intercept named name in namespace ns, whoever
+// holds it (a teammate's stale intercept), once the caller has authorized on
+// each intercepted workload with the user's own credentials: whoever may patch
+// a workload may take it back.
+func (m *Manager) removeByForce(ctx context.Context, sess session, name, ns string) (*managerv1.RemoveInterceptResponse, error) {
+	ics, err := m.registry.list(ctx, func(ic *intercept) bool { return ic.Spec.GetName() == name && ic.Spec.GetNamespace() == ns })
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list intercepts: %v", err)
+	}
+	if len(ics) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no intercept %s in namespace %s", name, ns)
+	}
+	users := map[workloadRef]string{}
+	for _, ic := range ics {
+		if _, ok := users[ic.Workload]; ok {
+			continue
+		}
+		w, err := getWorkload(ctx, m.kube, ic.Workload.Namespace, ic.Workload.Name)
+		if err != nil {
+			return nil, kubeStatus(err)
+		}
+		user, err := m.grants.authorized(w, sessionid.Public(sess.id))
+		if err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "end intercept %s by force: %v", name, err)
+		}
+		clearAuthorization(context.WithoutCancel(ctx), m.kube, w.ref, w.annotations[authorizeAnnotation], m.log)
+		users[ic.Workload] = user.Username
+	}
+	ids := map[string]bool{}
+	for _, ic := range ics {
+		ids[ic.ID] = true
+	}
+	gone, err := m.registry.remove(ctx, func(ic *intercept) bool { return ids[ic.ID] })
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "remove intercept: %v", err)
+	}
+	for _, ic := range gone {
+		m.log.Info("intercept ended by force", "intercept", ic.ID, "name", name, "workload", ic.Workload.String(),
+			"owner", ic.User, "ownerSession", sessionid.Public(ic.SessionID), "by", users[ic.Workload], "session", sessionid.Public(sess.id))
+	}
 	return &managerv1.RemoveInterceptResponse{}, nil
 }
 

@@ -128,9 +128,25 @@ func (d *daemon) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInter
 	if req.GetNamespace() == "" {
 		req.Namespace = d.cfg.Namespace
 	}
+	if req.GetForce() {
+		// Whoever may patch the intercepted workload may end its intercept:
+		// ask with the user's own credentials on each (docs/security.md).
+		ws, err := client.ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: req.GetNamespace()})
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range ws.GetWorkloads() {
+			if !slices.ContainsFunc(w.GetIntercepts(), func(i *managerv1.InterceptInfo) bool { return i.GetSpec().GetName() == req.GetName() }) {
+				continue
+			}
+			if _, err := kube.Authorize(ctx, d.conn.kube, w.GetNamespace(), w.GetName(), sessionid.Public(session)); err != nil {
+				return nil, kubeStatus(err)
+			}
+		}
+	}
 	resp, err := client.RemoveIntercept(ctx, req)
 	if err == nil {
-		d.cfg.Log.Info("intercept removed", "connection", d.cfg.Connection, "name", req.GetName(), "namespace", req.GetNamespace())
+		d.cfg.Log.Info("intercept removed", "connection", d.cfg.Connection, "name", req.GetName(), "namespace", req.GetNamespace(), "force", req.GetForce())
 	}
 	return resp, err
 }

@@ -205,3 +205,47 @@ func TestManagerRefusesOrdinaryPods(t *testing.T) {
 	}
 	t.Logf("attempts from an ordinary pod:\n%s", out)
 }
+
+// TestLeaveForce: a teammate's intercept that is in the way ends with
+// `tp leave --force` for a user who may patch the workload, and stays for a
+// user who may not.
+func TestLeaveForce(t *testing.T) {
+	c := newCluster(t)
+	nsA, nsB := c.namespace(t, "force-a"), c.namespace(t, "force-b")
+	for _, ns := range []string{nsA, nsB} {
+		c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	}
+	for _, ns := range []string{nsA, nsB} {
+		c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	}
+	suffix := rand.String(4)
+	holder := connect(t, "holder-"+suffix, "-n", nsA)
+	tpOK(t, "intercept", "echo", "--name", holder.name, "--service", "echo", "--port", "8080:http")
+	tpOK(t, "intercept", "echo", "--name", holder.name, "-n", nsB, "--service", "echo", "--port", "8081:http")
+
+	kubeconfig, _ := namespacedDeveloper(t, c, nsA, t.TempDir())
+	dev := connect(t, "teammate-"+suffix, "--kubeconfig", kubeconfig, "-n", nsA)
+	if out, err := tp(t, "leave", "echo", "--name", dev.name); err == nil {
+		t.Errorf("tp leave of another's intercept without --force: succeeded (%s), want an error", out)
+	}
+	out, err := tp(t, "leave", "echo", "--name", dev.name, "-n", nsB, "--force")
+	if err == nil || !strings.Contains(out, "forbidden") {
+		t.Errorf("tp leave --force in %s without rights: err %v, output %q; want forbidden", nsB, err, out)
+	}
+	tpOK(t, "leave", "echo", "--name", dev.name, "--force")
+
+	intercepted := func(ns string) bool {
+		for _, w := range listWorkloads(t, c, ns) {
+			if len(w.GetIntercepts()) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	if intercepted(nsA) {
+		t.Errorf("namespace %s: the intercept is still there after tp leave --force", nsA)
+	}
+	if !intercepted(nsB) {
+		t.Errorf("namespace %s: the intercept ended although the forcing user may not patch the workload", nsB)
+	}
+}

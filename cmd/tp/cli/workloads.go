@@ -30,9 +30,15 @@ func grpcMessage(err error) error {
 
 func newLeaveCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var connection, namespace string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "leave NAME",
 		Short: "End an intercept: its traffic goes back to the app in the cluster",
+		Long: `End an intercept: its traffic goes back to the app in the cluster.
+
+With --force, end the intercepts named NAME of whoever holds them (a teammate's
+that is in your way, see tp list). That needs the right to patch the
+intercepted workload, checked by the API server with your own credentials.`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := daemoncontainer.DialConnection(cmd.Context(), connection)
@@ -42,7 +48,7 @@ func newLeaveCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			defer d.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			if _, err := d.RemoveIntercept(ctx, &managerv1.RemoveInterceptRequest{Name: args[0], Namespace: namespace}); err != nil {
+			if _, err := d.RemoveIntercept(ctx, &managerv1.RemoveInterceptRequest{Name: args[0], Namespace: namespace, Force: force}); err != nil {
 				return fmt.Errorf("leave %s: %w", args[0], grpcMessage(err))
 			}
 			fmt.Fprintf(streams.Out, "Left intercept %s\n", args[0])
@@ -51,6 +57,7 @@ func newLeaveCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&connection, "name", daemoncontainer.DefaultName, "connection name")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace of the intercept (default: the connection's)")
+	cmd.Flags().BoolVar(&force, "force", false, "end the intercept whoever holds it (needs patch on the workload)")
 	return cmd
 }
 

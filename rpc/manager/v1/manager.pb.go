@@ -390,10 +390,14 @@ func (x *CreateInterceptRequest) GetSpec() *InterceptSpec {
 }
 
 type RemoveInterceptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Namespace     string                 `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// force ends the intercepts of that name in namespace whoever holds them
+	// (tp leave --force). The caller must have written tp.run/authorize on
+	// their workloads with the user's own credentials (docs/security.md).
+	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -447,6 +451,13 @@ func (x *RemoveInterceptRequest) GetNamespace() string {
 		return x.Namespace
 	}
 	return ""
+}
+
+func (x *RemoveInterceptRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type RemoveInterceptResponse struct {
@@ -1700,12 +1711,13 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x16CreateInterceptRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
-	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\"i\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\"\x7f\n" +
 	"\x16RemoveInterceptRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
-	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"\x19\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\x19\n" +
 	"\x17RemoveInterceptResponse\"4\n" +
 	"\x14ListWorkloadsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\xf4\x01\n" +
