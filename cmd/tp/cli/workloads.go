@@ -39,7 +39,7 @@ func newLeaveCommand(streams genericiooptions.IOStreams) *cobra.Command {
 With --force, end the intercepts named NAME of whoever holds them (a teammate's
 that is in your way, see tp list). That needs the right to patch the
 intercepted workload, checked by the API server with your own credentials.`,
-		Args:  cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := daemoncontainer.DialConnection(cmd.Context(), connection)
 			if err != nil {
