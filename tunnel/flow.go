@@ -187,11 +187,14 @@ func (f *flow) recvLoop() {
 		default:
 			err := fmt.Errorf("tunnel: unexpected %T frame on an open flow", fr.Kind)
 			f.log.Warn("tunnel: protocol violation", "err", err)
+			// Abort before Read sees the error: a reader that closes the
+			// flow in response would otherwise race a Fin against the
+			// Error frame.
+			f.abort(err)
 			if !ended {
 				ended = true
 				f.deliver(recvItem{err: err})
 			}
-			f.abort(err)
 			if !f.client {
 				return
 			}
