@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	tunnelv1 "github.com/tp-run/tp/rpc/tunnel/v1"
 )
@@ -130,6 +131,9 @@ func FuzzFrameCodec(f *testing.F) {
 		if err := proto.Unmarshal(again, &back); err != nil {
 			t.Fatalf("re-encoded frame does not decode: %v", err)
 		}
+		// Unknown fields of a Data frame are not kept.
+		discardUnknown(ref.ProtoReflect())
+		discardUnknown(back.ProtoReflect())
 		if !proto.Equal(&back, &ref) {
 			t.Fatalf("round trip: got %v, want %v", &back, &ref)
 		}
@@ -141,6 +145,17 @@ func FuzzFrameCodec(f *testing.F) {
 			checkEndpoint(t, o.GetDestination())
 			checkEndpoint(t, o.GetSource())
 		}
+	})
+}
+
+// discardUnknown drops the unknown fields of m and its sub-messages.
+func discardUnknown(m protoreflect.Message) {
+	m.SetUnknown(nil)
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Message() != nil && !fd.IsList() && !fd.IsMap() {
+			discardUnknown(v.Message())
+		}
+		return true
 	})
 }
 
@@ -322,15 +337,16 @@ func FuzzServerStream(f *testing.F) {
 
 		// What the input says, decoded independently of the server.
 		var first *tunnelv1.Open
-		var firstOK bool
+		var firstOK, pairing bool // a valid Open to dial, a valid Open to pair
 		if len(frames) > 0 {
 			var fr tunnelv1.Frame
 			if proto.Unmarshal(frames[0], &fr) == nil && fr.GetOpen() != nil {
 				first = fr.GetOpen()
 				dst, err := fromEndpoint(first.GetDestination())
 				_, nerr := networkName(first.GetNetwork())
-				firstOK = first.GetProtocolVersion() == ProtocolVersion && nerr == nil && err == nil &&
-					dst.IsValid() && first.GetPairingId() == ""
+				valid := first.GetProtocolVersion() == ProtocolVersion && nerr == nil && err == nil
+				pairing = valid && first.GetPairingId() != ""
+				firstOK = valid && !pairing && dst.IsValid()
 			}
 		}
 		// How the flow after the Open ends, and the Data payloads before.
@@ -414,6 +430,14 @@ func FuzzServerStream(f *testing.F) {
 			t.Fatalf("handleStream returned only at the stream's deadline: %v", herr)
 		}
 
+		if pairing {
+			// This server pairs no flows: it refuses them, without dialing.
+			if len(dialed) > 0 || herr != nil || len(ss.sent) != 1 ||
+				ss.sent[0].GetError().GetCode() != tunnelv1.ErrorCode_ERROR_CODE_REFUSED {
+				t.Fatalf("Open with a pairing id: dialed %v, sent %v, returned %v; want one Error REFUSED", dialed, ss.sent, herr)
+			}
+			return
+		}
 		if !firstOK {
 			if len(dialed) > 0 {
 				t.Fatalf("dialed %v for a bad first frame", dialed)
@@ -442,7 +466,7 @@ func FuzzServerStream(f *testing.F) {
 			t.Fatalf("the server answered nothing")
 		}
 		if dialFails {
-			if e := ss.sent[0].GetError(); len(ss.sent) != 1 || e.GetCode() != tunnelv1.ErrorCode_ERROR_CODE_REFUSED {
+			if len(ss.sent) != 1 || ss.sent[0].GetError().GetCode() != tunnelv1.ErrorCode_ERROR_CODE_REFUSED {
 				t.Fatalf("failed dial: sent %v, want one Error REFUSED", ss.sent)
 			}
 			return
