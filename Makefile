@@ -58,7 +58,8 @@ unit: ## unit tests with the race detector
 # testdata/fuzz/<Target>/, where `go test` replays them from then on.
 FUZZTIME ?= 10s
 FUZZPARALLEL ?= 1
-FUZZ_TARGETS := ./tunnel:FuzzFrameCodec ./tunnel:FuzzServerStream ./daemoncontainer/dns:FuzzServeDNS \
+FUZZ_TARGETS := ./tunnel:FuzzFrameCodec ./tunnel:FuzzServerStream ./tunnel:FuzzDialerStream \
+	./daemoncontainer/dns:FuzzServeDNS \
 	./agent:FuzzHTTPRoute ./daemoncontainer/kubeconfig:FuzzForContainer
 fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
 	@set -e; for t in $(FUZZ_TARGETS); do \

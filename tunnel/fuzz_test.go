@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -530,4 +532,183 @@ func TestProtocolViolationAborts(t *testing.T) {
 			t.Fatalf("run %d: a second Open was answered with %v, want Error", i, last)
 		}
 	}
+}
+
+// fuzzClientConn is a grpc.ClientConnInterface whose one stream answers
+// with the frames of a fuzz input, then ends with status OK.
+type fuzzClientConn struct {
+	frames [][]byte
+	stream *fuzzClientStream
+}
+
+func (c *fuzzClientConn) Invoke(context.Context, string, any, any, ...grpc.CallOption) error {
+	return status.Error(codes.Unimplemented, "no unary calls")
+}
+
+func (c *fuzzClientConn) NewStream(ctx context.Context, _ *grpc.StreamDesc, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	c.stream = &fuzzClientStream{fuzzStream: fuzzStream{ctx: ctx, frames: c.frames}}
+	return c.stream, nil
+}
+
+type fuzzClientStream struct {
+	fuzzStream
+	closeSends    atomic.Int32
+	sendAfterHalf atomic.Bool // SendMsg after CloseSend, which gRPC forbids
+}
+
+func (s *fuzzClientStream) SendMsg(m any) error {
+	if s.closeSends.Load() > 0 {
+		s.sendAfterHalf.Store(true)
+	}
+	return s.fuzzStream.SendMsg(m)
+}
+
+func (s *fuzzClientStream) Header() (metadata.MD, error) { return nil, nil }
+func (s *fuzzClientStream) Trailer() metadata.MD         { return nil }
+func (s *fuzzClientStream) CloseSend() error {
+	s.closeSends.Add(1)
+	return nil
+}
+
+func (s *fuzzClientStream) RecvMsg(m any) error {
+	if err := s.ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	return s.fuzzStream.RecvMsg(m)
+}
+
+// FuzzDialerStream dials a flow whose server answers with the frames of the
+// fuzz input, reads it to the end and closes it. It asserts that nothing
+// panics or hangs; that Dial succeeds exactly when the first frame is an
+// Opened of this protocol version, and otherwise fails with the Error
+// frame's code as a RemoteError, a *VersionError or a plain error; that a
+// TCP flow reads exactly the Data payloads before the first Fin (EOF) or
+// Error (the error, with its code); and that the client sends its Open
+// first, then only Data, Fin and Error, and nothing after CloseSend.
+func FuzzDialerStream(f *testing.F) {
+	opened := marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Opened{Opened: &tunnelv1.Opened{
+		ProtocolVersion: ProtocolVersion, Local: &tunnelv1.Endpoint{Ip: []byte{10, 0, 0, 2}, Port: 40000}}}})
+	data := func(s string) []byte {
+		return marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Data{Data: []byte(s)}})
+	}
+	fin := marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Fin{Fin: &tunnelv1.Fin{}}})
+	reset := marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{
+		Code: tunnelv1.ErrorCode_ERROR_CODE_RESET, Message: "reset"}}})
+	refused := marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{
+		Code: tunnelv1.ErrorCode_ERROR_CODE_REFUSED}}})
+	v2 := marshalFrame(f, &tunnelv1.Frame{Kind: &tunnelv1.Frame_Opened{Opened: &tunnelv1.Opened{ProtocolVersion: 2}}})
+	for _, udp := range []bool{false, true} {
+		f.Add(udp, joinFrames(opened, data("HTTP/1.1 200 OK\r\n\r\n"), fin))
+		f.Add(udp, joinFrames(opened, data("a"), fin, data("after fin")))
+		f.Add(udp, joinFrames(opened, data("a"), reset))
+		f.Add(udp, joinFrames(opened, data("a"), opened))
+		f.Add(udp, joinFrames(opened, data("")))
+		f.Add(udp, joinFrames(refused))
+		f.Add(udp, joinFrames(v2))
+		f.Add(udp, joinFrames(fin))
+		f.Add(udp, joinFrames(opened, []byte{0xff}))
+		f.Add(udp, []byte{})
+	}
+	f.Fuzz(func(t *testing.T, udp bool, input []byte) {
+		frames := splitFrames(input)
+		network := "tcp"
+		if udp {
+			network = "udp"
+		}
+
+		// What the input says, decoded independently of the client.
+		var first tunnelv1.Frame
+		firstOK := len(frames) > 0 && proto.Unmarshal(frames[0], &first) == nil
+		var payload []byte
+		end, endCode := "eof", tunnelv1.ErrorCode(0)
+	scan:
+		for _, w := range frames[min(1, len(frames)):] {
+			var fr tunnelv1.Frame
+			if proto.Unmarshal(w, &fr) != nil {
+				end = "broken"
+				break
+			}
+			switch fr.Kind.(type) {
+			case *tunnelv1.Frame_Data:
+				payload = append(payload, fr.GetData()...)
+			case *tunnelv1.Frame_Fin:
+				end = "fin"
+				break scan
+			case *tunnelv1.Frame_Error:
+				end, endCode = "abort", fr.GetError().GetCode()
+				break scan
+			default:
+				end = "violation"
+				break scan
+			}
+		}
+
+		cc := &fuzzClientConn{frames: frames}
+		ctx, cancel := context.WithTimeout(context.Background(), fuzzStreamTimeout)
+		defer cancel()
+		c, err := NewDialer(cc, testSession, nil).Dial(ctx, network, netip.MustParseAddrPort("10.0.0.1:80"))
+		switch {
+		case firstOK && first.GetOpened().GetProtocolVersion() == ProtocolVersion:
+			if err != nil {
+				t.Fatalf("Dial answered Opened: %v", err)
+			}
+		case err == nil:
+			t.Fatalf("Dial succeeded on %v", &first)
+		case firstOK && first.GetError() != nil:
+			var re *RemoteError
+			if !errors.As(err, &re) || re.Code != first.GetError().GetCode() {
+				t.Fatalf("Dial answered %v: got %v, want a RemoteError with its code", &first, err)
+			}
+			return
+		case firstOK && first.GetOpened() != nil:
+			var ve *VersionError
+			if !errors.As(err, &ve) || !errors.Is(err, ErrIncompatibleVersion) {
+				t.Fatalf("Dial answered %v: got %v, want a VersionError", &first, err)
+			}
+			return
+		default:
+			return // no Opened: a plain error
+		}
+
+		got, rerr := io.ReadAll(c)
+		c.Close()
+		if fl, ok := c.(*flow); ok {
+			fl.wait()
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the flow ended only at the deadline")
+		}
+		s := cc.stream
+		if len(s.sent) == 0 || s.sent[0].GetOpen() == nil {
+			t.Fatalf("the client sent %v, want Open first", s.sent)
+		}
+		for _, fr := range s.sent[1:] {
+			switch fr.Kind.(type) {
+			case *tunnelv1.Frame_Data, *tunnelv1.Frame_Fin, *tunnelv1.Frame_Error:
+			default:
+				t.Fatalf("the client sent %v after its Open", fr)
+			}
+		}
+		if s.sendAfterHalf.Load() {
+			t.Fatalf("the client sent after CloseSend")
+		}
+		if udp {
+			return // io.ReadAll joins datagrams; nothing more to compare
+		}
+		switch end {
+		case "eof", "fin":
+			if rerr != nil || !bytes.Equal(got, payload) {
+				t.Fatalf("read %q, %v; want %q and EOF", got, rerr, payload)
+			}
+		case "abort":
+			var re *RemoteError
+			if !errors.As(rerr, &re) || re.Code != endCode || !bytes.Equal(got, payload) {
+				t.Fatalf("read %q, %v; want %q and a RemoteError with code %v", got, rerr, payload, endCode)
+			}
+		default:
+			if rerr == nil || !bytes.HasPrefix(payload, got) {
+				t.Fatalf("read %q, %v; want a prefix of %q and an error", got, rerr, payload)
+			}
+		}
+	})
 }
