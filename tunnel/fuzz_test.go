@@ -26,8 +26,10 @@ import (
 )
 
 // Fuzz targets for what a peer sends on a tunnel stream: the codec that
-// decodes frames (FuzzFrameCodec) and the server's handling of a whole
-// stream of them, Open first (FuzzServerStream). See docs/fuzzing.md.
+// decodes frames (FuzzFrameCodec), the server's handling of a whole stream
+// of them, Open first (FuzzServerStream), and the dialer's handling of the
+// server's answer and the flow after it (FuzzDialerStream). See
+// docs/fuzzing.md.
 
 // refBuffers cuts b into reference-counted buffers at the given cuts (the
 // transport hands a message over in pieces at HTTP/2 frame boundaries).
