@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
@@ -92,8 +93,8 @@ func FuzzForContainer(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, yaml []byte, contextName, server, proxyURL string) {
 		raw, err := clientcmd.Load(yaml)
-		if err != nil {
-			return
+		if err != nil || !utf8.ValidString(server) || !utf8.ValidString(proxyURL) {
+			return // YAML has no strings that are not UTF-8
 		}
 		// server and proxyURL, when set, replace those of every cluster:
 		// the YAML mutates slowly into new URLs.
