@@ -255,6 +255,11 @@ func (f *flow) sendFrames() error {
 				return err
 			}
 		case <-f.finReq:
+			if isClosed(f.abortReq) {
+				// Aborts close the flow too; when both came before this
+				// select, the select may pick either: the reset wins.
+				return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: f.abortFrame}}, errAbortSent)
+			}
 			return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Fin{Fin: &tunnelv1.Fin{}}}, errFinSent)
 		case <-f.abortReq:
 			return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: f.abortFrame}}, errAbortSent)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -713,4 +714,35 @@ func FuzzDialerStream(f *testing.F) {
 			}
 		}
 	})
+}
+
+// blockingStream is a fuzzStream whose RecvMsg waits for its context.
+type blockingStream struct{ fuzzStream }
+
+func (s *blockingStream) RecvMsg(any) error {
+	<-s.ctx.Done()
+	return status.FromContextError(s.ctx.Err()).Err()
+}
+
+// TestAbortSendsError: Abort (which also closes the flow) sends an Error
+// frame, never a Fin, wherever sendLoop is when it comes. FuzzServerStream
+// found the select in sendLoop picking Fin when abort and close both came
+// between its abort check and its select
+// (testdata/fuzz/FuzzServerStream/violation-abort-races-fin).
+func TestAbortSendsError(t *testing.T) {
+	for i := range 5000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ss := &blockingStream{fuzzStream{ctx: ctx}}
+		f := newFlow(ss, flowConfig{network: "tcp"})
+		for range i % 8 { // catch sendLoop at different points
+			runtime.Gosched()
+		}
+		f.Abort()
+		<-f.sendDone
+		cancel()
+		f.wait()
+		if len(ss.sent) != 1 || ss.sent[0].GetError() == nil {
+			t.Fatalf("run %d: Abort sent %v, want one Error", i, ss.sent)
+		}
+	}
 }
