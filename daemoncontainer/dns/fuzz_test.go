@@ -215,3 +215,33 @@ func checkReply(t *testing.T, req *dns.Msg, w *fuzzWriter) {
 		t.Fatalf("reply does not unpack: %v", err)
 	}
 }
+
+// TestMalformedAnswerIsServfail: an answer the dns package would pack into
+// bytes a client cannot unpack (an SOA with empty RDATA) is not relayed;
+// the client gets SERVFAIL. FuzzServeDNS found the reply that did not
+// unpack (testdata/fuzz/FuzzServeDNS/soa-with-empty-rdata).
+func TestMalformedAnswerIsServfail(t *testing.T) {
+	// owner ".", type SOA, class IN, TTL 60, RDLENGTH 0
+	emptySOA, _, err := dns.UnpackRR([]byte{0, 0, 6, 0, 1, 0, 0, 0, 60, 0, 0}, 0)
+	if err != nil {
+		t.Fatalf("UnpackRR: %v", err)
+	}
+	s, err := NewServer(Config{ListenAddr: "127.0.0.1:0", Cluster: ExchangerFunc(
+		func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+			m := new(dns.Msg)
+			m.SetRcode(q, dns.RcodeNameError)
+			m.Ns = []dns.RR{emptySOA}
+			return m, nil
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := new(dns.Msg)
+	req.SetQuestion("gone.ns.svc.cluster.local.", dns.TypeA)
+	w := &fuzzWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
+	s.ServeDNS(w, req)
+	checkReply(t, req, w)
+	if got := w.replies[0].Rcode; got != dns.RcodeServerFailure {
+		t.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[got])
+	}
+}
