@@ -11,7 +11,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image deps cluster-up cluster-down cluster-load test unit e2e e2e-run lint generate demo bench clean
+.PHONY: help build image deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,10 +47,26 @@ cluster-down: ## remove the local cluster: processes, iptables rules, bridges, m
 cluster-load: ## load images into the cluster: make cluster-load IMAGES="tp:dev tp-echo:dev"
 	hack/cluster/load.sh $(IMAGES)
 
-test: unit e2e ## all tests: unit tests with -race, then e2e tests on the local cluster
+test: unit fuzz e2e ## all tests: unit tests with -race, a short fuzz run, then e2e tests on the local cluster
 
 unit: ## unit tests with the race detector
 	go test -race -count=1 ./...
+
+# fuzz runs every fuzz target (package:Target) for FUZZTIME, one after
+# another, with FUZZPARALLEL workers; docs/fuzzing.md has what each asserts.
+# A longer campaign: make fuzz FUZZTIME=30m. Crashers land in the package's
+# testdata/fuzz/<Target>/, where `go test` replays them from then on.
+FUZZTIME ?= 10s
+FUZZPARALLEL ?= 1
+FUZZ_TARGETS := ./tunnel:FuzzFrameCodec ./tunnel:FuzzServerStream ./tunnel:FuzzDialerStream \
+	./daemoncontainer/dns:FuzzServeDNS \
+	./agent:FuzzHTTPRoute ./daemoncontainer/kubeconfig:FuzzForContainer
+fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; target=$${t#*:}; \
+		echo "go test -run '^$$' -fuzz '^$$target\$$' -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg"; \
+		go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg; \
+	done
 
 e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
 	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev

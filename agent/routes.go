@@ -91,7 +91,7 @@ func newIntercept(info *managerv1.InterceptInfo) *intercept {
 		ic.owner = o.GetUser() + "@" + o.GetHost()
 	}
 	for name, value := range info.GetSpec().GetHeaders() {
-		ic.headers = append(ic.headers, headerMatch{name: http.CanonicalHeaderKey(strings.TrimSpace(name)), value: value})
+		ic.headers = append(ic.headers, headerMatch{name: http.CanonicalHeaderKey(strings.TrimSpace(name)), value: trimOWS(value)})
 	}
 	sort.Slice(ic.headers, func(i, j int) bool { return ic.headers[i].name < ic.headers[j].name })
 	sum := sha256.Sum256([]byte(ic.id))
@@ -137,7 +137,8 @@ func (pr *portRoutes) route(req *http.Request) *intercept {
 
 // matches: every header of the intercept is in the request with exactly
 // its value (any of the request's values for that name; names are
-// case-insensitive), and the path starts with the prefix.
+// case-insensitive; leading and trailing whitespace is not part of a value),
+// and the path starts with the prefix.
 func (ic *intercept) matches(req *http.Request) bool {
 	if !strings.HasPrefix(req.URL.Path, ic.pathPrefix) {
 		return false
@@ -155,9 +156,14 @@ func headerHas(req *http.Request, h headerMatch) bool {
 		return req.Host == h.value
 	}
 	for _, v := range req.Header[h.name] {
-		if v == h.value {
+		if trimOWS(v) == h.value {
 			return true
 		}
 	}
 	return false
 }
+
+// trimOWS removes the whitespace around a header value, which is not part
+// of it (RFC 9110, section 5.5): HTTP/1.1 parsing drops it, HTTP/2 carries
+// it, and an intercept's value with it would never match over HTTP/1.1.
+func trimOWS(v string) string { return strings.Trim(v, " \t") }

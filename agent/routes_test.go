@@ -15,6 +15,7 @@ func TestRoute(t *testing.T) {
 		personalIntercept("bob-team", 8080, map[string]string{"x-dev": "bob", "x-team": "b"}, ""),
 		personalIntercept("bob", 8080, map[string]string{"x-dev": "bob"}, ""),
 		personalIntercept("by-host", 8080, map[string]string{"Host": "preview.example"}, ""),
+		personalIntercept("carol", 8080, map[string]string{"x-dev": " carol "}, ""), // matched as "carol"
 		globalIntercept("global", 9090),
 		globalIntercept("elsewhere", 7070), // a port the agent does not serve
 	}}
@@ -32,7 +33,9 @@ func TestRoute(t *testing.T) {
 		{"no header", 8080, "/", nil, ""},
 		{"header", 8080, "/", map[string][]string{"X-Dev": {"alice"}}, "alice"},
 		{"value is exact", 8080, "/", map[string][]string{"X-Dev": {"Alice"}}, ""},
-		{"value is not trimmed", 8080, "/", map[string][]string{"X-Dev": {"alice "}}, ""},
+		{"value is not folded", 8080, "/", map[string][]string{"X-Dev": {"alice x"}}, ""},
+		{"whitespace around a value does not count", 8080, "/", map[string][]string{"X-Dev": {" alice\t"}}, "alice"},
+		{"intercept value with whitespace", 8080, "/", map[string][]string{"X-Dev": {"carol"}}, "carol"},
 		{"any of several values", 8080, "/", map[string][]string{"X-Dev": {"carol", "alice"}}, "alice"},
 		{"longer path prefix wins", 8080, "/api/v1", map[string][]string{"X-Dev": {"alice"}}, "alice-api"},
 		{"prefix is a string prefix", 8080, "/apiary", map[string][]string{"X-Dev": {"alice"}}, "alice-api"},
@@ -67,7 +70,7 @@ func TestRoute(t *testing.T) {
 	if pr := r.port(9090); pr.global == nil || len(pr.personal) != 0 {
 		t.Errorf("port 9090: %+v, want the global intercept only", pr)
 	}
-	if len(r.byHost) != 6 {
-		t.Errorf("%d intercepts by host, want 6", len(r.byHost))
+	if len(r.byHost) != 7 {
+		t.Errorf("%d intercepts by host, want 7", len(r.byHost))
 	}
 }

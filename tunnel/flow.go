@@ -187,11 +187,14 @@ func (f *flow) recvLoop() {
 		default:
 			err := fmt.Errorf("tunnel: unexpected %T frame on an open flow", fr.Kind)
 			f.log.Warn("tunnel: protocol violation", "err", err)
+			// Abort before Read sees the error: a reader that closes the
+			// flow in response would otherwise race a Fin against the
+			// Error frame.
+			f.abort(err)
 			if !ended {
 				ended = true
 				f.deliver(recvItem{err: err})
 			}
-			f.abort(err)
 			if !f.client {
 				return
 			}
@@ -252,6 +255,11 @@ func (f *flow) sendFrames() error {
 				return err
 			}
 		case <-f.finReq:
+			if isClosed(f.abortReq) {
+				// Aborts close the flow too; when both came before this
+				// select, the select may pick either: the reset wins.
+				return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: f.abortFrame}}, errAbortSent)
+			}
 			return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Fin{Fin: &tunnelv1.Fin{}}}, errFinSent)
 		case <-f.abortReq:
 			return f.sendLast(&tunnelv1.Frame{Kind: &tunnelv1.Frame_Error{Error: f.abortFrame}}, errAbortSent)

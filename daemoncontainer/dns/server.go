@@ -27,8 +27,9 @@ const (
 )
 
 var (
-	errServerFailure = errors.New("server failure (SERVFAIL)")
-	errWrongQuestion = errors.New("answer does not match the question")
+	errServerFailure   = errors.New("server failure (SERVFAIL)")
+	errWrongQuestion   = errors.New("answer does not match the question")
+	errMalformedAnswer = errors.New("answer cannot be relayed: a client could not parse it")
 )
 
 // Server is the DNS server of the daemon container. Create it with
@@ -325,6 +326,9 @@ func (s *Server) resolve(key cacheKey, ex Exchanger) (*answer, error) {
 			norm.Extra = append(norm.Extra, rr)
 		}
 	}
+	if err := roundTrips(norm); err != nil {
+		return nil, fmt.Errorf("%w: %w", errMalformedAnswer, err)
+	}
 	now := s.now()
 	a := &answer{msg: norm, at: now, expires: now}
 	if ttl, ok := cacheTTL(norm); ok {
@@ -332,6 +336,18 @@ func (s *Server) resolve(key cacheKey, ex Exchanger) (*answer, error) {
 		s.cache.put(key, a)
 	}
 	return a, nil
+}
+
+// roundTrips checks that m packs into bytes that unpack again. The dns
+// package unpacks some malformed records into values it then packs wrongly
+// (an SOA with empty RDATA comes out with a short RDATA), which clients
+// cannot parse; such answers are not relayed.
+func roundTrips(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	return new(dns.Msg).Unpack(b)
 }
 
 // exchange calls ex and returns when it does or when ctx is done, whichever

@@ -210,13 +210,14 @@ func (res *Result) cluster(name string, c *clientcmdapi.Cluster, opts Options) e
 
 // server rewrites a loopback c.Server.
 func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) error {
-	// client-go accepts a server without a scheme ("127.0.0.1:6443").
-	raw := c.Server
-	hasScheme := strings.Contains(raw, "://")
+	// client-go accepts a server without a scheme ("127.0.0.1:6443"): what
+	// does not parse as a URL with a scheme and a host is host:port to it
+	// (rest.DefaultServerURL), even with a "://" further on.
+	u, err := url.Parse(c.Server)
+	hasScheme := err == nil && u.Scheme != "" && u.Host != ""
 	if !hasScheme {
-		raw = "https://" + raw
+		u, err = url.Parse("https://" + c.Server)
 	}
-	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("parsing server %q: %w", c.Server, err)
 	}

@@ -82,6 +82,8 @@ func TestForContainerServer(t *testing.T) {
 			wantServer: "https://host.docker.internal:8443/k8s/clusters/c-1", wantTLSName: "127.0.0.1"},
 		{name: "no scheme", server: "127.0.0.1:6443",
 			wantServer: "host.docker.internal:6443", wantTLSName: "127.0.0.1"},
+		{name: "no scheme, :// further on", server: "localhost:6443/?next=://x", // client-go dials localhost:6443
+			wantServer: "host.docker.internal:6443/?next=://x", wantTLSName: "localhost"},
 		{name: "http has no tls-server-name", server: "http://localhost:8001",
 			wantServer: "http://host.docker.internal:8001"},
 		{name: "http without port", server: "http://localhost",
