@@ -41,11 +41,13 @@
 // restarts. While the manager is unreachable it routes everything to the
 // app: intercepts need the manager anyway.
 //
-// Health: ReadyPath answers 200 once every agent port listens and the agent
-// has arrived at the manager once; it stays ready when the manager goes away
-// later (the app is still served). When Run's context ends the agent departs
-// at once, answers 503 on ReadyPath and keeps serving (everything to the
-// app) for Config.DrainTimeout before it closes every connection.
+// Health: ReadyPath answers 200 once every agent port listens, whether or
+// not the manager answers: a pod (re)started while the manager is down
+// becomes Ready and serves its Service, everything going to the app, while
+// the agent keeps trying to arrive with backoff. When Run's context ends
+// the agent departs at once, answers 503 on ReadyPath and keeps serving
+// (everything to the app) for Config.DrainTimeout before it closes every
+// connection.
 //
 // agent-init (Init) installs the nftables redirects of the ports whose
 // mechanism is "redirect", in the pod's network namespace.
@@ -168,6 +170,7 @@ func (a *agent) run(ctx context.Context) error {
 			"name", p.Name, "mechanism", p.Mechanism)
 	}
 	a.listened.Store(true)
+	a.log.Info("listening on every agent port; ready (everything goes to the app until the traffic-manager answers)")
 
 	healthSrv := a.healthServer()
 	httpServers := make([]*http.Server, len(a.cfg.Ports))

@@ -464,11 +464,46 @@ func TestNoManagerAppStillAnswers(t *testing.T) {
 	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
 		t.Errorf("served by %q, want app", got)
 	}
-	if code := httpStatus(t, "http://"+ta.healthAddr+ReadyPath); code != http.StatusServiceUnavailable {
-		t.Errorf("%s before arriving: %d, want 503", ReadyPath, code)
+	// Ready without the manager: the pod serves its Service (issue 10).
+	if code := httpStatus(t, "http://"+ta.healthAddr+ReadyPath); code != http.StatusOK {
+		t.Errorf("%s without a manager: %d, want 200", ReadyPath, code)
 	}
 	if code := httpStatus(t, "http://"+ta.healthAddr+LivePath); code != http.StatusOK {
 		t.Errorf("%s: %d, want 200", LivePath, code)
+	}
+}
+
+// TestReadyBeforeManagerComesUp starts the agent while its manager is down
+// (a pod restarted during a manager outage): it is ready and serves the app
+// at once, keeps trying to arrive, and routes by the intercepts once the
+// manager comes up.
+func TestReadyBeforeManagerComesUp(t *testing.T) {
+	app, dev := newTestServer(t, "app"), newTestServer(t, "dev")
+	mgr := newFakeManager(t, dev.addr.String())
+	mgr.stop()
+	ta := startAgent(t, app, agentOptions{managerAddr: mgr.address()})
+
+	if code := httpStatus(t, "http://"+ta.healthAddr+ReadyPath); code != http.StatusOK {
+		t.Errorf("%s while the manager is down: %d, want 200", ReadyPath, code)
+	}
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("manager down: served by %q, want app", got)
+	}
+	if ta.arrived.Load() {
+		t.Fatal("the agent says it arrived while the manager is down")
+	}
+
+	// The agent keeps retrying: once the manager is up it arrives and
+	// routes by its intercepts, and stays ready throughout.
+	mgr.setIntercepts(globalIntercept("ic-1", ta.containerPt))
+	mgr.start(mgr.address())
+	waitFor(t, "the agent to arrive", ta.arrived.Load)
+	ta.waitRoutes(t, "ic-1")
+	if got := servedBy(dialHTTP(t, ta.addr).mustGet("/", nil)); got != "dev" {
+		t.Errorf("after the manager came up: served by %q, want dev", got)
+	}
+	if code := httpStatus(t, "http://"+ta.healthAddr+ReadyPath); code != http.StatusOK {
+		t.Errorf("%s after arriving: %d, want 200", ReadyPath, code)
 	}
 }
 

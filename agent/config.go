@@ -36,9 +36,9 @@ const (
 	// HealthPort is the port of DefaultHealthAddr, for the readiness probe.
 	HealthPort        = 9898
 	DefaultHealthAddr = ":9898"
-	// ReadyPath answers 200 once the agent listens on every agent port and
-	// has arrived at the traffic-manager (once; it stays ready when the
-	// manager goes away later, and keeps routing to the app meanwhile).
+	// ReadyPath answers 200 once the agent listens on every agent port,
+	// whether or not it has arrived at the traffic-manager (without a
+	// session it routes everything to the app); 503 while it drains.
 	ReadyPath = "/ready"
 	// LivePath answers 200 while the process serves.
 	LivePath = "/healthz"

@@ -10,20 +10,22 @@ import (
 func (a *agent) healthServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
-		listened, arrived := a.listened.Load(), a.arrived.Load()
 		if a.draining.Load() {
 			http.Error(w, "not ready: shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		if listened && arrived {
-			fmt.Fprintln(w, "ready")
+		if !a.listened.Load() {
+			http.Error(w, "not ready: not yet listening on every agent port", http.StatusServiceUnavailable)
 			return
 		}
-		msg := "not ready: not yet listening on every agent port"
-		if listened {
-			msg = fmt.Sprintf("not ready: not yet arrived at the traffic-manager at %s", a.cfg.ManagerAddr)
+		// Ready whether or not the traffic-manager answers: without a
+		// session every connection goes to the app, so the pod serves
+		// its Service even while the manager is down (issue 10).
+		if a.dialer.Load() == nil {
+			fmt.Fprintf(w, "ready; no session with the traffic-manager at %s, routing everything to the app\n", a.cfg.ManagerAddr)
+			return
 		}
-		http.Error(w, msg, http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("GET "+LivePath, func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

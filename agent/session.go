@@ -121,7 +121,7 @@ func (a *agent) session(ctx context.Context, client managerv1.ManagerClient, cc 
 	log := a.log.With("session", sess.GetSessionId())
 	a.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log.With("component", "tunnel")))
 	if !a.arrived.Swap(true) {
-		log.Info("arrived at the traffic-manager; ready", "manager", a.cfg.ManagerAddr,
+		log.Info("arrived at the traffic-manager", "manager", a.cfg.ManagerAddr,
 			"managerVersion", sess.GetManagerVersion(), "ttl", ttl)
 	} else {
 		log.Info("arrived at the traffic-manager again", "managerVersion", sess.GetManagerVersion())

@@ -13,6 +13,7 @@
 //	                               pose as a traffic-agent (ATTEMPT: plain, tls, tls:TOKENFILE), print each status as JSON
 //	probe route DEV PREFIX...      route PREFIXes to the device DEV (needs NET_ADMIN), e.g. more of a
 //	                               joined container's destinations into tp's TUN
+//	probe kill ARGV...             SIGTERM every process whose command line is ARGV (e.g. /tp agent)
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //
 // Every probe honours -timeout (default 5s).
@@ -80,6 +81,8 @@ func main() {
 		err = dnsServer(args)
 	case cmd == "route" && len(args) > 1:
 		err = addRoutes(args[0], args[1:])
+	case cmd == "kill" && len(args) > 0:
+		err = killProcesses(args)
 	default:
 		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX...")
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
@@ -167,10 +168,30 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		})
 	}
 	fmt.Fprintf(streams.ErrOut, "Intercepted %s/%s in %s: %s\n", ns, workload, time.Since(start).Round(time.Millisecond), describeIntercept(info))
-	code, detached, err := dockerRun(ctx, streams, d.Connection.ContainerName, info, env, dockerArgs)
+	// While the container runs, watch that the intercept still exists: `tp
+	// leave` in another shell, the session TTL or an administrator may end
+	// it, and then the container must not go on as if it were intercepted.
+	wctx, stopWatch := context.WithCancel(ctx)
+	ended := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if errors.Is(watchIntercept(wctx, d, info, interceptPollInterval), errInterceptEnded) {
+			close(ended)
+		}
+	}()
+	code, detached, err := dockerRun(ctx, ended, streams, d.Connection.ContainerName, info, env, dockerArgs)
+	stopWatch()
+	<-watched
 	if detached && err == nil {
 		fmt.Fprintf(streams.ErrOut, "Container detached; the intercept stays until: tp leave %s -n %s\n", info.GetSpec().GetName(), ns)
 		return nil
+	}
+	select {
+	case <-ended:
+		// Nothing to leave: the intercept is gone already.
+		return &interceptEndedError{name: info.GetSpec().GetName()}
+	default:
 	}
 	leave()
 	if err != nil {
@@ -180,6 +201,67 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		return &ExitError{Code: code}
 	}
 	return nil
+}
+
+// interceptPollInterval is how often a running `tp intercept --docker-run`
+// checks that its intercept still exists.
+const interceptPollInterval = 2 * time.Second
+
+// errInterceptEnded says that the intercept was removed by someone else
+// than this command: `tp leave` in another shell, the session TTL, an
+// administrator, or a restarted traffic-manager.
+var errInterceptEnded = errors.New("intercept ended elsewhere")
+
+// interceptEndedError is what a running `tp intercept --docker-run` fails
+// with when its intercept was ended elsewhere; it is errInterceptEnded.
+type interceptEndedError struct{ name string }
+
+func (e *interceptEndedError) Error() string {
+	return fmt.Sprintf("intercept %s was ended elsewhere (tp leave, the session TTL or an administrator); the container was stopped", e.name)
+}
+
+func (e *interceptEndedError) Is(target error) bool { return target == errInterceptEnded }
+
+// workloadLister is the part of the daemon API that watchIntercept needs.
+type workloadLister interface {
+	ListWorkloads(ctx context.Context, req *managerv1.ListWorkloadsRequest, opts ...grpc.CallOption) (*managerv1.ListWorkloadsResponse, error)
+}
+
+// watchIntercept polls the daemon every interval until the intercept info
+// (by id) is no longer among its namespace's intercepts, and then returns
+// errInterceptEnded; it returns nil when ctx ends. Failed polls (the daemon
+// is reconnecting, the manager restarts) are not an answer: it polls on.
+func watchIntercept(ctx context.Context, d workloadLister, info *managerv1.InterceptInfo, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		lctx, cancel := context.WithTimeout(ctx, max(interval, 5*time.Second))
+		resp, err := d.ListWorkloads(lctx, &managerv1.ListWorkloadsRequest{Namespace: info.GetSpec().GetNamespace()})
+		cancel()
+		if err != nil {
+			continue
+		}
+		if !hasIntercept(resp, info.GetId()) {
+			return errInterceptEnded
+		}
+	}
+}
+
+// hasIntercept says whether resp lists the intercept with id.
+func hasIntercept(resp *managerv1.ListWorkloadsResponse, id string) bool {
+	for _, w := range resp.GetWorkloads() {
+		for _, ic := range w.GetIntercepts() {
+			if ic.GetId() == id {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // interceptEnv is the pod's environment plus TP_* variables naming the intercept.
@@ -211,8 +293,9 @@ func writeEnvFile(path, syntax string, env map[string]string) error {
 
 // dockerRun runs the intercept's container with the docker CLI (so every
 // docker run flag works as the user knows it) in the connection's network
-// namespace, with the pod's environment. Ctrl-C stops the container.
-func dockerRun(ctx context.Context, streams genericiooptions.IOStreams, netContainer string, info *managerv1.InterceptInfo, env map[string]string, userArgs []string) (code int, detached bool, err error) {
+// namespace, with the pod's environment. Ctrl-C stops the container, and so
+// does closing ended (the intercept was ended elsewhere).
+func dockerRun(ctx context.Context, ended <-chan struct{}, streams genericiooptions.IOStreams, netContainer string, info *managerv1.InterceptInfo, env map[string]string, userArgs []string) (code int, detached bool, err error) {
 	args := []string{"run", "--rm", "--network", "container:" + netContainer}
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -244,6 +327,15 @@ func dockerRun(ctx context.Context, streams genericiooptions.IOStreams, netConta
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	stopCLI := func() error { // the container stops, then the CLI
+		select {
+		case waitErr := <-done:
+			return waitErr
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			return <-done
+		}
+	}
 	var waitErr error
 	select {
 	case waitErr = <-done:
@@ -251,12 +343,22 @@ func dockerRun(ctx context.Context, streams genericiooptions.IOStreams, netConta
 		if runtime.GOOS != "windows" {
 			_ = cmd.Process.Signal(os.Interrupt)
 		}
-		select {
-		case waitErr = <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			waitErr = <-done
+		waitErr = stopCLI()
+	case <-ended:
+		if detached {
+			waitErr = <-done // docker run -d returns by itself; the container stays
+			break
 		}
+		// Stop the container by name (works with -t too, where the CLI
+		// does not proxy signals); without one, as Ctrl-C does.
+		if cname := firstNonEmpty(name, flagValue(userArgs, "--name")); cname != "" {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			_ = exec.CommandContext(sctx, "docker", "stop", "--time", "5", cname).Run()
+			cancel()
+		} else if runtime.GOOS != "windows" {
+			_ = cmd.Process.Signal(os.Interrupt)
+		}
+		waitErr = stopCLI()
 	}
 	if name != "" && !detached {
 		_ = exec.Command("docker", "rm", "-f", name).Run() // nothing may outlive the intercept
@@ -309,6 +411,35 @@ func hasFlag(args []string, flag string) bool {
 		}
 	}
 	return false
+}
+
+// flagValue is the value of docker run's long flag (e.g. "--name") among
+// args (the arguments before the image): "--name x" or "--name=x"; "" when
+// it is not given.
+func flagValue(args []string, flag string) string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			return "" // the image: docker run's flags end here
+		}
+		name, value, hasValue := strings.Cut(a, "=")
+		if name == flag {
+			if hasValue {
+				return value
+			}
+			if i+1 < len(args) {
+				return args[i+1]
+			}
+			return ""
+		}
+		if !strings.HasPrefix(a, "--") && len(a) > 2 {
+			continue // "-dit" or "-eKEY=VALUE": no separate value
+		}
+		if !hasValue && !dockerBoolFlags[name] {
+			i++ // the flag's value
+		}
+	}
+	return ""
 }
 
 func describeIntercept(info *managerv1.InterceptInfo) string {
