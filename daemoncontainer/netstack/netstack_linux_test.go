@@ -362,10 +362,23 @@ func TestTCPDeniedDialAnswersRSTAndWarns(t *testing.T) {
 	if got := n.stack.Stats().TCPRefused; got != 1 {
 		t.Errorf("TCPRefused: got %d, want 1", got)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(logs.String(), "tunnel.allowCIDRs") {
-		t.Errorf("log: got %q, want a warning with the policy's message", logs.String())
+	// The RST may reach the client before the warning is written.
+	logged := func() (string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.String(), strings.Contains(logs.String(), "tunnel.allowCIDRs")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, ok := logged()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("log: got %q, want a warning with the policy's message", got)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
