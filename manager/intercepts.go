@@ -134,10 +134,13 @@ func normalizeSpec(in *managerv1.InterceptSpec, client *managerv1.ClientInfo) (*
 	if p := spec.GetLocalPort(); p <= 0 || p > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "intercept %s: local port %d out of range 1-65535", spec.Name, p)
 	}
-	for k := range spec.GetHeaders() {
+	for k, v := range spec.GetHeaders() {
 		if k == "" || strings.ContainsAny(k, " :\t\r\n") {
 			return nil, status.Errorf(codes.InvalidArgument, "intercept %s: invalid header name %q", spec.Name, k)
 		}
+		// Spaces and tabs around a field value are not part of it (RFC 9110
+		// 5.5): the agent matches without them, so conflicts compare so too.
+		spec.Headers[k] = strings.Trim(v, " \t")
 	}
 	if p := spec.GetPathPrefix(); p != "" && !strings.HasPrefix(p, "/") {
 		return nil, status.Errorf(codes.InvalidArgument, "intercept %s: path prefix %q must start with /", spec.Name, p)
