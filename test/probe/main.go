@@ -84,7 +84,7 @@ func main() {
 	case cmd == "kill" && len(args) > 0:
 		err = killProcesses(args)
 	default:
-		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX...")
+		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX | kill NAME | manager-session ADDR | agent-arrive ADDR ATTEMPT; see the package doc")
 	}
 	if err != nil {
 		fail(err)
