@@ -49,6 +49,11 @@ const AuthorizePath = "/authorize"
 // grantTTL bounds how long a recorded grant may be used.
 const grantTTL = 2 * time.Minute
 
+// maxGrants bounds the grants kept at once: reviews posted straight to the
+// webhook port by anyone cannot grow the manager's memory without bound (real
+// ones come a few a minute).
+const maxGrants = 10000
+
 // grant is one recorded authorization: Session (public id) may act on Ref
 // for User.
 type grant struct {
@@ -70,12 +75,13 @@ func newGrants(now func() time.Time) *grants {
 	return &grants{now: now, byValue: map[string]grant{}}
 }
 
-// record keeps g for value unless value was seen before (first review wins).
+// record keeps g for value unless value was seen before (first review wins)
+// or maxGrants are kept already.
 func (gs *grants) record(value string, g grant) bool {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	gs.expireLocked()
-	if _, seen := gs.byValue[value]; seen {
+	if _, seen := gs.byValue[value]; seen || len(gs.byValue) >= maxGrants {
 		return false
 	}
 	g.Recorded = gs.now()

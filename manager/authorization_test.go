@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -184,5 +185,15 @@ func TestRemoveInterceptByForce(t *testing.T) {
 	}
 	if _, err := h.mc.RemoveIntercept(h.ctx(), force); status.Code(err) != codes.NotFound {
 		t.Errorf("force of a gone intercept: got %v, want NotFound", err)
+	}
+}
+
+func TestGrantsBounded(t *testing.T) {
+	gs := newGrants(time.Now)
+	for i := range maxGrants {
+		gs.record(fmt.Sprintf("%s.%032x", testSession, i), grant{Ref: echoRef, Session: testSession})
+	}
+	if gs.record(testValue, grant{Ref: echoRef, Session: testSession}) {
+		t.Errorf("recorded grant %d, want at most %d kept", maxGrants+1, maxGrants)
 	}
 }
