@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/tp-run/tp/internal/kube"
 )
 
 // How the manager knows who asks, and that they may (docs/security.md).
@@ -41,7 +43,7 @@ import (
 //   - forgets grants after grantTTL and removes the annotation once used.
 
 // authorizeAnnotation carries a client's request to act on a workload.
-const authorizeAnnotation = "tp.run/authorize"
+const authorizeAnnotation = kube.AuthorizeAnnotation
 
 // AuthorizePath is the URL path of the validating webhook that records grants.
 const AuthorizePath = "/authorize"
@@ -231,22 +233,13 @@ func serveAdmission(w http.ResponseWriter, r *http.Request, review func(context.
 
 // clearAuthorization removes a used authorize annotation (best effort: a
 // leftover one authorizes nothing once its grant expires).
-func clearAuthorization(ctx context.Context, kube kubernetes.Interface, ref workloadRef, value string, log *slog.Logger) {
+func clearAuthorization(ctx context.Context, kc kubernetes.Interface, ref workloadRef, value string, log *slog.Logger) {
 	// The test guards against removing a newer request written meanwhile.
 	patch, _ := json.Marshal([]map[string]any{
 		{"op": "test", "path": "/metadata/annotations/" + jsonPointerEscape(authorizeAnnotation), "value": value},
 		{"op": "remove", "path": "/metadata/annotations/" + jsonPointerEscape(authorizeAnnotation)},
 	})
-	var err error
-	opts := metav1.PatchOptions{}
-	switch ref.Kind {
-	case "Deployment":
-		_, err = kube.AppsV1().Deployments(ref.Namespace).Patch(ctx, ref.Name, types.JSONPatchType, patch, opts)
-	case "StatefulSet":
-		_, err = kube.AppsV1().StatefulSets(ref.Namespace).Patch(ctx, ref.Name, types.JSONPatchType, patch, opts)
-	case "ReplicaSet":
-		_, err = kube.AppsV1().ReplicaSets(ref.Namespace).Patch(ctx, ref.Name, types.JSONPatchType, patch, opts)
-	}
+	err := kube.PatchWorkload(ctx, kc, ref.Namespace, ref.Kind, ref.Name, types.JSONPatchType, patch, managerFieldManager)
 	if err != nil {
 		log.Debug("authorize annotation left in place", "workload", ref.String(), "err", err)
 	}

@@ -8,12 +8,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tp-run/tp/agent"
+	"github.com/tp-run/tp/internal/kube"
 )
 
 // Labels and annotations of the intercept contract (docs/intercepts.md).
 const (
 	// agentLabel on a pod template enables the injection webhook for its pods.
-	agentLabel        = "tp.run/agent"
+	agentLabel        = kube.AgentLabel
 	agentLabelEnabled = "enabled"
 	// injectAnnotation "false" on a workload refuses intercepts.
 	injectAnnotation = "tp.run/inject"

@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	tpkube "github.com/tp-run/tp/internal/kube"
 )
 
 // Workload kinds as in TP_AGENT_KIND and WorkloadInfo.kind.
@@ -25,6 +27,9 @@ const (
 	kindDeployment  = "Deployment"
 	kindStatefulSet = "StatefulSet"
 	kindReplicaSet  = "ReplicaSet"
+
+	// managerFieldManager names the manager in the workloads' managed fields.
+	managerFieldManager = "tp-traffic-manager"
 )
 
 // workload is a Deployment, StatefulSet or ReplicaSet as far as intercepts
@@ -157,18 +162,7 @@ func setAgentLabel(ctx context.Context, kube kubernetes.Interface, ref workloadR
 	if err != nil {
 		return err
 	}
-	apps := kube.AppsV1()
-	opts := metav1.PatchOptions{FieldManager: "tp-traffic-manager"}
-	switch ref.Kind {
-	case kindDeployment:
-		_, err = apps.Deployments(ref.Namespace).Patch(ctx, ref.Name, types.MergePatchType, patch, opts)
-	case kindStatefulSet:
-		_, err = apps.StatefulSets(ref.Namespace).Patch(ctx, ref.Name, types.MergePatchType, patch, opts)
-	case kindReplicaSet:
-		_, err = apps.ReplicaSets(ref.Namespace).Patch(ctx, ref.Name, types.MergePatchType, patch, opts)
-	default:
-		return fmt.Errorf("cannot patch a %s", ref.Kind)
-	}
+	err = tpkube.PatchWorkload(ctx, kube, ref.Namespace, ref.Kind, ref.Name, types.MergePatchType, patch, managerFieldManager)
 	if err != nil {
 		return fmt.Errorf("label the pod template of %s: %w", ref, err)
 	}

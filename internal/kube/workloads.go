@@ -28,6 +28,9 @@ const (
 	AuthorizeAnnotation = "tp.run/authorize"
 )
 
+// clientFieldManager names tp's clients in the workloads' managed fields.
+const clientFieldManager = "tp"
+
 // Workload kinds tp intercepts, in the order a name is looked up.
 var workloadKinds = []string{"Deployment", "StatefulSet", "ReplicaSet"}
 
@@ -51,7 +54,7 @@ func Authorize(ctx context.Context, kc kubernetes.Interface, namespace, name, se
 	}
 	var forbidden error
 	for _, kind := range workloadKinds {
-		err := patchWorkload(ctx, kc, namespace, kind, name, types.MergePatchType, patch)
+		err := PatchWorkload(ctx, kc, namespace, kind, name, types.MergePatchType, patch, clientFieldManager)
 		switch {
 		case err == nil:
 			return kind, nil
@@ -129,7 +132,7 @@ func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace st
 	}}})
 	var restored []string
 	for _, t := range targets {
-		if err := patchWorkload(ctx, kc, t.namespace, t.kind, t.name, types.MergePatchType, patch); err != nil {
+		if err := PatchWorkload(ctx, kc, t.namespace, t.kind, t.name, types.MergePatchType, patch, clientFieldManager); err != nil {
 			return restored, fmt.Errorf("restore %s %s in namespace %s: %w", strings.ToLower(t.kind), t.name, t.namespace, err)
 		}
 		restored = append(restored, fmt.Sprintf("%s/%s/%s", t.namespace, strings.ToLower(t.kind), t.name))
@@ -137,8 +140,10 @@ func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace st
 	return restored, nil
 }
 
-func patchWorkload(ctx context.Context, kc kubernetes.Interface, namespace, kind, name string, pt types.PatchType, patch []byte) error {
-	opts := metav1.PatchOptions{FieldManager: "tp"}
+// PatchWorkload patches the Deployment, StatefulSet or ReplicaSet (kind)
+// name in namespace as fieldManager.
+func PatchWorkload(ctx context.Context, kc kubernetes.Interface, namespace, kind, name string, pt types.PatchType, patch []byte, fieldManager string) error {
+	opts := metav1.PatchOptions{FieldManager: fieldManager}
 	var err error
 	switch kind {
 	case "Deployment":
