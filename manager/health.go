@@ -2,15 +2,11 @@ package manager
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // HealthPort serves the kubelet's probes: plain HTTP, /healthz and /readyz.
@@ -47,19 +43,5 @@ func serveHealth(ctx context.Context, lis net.Listener, h *probes, log *slog.Log
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("health: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		return nil
-	})
-	return g.Wait()
+	return serveHTTP(ctx, srv, "health", func() error { return srv.Serve(lis) }, 2*time.Second)
 }

@@ -185,16 +185,22 @@ func serveWebhook(ctx context.Context, lis net.Listener, handlers map[string]htt
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get},
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	return serveHTTP(ctx, srv, "webhook", func() error { return srv.ServeTLS(lis, "", "") }, 5*time.Second)
+}
+
+// serveHTTP runs serve (srv's Serve or ServeTLS) until ctx ends, then shuts
+// srv down within grace. It returns serve's error, named by what.
+func serveHTTP(ctx context.Context, srv *http.Server, what string, serve func() error, grace time.Duration) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("webhook: %w", err)
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		return nil
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		return nil
