@@ -22,25 +22,21 @@ protoc_gen_go_version="$(go list -m -f '{{.Version}}' google.golang.org/protobuf
 bin="$repo/.cache/bin"
 mkdir -p "$bin"
 
-if ! command -v protoc >/dev/null 2>&1; then
+# apt_install PACKAGE WHAT: installs the Debian package that provides WHAT,
+# or says how when not root.
+apt_install() {
+	local pkg="$1" what="$2"
 	if [[ "$(id -u)" != 0 ]]; then
-		echo "generate.sh: protoc not found; install it with: sudo apt-get install protobuf-compiler" >&2
+		echo "generate.sh: $what not found; install it with: sudo apt-get install $pkg" >&2
 		exit 1
 	fi
-	echo "generate.sh: installing protobuf-compiler" >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null ||
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
-fi
+	echo "generate.sh: installing $pkg" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null ||
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; }
+}
+command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler protoc
 # The well-known types (google/protobuf/*.proto) come with libprotobuf-dev.
-if [[ ! -f /usr/include/google/protobuf/duration.proto ]]; then
-	if [[ "$(id -u)" != 0 ]]; then
-		echo "generate.sh: google/protobuf/*.proto not found; install them with: sudo apt-get install libprotobuf-dev" >&2
-		exit 1
-	fi
-	echo "generate.sh: installing libprotobuf-dev" >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev >/dev/null ||
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev >/dev/null; }
-fi
+[[ -f /usr/include/google/protobuf/duration.proto ]] || apt_install libprotobuf-dev "google/protobuf/*.proto"
 if [[ "$(protoc --version)" != "libprotoc $protoc_version" ]]; then
 	echo "generate.sh: $(command -v protoc) is '$(protoc --version)', want 'libprotoc $protoc_version'" >&2
 	echo "generate.sh: generated code names the protoc version; run this script on Debian bookworm (protobuf-compiler 3.21.12)" >&2
