@@ -18,8 +18,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/tp-run/tp/internal/kube"
-	"github.com/tp-run/tp/manager"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -324,18 +322,7 @@ func managerHasSession(t *testing.T, c *cluster, connection string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	pod := c.runningPod(t, "tp", "app=traffic-manager")
-	pf, err := kube.NewPortForwarder(ctx, c.config, "tp", pod.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pf.Close()
-	cc, err := pf.DialGRPC(manager.Port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	resp, err := managerv1.NewManagerClient(cc).ListSessions(ctx, &managerv1.ListSessionsRequest{})
+	resp, err := c.managerClient(t).ListSessions(ctx, &managerv1.ListSessionsRequest{})
 	if err != nil {
 		t.Fatalf("list sessions: %v", err)
 	}

@@ -9,13 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // TestConnectErrors: each bad input gives one clear sentence that says what
@@ -123,20 +121,8 @@ func limitedUser(t *testing.T, c *cluster, ns, dir string) string {
 	t.Cleanup(func() {
 		_ = c.client.RbacV1().ClusterRoleBindings().Delete(context.Background(), sa, metav1.DeleteOptions{})
 	})
-	tok, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := clientcmd.LoadFromFile(c.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kctx := raw.Contexts[raw.CurrentContext]
-	raw.AuthInfos[kctx.AuthInfo] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
 	path := filepath.Join(dir, "limited")
-	if err := clientcmd.WriteToFile(*raw, path); err != nil {
-		t.Fatal(err)
-	}
+	c.tokenKubeconfig(t, ns, sa, "", path)
 	return path
 }
 

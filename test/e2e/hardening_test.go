@@ -267,21 +267,6 @@ func TestDaemonContainerHardening(t *testing.T) {
 	}
 }
 
-// tpWithKubeconfig runs the tp CLI under test with $KUBECONFIG set to path.
-func tpWithKubeconfig(t *testing.T, path string, args ...string) (string, error) {
-	t.Helper()
-	bin := os.Getenv("TP_BIN")
-	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "tp")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+path)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
 // TestUninstallEverythingUsesConnectionContext: `tp uninstall --everything`
 // acts on the connection's cluster even when the kubeconfig's current context
 // points elsewhere (here: an unreachable decoy), and refuses a --context

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -32,6 +33,11 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/manager"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
 const (
@@ -222,19 +228,85 @@ func probe(flags []string, args ...string) (string, error) {
 	return docker(append(all, args...)...)
 }
 
+// tpBin is the tp CLI under test: $TP_BIN, or bin/tp of this checkout.
+func tpBin(t testing.TB) string {
+	t.Helper()
+	if bin := os.Getenv("TP_BIN"); bin != "" {
+		return bin
+	}
+	return filepath.Join(repoRoot(t), "bin", "tp")
+}
+
 // tp runs the tp CLI under test.
 func tp(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	bin := os.Getenv("TP_BIN")
-	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "tp")
-	}
+	return tpWithKubeconfig(t, os.Getenv("KUBECONFIG"), args...)
+}
+
+// tpWithKubeconfig runs the tp CLI under test with $KUBECONFIG set to path.
+func tpWithKubeconfig(t testing.TB, path string, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+os.Getenv("KUBECONFIG"))
+	cmd := exec.CommandContext(ctx, tpBin(t), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+path)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// tokenKubeconfig writes to path a copy of the test bed's kubeconfig whose
+// user is service account sa of ns (a fresh token) and whose context's
+// namespace is namespace when not empty.
+func (c *cluster) tokenKubeconfig(t testing.TB, ns, sa, namespace, path string) {
+	t.Helper()
+	tok, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), sa, &authv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := clientcmd.LoadFromFile(c.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx := raw.Contexts[raw.CurrentContext]
+	if namespace != "" {
+		kctx.Namespace = namespace
+	}
+	raw.AuthInfos[kctx.AuthInfo] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	if err := clientcmd.WriteToFile(*raw, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// managerClient is a client of the traffic-manager's client API through a
+// port-forward, as any holder of pods/portforward in tp has; it is closed
+// when the test ends.
+func (c *cluster) managerClient(t testing.TB) managerv1.ManagerClient {
+	t.Helper()
+	// The port-forward lives as long as ctx: until the test ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	pod := c.runningPod(t, "tp", "app=traffic-manager")
+	pf, err := kube.NewPortForwarder(ctx, c.config, "tp", pod.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pf.Close() })
+	cc, err := pf.DialGRPC(manager.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return managerv1.NewManagerClient(cc)
+}
+
+// echoNamespace is a fresh namespace (prefix-...) with the example app
+// applied and its Deployment echo ready.
+func (c *cluster) echoNamespace(t testing.TB, prefix string) string {
+	t.Helper()
+	ns := c.namespace(t, prefix)
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	return ns
 }
 
 func repoRoot(t testing.TB) string {

@@ -85,10 +85,7 @@ func TestInterceptGlobalDockerRun(t *testing.T) {
 	c.waitDeployment(t, ns, "echo", 2*time.Minute)
 	conn := connect(t, "ig-"+rand.String(4), "-n", ns)
 
-	bin := os.Getenv("TP_BIN")
-	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "tp")
-	}
+	bin := tpBin(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	envFile := filepath.Join(t.TempDir(), "echo.env")

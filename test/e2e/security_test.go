@@ -12,13 +12,10 @@ import (
 	"testing"
 	"time"
 
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tp-run/tp/internal/kube"
 	"github.com/tp-run/tp/manager"
@@ -61,21 +58,8 @@ func namespacedDeveloper(t *testing.T, c *cluster, ns, dir string) (kubeconfig, 
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"get", "create"}},
 	})
-	tok, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := clientcmd.LoadFromFile(c.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kctx := raw.Contexts[raw.CurrentContext]
-	kctx.Namespace = ns
-	raw.AuthInfos[kctx.AuthInfo] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
 	path := filepath.Join(dir, sa)
-	if err := clientcmd.WriteToFile(*raw, path); err != nil {
-		t.Fatal(err)
-	}
+	c.tokenKubeconfig(t, ns, sa, ns, path)
 	return path, fmt.Sprintf("system:serviceaccount:%s:%s", ns, sa)
 }
 
@@ -86,13 +70,7 @@ func namespacedDeveloper(t *testing.T, c *cluster, ns, dir string) (kubeconfig, 
 // nobody else sees the intercept's environment.
 func TestInterceptWithTheUsersOwnRights(t *testing.T) {
 	c := newCluster(t)
-	nsA, nsB := c.namespace(t, "rbac-a"), c.namespace(t, "rbac-b")
-	for _, ns := range []string{nsA, nsB} {
-		c.apply(t, ns, "examples/echo/k8s/echo.yaml")
-	}
-	for _, ns := range []string{nsA, nsB} {
-		c.waitDeployment(t, ns, "echo", 2*time.Minute)
-	}
+	nsA, nsB := c.echoNamespace(t, "rbac-a"), c.echoNamespace(t, "rbac-b")
 	kubeconfig, user := namespacedDeveloper(t, c, nsA, t.TempDir())
 	suffix := rand.String(4)
 	dev := connect(t, "dev-"+suffix, "--kubeconfig", kubeconfig, "-n", nsA)
@@ -154,18 +132,7 @@ func listWorkloads(t *testing.T, c *cluster, ns string) []*managerv1.WorkloadInf
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	pod := c.runningPod(t, "tp", "app=traffic-manager")
-	pf, err := kube.NewPortForwarder(ctx, c.config, "tp", pod.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pf.Close()
-	cc, err := pf.DialGRPC(manager.Port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	resp, err := managerv1.NewManagerClient(cc).ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: ns})
+	resp, err := c.managerClient(t).ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: ns})
 	if err != nil {
 		t.Fatalf("list workloads: %v", err)
 	}
@@ -211,13 +178,7 @@ func TestManagerRefusesOrdinaryPods(t *testing.T) {
 // user who may not.
 func TestLeaveForce(t *testing.T) {
 	c := newCluster(t)
-	nsA, nsB := c.namespace(t, "force-a"), c.namespace(t, "force-b")
-	for _, ns := range []string{nsA, nsB} {
-		c.apply(t, ns, "examples/echo/k8s/echo.yaml")
-	}
-	for _, ns := range []string{nsA, nsB} {
-		c.waitDeployment(t, ns, "echo", 2*time.Minute)
-	}
+	nsA, nsB := c.echoNamespace(t, "force-a"), c.echoNamespace(t, "force-b")
 	suffix := rand.String(4)
 	holder := connect(t, "holder-"+suffix, "-n", nsA)
 	tpOK(t, "intercept", "echo", "--name", holder.name, "--service", "echo", "--port", "8080:http")

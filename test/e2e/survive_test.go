@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -224,10 +223,7 @@ func TestInterceptEndedElsewhere(t *testing.T) {
 	c.waitDeployment(t, ns, "echo", 2*time.Minute)
 	conn := connect(t, "ended-"+rand.String(4), "-n", ns)
 
-	bin := os.Getenv("TP_BIN")
-	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "tp")
-	}
+	bin := tpBin(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	run := exec.CommandContext(ctx, bin, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
