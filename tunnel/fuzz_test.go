@@ -73,6 +73,7 @@ func codecSeeds(tb testing.TB) [][]byte {
 		{Kind: &tunnelv1.Frame_Data{}},
 		{Kind: &tunnelv1.Frame_Fin{Fin: &tunnelv1.Fin{}}},
 		{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{Code: tunnelv1.ErrorCode_ERROR_CODE_REFUSED, Message: "refused"}}},
+		{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{Code: tunnelv1.ErrorCode_ERROR_CODE_DENIED, Message: "denied"}}},
 		{Kind: &tunnelv1.Frame_Error{Error: &tunnelv1.Error{Code: 42}}},
 		{},
 	}
@@ -171,11 +172,11 @@ func checkRemoteError(t *testing.T, re *RemoteError) {
 	if re.Error() == "" || re.Unwrap() == nil {
 		t.Fatalf("RemoteError %d: empty Error() or nil Unwrap", re.Code)
 	}
+	// Every code the protocol defines has its own native error; unknown
+	// codes (and UNSPECIFIED) are OTHER.
 	want := re.Code
-	switch re.Code {
-	case tunnelv1.ErrorCode_ERROR_CODE_REFUSED, tunnelv1.ErrorCode_ERROR_CODE_UNREACHABLE,
-		tunnelv1.ErrorCode_ERROR_CODE_TIMEOUT, tunnelv1.ErrorCode_ERROR_CODE_RESET:
-	default:
+	if _, defined := tunnelv1.ErrorCode_name[int32(re.Code)]; !defined ||
+		re.Code == tunnelv1.ErrorCode_ERROR_CODE_UNSPECIFIED {
 		want = tunnelv1.ErrorCode_ERROR_CODE_OTHER
 	}
 	// Relayed as is, and as its native error.
