@@ -94,6 +94,9 @@ type Config struct {
 	// NodeRefresh is how often the dial policy re-reads the node addresses;
 	// default DefaultNodeRefresh.
 	NodeRefresh time.Duration
+	// RepairEvery is how often pods admitted without their agent are looked
+	// for (repair.go); default DefaultRepairEvery.
+	RepairEvery time.Duration
 	Log         *slog.Logger
 }
 
@@ -172,6 +175,9 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	}
 	if cfg.NodeRefresh <= 0 {
 		cfg.NodeRefresh = DefaultNodeRefresh
+	}
+	if cfg.RepairEvery <= 0 {
+		cfg.RepairEvery = DefaultRepairEvery
 	}
 	c := newChanges()
 	m := &Manager{
@@ -301,6 +307,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			return serveWebhook(ctx, webhookLis, handlers, certs, m.log.With("component", "webhook"))
 		})
+		g.Go(func() error { m.repairPods(ctx, m.cfg.RepairEvery); return nil })
 	}
 	g.Go(func() error { m.rollouts.Run(ctx); return nil })
 	g.Go(func() error {

@@ -61,24 +61,8 @@ func (in *injector) review(ctx context.Context, req *admissionv1.AdmissionReques
 	if namespace == "" {
 		namespace = pod.Namespace
 	}
-	if in.agent.image == "" {
-		return in.notInjected(allow, req, "the traffic-manager has no agent image (TP_AGENT_IMAGE); run `tp helm upgrade`")
-	}
-	spec := in.agent
-	var err error
-	if spec.managerCA, err = os.ReadFile(in.caFile); err != nil {
-		return in.notInjected(allow, req, "the CA bundle agents verify the traffic-manager with: %v; run `tp helm upgrade`", err)
-	}
-	wl, err := workloadOfPod(ctx, in.kube, namespace, &pod)
+	mutated, wl, err := in.inject(ctx, namespace, &pod)
 	if err != nil {
-		return in.notInjected(allow, req, "%v", err)
-	}
-	svcs, err := in.kube.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return in.notInjected(allow, req, "list services: %v", err)
-	}
-	mutated := pod.DeepCopy()
-	if err := injectAgent(mutated, wl, planPorts(&pod.Spec, pod.Labels, svcs.Items), spec); err != nil {
 		return in.notInjected(allow, req, "%v", err)
 	}
 	ops, err := podPatch(&pod, mutated)
@@ -92,6 +76,33 @@ func (in *injector) review(ctx context.Context, req *admissionv1.AdmissionReques
 	allow.PatchType = &pt
 	in.log.Info("traffic-agent injected", "namespace", namespace, "workload", wl.String(), "pod", podName(&pod))
 	return allow
+}
+
+// inject returns pod with the agent injected and the workload it belongs
+// to, or why it gets no agent. The webhook and the repair of pods admitted
+// while the webhook was down (repair.go) decide alike.
+func (in *injector) inject(ctx context.Context, namespace string, pod *corev1.Pod) (*corev1.Pod, workloadRef, error) {
+	if in.agent.image == "" {
+		return nil, workloadRef{}, errors.New("the traffic-manager has no agent image (TP_AGENT_IMAGE); run `tp helm upgrade`")
+	}
+	spec := in.agent
+	var err error
+	if spec.managerCA, err = os.ReadFile(in.caFile); err != nil {
+		return nil, workloadRef{}, fmt.Errorf("the CA bundle agents verify the traffic-manager with: %w; run `tp helm upgrade`", err)
+	}
+	wl, err := workloadOfPod(ctx, in.kube, namespace, pod)
+	if err != nil {
+		return nil, workloadRef{}, err
+	}
+	svcs, err := in.kube.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, workloadRef{}, fmt.Errorf("list services: %w", err)
+	}
+	mutated := pod.DeepCopy()
+	if err := injectAgent(mutated, wl, planPorts(&pod.Spec, pod.Labels, svcs.Items), spec); err != nil {
+		return nil, workloadRef{}, err
+	}
+	return mutated, wl, nil
 }
 
 func (in *injector) notInjected(resp *admissionv1.AdmissionResponse, req *admissionv1.AdmissionRequest, format string, args ...any) *admissionv1.AdmissionResponse {

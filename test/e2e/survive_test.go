@@ -106,7 +106,8 @@ func (c *cluster) restartAgentInPlace(t *testing.T, pod *corev1.Pod) {
 // TestAgentReadyWithoutManager: a traffic-agent (re)started while the
 // traffic-manager is down becomes Ready and its pod serves the Service,
 // everything going to the app (issue 10). A pod deleted meanwhile is
-// replaced by one that serves too.
+// replaced by one that serves too, and gets its agent once the manager is
+// back (its webhook fails open).
 func TestAgentReadyWithoutManager(t *testing.T) {
 	c := newCluster(t)
 	ns := c.namespace(t, "survive")
@@ -169,7 +170,25 @@ func TestAgentReadyWithoutManager(t *testing.T) {
 		t.Errorf("request while the manager is down, new pod: answered by %q, want cluster", r.Copy)
 	}
 
+	// The webhook was down when the new pod was admitted, so it runs without
+	// the agent: once back, the manager replaces it by one with the agent.
 	restoreManager()
+	err = wait.PollUntilContextTimeout(context.Background(), time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := c.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, nil
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if s, ok := containerStatus(p, "tp-agent"); !ok || !s.Ready || p.DeletionTimestamp != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("the pod admitted while the manager was down did not get its agent after the manager came back: %v", err)
+	}
 }
 
 // syncBuffer is an io.Writer safe to read while a command writes to it.
