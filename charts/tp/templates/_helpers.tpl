@@ -86,7 +86,8 @@ checks the rendered rules.
   verbs: ["list"]
 # A workload's pods (pod CIDRs without node access or when nodes carry none);
 # a bare ReplicaSet's or an OnDelete StatefulSet's pods are replaced one at a
-# time so that they gain or lose the agent; an agent's own pod (get) when it
+# time so that they gain or lose the agent, and so is a pod admitted without
+# its agent while the webhook was down; an agent's own pod (get) when it
 # authenticates.
 - apiGroups: [""]
   resources: ["pods"]
