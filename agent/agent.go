@@ -60,6 +60,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -316,8 +317,9 @@ func (a *agent) closeConns() {
 	}
 }
 
-// setRoutes applies a snapshot of the workload's intercepts.
-func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
+// setRoutes applies a snapshot of the workload's intercepts and returns the
+// ids of the intercepts the routes now carry.
+func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) (applied []string) {
 	served := make(map[int32]bool, len(a.cfg.Ports))
 	for _, p := range a.cfg.Ports {
 		served[p.ContainerPort] = true
@@ -330,6 +332,12 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
 	}
 	a.logChanges(old, r)
 	a.http.routesChanged(old, r)
+	applied = make([]string, 0, len(r.byHost))
+	for _, ic := range r.byHost {
+		applied = append(applied, ic.id)
+	}
+	slices.Sort(applied)
+	return applied
 }
 
 // clearRoutes routes everything to the app (no session with the manager).
