@@ -36,7 +36,9 @@
 // verified against TP_MANAGER_CA) and presents its pod's projected
 // ServiceAccount token (audience tp, reread for every RPC) on every RPC.
 // It arrives at the traffic-manager (ArriveAsAgent), keeps its session
-// with Remain (every TTL/3), watches its workload's intercepts and arrives
+// with Remain (every TTL/3), watches its workload's intercepts (telling the
+// manager after every snapshot which intercepts its routes now carry,
+// RoutesApplied: `tp intercept` waits for that) and arrives
 // anew, with backoff, when the manager forgets the session (NOT_FOUND) or
 // restarts. While the manager is unreachable it routes everything to the
 // app: intercepts need the manager anyway.
