@@ -36,7 +36,9 @@
 // verified against TP_MANAGER_CA) and presents its pod's projected
 // ServiceAccount token (audience tp, reread for every RPC) on every RPC.
 // It arrives at the traffic-manager (ArriveAsAgent), keeps its session
-// with Remain (every TTL/3), watches its workload's intercepts and arrives
+// with Remain (every TTL/3), watches its workload's intercepts (telling the
+// manager after every snapshot which intercepts its routes now carry,
+// RoutesApplied: `tp intercept` waits for that) and arrives
 // anew, with backoff, when the manager forgets the session (NOT_FOUND) or
 // restarts. While the manager is unreachable it routes everything to the
 // app: intercepts need the manager anyway.
@@ -60,6 +62,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -316,8 +319,9 @@ func (a *agent) closeConns() {
 	}
 }
 
-// setRoutes applies a snapshot of the workload's intercepts.
-func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
+// setRoutes applies a snapshot of the workload's intercepts and returns the
+// ids of the intercepts the routes now carry.
+func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) (applied []string) {
 	served := make(map[int32]bool, len(a.cfg.Ports))
 	for _, p := range a.cfg.Ports {
 		served[p.ContainerPort] = true
@@ -330,6 +334,12 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
 	}
 	a.logChanges(old, r)
 	a.http.routesChanged(old, r)
+	applied = make([]string, 0, len(r.byHost))
+	for _, ic := range r.byHost {
+		applied = append(applied, ic.id)
+	}
+	slices.Sort(applied)
+	return applied
 }
 
 // clearRoutes routes everything to the app (no session with the manager).

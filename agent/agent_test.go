@@ -426,6 +426,30 @@ func TestSnapshotUpdates(t *testing.T) {
 	e.agent.waitRoutes(t)
 }
 
+// TestRoutesAcknowledged: after applying a snapshot the agent tells the
+// manager which intercepts its routes carry (not those of ports it does not
+// serve), and by then new connections follow them.
+func TestRoutesAcknowledged(t *testing.T) {
+	e := newEnv(t)
+	pt := e.agent.containerPt
+	waitFor(t, "the first snapshot acknowledged", func() bool { return e.mgr.ackCount() > 0 })
+	if got := e.mgr.lastAck(); len(got) != 0 {
+		t.Fatalf("acknowledged before any intercept: got %v, want none", got)
+	}
+
+	e.mgr.setIntercepts(globalIntercept("ic-1", pt), globalIntercept("ic-2", pt+1))
+	waitFor(t, "ic-1 acknowledged", func() bool { return slices.Equal(e.mgr.lastAck(), []string{"ic-1"}) })
+	if got := servedBy(dialHTTP(t, e.agent.addr).mustGet("/", nil)); got != "dev" {
+		t.Errorf("new connection once ic-1 is acknowledged: served by %q, want dev", got)
+	}
+
+	e.mgr.setIntercepts()
+	waitFor(t, "no intercept acknowledged", func() bool { return len(e.mgr.lastAck()) == 0 })
+	if got := servedBy(dialHTTP(t, e.agent.addr).mustGet("/", nil)); got != "app" {
+		t.Errorf("new connection once the end is acknowledged: served by %q, want app", got)
+	}
+}
+
 func TestManagerDown(t *testing.T) {
 	e := newEnv(t)
 	e.mgr.setIntercepts(personalIntercept("ic-1", e.agent.containerPt, map[string]string{"x-dev": "alice"}, ""))

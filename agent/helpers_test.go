@@ -69,6 +69,7 @@ type fakeManager struct {
 	snapshot  *managerv1.InterceptSnapshot
 	changed   chan struct{} // closed on every change of snapshot or sessions
 	opens     []*tunnelv1.Open
+	acks      [][]string // RoutesApplied, in order
 	devAddr   string
 	flowCount int
 	// cert is what the manager serves (default: signed by the CA the
@@ -254,6 +255,32 @@ func (m *fakeManager) WatchIntercepts(ref *managerv1.SessionRef, stream grpc.Ser
 			return nil
 		}
 	}
+}
+
+func (m *fakeManager) RoutesApplied(_ context.Context, req *managerv1.RoutesAppliedRequest) (*managerv1.RoutesAppliedResponse, error) {
+	if err := m.authorize(context.Background(), req.GetSessionId()); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.acks = append(m.acks, req.GetInterceptIds())
+	return &managerv1.RoutesAppliedResponse{}, nil
+}
+
+func (m *fakeManager) ackCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.acks)
+}
+
+// lastAck is the intercept ids of the last RoutesApplied.
+func (m *fakeManager) lastAck() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.acks) == 0 {
+		return nil
+	}
+	return m.acks[len(m.acks)-1]
 }
 
 func (m *fakeManager) authorize(_ context.Context, id string) error {

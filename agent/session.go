@@ -197,8 +197,29 @@ func (a *agent) watchOnce(ctx context.Context, client managerv1.ManagerClient, i
 			return err
 		}
 		backoff.reset()
-		a.setRoutes(snap)
+		applied := a.setRoutes(snap)
+		if err := a.ackRoutes(ctx, client, id, applied); err != nil {
+			return err
+		}
 	}
+}
+
+// ackRoutes tells the manager which intercepts the routes now carry
+// (RoutesApplied): CreateIntercept waits for it. A manager that does not
+// know the RPC gets no acknowledgements; any other failure breaks the watch,
+// which subscribes again and acknowledges its first snapshot anew.
+func (a *agent) ackRoutes(ctx context.Context, client managerv1.ManagerClient, id string, applied []string) error {
+	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	_, err := client.RoutesApplied(rctx, &managerv1.RoutesAppliedRequest{SessionId: id, InterceptIds: applied})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		a.log.Debug("the traffic-manager takes no routes acknowledgements", "err", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("acknowledge routes: %w", err)
+	}
+	return nil
 }
 
 // sessionUnknown reports whether err says the manager does not know the

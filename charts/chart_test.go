@@ -210,6 +210,7 @@ var (
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"list"}},
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "delete"}},
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "replicasets", "statefulsets"}, Verbs: []string{"get", "list", "patch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 	}
 	// nodeRules are cluster-scoped (rbac.readNodes).
 	nodeRules = []rbacv1.PolicyRule{

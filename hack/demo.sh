@@ -52,8 +52,15 @@ in_cluster() {
   kubectl -n "$NS" logs "$pod"
   kubectl -n "$NS" delete pod "$pod" --wait=false >/dev/null
 }
+# tp intercept returned once every ready endpoint of the service routes to the
+# local copy: the very first request from the cluster reaches it.
 echo "A client in the cluster asks http://echo.$NS/hello:"
-in_cluster http "http://echo.$NS/hello"
+reply=$(in_cluster http "http://echo.$NS/hello")
+echo "$reply"
+case $reply in
+  *'"copy":"local"'*) ;;
+  *) echo "unexpected: the first request after \"Intercepted\" was not answered by the local copy" >&2; exit 1 ;;
+esac
 echo "The local copy got the pod's environment (ConfigMap, Secret, downward API):"
 in_cluster http "http://echo.$NS/env?keys=GREETING,API_TOKEN,POD_NAME,TP_INTERCEPT_NAME"
 $TP list -n "$NS"

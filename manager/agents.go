@@ -63,6 +63,7 @@ func (m *Manager) arriveAgent(ctx context.Context, caller *agentIdentity, a *man
 // away.
 func (m *Manager) watchIntercepts(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.InterceptSnapshot]) error {
 	ctx := stream.Context()
+	defer m.applied.watching(ref.GetSessionId())()
 	var last *managerv1.InterceptSnapshot
 	for {
 		changed := m.changes.wait()

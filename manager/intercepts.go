@@ -107,10 +107,13 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if w.manualRoll {
 		m.rollouts.enqueue(w.ref)
 	}
-	if err := m.awaitAgent(ctx, ic); err != nil {
+	r, err := m.awaitAgent(ctx, ic)
+	if err != nil {
 		return fail(err)
 	}
-	return m.interceptInfo(ic, true), nil
+	info := m.interceptInfo(ic, true)
+	info.RoutedEndpoints, info.ReadyEndpoints = int32(r.routed), int32(r.ready)
+	return info, nil
 }
 
 // normalizeSpec checks spec and fills in the defaults.
@@ -329,9 +332,13 @@ func orUnknown(s string) string {
 }
 
 // awaitAgent waits until an agent of ic's workload serving its port has
-// arrived: until ctx's deadline (a little before, to answer in time), or
-// AgentWait when ctx has none.
-func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) error {
+// arrived and every ready endpoint of ic's service is a pod whose agent has
+// applied ic (RoutesApplied): until ctx's deadline (a little before, to
+// answer in time), or AgentWait when ctx has none. Old pods without the
+// agent still being ready (a rollout in progress) mean waiting. When the
+// time is up with an agent there, it returns how many endpoints route to ic,
+// without an error: the caller says so.
+func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) (routing, error) {
 	wait := m.cfg.AgentWait
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
@@ -339,24 +346,49 @@ func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) error {
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	endpoints := &endpointWatch{m: m, ns: ic.Workload.Namespace, svc: ic.ServiceName}
+	defer endpoints.stop()
+	if err := endpoints.start(ctx); err != nil {
+		return routing{}, kubeStatus(err)
+	}
 	for {
-		changed := m.changes.wait()
-		if _, ok := m.agentServing(ic.Workload, ic.ContainerPort); ok {
-			return nil
+		changed, acked := m.changes.wait(), m.applied.changes.wait()
+		_, arrived := m.agentServing(ic.Workload, ic.ContainerPort)
+		var r routing
+		if arrived {
+			var err error
+			if r, err = m.routing(ctx, ic); err != nil {
+				return routing{}, kubeStatus(err)
+			}
+			if r.complete() {
+				return r, nil
+			}
 		}
 		if _, ok := m.sessions.get(ic.SessionID); !ok {
-			return status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", sessionid.Public(ic.SessionID))
+			return routing{}, status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", sessionid.Public(ic.SessionID))
 		}
 		if _, ok := m.registry.get(ctx, ic.ID); !ok {
-			return status.Errorf(codes.Aborted, "intercept %s was removed while waiting for the agent", ic.Spec.GetName())
+			return routing{}, status.Errorf(codes.Aborted, "intercept %s was removed while waiting for the agent", ic.Spec.GetName())
 		}
 		select {
 		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
+			return routing{}, status.FromContextError(ctx.Err()).Err()
 		case <-timer.C:
-			return status.Errorf(codes.DeadlineExceeded, "no traffic-agent of %s arrived within %s: %s",
+			if arrived {
+				m.log.Warn("intercept answered before all endpoints route to it", "intercept", ic.ID, "name", ic.Spec.GetName(),
+					"workload", ic.Workload.String(), "service", ic.ServiceName, "routed", r.routed, "ready", r.ready, "waited", wait)
+				return r, nil
+			}
+			return routing{}, status.Errorf(codes.DeadlineExceeded, "no traffic-agent of %s arrived within %s: %s",
 				ic.Workload, wait.Round(time.Second), m.diagnoseAgents(context.WithoutCancel(ctx), ic))
 		case <-changed:
+		case <-acked:
+		case _, ok := <-endpoints.events():
+			if !ok {
+				if err := endpoints.start(ctx); err != nil {
+					return routing{}, kubeStatus(err)
+				}
+			}
 		}
 	}
 }

@@ -118,6 +118,7 @@ type Manager struct {
 	policy atomic.Pointer[dialPolicy]
 
 	changes  *changes
+	applied  *appliedRoutes
 	grants   *grants
 	registry *registry
 	rollouts *rollouts
@@ -185,6 +186,7 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		sessions: newSessions(cfg.SessionTTL, time.Now),
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		changes:  c,
+		applied:  newAppliedRoutes(),
 		grants:   newGrants(time.Now),
 		registry: newRegistry(newMemoryStore(), c),
 		rollouts: newRollouts(kube, cfg.Log.With("component", "rollouts")),

@@ -3,6 +3,8 @@
 // exits non-zero when the probe fails, so a test can tell reach from no-reach.
 //
 //	probe http URL                 GET URL, print the body
+//	probe http -n N URL            GET URL N times, each on a new connection; print one line per
+//	                               request: the body, or {"error": "..."} (exits 0 either way)
 //	probe tcp HOST:PORT            open a TCP connection
 //	probe udp HOST:PORT MESSAGE    send a datagram, print the answer
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
@@ -45,6 +47,7 @@ func main() {
 	fs := flag.NewFlagSet("probe", flag.ExitOnError)
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the probe")
 	fs.Var(&headers, "H", "HTTP header KEY=VALUE for http (repeatable)")
+	count := fs.Int("n", 0, "http: this many requests, each on a new connection, one line each")
 	caFile := fs.String("ca", "", "agent-arrive: PEM CA bundle of the manager's certificate")
 	claim := fs.String("claim", "", "agent-arrive: the namespace/kind/workload/pod to claim")
 	if len(os.Args) < 2 {
@@ -63,6 +66,8 @@ func main() {
 	defer cancel()
 	var err error
 	switch {
+	case cmd == "http" && len(args) == 1 && *count > 0:
+		err = probeHTTPRepeated(ctx, args[0], *count)
 	case cmd == "http" && len(args) == 1:
 		err = probeHTTP(ctx, args[0])
 	case cmd == "tcp" && len(args) == 1:
@@ -127,6 +132,43 @@ func probeHTTP(ctx context.Context, url string) error {
 	}
 	fmt.Print(string(body))
 	return nil
+}
+
+// probeHTTPRepeated GETs url n times, each on a new connection (so that
+// each goes through the service's load balancing anew), and prints one line
+// per request.
+func probeHTTPRepeated(ctx context.Context, url string, n int) error {
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range n {
+		body, err := getBody(ctx, client, url)
+		if err != nil {
+			b, _ := json.Marshal(map[string]string{"error": err.Error()})
+			body = b
+		}
+		fmt.Println(strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+func getBody(ctx context.Context, client *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, "=")
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	return body, err
 }
 
 // addRoutes routes the prefixes to the device dev in the current network

@@ -97,6 +97,11 @@ checks the rendered rules.
 - apiGroups: ["apps"]
   resources: ["deployments", "replicasets", "statefulsets"]
   verbs: ["get", "list", "patch"]
+# CreateIntercept returns once every ready endpoint of the intercepted
+# service is a pod whose agent routes the intercept.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/*

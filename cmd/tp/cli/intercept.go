@@ -159,15 +159,19 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 			return err
 		}
 	}
+	took := time.Since(start).Round(time.Millisecond)
 	if !f.dockerRun {
-		return printStructured(streams.Out, f.output, interceptView(info), func(w io.Writer) error {
-			fmt.Fprintf(w, "Intercepted %s/%s in %s: %s\n", ns, workload, time.Since(start).Round(time.Millisecond), describeIntercept(info))
+		view := interceptedJSON{interceptJSON: interceptView(info), RoutedEndpoints: info.GetRoutedEndpoints(), ReadyEndpoints: info.GetReadyEndpoints()}
+		return printStructured(streams.Out, f.output, view, func(w io.Writer) error {
+			fmt.Fprintf(w, "Intercepted %s/%s in %s: %s\n", ns, workload, took, describeIntercept(info))
+			printRouting(w, streams.ErrOut, info)
 			fmt.Fprintf(w, "Traffic goes to port %d of the containers joined to %s. End it with: tp leave %s -n %s\n",
 				local, d.Connection.ContainerName, info.GetSpec().GetName(), ns)
 			return nil
 		})
 	}
-	fmt.Fprintf(streams.ErrOut, "Intercepted %s/%s in %s: %s\n", ns, workload, time.Since(start).Round(time.Millisecond), describeIntercept(info))
+	fmt.Fprintf(streams.ErrOut, "Intercepted %s/%s in %s: %s\n", ns, workload, took, describeIntercept(info))
+	printRouting(streams.ErrOut, streams.ErrOut, info)
 	// While the container runs, watch that the intercept still exists: `tp
 	// leave` in another shell, the session TTL or an administrator may end
 	// it, and then the container must not go on as if it were intercepted.
@@ -440,6 +444,29 @@ func flagValue(args []string, flag string) string {
 		}
 	}
 	return ""
+}
+
+// interceptedJSON is `tp intercept -o json`: the intercept and how many
+// ready endpoints of its service route to it.
+type interceptedJSON struct {
+	interceptJSON
+	RoutedEndpoints int32 `json:"routedEndpoints"`
+	ReadyEndpoints  int32 `json:"readyEndpoints"`
+}
+
+// printRouting says how many ready endpoints of the service route to the
+// intercept: to out when all do, as a warning to warn when not.
+func printRouting(out, warn io.Writer, info *managerv1.InterceptInfo) {
+	routed, ready, svc := info.GetRoutedEndpoints(), info.GetReadyEndpoints(), info.GetServiceName()
+	switch {
+	case ready == 0:
+		fmt.Fprintf(warn, "tp: warning: service %s has no ready endpoints: nothing in the cluster reaches you (or the app) until its pods are ready\n", svc)
+	case routed < ready:
+		fmt.Fprintf(warn, "tp: warning: only %d of %d ready endpoints of service %s route to you yet (a rollout still in progress, or pods "+
+			"of another workload behind the service); requests to the others reach the cluster's copy\n", routed, ready, svc)
+	default:
+		fmt.Fprintf(out, "Intercepted: %d of %d ready endpoints of service %s route to you\n", routed, ready, svc)
+	}
 }
 
 func describeIntercept(info *managerv1.InterceptInfo) string {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,6 +135,23 @@ func TestFlagValue(t *testing.T) {
 	for _, tt := range tests {
 		if got := flagValue(tt.args, "--name"); got != tt.want {
 			t.Errorf("flagValue(%q) = %q, want %q", tt.args, got, tt.want)
+		}
+	}
+}
+
+func TestPrintRouting(t *testing.T) {
+	for _, c := range []struct {
+		routed, ready    int32
+		wantOut, wantErr string
+	}{
+		{2, 2, "Intercepted: 2 of 2 ready endpoints of service echo route to you\n", ""},
+		{1, 2, "", "tp: warning: only 1 of 2 ready endpoints of service echo route to you yet"},
+		{0, 0, "", "tp: warning: service echo has no ready endpoints"},
+	} {
+		var out, errOut strings.Builder
+		printRouting(&out, &errOut, &managerv1.InterceptInfo{ServiceName: "echo", RoutedEndpoints: c.routed, ReadyEndpoints: c.ready})
+		if out.String() != c.wantOut || !strings.HasPrefix(errOut.String(), c.wantErr) || (c.wantErr == "") != (errOut.Len() == 0) {
+			t.Errorf("%d of %d: got out %q, err %q; want out %q, err starting with %q", c.routed, c.ready, out.String(), errOut.String(), c.wantOut, c.wantErr)
 		}
 	}
 }

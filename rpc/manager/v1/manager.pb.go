@@ -210,10 +210,16 @@ type InterceptInfo struct {
 	// the environment of the intercepted container, as the agent sees it.
 	Environment map[string]string `protobuf:"bytes,11,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// a pod of the workload (the one whose environment is reported).
-	PodName       string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
-	PodIp         string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PodName string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodIp   string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	// routed_endpoints of the ready_endpoints of the service (its
+	// EndpointSlices) are pods whose agent has applied this intercept: all of
+	// the service's traffic (or the matching requests) reaches the client only
+	// when they are equal. Set by CreateIntercept only.
+	RoutedEndpoints int32 `protobuf:"varint,16,opt,name=routed_endpoints,json=routedEndpoints,proto3" json:"routed_endpoints,omitempty"`
+	ReadyEndpoints  int32 `protobuf:"varint,17,opt,name=ready_endpoints,json=readyEndpoints,proto3" json:"ready_endpoints,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InterceptInfo) Reset() {
@@ -335,6 +341,20 @@ func (x *InterceptInfo) GetPodIp() string {
 		return x.PodIp
 	}
 	return ""
+}
+
+func (x *InterceptInfo) GetRoutedEndpoints() int32 {
+	if x != nil {
+		return x.RoutedEndpoints
+	}
+	return 0
+}
+
+func (x *InterceptInfo) GetReadyEndpoints() int32 {
+	if x != nil {
+		return x.ReadyEndpoints
+	}
+	return 0
 }
 
 type CreateInterceptRequest struct {
@@ -1084,6 +1104,96 @@ func (x *InterceptSnapshot) GetIntercepts() []*InterceptInfo {
 	return nil
 }
 
+// RoutesAppliedRequest: the agent's routes now carry exactly the intercepts
+// intercept_ids (those of the last snapshot of ports the agent serves).
+type RoutesAppliedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	InterceptIds  []string               `protobuf:"bytes,2,rep,name=intercept_ids,json=interceptIds,proto3" json:"intercept_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoutesAppliedRequest) Reset() {
+	*x = RoutesAppliedRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutesAppliedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutesAppliedRequest) ProtoMessage() {}
+
+func (x *RoutesAppliedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutesAppliedRequest.ProtoReflect.Descriptor instead.
+func (*RoutesAppliedRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RoutesAppliedRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *RoutesAppliedRequest) GetInterceptIds() []string {
+	if x != nil {
+		return x.InterceptIds
+	}
+	return nil
+}
+
+type RoutesAppliedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoutesAppliedResponse) Reset() {
+	*x = RoutesAppliedResponse{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutesAppliedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutesAppliedResponse) ProtoMessage() {}
+
+func (x *RoutesAppliedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutesAppliedResponse.ProtoReflect.Descriptor instead.
+func (*RoutesAppliedResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{15}
+}
+
 type VersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1092,7 +1202,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1214,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1227,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{14}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{16}
 }
 
 type VersionResponse struct {
@@ -1130,7 +1240,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1252,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1265,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{15}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1189,7 +1299,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1311,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1324,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{16}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -1273,7 +1383,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1395,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1408,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{17}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClusterInfo) GetPodCidrs() []string {
@@ -1341,7 +1451,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1463,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1476,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{18}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -1406,7 +1516,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1528,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1541,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -1449,7 +1559,7 @@ type RemainResponse struct {
 
 func (x *RemainResponse) Reset() {
 	*x = RemainResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1571,7 @@ func (x *RemainResponse) String() string {
 func (*RemainResponse) ProtoMessage() {}
 
 func (x *RemainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1584,7 @@ func (x *RemainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemainResponse.ProtoReflect.Descriptor instead.
 func (*RemainResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
 }
 
 type DepartResponse struct {
@@ -1485,7 +1595,7 @@ type DepartResponse struct {
 
 func (x *DepartResponse) Reset() {
 	*x = DepartResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1607,7 @@ func (x *DepartResponse) String() string {
 func (*DepartResponse) ProtoMessage() {}
 
 func (x *DepartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1620,7 @@ func (x *DepartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepartResponse.ProtoReflect.Descriptor instead.
 func (*DepartResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
 }
 
 type ListSessionsRequest struct {
@@ -1521,7 +1631,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1643,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1656,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
 }
 
 type Session struct {
@@ -1562,7 +1672,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1684,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1697,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1634,7 +1744,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1756,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1769,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -1688,7 +1798,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"pathPrefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xca\x05\n" +
 	"\rInterceptInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
@@ -1704,7 +1814,9 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	" \x01(\x05R\rcontainerPort\x12O\n" +
 	"\venvironment\x18\v \x03(\v2-.tp.manager.v1.InterceptInfo.EnvironmentEntryR\venvironment\x12\x19\n" +
 	"\bpod_name\x18\f \x01(\tR\apodName\x12\x15\n" +
-	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x1a>\n" +
+	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12)\n" +
+	"\x10routed_endpoints\x18\x10 \x01(\x05R\x0froutedEndpoints\x12'\n" +
+	"\x0fready_endpoints\x18\x11 \x01(\x05R\x0ereadyEndpoints\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
@@ -1770,7 +1882,12 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x11InterceptSnapshot\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tp.manager.v1.InterceptInfoR\n" +
-	"intercepts\"\x10\n" +
+	"intercepts\"Z\n" +
+	"\x14RoutesAppliedRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
+	"\rintercept_ids\x18\x02 \x03(\tR\finterceptIds\"\x17\n" +
+	"\x15RoutesAppliedResponse\"\x10\n" +
 	"\x0eVersionRequest\"V\n" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
@@ -1814,7 +1931,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xd5\a\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xb1\b\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
 	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
@@ -1828,7 +1945,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\n" +
 	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12E\n" +
 	"\rArriveAsAgent\x12\x18.tp.manager.v1.AgentInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
-	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01B/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
+	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01\x12Z\n" +
+	"\rRoutesApplied\x12#.tp.manager.v1.RoutesAppliedRequest\x1a$.tp.manager.v1.RoutesAppliedResponseB/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
 
 var (
 	file_rpc_manager_v1_manager_proto_rawDescOnce sync.Once
@@ -1843,7 +1961,7 @@ func file_rpc_manager_v1_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_manager_v1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(InterceptState)(0),             // 0: tp.manager.v1.InterceptState
 	(*InterceptSpec)(nil),           // 1: tp.manager.v1.InterceptSpec
@@ -1860,68 +1978,72 @@ var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(*AgentPort)(nil),               // 12: tp.manager.v1.AgentPort
 	(*AgentInfo)(nil),               // 13: tp.manager.v1.AgentInfo
 	(*InterceptSnapshot)(nil),       // 14: tp.manager.v1.InterceptSnapshot
-	(*VersionRequest)(nil),          // 15: tp.manager.v1.VersionRequest
-	(*VersionResponse)(nil),         // 16: tp.manager.v1.VersionResponse
-	(*ClientInfo)(nil),              // 17: tp.manager.v1.ClientInfo
-	(*ClusterInfo)(nil),             // 18: tp.manager.v1.ClusterInfo
-	(*SessionInfo)(nil),             // 19: tp.manager.v1.SessionInfo
-	(*SessionRef)(nil),              // 20: tp.manager.v1.SessionRef
-	(*RemainResponse)(nil),          // 21: tp.manager.v1.RemainResponse
-	(*DepartResponse)(nil),          // 22: tp.manager.v1.DepartResponse
-	(*ListSessionsRequest)(nil),     // 23: tp.manager.v1.ListSessionsRequest
-	(*Session)(nil),                 // 24: tp.manager.v1.Session
-	(*ListSessionsResponse)(nil),    // 25: tp.manager.v1.ListSessionsResponse
-	nil,                             // 26: tp.manager.v1.InterceptSpec.HeadersEntry
-	nil,                             // 27: tp.manager.v1.InterceptInfo.EnvironmentEntry
-	nil,                             // 28: tp.manager.v1.AgentInfo.EnvironmentEntry
-	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
+	(*RoutesAppliedRequest)(nil),    // 15: tp.manager.v1.RoutesAppliedRequest
+	(*RoutesAppliedResponse)(nil),   // 16: tp.manager.v1.RoutesAppliedResponse
+	(*VersionRequest)(nil),          // 17: tp.manager.v1.VersionRequest
+	(*VersionResponse)(nil),         // 18: tp.manager.v1.VersionResponse
+	(*ClientInfo)(nil),              // 19: tp.manager.v1.ClientInfo
+	(*ClusterInfo)(nil),             // 20: tp.manager.v1.ClusterInfo
+	(*SessionInfo)(nil),             // 21: tp.manager.v1.SessionInfo
+	(*SessionRef)(nil),              // 22: tp.manager.v1.SessionRef
+	(*RemainResponse)(nil),          // 23: tp.manager.v1.RemainResponse
+	(*DepartResponse)(nil),          // 24: tp.manager.v1.DepartResponse
+	(*ListSessionsRequest)(nil),     // 25: tp.manager.v1.ListSessionsRequest
+	(*Session)(nil),                 // 26: tp.manager.v1.Session
+	(*ListSessionsResponse)(nil),    // 27: tp.manager.v1.ListSessionsResponse
+	nil,                             // 28: tp.manager.v1.InterceptSpec.HeadersEntry
+	nil,                             // 29: tp.manager.v1.InterceptInfo.EnvironmentEntry
+	nil,                             // 30: tp.manager.v1.AgentInfo.EnvironmentEntry
+	(*timestamppb.Timestamp)(nil),   // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
 }
 var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
-	26, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
+	28, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
 	1,  // 1: tp.manager.v1.InterceptInfo.spec:type_name -> tp.manager.v1.InterceptSpec
-	17, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
-	29, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
+	19, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
+	31, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 4: tp.manager.v1.InterceptInfo.state:type_name -> tp.manager.v1.InterceptState
-	27, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
+	29, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
 	1,  // 6: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
 	2,  // 7: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
 	7,  // 8: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
-	28, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
+	30, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
 	12, // 10: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
 	2,  // 11: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
-	18, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
-	30, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
-	17, // 14: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
-	29, // 15: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
-	29, // 16: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 17: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
-	15, // 18: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
-	17, // 19: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
-	20, // 20: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
-	20, // 21: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
-	23, // 22: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
+	20, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
+	32, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
+	19, // 14: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
+	31, // 15: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
+	31, // 16: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 17: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
+	17, // 18: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
+	19, // 19: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
+	22, // 20: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
+	22, // 21: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
+	25, // 22: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
 	3,  // 23: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
 	4,  // 24: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
 	6,  // 25: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
 	9,  // 26: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	20, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
+	22, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
 	13, // 28: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	20, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	16, // 30: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	19, // 31: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	21, // 32: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	22, // 33: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	25, // 34: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 35: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 36: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 37: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 38: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 39: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	19, // 40: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 41: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	30, // [30:42] is the sub-list for method output_type
-	18, // [18:30] is the sub-list for method input_type
+	22, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	15, // 30: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
+	18, // 31: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	21, // 32: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	23, // 33: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	24, // 34: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	27, // 35: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 36: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 37: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 38: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 39: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 40: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	21, // 41: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 42: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	16, // 43: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
+	31, // [31:44] is the sub-list for method output_type
+	18, // [18:31] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -1938,7 +2060,7 @@ func file_rpc_manager_v1_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_manager_v1_manager_proto_rawDesc), len(file_rpc_manager_v1_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	Manager_WatchDials_FullMethodName      = "/tp.manager.v1.Manager/WatchDials"
 	Manager_ArriveAsAgent_FullMethodName   = "/tp.manager.v1.Manager/ArriveAsAgent"
 	Manager_WatchIntercepts_FullMethodName = "/tp.manager.v1.Manager/WatchIntercepts"
+	Manager_RoutesApplied_FullMethodName   = "/tp.manager.v1.Manager/RoutesApplied"
 )
 
 // ManagerClient is the client API for Manager service.
@@ -77,6 +78,11 @@ type ManagerClient interface {
 	// WatchIntercepts streams the intercepts of the agent's workload, as a full
 	// snapshot on every change.
 	WatchIntercepts(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSnapshot], error)
+	// RoutesApplied tells the manager which intercepts the agent's routes
+	// carry, after it applied a snapshot of WatchIntercepts (and so on every
+	// snapshot). CreateIntercept returns once the agents of every ready
+	// endpoint of the intercepted service have applied the intercept.
+	RoutesApplied(ctx context.Context, in *RoutesAppliedRequest, opts ...grpc.CallOption) (*RoutesAppliedResponse, error)
 }
 
 type managerClient struct {
@@ -225,6 +231,16 @@ func (c *managerClient) WatchIntercepts(ctx context.Context, in *SessionRef, opt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Manager_WatchInterceptsClient = grpc.ServerStreamingClient[InterceptSnapshot]
 
+func (c *managerClient) RoutesApplied(ctx context.Context, in *RoutesAppliedRequest, opts ...grpc.CallOption) (*RoutesAppliedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoutesAppliedResponse)
+	err := c.cc.Invoke(ctx, Manager_RoutesApplied_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ManagerServer is the server API for Manager service.
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
@@ -266,6 +282,11 @@ type ManagerServer interface {
 	// WatchIntercepts streams the intercepts of the agent's workload, as a full
 	// snapshot on every change.
 	WatchIntercepts(*SessionRef, grpc.ServerStreamingServer[InterceptSnapshot]) error
+	// RoutesApplied tells the manager which intercepts the agent's routes
+	// carry, after it applied a snapshot of WatchIntercepts (and so on every
+	// snapshot). CreateIntercept returns once the agents of every ready
+	// endpoint of the intercepted service have applied the intercept.
+	RoutesApplied(context.Context, *RoutesAppliedRequest) (*RoutesAppliedResponse, error)
 	mustEmbedUnimplementedManagerServer()
 }
 
@@ -311,6 +332,9 @@ func (UnimplementedManagerServer) ArriveAsAgent(context.Context, *AgentInfo) (*S
 }
 func (UnimplementedManagerServer) WatchIntercepts(*SessionRef, grpc.ServerStreamingServer[InterceptSnapshot]) error {
 	return status.Error(codes.Unimplemented, "method WatchIntercepts not implemented")
+}
+func (UnimplementedManagerServer) RoutesApplied(context.Context, *RoutesAppliedRequest) (*RoutesAppliedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RoutesApplied not implemented")
 }
 func (UnimplementedManagerServer) mustEmbedUnimplementedManagerServer() {}
 func (UnimplementedManagerServer) testEmbeddedByValue()                 {}
@@ -535,6 +559,24 @@ func _Manager_WatchIntercepts_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Manager_WatchInterceptsServer = grpc.ServerStreamingServer[InterceptSnapshot]
 
+func _Manager_RoutesApplied_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoutesAppliedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).RoutesApplied(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_RoutesApplied_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).RoutesApplied(ctx, req.(*RoutesAppliedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Manager_ServiceDesc is the grpc.ServiceDesc for Manager service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -581,6 +623,10 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ArriveAsAgent",
 			Handler:    _Manager_ArriveAsAgent_Handler,
+		},
+		{
+			MethodName: "RoutesApplied",
+			Handler:    _Manager_RoutesApplied_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
