@@ -220,9 +220,11 @@ var (
 	agentAuthRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 	}
-	// releaseRules are granted in the release namespace (service CIDR probe).
+	// releaseRules are granted in the release namespace (service CIDR probe,
+	// session records).
 	releaseRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "get", "list", "update", "delete"}},
 	}
 )
 
