@@ -19,6 +19,12 @@ import (
 // agent could dial its client. Nothing was sent yet, so the app answers.
 var errInterceptGone = errors.New("intercept ended")
 
+// errClientUnreachable: the agent could not open the flow to an intercept's
+// client (its owner is away: reconnecting, asleep, or gone until the session
+// TTL ends it). Nothing was sent yet, so the app answers (docs/intercepts.md,
+// "While the owner is away").
+var errClientUnreachable = errors.New("the intercept's client is unreachable")
+
 // httpProxy serves the connections of ports with personal intercepts: each
 // request (HTTP/1.1) or stream (h2c) goes to the app or to an intercept's
 // client through a reverse proxy that speaks the protocol the request came
@@ -123,6 +129,12 @@ func (h *httpProxy) toClient(p Port, ic *intercept, w http.ResponseWriter, r *ht
 			h.toApp(p, w, r)
 			return
 		}
+		if errors.Is(err, errClientUnreachable) && r.Context().Err() == nil {
+			h.a.log.Warn("cannot reach the intercept's client; the app answers", "intercept", ic.id,
+				"client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "err", err)
+			h.toApp(p, w, r)
+			return
+		}
 		if r.Context().Err() != nil {
 			return
 		}
@@ -181,7 +193,7 @@ func (h *httpProxy) dialClient(ctx context.Context, _, addr string) (net.Conn, e
 		if p.ContainerPort == ic.containerPort {
 			c, err := h.a.dialIntercept(ctx, p, ic, sourceFromContext(ctx))
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%w: %w", errClientUnreachable, err)
 			}
 			return c, nil
 		}

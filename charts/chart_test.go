@@ -324,7 +324,7 @@ func TestRenderDefaults(t *testing.T) {
 	for _, e := range c.Env {
 		env[e.Name] = e
 	}
-	for name, want := range map[string]string{"TP_LOG_LEVEL": "info", "TP_SESSION_TTL": "15s"} {
+	for name, want := range map[string]string{"TP_LOG_LEVEL": "info", "TP_SESSION_TTL": "10m"} {
 		if got := env[name].Value; got != want {
 			t.Errorf("env %s: got %q, want %q", name, got, want)
 		}
