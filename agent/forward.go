@@ -57,6 +57,16 @@ func (a *agent) dialApp(ctx context.Context, network, addr string) (net.Conn, er
 // nothing was sent yet (docs/intercepts.md, "While the owner is away").
 func (a *agent) toClient(ctx context.Context, p Port, ic *intercept, c net.Conn) {
 	log := a.log.With("intercept", ic.id, "client", c.RemoteAddr())
+	ic, ok := a.awaitOwner(ctx, ic)
+	if !ok {
+		if ctx.Err() != nil {
+			reset(c)
+			return
+		}
+		log.Info("the intercept's owner is away; the app serves the connection", "grace", a.ownerGrace)
+		a.toApp(ctx, p, c)
+		return
+	}
 	flow, err := a.dialIntercept(ctx, p, ic, addrPortOf(c.RemoteAddr()))
 	if err != nil {
 		if ctx.Err() != nil {

@@ -123,6 +123,16 @@ func (h *httpProxy) toApp(p Port, w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *httpProxy) toClient(p Port, ic *intercept, w http.ResponseWriter, r *http.Request) {
+	ic, ok := h.a.awaitOwner(r.Context(), ic)
+	if !ok {
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		h.a.log.Info("the intercept's owner is away; the app answers", "client", r.RemoteAddr,
+			"method", r.Method, "path", r.URL.Path, "grace", h.a.ownerGrace)
+		h.toApp(p, w, r)
+		return
+	}
 	rp := h.reverseProxy(ic.host, r, h.clientH1, h.clientH2)
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.Is(err, errInterceptGone) {

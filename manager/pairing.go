@@ -53,6 +53,13 @@ func (d *dialQueues) subscribe(sessionID string) (<-chan *managerv1.DialRequest,
 	}
 }
 
+// watched reports whether a WatchDials stream of the session (public id) is open.
+func (d *dialQueues) watched(sessionID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queues[sessionID] != nil
+}
+
 // send queues req for the session; false when nobody watches or the queue is full.
 func (d *dialQueues) send(sessionID string, req *managerv1.DialRequest) bool {
 	d.mu.Lock()
@@ -78,7 +85,11 @@ func (m *Manager) WatchDials(ref *managerv1.SessionRef, stream grpc.ServerStream
 	}
 	ctx := stream.Context()
 	reqs, unsubscribe := m.dials.subscribe(s.id)
-	defer unsubscribe()
+	m.changes.notify() // the agents' snapshots say the owner is connected
+	defer func() {
+		unsubscribe()
+		m.changes.notify()
+	}()
 	for {
 		changed := m.changes.wait()
 		if _, ok := m.sessions.get(ref.GetSessionId()); !ok {

@@ -103,6 +103,9 @@ func TestRestartedManagerRestoresSessionsAndIntercepts(t *testing.T) {
 	if len(ics) != 1 || ics[0].GetOwner().GetUser() != "alice" || ics[0].GetState() != managerv1.InterceptState_INTERCEPT_STATE_ACTIVE {
 		t.Errorf("intercepts after the restart: got %v, want alice's, ACTIVE", ics)
 	}
+	if ics[0].GetOwnerConnected() {
+		t.Errorf("intercept after the restart: owner connected before alice resumed")
+	}
 
 	// Only the holder of the secret resumes: not bob, not the public id.
 	for _, wrong := range []string{bob, sessionid.Public(alice), sessionid.Verifier(alice), alice[:len(alice)-1] + "0"} {
@@ -123,13 +126,24 @@ func TestRestartedManagerRestoresSessionsAndIntercepts(t *testing.T) {
 	if _, err := h2.mc.Remain(h2.ctx(), &managerv1.SessionRef{SessionId: alice}); err != nil {
 		t.Errorf("Remain after the resume: %v", err)
 	}
+	// Her daemon watches dials again: the agent learns that she is back.
+	if _, err := h2.mc.WatchDials(ctx, &managerv1.SessionRef{SessionId: alice}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := watch.Recv()
+	if err != nil {
+		t.Fatalf("WatchIntercepts: %v", err)
+	}
+	if ics := snap.GetIntercepts(); len(ics) != 1 || !ics[0].GetOwnerConnected() {
+		t.Errorf("snapshot after alice watches dials: got %v, want intercept a with its owner connected", ics)
+	}
 
 	// Her departure ends the intercept and the record.
 	if _, err := h2.mc.Depart(h2.ctx(), &managerv1.SessionRef{SessionId: alice}); err != nil {
 		t.Fatal(err)
 	}
-	if got := snapshotNames(t, watch); len(got) != 0 {
-		t.Errorf("snapshot after alice departed: got %v, want none", got)
+	for got := snapshotNames(t, watch); len(got) != 0; got = snapshotNames(t, watch) {
+		// intermediate snapshots (her dials stream ending) until the intercept is gone
 	}
 	if recs := h.records(); len(recs) != 0 {
 		t.Errorf("records after alice departed: got %v, want none", recs)

@@ -210,10 +210,15 @@ type InterceptInfo struct {
 	// the environment of the intercepted container, as the agent sees it.
 	Environment map[string]string `protobuf:"bytes,11,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// a pod of the workload (the one whose environment is reported).
-	PodName       string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
-	PodIp         string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PodName string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodIp   string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	// owner_connected: the owner's daemon watches dials now, so it can take
+	// intercepted connections. While it is false (the owner reconnects) the
+	// agent holds new connections for a short grace, then serves them from
+	// the app (docs/intercepts.md, "While the owner is away").
+	OwnerConnected bool `protobuf:"varint,14,opt,name=owner_connected,json=ownerConnected,proto3" json:"owner_connected,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InterceptInfo) Reset() {
@@ -335,6 +340,13 @@ func (x *InterceptInfo) GetPodIp() string {
 		return x.PodIp
 	}
 	return ""
+}
+
+func (x *InterceptInfo) GetOwnerConnected() bool {
+	if x != nil {
+		return x.OwnerConnected
+	}
+	return false
 }
 
 type CreateInterceptRequest struct {
@@ -1740,7 +1752,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"pathPrefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x05\n" +
 	"\rInterceptInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
@@ -1756,7 +1768,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	" \x01(\x05R\rcontainerPort\x12O\n" +
 	"\venvironment\x18\v \x03(\v2-.tp.manager.v1.InterceptInfo.EnvironmentEntryR\venvironment\x12\x19\n" +
 	"\bpod_name\x18\f \x01(\tR\apodName\x12\x15\n" +
-	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x1a>\n" +
+	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12'\n" +
+	"\x0fowner_connected\x18\x0e \x01(\bR\x0eownerConnected\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
