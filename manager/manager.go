@@ -33,6 +33,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -468,12 +469,24 @@ func (m *Manager) sessionInfo(secret string) *managerv1.SessionInfo {
 // ResumeSession implements managerv1.ManagerServer: a client that holds a
 // session's secret id takes it up again after a reconnect, with its
 // intercepts. The session keeps what it arrived with (ClientInfo, arrival).
-func (m *Manager) ResumeSession(_ context.Context, req *managerv1.ResumeSessionRequest) (*managerv1.SessionInfo, error) {
+func (m *Manager) ResumeSession(ctx context.Context, req *managerv1.ResumeSessionRequest) (*managerv1.SessionInfo, error) {
 	c := req.GetClient()
 	if c.GetProtocolVersion() != tunnel.ProtocolVersion {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"client speaks protocol %d, traffic-manager %s speaks %d: use a tp client of the manager's version or run `tp helm upgrade`",
 			c.GetProtocolVersion(), m.cfg.Version, tunnel.ProtocolVersion)
+	}
+	// The record as it is now: the previous pod may have changed it after
+	// this one started (a rolling update).
+	public := sessionid.Public(req.GetSessionId())
+	if rec, ok, err := m.records.reload(ctx, public); err != nil {
+		m.log.Warn("resume: reading the session record failed; resuming from memory", "session", public, "err", err)
+	} else if ok && sessionid.Verify(req.GetSessionId(), rec.verifier) {
+		if _, known := m.sessions.byPublic(public); !known {
+			m.sessions.restore(rec)
+			m.log.Info("session restored from its record", "session", public, "connection", rec.client.GetName(), "host", rec.client.GetHost())
+		}
+		m.changes.notify()
 	}
 	s, err := m.clientSession(req.GetSessionId())
 	if err != nil {

@@ -111,6 +111,27 @@ func (r *sessionRecords) load(ctx context.Context) (sessions []session, skipped 
 	return sessions, skipped, nil
 }
 
+// reload reads the record of the session with public id id again: during a
+// rolling update the previous manager pod serves on for a while after this
+// one loaded the records, and may have recorded a session or intercept
+// since. False when the cluster has no such record.
+func (r *sessionRecords) reload(ctx context.Context, id string) (session, bool, error) {
+	sec, err := r.kube.CoreV1().Secrets(r.namespace).Get(ctx, recordPrefix+id, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return session{}, false, nil
+	} else if err != nil {
+		return session{}, false, fmt.Errorf("read the session record %s%s in namespace %s: %w", recordPrefix, id, r.namespace, err)
+	}
+	rec, err := decodeRecord(sec)
+	if err != nil {
+		return session{}, false, fmt.Errorf("session record %s: %w", sec.Name, err)
+	}
+	r.mu.Lock()
+	r.byOwner[id] = rec
+	r.mu.Unlock()
+	return rec.session, true, nil
+}
+
 // addSession writes the record of a new client session.
 func (r *sessionRecords) addSession(ctx context.Context, s session) error {
 	rec := &record{session: s, intercepts: map[string]*intercept{}}

@@ -175,3 +175,29 @@ func TestRestoredSessionExpiresAfterTTL(t *testing.T) {
 		t.Errorf("records after the session expired: got %v, want none", recs)
 	}
 }
+
+// TestResumeAtTheNextPodDuringRollingUpdate: the next manager pod started
+// before a session arrived at the previous one (both run during a rolling
+// update); the session resumes there with its intercept all the same.
+func TestResumeAtTheNextPodDuringRollingUpdate(t *testing.T) {
+	h := newHarness(t, echoObjects()...)
+	h2 := newHarnessWith(t, h.kube)
+	if err := h2.m.restoreSessions(h2.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	h.arriveAgent(echoRef, "echo-abc", nil, 8080)
+	alice := h.arriveClient("tp", "laptop", "alice")
+	h.intercept(alice, "a", nil)
+
+	if _, err := h2.mc.ResumeSession(h2.ctx(), &managerv1.ResumeSessionRequest{SessionId: alice,
+		Client: &managerv1.ClientInfo{ProtocolVersion: tunnel.ProtocolVersion}}); err != nil {
+		t.Fatalf("ResumeSession at the next pod: %v", err)
+	}
+	resp, err := h2.mc.ListWorkloads(h2.ctx(), &managerv1.ListWorkloadsRequest{Namespace: "shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ics := resp.GetWorkloads()[0].GetIntercepts(); len(ics) != 1 || ics[0].GetSpec().GetName() != "a" {
+		t.Errorf("intercepts at the next pod after the resume: got %v, want a", ics)
+	}
+}
