@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 
-	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -98,9 +97,9 @@ func (a agentServer) RoutesApplied(ctx context.Context, req *managerv1.RoutesApp
 	}
 	if !a.m.applied.set(s.id, req.GetInterceptIds()) {
 		return nil, status.Errorf(codes.FailedPrecondition, "session %s watches no intercepts: acknowledge the snapshots of WatchIntercepts",
-			sessionid.Public(s.id))
+			s.id)
 	}
-	a.m.log.Debug("agent routes applied", "session", sessionid.Public(s.id), "pod", s.agent.GetPodName(), "intercepts", req.GetInterceptIds())
+	a.m.log.Debug("agent routes applied", "session", s.id, "pod", s.agent.GetPodName(), "intercepts", req.GetInterceptIds())
 	return &managerv1.RoutesAppliedResponse{}, nil
 }
 

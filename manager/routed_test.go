@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -189,11 +190,11 @@ func TestRoutesApplied(t *testing.T) {
 	if err := ack("ic-1"); err != nil {
 		t.Fatalf("RoutesApplied while watching: %v", err)
 	}
-	if !h.m.applied.has(agent, "ic-1") {
+	if !h.m.applied.has(sessionid.Public(agent), "ic-1") {
 		t.Errorf("ic-1 not recorded as applied")
 	}
 	cancel()
-	eventually(t, "acknowledgement forgotten with the watch", func() bool { return !h.m.applied.has(agent, "ic-1") })
+	eventually(t, "acknowledgement forgotten with the watch", func() bool { return !h.m.applied.has(sessionid.Public(agent), "ic-1") })
 
 	if _, err := h.mc.RoutesApplied(h.ctx(), &managerv1.RoutesAppliedRequest{SessionId: agent}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("RoutesApplied on the client port: got %v, want PermissionDenied", err)

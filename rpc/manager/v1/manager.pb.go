@@ -212,6 +212,11 @@ type InterceptInfo struct {
 	// a pod of the workload (the one whose environment is reported).
 	PodName string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	PodIp   string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	// owner_connected: the owner's daemon watches dials now, so it can take
+	// intercepted connections. While it is false (the owner reconnects) the
+	// agent holds new connections for a short grace, then serves them from
+	// the app (docs/intercepts.md, "While the owner is away").
+	OwnerConnected bool `protobuf:"varint,14,opt,name=owner_connected,json=ownerConnected,proto3" json:"owner_connected,omitempty"`
 	// routed_endpoints of the ready_endpoints of the service (its
 	// EndpointSlices) are pods whose agent has applied this intercept: all of
 	// the service's traffic (or the matching requests) reaches the client only
@@ -341,6 +346,13 @@ func (x *InterceptInfo) GetPodIp() string {
 		return x.PodIp
 	}
 	return ""
+}
+
+func (x *InterceptInfo) GetOwnerConnected() bool {
+	if x != nil {
+		return x.OwnerConnected
+	}
+	return false
 }
 
 func (x *InterceptInfo) GetRoutedEndpoints() int32 {
@@ -1507,6 +1519,58 @@ func (x *SessionInfo) GetManagerVersion() string {
 	return ""
 }
 
+type ResumeSessionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Client        *ClientInfo            `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSessionRequest) Reset() {
+	*x = ResumeSessionRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSessionRequest) ProtoMessage() {}
+
+func (x *ResumeSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSessionRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSessionRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ResumeSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ResumeSessionRequest) GetClient() *ClientInfo {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
 type SessionRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1516,7 +1580,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1592,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1605,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -1559,7 +1623,7 @@ type RemainResponse struct {
 
 func (x *RemainResponse) Reset() {
 	*x = RemainResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1635,7 @@ func (x *RemainResponse) String() string {
 func (*RemainResponse) ProtoMessage() {}
 
 func (x *RemainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1648,7 @@ func (x *RemainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemainResponse.ProtoReflect.Descriptor instead.
 func (*RemainResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
 }
 
 type DepartResponse struct {
@@ -1595,7 +1659,7 @@ type DepartResponse struct {
 
 func (x *DepartResponse) Reset() {
 	*x = DepartResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1671,7 @@ func (x *DepartResponse) String() string {
 func (*DepartResponse) ProtoMessage() {}
 
 func (x *DepartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1684,7 @@ func (x *DepartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepartResponse.ProtoReflect.Descriptor instead.
 func (*DepartResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
 }
 
 type ListSessionsRequest struct {
@@ -1631,7 +1695,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1707,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1720,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
 }
 
 type Session struct {
@@ -1672,7 +1736,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1748,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1761,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1744,7 +1808,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1820,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1833,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{26}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -1798,7 +1862,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"pathPrefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xca\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x05\n" +
 	"\rInterceptInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
@@ -1814,7 +1878,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	" \x01(\x05R\rcontainerPort\x12O\n" +
 	"\venvironment\x18\v \x03(\v2-.tp.manager.v1.InterceptInfo.EnvironmentEntryR\venvironment\x12\x19\n" +
 	"\bpod_name\x18\f \x01(\tR\apodName\x12\x15\n" +
-	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12)\n" +
+	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12'\n" +
+	"\x0fowner_connected\x18\x0e \x01(\bR\x0eownerConnected\x12)\n" +
 	"\x10routed_endpoints\x18\x10 \x01(\x05R\x0froutedEndpoints\x12'\n" +
 	"\x0fready_endpoints\x18\x11 \x01(\x05R\x0ereadyEndpoints\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
@@ -1910,7 +1975,11 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x124\n" +
 	"\acluster\x18\x02 \x01(\v2\x1a.tp.manager.v1.ClusterInfoR\acluster\x12+\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12'\n" +
-	"\x0fmanager_version\x18\x04 \x01(\tR\x0emanagerVersion\"+\n" +
+	"\x0fmanager_version\x18\x04 \x01(\tR\x0emanagerVersion\"h\n" +
+	"\x14ResumeSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x121\n" +
+	"\x06client\x18\x02 \x01(\v2\x19.tp.manager.v1.ClientInfoR\x06client\"+\n" +
 	"\n" +
 	"SessionRef\x12\x1d\n" +
 	"\n" +
@@ -1931,10 +2000,11 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xb1\b\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\x83\t\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
-	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
+	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
+	"\rResumeSession\x12#.tp.manager.v1.ResumeSessionRequest\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
 	"\x06Remain\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.RemainResponse\x12B\n" +
 	"\x06Depart\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.DepartResponse\x12W\n" +
 	"\fListSessions\x12\".tp.manager.v1.ListSessionsRequest\x1a#.tp.manager.v1.ListSessionsResponse\x12V\n" +
@@ -1961,7 +2031,7 @@ func file_rpc_manager_v1_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_manager_v1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(InterceptState)(0),             // 0: tp.manager.v1.InterceptState
 	(*InterceptSpec)(nil),           // 1: tp.manager.v1.InterceptSpec
@@ -1985,68 +2055,72 @@ var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(*ClientInfo)(nil),              // 19: tp.manager.v1.ClientInfo
 	(*ClusterInfo)(nil),             // 20: tp.manager.v1.ClusterInfo
 	(*SessionInfo)(nil),             // 21: tp.manager.v1.SessionInfo
-	(*SessionRef)(nil),              // 22: tp.manager.v1.SessionRef
-	(*RemainResponse)(nil),          // 23: tp.manager.v1.RemainResponse
-	(*DepartResponse)(nil),          // 24: tp.manager.v1.DepartResponse
-	(*ListSessionsRequest)(nil),     // 25: tp.manager.v1.ListSessionsRequest
-	(*Session)(nil),                 // 26: tp.manager.v1.Session
-	(*ListSessionsResponse)(nil),    // 27: tp.manager.v1.ListSessionsResponse
-	nil,                             // 28: tp.manager.v1.InterceptSpec.HeadersEntry
-	nil,                             // 29: tp.manager.v1.InterceptInfo.EnvironmentEntry
-	nil,                             // 30: tp.manager.v1.AgentInfo.EnvironmentEntry
-	(*timestamppb.Timestamp)(nil),   // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
+	(*ResumeSessionRequest)(nil),    // 22: tp.manager.v1.ResumeSessionRequest
+	(*SessionRef)(nil),              // 23: tp.manager.v1.SessionRef
+	(*RemainResponse)(nil),          // 24: tp.manager.v1.RemainResponse
+	(*DepartResponse)(nil),          // 25: tp.manager.v1.DepartResponse
+	(*ListSessionsRequest)(nil),     // 26: tp.manager.v1.ListSessionsRequest
+	(*Session)(nil),                 // 27: tp.manager.v1.Session
+	(*ListSessionsResponse)(nil),    // 28: tp.manager.v1.ListSessionsResponse
+	nil,                             // 29: tp.manager.v1.InterceptSpec.HeadersEntry
+	nil,                             // 30: tp.manager.v1.InterceptInfo.EnvironmentEntry
+	nil,                             // 31: tp.manager.v1.AgentInfo.EnvironmentEntry
+	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
 }
 var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
-	28, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
+	29, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
 	1,  // 1: tp.manager.v1.InterceptInfo.spec:type_name -> tp.manager.v1.InterceptSpec
 	19, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
-	31, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
+	32, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 4: tp.manager.v1.InterceptInfo.state:type_name -> tp.manager.v1.InterceptState
-	29, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
+	30, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
 	1,  // 6: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
 	2,  // 7: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
 	7,  // 8: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
-	30, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
+	31, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
 	12, // 10: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
 	2,  // 11: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
 	20, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
-	32, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
-	19, // 14: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
-	31, // 15: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
-	31, // 16: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
-	26, // 17: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
-	17, // 18: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
-	19, // 19: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
-	22, // 20: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
-	22, // 21: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
-	25, // 22: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
-	3,  // 23: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
-	4,  // 24: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	6,  // 25: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	9,  // 26: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	22, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
-	13, // 28: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	22, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	15, // 30: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
-	18, // 31: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	21, // 32: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	23, // 33: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	24, // 34: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	27, // 35: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 36: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 37: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 38: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 39: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 40: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	21, // 41: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 42: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	16, // 43: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
-	31, // [31:44] is the sub-list for method output_type
-	18, // [18:31] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	33, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
+	19, // 14: tp.manager.v1.ResumeSessionRequest.client:type_name -> tp.manager.v1.ClientInfo
+	19, // 15: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
+	32, // 16: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
+	32, // 17: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
+	27, // 18: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
+	17, // 19: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
+	19, // 20: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
+	22, // 21: tp.manager.v1.Manager.ResumeSession:input_type -> tp.manager.v1.ResumeSessionRequest
+	23, // 22: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
+	23, // 23: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
+	26, // 24: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
+	3,  // 25: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
+	4,  // 26: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	6,  // 27: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	9,  // 28: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	23, // 29: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
+	13, // 30: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	23, // 31: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	15, // 32: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
+	18, // 33: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	21, // 34: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	21, // 35: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
+	24, // 36: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	25, // 37: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	28, // 38: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 39: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 40: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 41: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 42: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 43: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	21, // 44: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 45: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	16, // 46: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
+	33, // [33:47] is the sub-list for method output_type
+	19, // [19:33] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_rpc_manager_v1_manager_proto_init() }
@@ -2060,7 +2134,7 @@ func file_rpc_manager_v1_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_manager_v1_manager_proto_rawDesc), len(file_rpc_manager_v1_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
