@@ -300,18 +300,19 @@ func (r *faultRig) run(inject func()) {
 	err := wait.PollUntilContextTimeout(context.Background(), 2*time.Second, faultRecoveryTimeout, true, func(context.Context) (bool, error) {
 		recoveredAt = 0
 		for _, l := range []*steadyLoad{r.inbound, r.outbound} {
-			at, ok := cleanSince(l.seconds(), from, faultSteadySeconds)
-			if !ok {
+			secs := l.seconds()
+			if _, ok := cleanSince(secs, from, faultSteadySeconds); !ok {
 				return false, nil
 			}
+			// Where the clean streak began, during the fault or before
+			// it when nothing failed.
+			at, _ := cleanSince(secs, start.Unix(), 1)
 			recoveredAt = max(recoveredAt, at)
 		}
 		return true, nil
 	})
 	res.Recovered = err == nil
 	if res.Recovered {
-		// The streak may have started with the fault's end: recovery then
-		// took the fault's last second at most.
 		res.RecoverySeconds = max(0, recoveredAt-end.Unix())
 	}
 	var inErr, outErr string
