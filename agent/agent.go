@@ -97,8 +97,15 @@ type agent struct {
 	// dialTimeout bounds dialing the app and opening tunnel flows (the
 	// manager gives up pairing after 5 s, so this is a backstop).
 	dialTimeout time.Duration
+	// ownerGrace is how long a new connection or request of an intercept
+	// whose owner is away waits for the owner before the app serves it.
+	ownerGrace time.Duration
 
-	routes   atomic.Pointer[routes]
+	routes atomic.Pointer[routes]
+	// routesMu guards routesSet, closed (and replaced) on every change of routes.
+	routesMu  sync.Mutex
+	routesSet chan struct{}
+
 	dialer   atomic.Pointer[tunnel.Dialer] // nil while no session
 	listened atomic.Bool                   // every agent port listens
 	arrived  atomic.Bool                   // arrived at the manager (at least once)
@@ -121,6 +128,8 @@ func newAgent(cfg Config) (*agent, error) {
 		cfg:         cfg,
 		log:         log,
 		dialTimeout: 10 * time.Second,
+		ownerGrace:  DefaultOwnerGrace,
+		routesSet:   make(chan struct{}),
 		conns:       map[net.Conn]struct{}{},
 		listen: func(p Port) (net.Listener, error) {
 			return net.Listen("tcp", ":"+strconv.Itoa(int(p.AgentPort)))
@@ -324,6 +333,7 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
 	}
 	r, ignored := newRoutes(snap, served)
 	old := a.routes.Swap(r)
+	a.routesChanged()
 	for _, info := range ignored {
 		a.log.Warn("intercept of a port this agent does not serve; ignoring it",
 			"intercept", info.GetId(), "containerPort", info.GetContainerPort())
@@ -332,9 +342,58 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) {
 	a.http.routesChanged(old, r)
 }
 
+// routesChanged wakes those waiting for a change of the routes (awaitOwner).
+func (a *agent) routesChanged() {
+	a.routesMu.Lock()
+	defer a.routesMu.Unlock()
+	close(a.routesSet)
+	a.routesSet = make(chan struct{})
+}
+
+// nextRoutes returns a channel closed by the next change of the routes.
+func (a *agent) nextRoutes() <-chan struct{} {
+	a.routesMu.Lock()
+	defer a.routesMu.Unlock()
+	return a.routesSet
+}
+
+// DefaultOwnerGrace is how long a connection of an intercept whose owner is
+// away waits for the owner to come back before the app serves it.
+const DefaultOwnerGrace = 5 * time.Second
+
+// awaitOwner returns ic as the routes have it now once its owner is connected
+// (its daemon watches dials): at once, or within the owner grace. False when
+// the owner did not come back in time or the intercept ended: then the app
+// serves (docs/intercepts.md, "While the owner is away").
+func (a *agent) awaitOwner(ctx context.Context, ic *intercept) (*intercept, bool) {
+	if ic.ownerConnected {
+		return ic, true
+	}
+	timer := time.NewTimer(a.ownerGrace)
+	defer timer.Stop()
+	for {
+		changed := a.nextRoutes()
+		cur := a.routes.Load().byHost[ic.host]
+		switch {
+		case cur == nil:
+			return nil, false
+		case cur.ownerConnected:
+			return cur, true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
 // clearRoutes routes everything to the app (no session with the manager).
 func (a *agent) clearRoutes() {
 	old := a.routes.Swap(noRoutes)
+	a.routesChanged()
 	a.logChanges(old, noRoutes)
 	a.http.routesChanged(old, noRoutes)
 }

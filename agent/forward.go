@@ -53,13 +53,28 @@ func (a *agent) dialApp(ctx context.Context, network, addr string) (net.Conn, er
 }
 
 // toClient splices c to a global intercept's client through a tunnel flow.
-// When the flow cannot be opened, c is reset.
+// When the flow cannot be opened (the owner is away), the app serves c:
+// nothing was sent yet (docs/intercepts.md, "While the owner is away").
 func (a *agent) toClient(ctx context.Context, p Port, ic *intercept, c net.Conn) {
 	log := a.log.With("intercept", ic.id, "client", c.RemoteAddr())
+	ic, ok := a.awaitOwner(ctx, ic)
+	if !ok {
+		if ctx.Err() != nil {
+			reset(c)
+			return
+		}
+		log.Info("the intercept's owner is away; the app serves the connection", "grace", a.ownerGrace)
+		a.toApp(ctx, p, c)
+		return
+	}
 	flow, err := a.dialIntercept(ctx, p, ic, addrPortOf(c.RemoteAddr()))
 	if err != nil {
-		log.Warn("cannot reach the intercept's client; resetting the connection", "err", err)
-		reset(c)
+		if ctx.Err() != nil {
+			reset(c)
+			return
+		}
+		log.Warn("cannot reach the intercept's client; the app serves the connection", "err", err)
+		a.toApp(ctx, p, c)
 		return
 	}
 	log.Debug("connection sent to the intercept's client")

@@ -546,11 +546,12 @@ func (ta *testAgent) waitRoutes(tb testing.TB, ids ...string) {
 
 func globalIntercept(id string, containerPort int32) *managerv1.InterceptInfo {
 	return &managerv1.InterceptInfo{
-		Id:            id,
-		Spec:          &managerv1.InterceptSpec{Name: "echo-" + id, Workload: "echo", Namespace: "default", LocalPort: 8080},
-		Owner:         &managerv1.ClientInfo{Host: "laptop", User: "alice"},
-		State:         managerv1.InterceptState_INTERCEPT_STATE_ACTIVE,
-		ContainerPort: containerPort,
+		Id:             id,
+		Spec:           &managerv1.InterceptSpec{Name: "echo-" + id, Workload: "echo", Namespace: "default", LocalPort: 8080},
+		Owner:          &managerv1.ClientInfo{Host: "laptop", User: "alice"},
+		State:          managerv1.InterceptState_INTERCEPT_STATE_ACTIVE,
+		ContainerPort:  containerPort,
+		OwnerConnected: true,
 	}
 }
 

@@ -19,6 +19,12 @@ import (
 // agent could dial its client. Nothing was sent yet, so the app answers.
 var errInterceptGone = errors.New("intercept ended")
 
+// errClientUnreachable: the agent could not open the flow to an intercept's
+// client (its owner is away: reconnecting, asleep, or gone until the session
+// TTL ends it). Nothing was sent yet, so the app answers (docs/intercepts.md,
+// "While the owner is away").
+var errClientUnreachable = errors.New("the intercept's client is unreachable")
+
 // httpProxy serves the connections of ports with personal intercepts: each
 // request (HTTP/1.1) or stream (h2c) goes to the app or to an intercept's
 // client through a reverse proxy that speaks the protocol the request came
@@ -117,9 +123,25 @@ func (h *httpProxy) toApp(p Port, w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *httpProxy) toClient(p Port, ic *intercept, w http.ResponseWriter, r *http.Request) {
+	ic, ok := h.a.awaitOwner(r.Context(), ic)
+	if !ok {
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		h.a.log.Info("the intercept's owner is away; the app answers", "client", r.RemoteAddr,
+			"method", r.Method, "path", r.URL.Path, "grace", h.a.ownerGrace)
+		h.toApp(p, w, r)
+		return
+	}
 	rp := h.reverseProxy(ic.host, r, h.clientH1, h.clientH2)
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.Is(err, errInterceptGone) {
+			h.toApp(p, w, r)
+			return
+		}
+		if errors.Is(err, errClientUnreachable) && r.Context().Err() == nil {
+			h.a.log.Warn("cannot reach the intercept's client; the app answers", "intercept", ic.id,
+				"client", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "err", err)
 			h.toApp(p, w, r)
 			return
 		}
@@ -181,7 +203,7 @@ func (h *httpProxy) dialClient(ctx context.Context, _, addr string) (net.Conn, e
 		if p.ContainerPort == ic.containerPort {
 			c, err := h.a.dialIntercept(ctx, p, ic, sourceFromContext(ctx))
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%w: %w", errClientUnreachable, err)
 			}
 			return c, nil
 		}

@@ -33,6 +33,8 @@ type intercept struct {
 	containerPort int32
 	headers       []headerMatch // sorted by name
 	pathPrefix    string
+	// ownerConnected: the owner's daemon can take connections now.
+	ownerConnected bool
 	// host is the host name of the URLs the agent's HTTP transports use for
 	// this intercept: it keys their connection pools, so connections to
 	// different intercepts are never mixed up.
@@ -82,10 +84,11 @@ func newRoutes(snap *managerv1.InterceptSnapshot, served map[int32]bool) (r *rou
 
 func newIntercept(info *managerv1.InterceptInfo) *intercept {
 	ic := &intercept{
-		id:            info.GetId(),
-		name:          info.GetSpec().GetName(),
-		containerPort: info.GetContainerPort(),
-		pathPrefix:    info.GetSpec().GetPathPrefix(),
+		id:             info.GetId(),
+		name:           info.GetSpec().GetName(),
+		containerPort:  info.GetContainerPort(),
+		pathPrefix:     info.GetSpec().GetPathPrefix(),
+		ownerConnected: info.GetOwnerConnected(),
 	}
 	if o := info.GetOwner(); o != nil {
 		ic.owner = o.GetUser() + "@" + o.GetHost()

@@ -220,9 +220,11 @@ var (
 	agentAuthRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 	}
-	// releaseRules are granted in the release namespace (service CIDR probe).
+	// releaseRules are granted in the release namespace (service CIDR probe,
+	// session records).
 	releaseRules = []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "get", "list", "update", "delete"}},
 	}
 )
 
@@ -322,7 +324,7 @@ func TestRenderDefaults(t *testing.T) {
 	for _, e := range c.Env {
 		env[e.Name] = e
 	}
-	for name, want := range map[string]string{"TP_LOG_LEVEL": "info", "TP_SESSION_TTL": "15s"} {
+	for name, want := range map[string]string{"TP_LOG_LEVEL": "info", "TP_SESSION_TTL": "10m"} {
 		if got := env[name].Value; got != want {
 			t.Errorf("env %s: got %q, want %q", name, got, want)
 		}

@@ -336,7 +336,7 @@ func (m *Manager) agentSessionOf(ctx context.Context, id string) (session, error
 		return session{}, status.Errorf(codes.NotFound, "session %q is unknown to the traffic-manager (expired or the manager restarted); arrive again", id)
 	}
 	if s.kind != agentSession || s.agentPod != caller.PodUID {
-		m.log.Warn("agent refused: session of someone else", "caller", caller.String(), "session", id, "peer", peerAddr(ctx))
+		m.log.Warn("agent refused: session of someone else", "caller", caller.String(), "session", s.id, "peer", peerAddr(ctx))
 		return session{}, status.Errorf(codes.PermissionDenied, "session %q is not this agent's", id)
 	}
 	return s, nil

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -48,13 +47,13 @@ func (m *Manager) arriveAgent(ctx context.Context, caller *agentIdentity, a *man
 		m.log.Warn("agent refused", "caller", caller.String(), "peer", peerAddr(ctx), "err", status.Convert(err).Message())
 		return nil, err
 	}
-	s := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo), caller.PodUID)
+	s, secret := m.sessions.addAgent(proto.Clone(a).(*managerv1.AgentInfo), caller.PodUID)
 	m.changes.notify()
-	m.log.Info("agent arrived", "session", sessionid.Public(s.id), "workload", a.GetWorkload(), "kind", a.GetKind(),
+	m.log.Info("agent arrived", "session", s.id, "workload", a.GetWorkload(), "kind", a.GetKind(),
 		"namespace", a.GetNamespace(), "pod", a.GetPodName(), "ports", len(a.GetPorts()), "version", a.GetVersion())
 	return &managerv1.SessionInfo{
-		SessionId: s.id, Cluster: m.cluster,
-		Ttl: durationpb.New(m.cfg.SessionTTL), ManagerVersion: m.cfg.Version,
+		SessionId: secret, Cluster: m.cluster,
+		Ttl: durationpb.New(m.cfg.AgentSessionTTL), ManagerVersion: m.cfg.Version,
 	}, nil
 }
 

@@ -147,7 +147,13 @@ const testTTL = 10 * time.Second
 
 func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 	t.Helper()
-	kube := fake.NewClientset(objs...)
+	return newHarnessWith(t, fake.NewClientset(objs...))
+}
+
+// newHarnessWith serves a new Manager on kube: on the clientset of another
+// harness, it is that manager's next pod.
+func newHarnessWith(t testing.TB, kube *fake.Clientset) *harness {
+	t.Helper()
 	m, err := New(Config{
 		Namespace: "tp", SessionTTL: testTTL, Version: "v-test", AgentImage: "tp:test",
 		AgentWait: 5 * time.Second, PairWait: 500 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
@@ -156,7 +162,7 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 		t.Fatal(err)
 	}
 	clk := &clock{t: time.Now()}
-	m.sessions = newSessions(testTTL, clk.now)
+	m.sessions = newSessions(testTTL, testTTL, clk.now)
 	// Like the API server with the chart's validating webhook: a patch that
 	// writes the authorize annotation reaches the authorizer, as user
 	// "user-<public session id>".
@@ -175,7 +181,7 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 						sess, _, _ := parseAuthorizeValue(v)
 						user := "user-" + sess
 						for _, s := range m.sessions.list(clientSession) {
-							if sessionid.Public(s.id) == sess {
+							if s.id == sess {
 								user = s.client.GetUser() // the API server authenticated them as who they say
 							}
 						}

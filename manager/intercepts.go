@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -53,10 +52,10 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if w.optedOut() {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s opted out of intercepts with the annotation %s: \"false\"; remove the annotation to intercept it", w.ref, injectAnnotation)
 	}
-	user, err := m.grants.authorized(w, sessionid.Public(sess.id))
+	user, err := m.grants.authorized(w, sess.id)
 	if err != nil {
 		m.log.Warn("intercept refused: not authorized", "name", spec.GetName(), "workload", w.ref.String(),
-			"session", sessionid.Public(sess.id), "err", err)
+			"session", sess.id, "err", err)
 		return nil, status.Errorf(codes.PermissionDenied, "intercept %s: %v", spec.GetName(), err)
 	}
 	// The grant is used: drop the annotation (a leftover one authorizes
@@ -76,13 +75,15 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	}
 
 	ic, created, err := m.registry.create(ctx, &intercept{
-		ID: newSessionID(), SessionID: sess.id, User: user.Username, Spec: spec, Workload: w.ref,
+		ID: newSessionID(), Owner: sess.id, User: user.Username, Spec: spec, Workload: w.ref,
 		Container: tgt.container, ServiceName: tgt.service, ServicePortName: tgt.portName,
 		ServicePort: tgt.port, ContainerPort: tgt.containerPort, Created: time.Now(),
 	})
 	var conflict *conflictError
 	if errors.As(err, &conflict) {
 		return nil, m.conflictStatus(spec, w.ref, tgt, conflict)
+	} else if errors.Is(err, errSessionEnded) {
+		return nil, status.Errorf(codes.Aborted, "register intercept: %v", err)
 	} else if err != nil {
 		return nil, status.Errorf(codes.Internal, "register intercept: %v", err)
 	}
@@ -94,7 +95,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	}
 	if created {
 		m.log.Info("intercept created", "intercept", ic.ID, "name", spec.GetName(), "workload", w.ref.String(),
-			"port", tgt.containerPort, "session", sessionid.Public(sess.id), "host", sess.client.GetHost(), "user", user.Username,
+			"port", tgt.containerPort, "session", sess.id, "host", sess.client.GetHost(), "user", user.Username,
 			"headers", spec.GetHeaders())
 	}
 
@@ -344,8 +345,8 @@ func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) error {
 		if _, ok := m.agentServing(ic.Workload, ic.ContainerPort); ok {
 			return nil
 		}
-		if _, ok := m.sessions.get(ic.SessionID); !ok {
-			return status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", sessionid.Public(ic.SessionID))
+		if _, ok := m.sessions.byPublic(ic.Owner); !ok {
+			return status.Errorf(codes.Aborted, "session %s ended while waiting for the agent", ic.Owner)
 		}
 		if _, ok := m.registry.get(ctx, ic.ID); !ok {
 			return status.Errorf(codes.Aborted, "intercept %s was removed while waiting for the agent", ic.Spec.GetName())
@@ -443,11 +444,11 @@ func (m *Manager) agentServing(ref workloadRef, containerPort int32) (session, b
 // server authenticated (ClientInfo.User is only what the client said).
 func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.InterceptInfo {
 	info := &managerv1.InterceptInfo{
-		Id: ic.ID, Spec: ic.Spec, SessionId: sessionid.Public(ic.SessionID), State: managerv1.InterceptState_INTERCEPT_STATE_WAITING,
+		Id: ic.ID, Spec: ic.Spec, SessionId: ic.Owner, State: managerv1.InterceptState_INTERCEPT_STATE_WAITING,
 		ServiceName: ic.ServiceName, ServicePortName: ic.ServicePortName, ServicePort: ic.ServicePort,
-		ContainerPort: ic.ContainerPort,
+		ContainerPort: ic.ContainerPort, OwnerConnected: m.dials.watched(ic.Owner),
 	}
-	if owner, ok := m.sessions.get(ic.SessionID); ok {
+	if owner, ok := m.sessions.byPublic(ic.Owner); ok {
 		info.Owner = proto.Clone(owner.client).(*managerv1.ClientInfo)
 		if ic.User != "" {
 			info.Owner.User = ic.User
@@ -492,7 +493,7 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 		return m.removeByForce(ctx, sess, req.GetName(), ns)
 	}
 	gone, err := m.registry.remove(ctx, func(ic *intercept) bool {
-		return ic.SessionID == sess.id && ic.Spec.GetName() == req.GetName() && ic.Spec.GetNamespace() == ns
+		return ic.Owner == sess.id && ic.Spec.GetName() == req.GetName() && ic.Spec.GetNamespace() == ns
 	})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "remove intercept: %v", err)
@@ -500,7 +501,7 @@ func (m *Manager) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInte
 	if len(gone) == 0 {
 		return nil, status.Errorf(codes.NotFound, "you have no intercept %s in namespace %s", req.GetName(), ns)
 	}
-	m.log.Info("intercept removed", "intercept", gone[0].ID, "name", req.GetName(), "namespace", ns, "session", sessionid.Public(sess.id))
+	m.log.Info("intercept removed", "intercept", gone[0].ID, "name", req.GetName(), "namespace", ns, "session", sess.id)
 	return &managerv1.RemoveInterceptResponse{}, nil
 }
 
@@ -525,7 +526,7 @@ func (m *Manager) removeByForce(ctx context.Context, sess session, name, ns stri
 		if err != nil {
 			return nil, kubeStatus(err)
 		}
-		user, err := m.grants.authorized(w, sessionid.Public(sess.id))
+		user, err := m.grants.authorized(w, sess.id)
 		if err != nil {
 			return nil, status.Errorf(codes.PermissionDenied, "end intercept %s by force: %v", name, err)
 		}
@@ -542,7 +543,7 @@ func (m *Manager) removeByForce(ctx context.Context, sess session, name, ns stri
 	}
 	for _, ic := range gone {
 		m.log.Info("intercept ended by force", "intercept", ic.ID, "name", name, "workload", ic.Workload.String(),
-			"owner", ic.User, "ownerSession", sessionid.Public(ic.SessionID), "by", users[ic.Workload], "session", sessionid.Public(sess.id))
+			"owner", ic.User, "ownerSession", ic.Owner, "by", users[ic.Workload], "session", sess.id)
 	}
 	return &managerv1.RemoveInterceptResponse{}, nil
 }

@@ -52,8 +52,13 @@ type Config struct {
 	ListenAddr string
 	// HealthAddr of the probes' HTTP listener; default ":8083".
 	HealthAddr string
-	// SessionTTL: a session not seen for this long ends.
+	// SessionTTL: a client session not seen for this long ends.
 	SessionTTL time.Duration
+	// AgentSessionTTL: an agent session not seen for this long ends;
+	// default DefaultAgentSessionTTL. Agents run next to the manager and
+	// are replaced, not put to sleep: a short TTL lets the manager forget a
+	// killed agent soon.
+	AgentSessionTTL time.Duration
 	// Version of this build.
 	Version string
 	// ResolvConf of the manager pod, to learn the cluster DNS; default /etc/resolv.conf.
@@ -97,6 +102,9 @@ type Config struct {
 	Log         *slog.Logger
 }
 
+// DefaultAgentSessionTTL is the default Config.AgentSessionTTL.
+const DefaultAgentSessionTTL = 15 * time.Second
+
 // DefaultWebhookCertDir is where the chart mounts the webhook's certificate.
 const DefaultWebhookCertDir = "/etc/tp/webhook"
 
@@ -108,8 +116,11 @@ type Manager struct {
 	kube     kubernetes.Interface
 	log      *slog.Logger
 	sessions *sessions
-	cluster  *managerv1.ClusterInfo
-	dialer   net.Dialer
+	// records keep the client sessions and their intercepts in the cluster
+	// (records.go); they are the registry's store.
+	records *sessionRecords
+	cluster *managerv1.ClusterInfo
+	dialer  net.Dialer
 	// policy decides what the tunnel dials (dialpolicy.go); nil until Run
 	// discovered the cluster, and then every dial is refused.
 	policy atomic.Pointer[dialPolicy]
@@ -137,6 +148,9 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	}
 	if cfg.SessionTTL <= 0 {
 		return nil, fmt.Errorf("manager: session TTL must be positive, got %s", cfg.SessionTTL)
+	}
+	if cfg.AgentSessionTTL <= 0 {
+		cfg.AgentSessionTTL = DefaultAgentSessionTTL
 	}
 	if cfg.ListenAddr == "" {
 		cfg.ListenAddr = fmt.Sprintf("127.0.0.1:%d", Port)
@@ -174,13 +188,15 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		cfg.NodeRefresh = DefaultNodeRefresh
 	}
 	c := newChanges()
+	records := newSessionRecords(kube, cfg.Namespace)
 	m := &Manager{
 		cfg: cfg, kube: kube, log: cfg.Log,
-		sessions: newSessions(cfg.SessionTTL, time.Now),
+		sessions: newSessions(cfg.SessionTTL, cfg.AgentSessionTTL, time.Now),
+		records:  records,
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		changes:  c,
 		grants:   newGrants(time.Now),
-		registry: newRegistry(newMemoryStore(), c),
+		registry: newRegistry(records, c),
 		rollouts: newRollouts(kube, cfg.Log.With("component", "rollouts")),
 		dials:    newDialQueues(),
 		pairings: newPairings(),
@@ -240,6 +256,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	policy.setNodes(addrs)
 	m.policy.Store(policy)
 	m.log.Info("dial policy", "allowCIDRs", m.cfg.AllowCIDRs, "refusedNodeAddresses", addrList(addrs))
+
+	if err := m.restoreSessions(ctx); err != nil {
+		return err
+	}
 
 	tunnels, err := tunnel.NewServer(m.dial, m.authorize, m.log.With("component", "tunnel"))
 	if err != nil {
@@ -319,7 +339,7 @@ func (m *Manager) Run(ctx context.Context) error {
 
 // reapSessions ends sessions whose daemons stopped sending heartbeats.
 func (m *Manager) reapSessions(ctx context.Context) {
-	tick := time.NewTicker(max(m.cfg.SessionTTL/4, 250*time.Millisecond))
+	tick := time.NewTicker(max(min(m.cfg.SessionTTL, m.cfg.AgentSessionTTL)/4, 250*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -344,18 +364,51 @@ func (m *Manager) expireSessions(ctx context.Context) {
 func (m *Manager) endSession(ctx context.Context, s session, why string) {
 	m.changes.notify()
 	if s.kind == agentSession {
-		m.log.Info("agent session "+why, "session", sessionid.Public(s.id), "workload", s.agent.GetWorkload(), "namespace", s.agent.GetNamespace(),
+		m.log.Info("agent session "+why, "session", s.id, "workload", s.agent.GetWorkload(), "namespace", s.agent.GetNamespace(),
 			"pod", s.agent.GetPodName(), "lastSeen", s.lastSeen)
 		return
 	}
-	m.log.Info("session "+why, "session", sessionid.Public(s.id), "connection", s.client.GetName(), "host", s.client.GetHost(), "lastSeen", s.lastSeen)
-	gone, err := m.registry.remove(ctx, func(ic *intercept) bool { return ic.SessionID == s.id })
+	m.log.Info("session "+why, "session", s.id, "connection", s.client.GetName(), "host", s.client.GetHost(), "lastSeen", s.lastSeen)
+	gone, err := m.registry.remove(ctx, func(ic *intercept) bool { return ic.Owner == s.id })
 	if err != nil {
-		m.log.Error("removing the intercepts of an ended session failed", "session", sessionid.Public(s.id), "err", err)
+		m.log.Error("removing the intercepts of an ended session failed", "session", s.id, "err", err)
 	}
 	for _, ic := range gone {
 		m.log.Info("intercept ended with its session", "intercept", ic.ID, "name", ic.Spec.GetName(), "workload", ic.Workload.String())
 	}
+	if err := m.records.removeSession(ctx, s.id); err != nil {
+		m.log.Error("removing the record of an ended session failed", "session", s.id, "err", err)
+	}
+}
+
+// restoreSessions takes up the client sessions and intercepts that the
+// records in the cluster hold (a previous manager pod's): every session
+// gets a full TTL from now for its client to resume it, and its intercepts
+// route again as soon as their agents arrive.
+func (m *Manager) restoreSessions(ctx context.Context) error {
+	restored, skipped, err := m.records.load(ctx)
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	for _, err := range skipped {
+		m.log.Error("session record ignored", "err", err)
+	}
+	ics, _ := m.records.List(ctx)
+	for _, s := range restored {
+		m.sessions.restore(s)
+		n := 0
+		for _, ic := range ics {
+			if ic.Owner == s.id {
+				n++
+			}
+		}
+		m.log.Info("session restored from its record", "session", s.id, "connection", s.client.GetName(), "host", s.client.GetHost(),
+			"arrived", s.arrived, "intercepts", n)
+	}
+	if len(restored) > 0 {
+		m.changes.notify()
+	}
+	return nil
 }
 
 func (m *Manager) authorize(_ context.Context, sessionID string) error {
@@ -389,19 +442,62 @@ func (m *Manager) Version(context.Context, *managerv1.VersionRequest) (*managerv
 }
 
 // ArriveAsClient implements managerv1.ManagerServer.
-func (m *Manager) ArriveAsClient(_ context.Context, c *managerv1.ClientInfo) (*managerv1.SessionInfo, error) {
+func (m *Manager) ArriveAsClient(ctx context.Context, c *managerv1.ClientInfo) (*managerv1.SessionInfo, error) {
 	if c.GetProtocolVersion() != tunnel.ProtocolVersion {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"client speaks protocol %d, traffic-manager %s speaks %d: use a tp client of the manager's version or run `tp helm upgrade`",
 			c.GetProtocolVersion(), m.cfg.Version, tunnel.ProtocolVersion)
 	}
-	s := m.sessions.add(c)
-	m.log.Info("session arrived", "session", sessionid.Public(s.id), "connection", c.GetName(), "namespace", c.GetNamespace(),
+	s, secret := m.sessions.add(c)
+	if err := m.records.addSession(ctx, s); err != nil {
+		m.sessions.remove(secret)
+		m.log.Error("session refused: cannot record it", "session", s.id, "err", err)
+		return nil, status.Errorf(codes.Unavailable, "the traffic-manager cannot record the session: %v", err)
+	}
+	m.log.Info("session arrived", "session", s.id, "connection", c.GetName(), "namespace", c.GetNamespace(),
 		"host", c.GetHost(), "user", c.GetUser(), "version", c.GetVersion())
+	return m.sessionInfo(secret), nil
+}
+
+func (m *Manager) sessionInfo(secret string) *managerv1.SessionInfo {
 	return &managerv1.SessionInfo{
-		SessionId: s.id, Cluster: m.cluster,
+		SessionId: secret, Cluster: m.cluster,
 		Ttl: durationpb.New(m.cfg.SessionTTL), ManagerVersion: m.cfg.Version,
-	}, nil
+	}
+}
+
+// ResumeSession implements managerv1.ManagerServer: a client that holds a
+// session's secret id takes it up again after a reconnect, with its
+// intercepts. The session keeps what it arrived with (ClientInfo, arrival).
+func (m *Manager) ResumeSession(ctx context.Context, req *managerv1.ResumeSessionRequest) (*managerv1.SessionInfo, error) {
+	c := req.GetClient()
+	if c.GetProtocolVersion() != tunnel.ProtocolVersion {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"client speaks protocol %d, traffic-manager %s speaks %d: use a tp client of the manager's version or run `tp helm upgrade`",
+			c.GetProtocolVersion(), m.cfg.Version, tunnel.ProtocolVersion)
+	}
+	// The record as it is now: the previous pod may have changed it after
+	// this one started (a rolling update).
+	public := sessionid.Public(req.GetSessionId())
+	if rec, ok, err := m.records.reload(ctx, public); err != nil {
+		m.log.Warn("resume: reading the session record failed; resuming from memory", "session", public, "err", err)
+	} else if ok && sessionid.Verify(req.GetSessionId(), rec.verifier) {
+		if _, known := m.sessions.byPublic(public); !known {
+			m.sessions.restore(rec)
+			m.log.Info("session restored from its record", "session", public, "connection", rec.client.GetName(), "host", rec.client.GetHost())
+		}
+		m.changes.notify()
+	}
+	s, err := m.clientSession(req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
+	if err := m.sessions.touch(req.GetSessionId()); err != nil {
+		return nil, status.Error(codes.NotFound, err.Error())
+	}
+	m.changes.notify()
+	m.log.Info("session resumed", "session", s.id, "connection", s.client.GetName(), "host", c.GetHost(), "lastSeen", s.lastSeen)
+	return m.sessionInfo(req.GetSessionId()), nil
 }
 
 // Remain implements managerv1.ManagerServer.
@@ -432,7 +528,7 @@ func (m *Manager) ListSessions(context.Context, *managerv1.ListSessionsRequest) 
 	resp := &managerv1.ListSessionsResponse{}
 	for _, s := range m.sessions.list(clientSession) {
 		resp.Sessions = append(resp.Sessions, &managerv1.Session{
-			SessionId: sessionid.Public(s.id), Client: s.client,
+			SessionId: s.id, Client: s.client,
 			Arrived: timestamppb.New(s.arrived), LastSeen: timestamppb.New(s.lastSeen),
 		})
 	}

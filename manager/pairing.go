@@ -53,6 +53,13 @@ func (d *dialQueues) subscribe(sessionID string) (<-chan *managerv1.DialRequest,
 	}
 }
 
+// watched reports whether a WatchDials stream of the session (public id) is open.
+func (d *dialQueues) watched(sessionID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queues[sessionID] != nil
+}
+
 // send queues req for the session; false when nobody watches or the queue is full.
 func (d *dialQueues) send(sessionID string, req *managerv1.DialRequest) bool {
 	d.mu.Lock()
@@ -72,16 +79,21 @@ func (d *dialQueues) send(sessionID string, req *managerv1.DialRequest) bool {
 // WatchDials implements managerv1.ManagerServer: it streams to a client the
 // intercepted connections it must accept, until its session ends.
 func (m *Manager) WatchDials(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.DialRequest]) error {
-	if _, err := m.clientSession(ref.GetSessionId()); err != nil {
+	s, err := m.clientSession(ref.GetSessionId())
+	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	reqs, unsubscribe := m.dials.subscribe(ref.GetSessionId())
-	defer unsubscribe()
+	reqs, unsubscribe := m.dials.subscribe(s.id)
+	m.changes.notify() // the agents' snapshots say the owner is connected
+	defer func() {
+		unsubscribe()
+		m.changes.notify()
+	}()
 	for {
 		changed := m.changes.wait()
 		if _, ok := m.sessions.get(ref.GetSessionId()); !ok {
-			return status.Errorf(codes.NotFound, "session %q ended", ref.GetSessionId())
+			return status.Errorf(codes.NotFound, "session %s ended", s.id)
 		}
 		select {
 		case <-ctx.Done():
@@ -152,7 +164,7 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 		return refused("intercept %s is not of the agent's workload", interceptID)
 	}
 
-	p := &pairing{owner: ic.SessionID, client: make(chan clientHalf, 1)}
+	p := &pairing{owner: ic.Owner, client: make(chan clientHalf, 1)}
 	m.pairings.mu.Lock()
 	if _, dup := m.pairings.waiting[pairingID]; dup {
 		m.pairings.mu.Unlock()
@@ -166,7 +178,7 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 		m.pairings.mu.Unlock()
 	}
 
-	if !m.dials.send(ic.SessionID, &managerv1.DialRequest{
+	if !m.dials.send(ic.Owner, &managerv1.DialRequest{
 		PairingId: pairingID, InterceptId: ic.ID, LocalPort: ic.Spec.GetLocalPort(),
 	}) {
 		unregister()

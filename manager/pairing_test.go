@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -69,7 +70,7 @@ func newPairSetup(t *testing.T, watch bool) *pairSetup {
 	eventually(t, "WatchDials subscribed", func() bool {
 		h.m.dials.mu.Lock()
 		defer h.m.dials.mu.Unlock()
-		return h.m.dials.queues[s.alice] != nil
+		return h.m.dials.queues[sessionid.Public(s.alice)] != nil
 	})
 	return s
 }

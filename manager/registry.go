@@ -14,7 +14,9 @@ import (
 
 // workloadRef names a workload: Kind is Deployment, StatefulSet or ReplicaSet.
 type workloadRef struct {
-	Namespace, Kind, Name string
+	Namespace string `json:"namespace"`
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
 }
 
 func (w workloadRef) String() string {
@@ -25,8 +27,8 @@ func (w workloadRef) String() string {
 // resolved it to.
 type intercept struct {
 	ID string
-	// SessionID is the owner's secret session id.
-	SessionID string
+	// Owner is the public id of the owner's session.
+	Owner string
 	// User is who the API server authenticated when the owner asked for
 	// the intercept (the admission request's userInfo), never the client's word.
 	User string
@@ -75,37 +77,12 @@ func foldHeaders(h map[string]string) map[string]string {
 }
 
 // interceptStore keeps the registered intercepts. The registry serializes
-// calls. memoryStore keeps them in the manager's memory, so a restarted
-// manager forgets them (and its sessions: clients arrive and intercept
-// anew); a store in the cluster can replace it without changing the registry.
+// calls. sessionRecords (records.go) keeps them in the cluster, with their
+// sessions, so that a restarted manager takes them up.
 type interceptStore interface {
 	Put(ctx context.Context, ic *intercept) error
 	Delete(ctx context.Context, id string) error
 	List(ctx context.Context) ([]*intercept, error)
-}
-
-type memoryStore struct {
-	byID map[string]*intercept
-}
-
-func newMemoryStore() *memoryStore { return &memoryStore{byID: map[string]*intercept{}} }
-
-func (s *memoryStore) Put(_ context.Context, ic *intercept) error {
-	s.byID[ic.ID] = ic
-	return nil
-}
-
-func (s *memoryStore) Delete(_ context.Context, id string) error {
-	delete(s.byID, id)
-	return nil
-}
-
-func (s *memoryStore) List(context.Context) ([]*intercept, error) {
-	out := make([]*intercept, 0, len(s.byID))
-	for _, ic := range s.byID {
-		out = append(out, ic)
-	}
-	return out, nil
 }
 
 // registry is the set of intercepts with the ownership rules applied. It
@@ -144,7 +121,7 @@ func (r *registry) create(ctx context.Context, ic *intercept) (got *intercept, c
 	}
 	sortIntercepts(all)
 	for _, o := range all {
-		if o.SessionID == ic.SessionID && o.Spec.GetName() == ic.Spec.GetName() && o.Spec.GetNamespace() == ic.Spec.GetNamespace() {
+		if o.Owner == ic.Owner && o.Spec.GetName() == ic.Spec.GetName() && o.Spec.GetNamespace() == ic.Spec.GetNamespace() {
 			if o.sameRouting(ic) {
 				return o, false, nil
 			}

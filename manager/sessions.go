@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -31,10 +32,14 @@ func (k sessionKind) String() string {
 // session is one workstation daemon's (client) or traffic-agent's presence
 // in the cluster. Both keep it alive with Remain.
 type session struct {
-	id     string
-	kind   sessionKind
-	client *managerv1.ClientInfo // clientSession only
-	agent  *managerv1.AgentInfo  // agentSession only
+	// id is the public id (sessionid.Public of the secret); the manager
+	// keeps only verifier of the secret, which it handed to the session's
+	// client once (sessions.add returns it).
+	id       string
+	verifier string
+	kind     sessionKind
+	client   *managerv1.ClientInfo // clientSession only
+	agent    *managerv1.AgentInfo  // agentSession only
 	// agentPod is the verified pod of an agent session: only its agent
 	// may use the session.
 	agentPod types.UID
@@ -42,18 +47,20 @@ type session struct {
 	lastSeen time.Time
 }
 
-// sessions is the registry of live sessions. A session that is not seen
-// within ttl is expired by the manager's reaper loop.
+// sessions is the registry of live sessions, by public id. Callers name a
+// session by its secret id, which get, touch and remove check against the
+// session's verifier. A session that is not seen within ttl is expired by
+// the manager's reaper loop.
 type sessions struct {
-	ttl time.Duration
-	now func() time.Time
+	ttl, agentTTL time.Duration
+	now           func() time.Time
 
 	mu   sync.Mutex
 	byID map[string]*session
 }
 
-func newSessions(ttl time.Duration, now func() time.Time) *sessions {
-	return &sessions{ttl: ttl, now: now, byID: map[string]*session{}}
+func newSessions(ttl, agentTTL time.Duration, now func() time.Time) *sessions {
+	return &sessions{ttl: ttl, agentTTL: agentTTL, now: now, byID: map[string]*session{}}
 }
 
 func newSessionID() string {
@@ -62,40 +69,74 @@ func newSessionID() string {
 	return hex.EncodeToString(b)
 }
 
-func (s *sessions) add(client *managerv1.ClientInfo) *session {
+// add opens a client session and returns it with its secret id.
+func (s *sessions) add(client *managerv1.ClientInfo) (session, string) {
 	return s.insert(&session{kind: clientSession, client: client})
 }
 
-func (s *sessions) addAgent(agent *managerv1.AgentInfo, pod types.UID) *session {
+// addAgent opens an agent session and returns it with its secret id.
+func (s *sessions) addAgent(agent *managerv1.AgentInfo, pod types.UID) (session, string) {
 	return s.insert(&session{kind: agentSession, agent: agent, agentPod: pod})
 }
 
-func (s *sessions) insert(sess *session) *session {
+func (s *sessions) insert(sess *session) (session, string) {
+	secret := newSessionID()
 	now := s.now()
-	sess.id, sess.arrived, sess.lastSeen = newSessionID(), now, now
+	sess.id, sess.verifier, sess.arrived, sess.lastSeen = sessionid.Public(secret), sessionid.Verifier(secret), now, now
 	s.mu.Lock()
 	s.byID[sess.id] = sess
 	s.mu.Unlock()
-	return sess
+	return *sess, secret
+}
+
+// restore takes up a client session a previous manager kept (records.go):
+// it counts as seen now, so that its client has a full TTL to resume it.
+func (s *sessions) restore(sess session) {
+	sess.kind = clientSession
+	sess.lastSeen = s.now()
+	s.mu.Lock()
+	s.byID[sess.id] = &sess
+	s.mu.Unlock()
+}
+
+// lookup returns the session whose secret id is secret; s.mu is held.
+func (s *sessions) lookup(secret string) (*session, bool) {
+	sess, ok := s.byID[sessionid.Public(secret)]
+	if !ok || !sessionid.Verify(secret, sess.verifier) {
+		return nil, false
+	}
+	return sess, true
 }
 
 // errUnknownSession says the session expired, departed or never existed (a
 // restarted manager knows none of the old ones).
 var errUnknownSession = fmt.Errorf("unknown session")
 
-// touch marks a session as seen now.
-func (s *sessions) touch(id string) error {
+// touch marks the session whose secret id is secret as seen now.
+func (s *sessions) touch(secret string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, ok := s.byID[id]
+	sess, ok := s.lookup(secret)
 	if !ok {
-		return fmt.Errorf("session %q: %w", id, errUnknownSession)
+		return fmt.Errorf("session %s: %w", sessionid.Public(secret), errUnknownSession)
 	}
 	sess.lastSeen = s.now()
 	return nil
 }
 
-func (s *sessions) get(id string) (session, bool) {
+// get returns the session whose secret id is secret.
+func (s *sessions) get(secret string) (session, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.lookup(secret)
+	if !ok {
+		return session{}, false
+	}
+	return *sess, true
+}
+
+// byPublic returns the session whose public id is id.
+func (s *sessions) byPublic(id string) (session, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess, ok := s.byID[id]
@@ -105,25 +146,27 @@ func (s *sessions) get(id string) (session, bool) {
 	return *sess, true
 }
 
-func (s *sessions) remove(id string) (session, bool) {
+// remove ends the session whose secret id is secret.
+func (s *sessions) remove(secret string) (session, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sess, ok := s.byID[id]
+	sess, ok := s.lookup(secret)
 	if ok {
-		delete(s.byID, id)
+		delete(s.byID, sess.id)
 		return *sess, true
 	}
 	return session{}, false
 }
 
-// expire removes and returns the sessions not seen within the TTL.
+// expire removes and returns the sessions not seen within their kind's TTL.
 func (s *sessions) expire() []session {
-	deadline := s.now().Add(-s.ttl)
+	now := s.now()
+	deadline := map[sessionKind]time.Time{clientSession: now.Add(-s.ttl), agentSession: now.Add(-s.agentTTL)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gone []session
 	for id, sess := range s.byID {
-		if sess.lastSeen.Before(deadline) {
+		if sess.lastSeen.Before(deadline[sess.kind]) {
 			delete(s.byID, id)
 			gone = append(gone, *sess)
 		}

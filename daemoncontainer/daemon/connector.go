@@ -64,7 +64,11 @@ type connector struct {
 	session        *managerv1.SessionInfo
 	connectedSince time.Time
 	reconnects     int32
-	client         managerv1.ManagerClient
+	// resumes counts the reconnects that resumed the session; lastResumed
+	// is when the last one did.
+	resumes     int32
+	lastResumed time.Time
+	client      managerv1.ManagerClient
 }
 
 func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
@@ -158,15 +162,13 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	sess, err := client.ArriveAsClient(rpcCtx, &managerv1.ClientInfo{
+	info := &managerv1.ClientInfo{
 		Name: c.cfg.Connection, Namespace: c.cfg.Namespace, Host: host, User: os.Getenv("TP_USER"),
 		Version: c.cfg.Version, ProtocolVersion: tunnel.ProtocolVersion,
-	})
+	}
+	sess, resumed, err := c.takeSession(rpcCtx, client, info)
 	if err != nil {
-		if status.Code(err) == codes.FailedPrecondition {
-			return false, permanent(errors.New(status.Convert(err).Message()))
-		}
-		return false, fmt.Errorf("arrive at traffic-manager: %w", err)
+		return false, err
 	}
 	log := c.log.With("session", sessionid.Public(sess.GetSessionId()), "managerPod", pod)
 	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))
@@ -175,12 +177,16 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	if c.session != nil {
 		c.reconnects++
 	}
+	if resumed {
+		c.resumes++
+		c.lastResumed = time.Now()
+	}
 	c.session, c.client = sess, client
 	c.state = daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED
 	c.lastErr = ""
 	c.connectedSince = time.Now()
 	c.mu.Unlock()
-	log.Info("connected to traffic-manager", "managerVersion", sess.GetManagerVersion(),
+	log.Info("connected to traffic-manager", "resumed", resumed, "managerVersion", sess.GetManagerVersion(),
 		"podCIDRs", sess.GetCluster().GetPodCidrs(), "serviceCIDRs", sess.GetCluster().GetServiceCidrs())
 	select {
 	case c.sessions <- sess:
@@ -205,6 +211,37 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		return nil
 	})
 	return true, g.Wait()
+}
+
+// takeSession resumes the session of the previous connection, if there was
+// one, so that its intercepts stay; it arrives anew when there was none or
+// the manager no longer has it (expired or removed: its intercepts ended).
+func (c *connector) takeSession(ctx context.Context, client managerv1.ManagerClient, info *managerv1.ClientInfo) (sess *managerv1.SessionInfo, resumed bool, err error) {
+	c.mu.Lock()
+	prev := c.session
+	c.mu.Unlock()
+	if prev != nil {
+		sess, err := client.ResumeSession(ctx, &managerv1.ResumeSessionRequest{SessionId: prev.GetSessionId(), Client: info})
+		switch status.Code(err) {
+		case codes.OK:
+			return sess, true, nil
+		case codes.NotFound:
+			c.log.Warn("the traffic-manager no longer has the session (it expired or was removed); its intercepts ended; arriving anew",
+				"session", sessionid.Public(prev.GetSessionId()), "error", status.Convert(err).Message())
+		case codes.FailedPrecondition:
+			return nil, false, permanent(errors.New(status.Convert(err).Message()))
+		default:
+			return nil, false, fmt.Errorf("resume the session at the traffic-manager: %w", err)
+		}
+	}
+	sess, err = client.ArriveAsClient(ctx, info)
+	if err != nil {
+		if status.Code(err) == codes.FailedPrecondition {
+			return nil, false, permanent(errors.New(status.Convert(err).Message()))
+		}
+		return nil, false, fmt.Errorf("arrive at traffic-manager: %w", err)
+	}
+	return sess, false, nil
 }
 
 // heartbeat keeps the session alive until it fails or ctx ends.
@@ -321,6 +358,10 @@ func (c *connector) status(s *daemonv1.StatusResponse) {
 	s.State = c.state
 	s.LastError = c.lastErr
 	s.Reconnects = c.reconnects
+	s.Resumes = c.resumes
+	if !c.lastResumed.IsZero() {
+		s.LastResumed = timestamppb.New(c.lastResumed)
+	}
 	if c.session != nil {
 		s.SessionId = sessionid.Public(c.session.GetSessionId()) // the secret stays in the daemon
 		s.ManagerVersion = c.session.GetManagerVersion()

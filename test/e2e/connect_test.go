@@ -66,6 +66,8 @@ type statusOut struct {
 	SessionID      string   `json:"sessionID"`
 	ManagerVersion string   `json:"managerVersion"`
 	Reconnects     int      `json:"reconnects"`
+	Resumes        int      `json:"resumes"`
+	LastResumed    string   `json:"lastResumed"`
 	RoutedSubnets  []string `json:"routedSubnets"`
 	DNS            *struct {
 		UpstreamForwards uint64 `json:"upstreamForwards"`

@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
 // The traffic-manager Deployment the e2e setup installs.
@@ -213,6 +215,47 @@ func interceptContainers(t *testing.T, conn connection, intercept string) []stri
 	return ids
 }
 
+// dockerRun is a running `tp intercept --docker-run`.
+type dockerRun struct {
+	out *syncBuffer
+	// exited is closed when the command exited, with err.
+	exited chan struct{}
+	err    error
+}
+
+// dockerRunIntercept starts `tp intercept echo --docker-run` of the echo
+// image (ECHO_COPY=local) on conn. It is interrupted, and its containers
+// removed, when the test ends.
+func dockerRunIntercept(t *testing.T, conn connection) *dockerRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", "-e", "ECHO_COPY=local", echoImage, "serve")
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	run := &dockerRun{out: &syncBuffer{}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = run.out, run.out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	go func() {
+		run.err = cmd.Wait()
+		close(run.exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-run.exited:
+		case <-time.After(30 * time.Second):
+			t.Logf("tp intercept --docker-run still runs 30 s after the interrupt")
+		}
+		for _, id := range interceptContainers(t, conn, "echo") {
+			_, _ = docker("rm", "-f", id)
+		}
+	})
+	return run
+}
+
 // TestInterceptEndedElsewhere: `tp leave` from another shell ends a running
 // `tp intercept --docker-run`: it stops and removes its container, says why
 // and exits non-zero.
@@ -223,24 +266,8 @@ func TestInterceptEndedElsewhere(t *testing.T) {
 	c.waitDeployment(t, ns, "echo", 2*time.Minute)
 	conn := connect(t, "ended-"+rand.String(4), "-n", ns)
 
-	bin := tpBin(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	run := exec.CommandContext(ctx, bin, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
-		"--docker-run", "--", "-e", "ECHO_COPY=local", echoImage, "serve")
-	run.Cancel = func() error { return run.Process.Signal(os.Interrupt) }
-	var out syncBuffer
-	run.Stdout, run.Stderr = &out, &out
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- run.Wait() }()
-	t.Cleanup(func() {
-		for _, id := range interceptContainers(t, conn, "echo") {
-			_, _ = docker("rm", "-f", id)
-		}
-	})
+	run := dockerRunIntercept(t, conn)
+	out := run.out
 
 	c.waitCopy(t, ns, "http://echo."+ns+"/before-leave", "local", 90*time.Second)
 	containers := interceptContainers(t, conn, "echo")
@@ -249,15 +276,14 @@ func TestInterceptEndedElsewhere(t *testing.T) {
 	}
 
 	tpOK(t, "leave", "echo", "--name", conn.name)
-	var err error
 	select {
-	case err = <-done:
+	case <-run.exited:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("tp intercept --docker-run still runs 20 s after `tp leave` elsewhere:\n%s", out.String())
 	}
 	var exitErr *exec.ExitError
-	if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
-		t.Errorf("tp intercept --docker-run after `tp leave` elsewhere: %v, want a non-zero exit\n%s", err, out.String())
+	if !errors.As(run.err, &exitErr) || exitErr.ExitCode() == 0 {
+		t.Errorf("tp intercept --docker-run after `tp leave` elsewhere: %v, want a non-zero exit\n%s", run.err, out.String())
 	}
 	want := "intercept echo was ended elsewhere (tp leave, the session TTL or an administrator); the container was stopped"
 	if !strings.Contains(out.String(), want) {
@@ -267,4 +293,93 @@ func TestInterceptEndedElsewhere(t *testing.T) {
 		t.Errorf("containers of the intercept after it ended: %v, want none", left)
 	}
 	c.waitCopy(t, ns, "http://echo."+ns+"/after-leave", "cluster", 30*time.Second)
+}
+
+// TestInterceptSurvivesManagerRestart: the traffic-manager pod is deleted
+// under a running `tp intercept --docker-run`. The new pod takes up the
+// session and the intercept from their record in the cluster, the daemon
+// resumes the session (not a new one), in-cluster requests reach the local
+// container again, and the container ran on throughout.
+func TestInterceptSurvivesManagerRestart(t *testing.T) {
+	c := newCluster(t)
+	ns := c.echoNamespace(t, "survive")
+	conn := connect(t, "survive-"+rand.String(4), "-n", ns)
+	run := dockerRunIntercept(t, conn)
+	c.waitCopy(t, ns, "http://echo."+ns+"/before-restart", "local", 90*time.Second)
+	containers := interceptContainers(t, conn, "echo")
+	if len(containers) != 1 {
+		t.Fatalf("containers of the intercept: %v, want one\n%s", containers, run.out.String())
+	}
+	before := conn.status(t)
+
+	ctx := context.Background()
+	pods, err := c.client.CoreV1().Pods(managerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + managerDeployment})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("traffic-manager pods: %v, %v; want one", pods, err)
+	}
+	old := pods.Items[0]
+	if err := c.client.CoreV1().Pods(managerNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete the traffic-manager pod: %v", err)
+	}
+	deleted := time.Now()
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := c.client.CoreV1().Pods(managerNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + managerDeployment})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range pods.Items {
+			if p.UID != old.UID && p.DeletionTimestamp == nil && podIsReady(&p) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no new ready traffic-manager pod 3 min after deleting %s: %v", old.Name, err)
+	}
+
+	c.waitCopy(t, ns, "http://echo."+ns+"/after-restart", "local", 2*time.Minute)
+	t.Logf("in-cluster requests reach the local container again %s after the manager pod was deleted", time.Since(deleted).Round(time.Second))
+
+	resp, err := c.managerClient(t).ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: ns})
+	if err != nil {
+		t.Fatalf("ListWorkloads: %v", err)
+	}
+	var owners []string
+	for _, w := range resp.GetWorkloads() {
+		for _, ic := range w.GetIntercepts() {
+			if ic.GetSpec().GetName() == "echo" {
+				owners = append(owners, ic.GetSessionId())
+			}
+		}
+	}
+	if len(owners) != 1 || owners[0] != before.SessionID {
+		t.Errorf("intercepts named echo after the restart, by owner session: %v; want one of session %s", owners, before.SessionID)
+	}
+
+	var after statusOut
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		after = conn.status(t)
+		return after.State == "connected", nil
+	})
+	if err != nil {
+		t.Fatalf("tp status after the restart: %+v, want connected", after)
+	}
+	if after.SessionID != before.SessionID || after.Resumes < before.Resumes+1 || after.LastResumed == "" {
+		t.Errorf("tp status after the restart: session %s, resumes %d (last %q); want session %s resumed (resumes > %d)",
+			after.SessionID, after.Resumes, after.LastResumed, before.SessionID, before.Resumes)
+	}
+
+	select {
+	case <-run.exited:
+		t.Fatalf("tp intercept --docker-run exited across the manager restart: %v\n%s", run.err, run.out.String())
+	default:
+	}
+	if now := interceptContainers(t, conn, "echo"); len(now) != 1 || now[0] != containers[0] {
+		t.Errorf("containers of the intercept after the restart: %v, want the same one %v", now, containers)
+	}
+	if out := run.out.String(); strings.Contains(out, "Lost the connection") && !strings.Contains(out, "Connection to the traffic-manager resumed") {
+		t.Errorf("tp intercept --docker-run said the connection was lost but not that it resumed:\n%s", out)
+	}
+	t.Logf("tp intercept --docker-run output:\n%s", run.out.String())
 }

@@ -155,6 +155,8 @@ type statusJSON struct {
 	SessionID        string   `json:"sessionID,omitempty"`
 	ConnectedSince   string   `json:"connectedSince,omitempty"`
 	Reconnects       int32    `json:"reconnects"`
+	Resumes          int32    `json:"resumes"`
+	LastResumed      string   `json:"lastResumed,omitempty"`
 	RoutedSubnets    []string `json:"routedSubnets,omitempty"`
 	Conflicts        []string `json:"subnetConflicts,omitempty"`
 	DNS              *dnsJSON `json:"dns,omitempty"`
@@ -182,11 +184,14 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		LastError: st.GetLastError(), Context: st.GetContext(), Namespace: st.GetNamespace(),
 		ManagerNamespace: st.GetManagerNamespace(), APIServer: st.GetApiServer(),
 		DaemonVersion: st.GetVersion(), ManagerVersion: st.GetManagerVersion(), SessionID: st.GetSessionId(),
-		Reconnects: st.GetReconnects(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
+		Reconnects: st.GetReconnects(), Resumes: st.GetResumes(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
 		Flows: st.GetFlows(),
 	}
 	if st.GetConnectedSince() != nil {
 		v.ConnectedSince = st.GetConnectedSince().AsTime().Format(time.RFC3339)
+	}
+	if st.GetLastResumed() != nil {
+		v.LastResumed = st.GetLastResumed().AsTime().Format(time.RFC3339)
 	}
 	for _, c := range st.GetConflicts() {
 		v.Conflicts = append(v.Conflicts, fmt.Sprintf("%s overlaps %s (%s)", c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
@@ -229,6 +234,9 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				fmt.Fprintf(w, "Daemon version:    %s\n", v.DaemonVersion)
 				if v.ConnectedSince != "" {
 					fmt.Fprintf(w, "Connected since:   %s (reconnects: %d)\n", v.ConnectedSince, v.Reconnects)
+				}
+				if v.LastResumed != "" {
+					fmt.Fprintf(w, "Session resumed:   %s (%d of the reconnects kept the session and its intercepts)\n", v.LastResumed, v.Resumes)
 				}
 				fmt.Fprintf(w, "Routed subnets:    %s\n", strings.Join(v.RoutedSubnets, ", "))
 				for _, c := range v.Conflicts {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
@@ -176,7 +177,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		if errors.Is(watchIntercept(wctx, d, info, interceptPollInterval), errInterceptEnded) {
+		if errors.Is(watchIntercept(wctx, d, info, interceptPollInterval, streams.ErrOut), errInterceptEnded) {
 			close(ended)
 		}
 	}()
@@ -230,10 +231,12 @@ type workloadLister interface {
 // watchIntercept polls the daemon every interval until the intercept info
 // (by id) is no longer among its namespace's intercepts, and then returns
 // errInterceptEnded; it returns nil when ctx ends. Failed polls (the daemon
-// is reconnecting, the manager restarts) are not an answer: it polls on.
-func watchIntercept(ctx context.Context, d workloadLister, info *managerv1.InterceptInfo, interval time.Duration) error {
+// is reconnecting, the manager restarts) are not an answer: it polls on, and
+// says on progress when the connection was lost and when it came back.
+func watchIntercept(ctx context.Context, d workloadLister, info *managerv1.InterceptInfo, interval time.Duration, progress io.Writer) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	lost := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -244,10 +247,19 @@ func watchIntercept(ctx context.Context, d workloadLister, info *managerv1.Inter
 		resp, err := d.ListWorkloads(lctx, &managerv1.ListWorkloadsRequest{Namespace: info.GetSpec().GetNamespace()})
 		cancel()
 		if err != nil {
+			if !lost && ctx.Err() == nil {
+				lost = true
+				fmt.Fprintf(progress, "Lost the connection to the traffic-manager (%s); intercept %s and the container stay while tp reconnects (see `tp status`)\n",
+					status.Convert(err).Message(), info.GetSpec().GetName())
+			}
 			continue
 		}
 		if !hasIntercept(resp, info.GetId()) {
 			return errInterceptEnded
+		}
+		if lost {
+			lost = false
+			fmt.Fprintf(progress, "Connection to the traffic-manager resumed; intercept %s is still in place\n", info.GetSpec().GetName())
 		}
 	}
 }

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"errors"
+	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +64,7 @@ func TestWatchInterceptEnded(t *testing.T) {
 			f := &fakeLister{answers: tt.answers}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if err := watchIntercept(ctx, f, info, time.Millisecond); !errors.Is(err, errInterceptEnded) {
+			if err := watchIntercept(ctx, f, info, time.Millisecond, io.Discard); !errors.Is(err, errInterceptEnded) {
 				t.Fatalf("watchIntercept: %v, want errInterceptEnded", err)
 			}
 			if f.calls != tt.wantCalls {
@@ -82,7 +84,7 @@ func TestWatchInterceptStopsWithContext(t *testing.T) {
 	f := &fakeLister{answers: []listAnswer{{resp: workloadsWith("ic-1")}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- watchIntercept(ctx, f, info, time.Millisecond) }()
+	go func() { done <- watchIntercept(ctx, f, info, time.Millisecond, io.Discard) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		f.mu.Lock()
@@ -134,6 +136,31 @@ func TestFlagValue(t *testing.T) {
 	for _, tt := range tests {
 		if got := flagValue(tt.args, "--name"); got != tt.want {
 			t.Errorf("flagValue(%q) = %q, want %q", tt.args, got, tt.want)
+		}
+	}
+}
+
+func TestWatchInterceptSaysLostAndResumed(t *testing.T) {
+	info := &managerv1.InterceptInfo{Id: "ic-1", Spec: &managerv1.InterceptSpec{Name: "echo", Namespace: "shop"}}
+	unavailable := status.Error(codes.Unavailable, "not connected to the traffic-manager")
+	f := &fakeLister{answers: []listAnswer{
+		{resp: workloadsWith("ic-1")}, {err: unavailable}, {err: unavailable}, {resp: workloadsWith("ic-1")},
+		{err: unavailable}, {resp: workloadsWith("ic-1")}, {resp: workloadsWith()},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out strings.Builder
+	if err := watchIntercept(ctx, f, info, time.Millisecond, &out); !errors.Is(err, errInterceptEnded) {
+		t.Fatalf("watchIntercept: %v, want errInterceptEnded", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := []string{"Lost the connection", "Connection to the traffic-manager resumed", "Lost the connection", "Connection to the traffic-manager resumed"}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d lines %q, want %d", len(lines), lines, len(want))
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("line %d: got %q, want it to start with %q", i, lines[i], w)
 		}
 	}
 }

@@ -99,7 +99,7 @@ func newManagerCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ttl, err := time.ParseDuration(envOr("TP_SESSION_TTL", "15s"))
+			ttl, err := time.ParseDuration(envOr("TP_SESSION_TTL", "10m"))
 			if err != nil {
 				return fmt.Errorf("TP_SESSION_TTL: %w", err)
 			}

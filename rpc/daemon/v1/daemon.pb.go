@@ -308,8 +308,13 @@ type StatusResponse struct {
 	Reconnects       int32                  `protobuf:"varint,15,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
 	ApiServer        string                 `protobuf:"bytes,16,opt,name=api_server,json=apiServer,proto3" json:"api_server,omitempty"`
 	Flows            *FlowStats             `protobuf:"bytes,17,opt,name=flows,proto3" json:"flows,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// last_resumed is when the daemon last took up its session again after a
+	// reconnect (unset when it never had to); resumes counts those. A
+	// reconnect that had to arrive anew counts in reconnects only.
+	LastResumed   *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=last_resumed,json=lastResumed,proto3" json:"last_resumed,omitempty"`
+	Resumes       int32                  `protobuf:"varint,19,opt,name=resumes,proto3" json:"resumes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -459,6 +464,20 @@ func (x *StatusResponse) GetFlows() *FlowStats {
 		return x.Flows
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetLastResumed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastResumed
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetResumes() int32 {
+	if x != nil {
+		return x.Resumes
+	}
+	return 0
 }
 
 // FlowStats are the netstack's counters since the daemon started.
@@ -678,7 +697,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\x12)\n" +
 	"\x10cluster_forwards\x18\a \x01(\x04R\x0fclusterForwards\x12+\n" +
 	"\x11upstream_forwards\x18\b \x01(\x04R\x10upstreamForwards\x12\x1a\n" +
-	"\bfailures\x18\t \x01(\x04R\bfailures\"\x9f\x05\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\"\xf8\x05\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -703,7 +722,9 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"reconnects\x12\x1d\n" +
 	"\n" +
 	"api_server\x18\x10 \x01(\tR\tapiServer\x12-\n" +
-	"\x05flows\x18\x11 \x01(\v2\x17.tp.daemon.v1.FlowStatsR\x05flows\"\x87\x03\n" +
+	"\x05flows\x18\x11 \x01(\v2\x17.tp.daemon.v1.FlowStatsR\x05flows\x12=\n" +
+	"\flast_resumed\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\vlastResumed\x12\x18\n" +
+	"\aresumes\x18\x13 \x01(\x05R\aresumes\"\x87\x03\n" +
 	"\tFlowStats\x12\x19\n" +
 	"\btcp_open\x18\x01 \x01(\x03R\atcpOpen\x12\x1f\n" +
 	"\vtcp_pending\x18\x02 \x01(\x03R\n" +
@@ -775,23 +796,24 @@ var file_rpc_daemon_v1_daemon_proto_depIdxs = []int32{
 	3,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
 	8,  // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
 	5,  // 4: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
-	1,  // 5: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
-	6,  // 6: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
-	9,  // 7: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
-	10, // 8: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	11, // 9: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	12, // 10: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	4,  // 11: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
-	7,  // 12: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
-	13, // 13: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	14, // 14: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	15, // 15: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	16, // 16: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	8,  // 5: tp.daemon.v1.StatusResponse.last_resumed:type_name -> google.protobuf.Timestamp
+	1,  // 6: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
+	6,  // 7: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
+	9,  // 8: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
+	10, // 9: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	11, // 10: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	12, // 11: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	4,  // 12: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
+	7,  // 13: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
+	13, // 14: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	14, // 15: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	15, // 16: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	16, // 17: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_rpc_daemon_v1_daemon_proto_init() }

@@ -210,10 +210,15 @@ type InterceptInfo struct {
 	// the environment of the intercepted container, as the agent sees it.
 	Environment map[string]string `protobuf:"bytes,11,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// a pod of the workload (the one whose environment is reported).
-	PodName       string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
-	PodIp         string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PodName string `protobuf:"bytes,12,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodIp   string `protobuf:"bytes,13,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
+	// owner_connected: the owner's daemon watches dials now, so it can take
+	// intercepted connections. While it is false (the owner reconnects) the
+	// agent holds new connections for a short grace, then serves them from
+	// the app (docs/intercepts.md, "While the owner is away").
+	OwnerConnected bool `protobuf:"varint,14,opt,name=owner_connected,json=ownerConnected,proto3" json:"owner_connected,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InterceptInfo) Reset() {
@@ -335,6 +340,13 @@ func (x *InterceptInfo) GetPodIp() string {
 		return x.PodIp
 	}
 	return ""
+}
+
+func (x *InterceptInfo) GetOwnerConnected() bool {
+	if x != nil {
+		return x.OwnerConnected
+	}
+	return false
 }
 
 type CreateInterceptRequest struct {
@@ -1397,6 +1409,58 @@ func (x *SessionInfo) GetManagerVersion() string {
 	return ""
 }
 
+type ResumeSessionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Client        *ClientInfo            `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSessionRequest) Reset() {
+	*x = ResumeSessionRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSessionRequest) ProtoMessage() {}
+
+func (x *ResumeSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSessionRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSessionRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ResumeSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ResumeSessionRequest) GetClient() *ClientInfo {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
 type SessionRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1406,7 +1470,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1482,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1495,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -1449,7 +1513,7 @@ type RemainResponse struct {
 
 func (x *RemainResponse) Reset() {
 	*x = RemainResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1525,7 @@ func (x *RemainResponse) String() string {
 func (*RemainResponse) ProtoMessage() {}
 
 func (x *RemainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1538,7 @@ func (x *RemainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemainResponse.ProtoReflect.Descriptor instead.
 func (*RemainResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
 }
 
 type DepartResponse struct {
@@ -1485,7 +1549,7 @@ type DepartResponse struct {
 
 func (x *DepartResponse) Reset() {
 	*x = DepartResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1561,7 @@ func (x *DepartResponse) String() string {
 func (*DepartResponse) ProtoMessage() {}
 
 func (x *DepartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1574,7 @@ func (x *DepartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepartResponse.ProtoReflect.Descriptor instead.
 func (*DepartResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
 }
 
 type ListSessionsRequest struct {
@@ -1521,7 +1585,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1597,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1610,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
 }
 
 type Session struct {
@@ -1562,7 +1626,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1638,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1651,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1634,7 +1698,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1710,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1723,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -1688,7 +1752,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"pathPrefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x05\n" +
 	"\rInterceptInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
@@ -1704,7 +1768,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	" \x01(\x05R\rcontainerPort\x12O\n" +
 	"\venvironment\x18\v \x03(\v2-.tp.manager.v1.InterceptInfo.EnvironmentEntryR\venvironment\x12\x19\n" +
 	"\bpod_name\x18\f \x01(\tR\apodName\x12\x15\n" +
-	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x1a>\n" +
+	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12'\n" +
+	"\x0fowner_connected\x18\x0e \x01(\bR\x0eownerConnected\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
@@ -1793,7 +1858,11 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x124\n" +
 	"\acluster\x18\x02 \x01(\v2\x1a.tp.manager.v1.ClusterInfoR\acluster\x12+\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12'\n" +
-	"\x0fmanager_version\x18\x04 \x01(\tR\x0emanagerVersion\"+\n" +
+	"\x0fmanager_version\x18\x04 \x01(\tR\x0emanagerVersion\"h\n" +
+	"\x14ResumeSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x121\n" +
+	"\x06client\x18\x02 \x01(\v2\x19.tp.manager.v1.ClientInfoR\x06client\"+\n" +
 	"\n" +
 	"SessionRef\x12\x1d\n" +
 	"\n" +
@@ -1814,10 +1883,11 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xd5\a\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xa7\b\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
-	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
+	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
+	"\rResumeSession\x12#.tp.manager.v1.ResumeSessionRequest\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
 	"\x06Remain\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.RemainResponse\x12B\n" +
 	"\x06Depart\x12\x19.tp.manager.v1.SessionRef\x1a\x1d.tp.manager.v1.DepartResponse\x12W\n" +
 	"\fListSessions\x12\".tp.manager.v1.ListSessionsRequest\x1a#.tp.manager.v1.ListSessionsResponse\x12V\n" +
@@ -1843,7 +1913,7 @@ func file_rpc_manager_v1_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_manager_v1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(InterceptState)(0),             // 0: tp.manager.v1.InterceptState
 	(*InterceptSpec)(nil),           // 1: tp.manager.v1.InterceptSpec
@@ -1865,66 +1935,70 @@ var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(*ClientInfo)(nil),              // 17: tp.manager.v1.ClientInfo
 	(*ClusterInfo)(nil),             // 18: tp.manager.v1.ClusterInfo
 	(*SessionInfo)(nil),             // 19: tp.manager.v1.SessionInfo
-	(*SessionRef)(nil),              // 20: tp.manager.v1.SessionRef
-	(*RemainResponse)(nil),          // 21: tp.manager.v1.RemainResponse
-	(*DepartResponse)(nil),          // 22: tp.manager.v1.DepartResponse
-	(*ListSessionsRequest)(nil),     // 23: tp.manager.v1.ListSessionsRequest
-	(*Session)(nil),                 // 24: tp.manager.v1.Session
-	(*ListSessionsResponse)(nil),    // 25: tp.manager.v1.ListSessionsResponse
-	nil,                             // 26: tp.manager.v1.InterceptSpec.HeadersEntry
-	nil,                             // 27: tp.manager.v1.InterceptInfo.EnvironmentEntry
-	nil,                             // 28: tp.manager.v1.AgentInfo.EnvironmentEntry
-	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
+	(*ResumeSessionRequest)(nil),    // 20: tp.manager.v1.ResumeSessionRequest
+	(*SessionRef)(nil),              // 21: tp.manager.v1.SessionRef
+	(*RemainResponse)(nil),          // 22: tp.manager.v1.RemainResponse
+	(*DepartResponse)(nil),          // 23: tp.manager.v1.DepartResponse
+	(*ListSessionsRequest)(nil),     // 24: tp.manager.v1.ListSessionsRequest
+	(*Session)(nil),                 // 25: tp.manager.v1.Session
+	(*ListSessionsResponse)(nil),    // 26: tp.manager.v1.ListSessionsResponse
+	nil,                             // 27: tp.manager.v1.InterceptSpec.HeadersEntry
+	nil,                             // 28: tp.manager.v1.InterceptInfo.EnvironmentEntry
+	nil,                             // 29: tp.manager.v1.AgentInfo.EnvironmentEntry
+	(*timestamppb.Timestamp)(nil),   // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 31: google.protobuf.Duration
 }
 var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
-	26, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
+	27, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
 	1,  // 1: tp.manager.v1.InterceptInfo.spec:type_name -> tp.manager.v1.InterceptSpec
 	17, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
-	29, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
+	30, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 4: tp.manager.v1.InterceptInfo.state:type_name -> tp.manager.v1.InterceptState
-	27, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
+	28, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
 	1,  // 6: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
 	2,  // 7: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
 	7,  // 8: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
-	28, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
+	29, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
 	12, // 10: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
 	2,  // 11: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
 	18, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
-	30, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
-	17, // 14: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
-	29, // 15: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
-	29, // 16: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 17: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
-	15, // 18: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
-	17, // 19: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
-	20, // 20: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
-	20, // 21: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
-	23, // 22: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
-	3,  // 23: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
-	4,  // 24: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	6,  // 25: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	9,  // 26: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	20, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
-	13, // 28: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	20, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	16, // 30: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	19, // 31: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	21, // 32: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	22, // 33: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	25, // 34: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 35: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 36: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 37: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 38: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 39: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	19, // 40: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 41: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	30, // [30:42] is the sub-list for method output_type
-	18, // [18:30] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	31, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
+	17, // 14: tp.manager.v1.ResumeSessionRequest.client:type_name -> tp.manager.v1.ClientInfo
+	17, // 15: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
+	30, // 16: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
+	30, // 17: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 18: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
+	15, // 19: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
+	17, // 20: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
+	20, // 21: tp.manager.v1.Manager.ResumeSession:input_type -> tp.manager.v1.ResumeSessionRequest
+	21, // 22: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
+	21, // 23: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
+	24, // 24: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
+	3,  // 25: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
+	4,  // 26: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	6,  // 27: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	9,  // 28: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	21, // 29: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
+	13, // 30: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	21, // 31: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	16, // 32: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	19, // 33: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	19, // 34: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
+	22, // 35: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	23, // 36: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	26, // 37: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 38: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 39: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 40: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 41: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 42: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	19, // 43: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 44: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	32, // [32:45] is the sub-list for method output_type
+	19, // [19:32] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_rpc_manager_v1_manager_proto_init() }
@@ -1938,7 +2012,7 @@ func file_rpc_manager_v1_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_manager_v1_manager_proto_rawDesc), len(file_rpc_manager_v1_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Manager_Version_FullMethodName         = "/tp.manager.v1.Manager/Version"
 	Manager_ArriveAsClient_FullMethodName  = "/tp.manager.v1.Manager/ArriveAsClient"
+	Manager_ResumeSession_FullMethodName   = "/tp.manager.v1.Manager/ResumeSession"
 	Manager_Remain_FullMethodName          = "/tp.manager.v1.Manager/Remain"
 	Manager_Depart_FullMethodName          = "/tp.manager.v1.Manager/Depart"
 	Manager_ListSessions_FullMethodName    = "/tp.manager.v1.Manager/ListSessions"
@@ -45,6 +46,12 @@ type ManagerClient interface {
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 	// ArriveAsClient opens a session for a workstation daemon.
 	ArriveAsClient(ctx context.Context, in *ClientInfo, opts ...grpc.CallOption) (*SessionInfo, error)
+	// ResumeSession takes up a session the client holds the secret id of,
+	// after a reconnect or a restart of the manager (which keeps its client
+	// sessions and their intercepts in the cluster): the session, its
+	// intercepts and its id stay. NOT_FOUND when the manager has no such
+	// session (it expired or was removed): the client then arrives anew.
+	ResumeSession(ctx context.Context, in *ResumeSessionRequest, opts ...grpc.CallOption) (*SessionInfo, error)
 	// Remain keeps a session alive. A session not seen within its TTL ends;
 	// Remain on an unknown session fails with NOT_FOUND and the client arrives anew.
 	Remain(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (*RemainResponse, error)
@@ -101,6 +108,16 @@ func (c *managerClient) ArriveAsClient(ctx context.Context, in *ClientInfo, opts
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SessionInfo)
 	err := c.cc.Invoke(ctx, Manager_ArriveAsClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) ResumeSession(ctx context.Context, in *ResumeSessionRequest, opts ...grpc.CallOption) (*SessionInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SessionInfo)
+	err := c.cc.Invoke(ctx, Manager_ResumeSession_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -234,6 +251,12 @@ type ManagerServer interface {
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	// ArriveAsClient opens a session for a workstation daemon.
 	ArriveAsClient(context.Context, *ClientInfo) (*SessionInfo, error)
+	// ResumeSession takes up a session the client holds the secret id of,
+	// after a reconnect or a restart of the manager (which keeps its client
+	// sessions and their intercepts in the cluster): the session, its
+	// intercepts and its id stay. NOT_FOUND when the manager has no such
+	// session (it expired or was removed): the client then arrives anew.
+	ResumeSession(context.Context, *ResumeSessionRequest) (*SessionInfo, error)
 	// Remain keeps a session alive. A session not seen within its TTL ends;
 	// Remain on an unknown session fails with NOT_FOUND and the client arrives anew.
 	Remain(context.Context, *SessionRef) (*RemainResponse, error)
@@ -281,6 +304,9 @@ func (UnimplementedManagerServer) Version(context.Context, *VersionRequest) (*Ve
 }
 func (UnimplementedManagerServer) ArriveAsClient(context.Context, *ClientInfo) (*SessionInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method ArriveAsClient not implemented")
+}
+func (UnimplementedManagerServer) ResumeSession(context.Context, *ResumeSessionRequest) (*SessionInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeSession not implemented")
 }
 func (UnimplementedManagerServer) Remain(context.Context, *SessionRef) (*RemainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Remain not implemented")
@@ -365,6 +391,24 @@ func _Manager_ArriveAsClient_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ManagerServer).ArriveAsClient(ctx, req.(*ClientInfo))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_ResumeSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).ResumeSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_ResumeSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).ResumeSession(ctx, req.(*ResumeSessionRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -549,6 +593,10 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ArriveAsClient",
 			Handler:    _Manager_ArriveAsClient_Handler,
+		},
+		{
+			MethodName: "ResumeSession",
+			Handler:    _Manager_ResumeSession_Handler,
 		},
 		{
 			MethodName: "Remain",
