@@ -389,6 +389,29 @@ func (r *faultRig) record(res faultResult) {
 	}
 }
 
+// TestFaultAgentKilled: the tp-agent container of the intercepted pod is
+// killed (SIGTERM from an ephemeral container in its process namespace);
+// the kubelet restarts it in the same pod.
+func TestFaultAgentKilled(t *testing.T) {
+	r := newFaultRig(t, "agent-killed")
+	pod := r.c.runningPod(t, r.ns, "app=echo")
+	before, _ := containerStatus(pod, "tp-agent")
+	r.run(func() {
+		r.c.restartAgentInPlace(t, pod)
+		err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+			p, err := r.c.client.CoreV1().Pods(r.ns).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			s, _ := containerStatus(p, "tp-agent")
+			return s.RestartCount > before.RestartCount, nil
+		})
+		if err != nil {
+			t.Fatalf("tp-agent of %s not restarted within 60 s of the kill: %v", pod.Name, err)
+		}
+	})
+}
+
 // TestFaultManagerDeleted: the traffic-manager pod is deleted; its
 // Deployment replaces it.
 func TestFaultManagerDeleted(t *testing.T) {
@@ -400,30 +423,6 @@ func TestFaultManagerDeleted(t *testing.T) {
 			t.Fatalf("delete manager pod %s: %v", pod.Name, err)
 		}
 	})
-}
-
-// TestFaultHelmUpgrade: `tp helm upgrade` to a changed value (a pod
-// annotation: a new manager pod rolls out), then the values are restored
-// the same way TestMain installed them.
-func TestFaultHelmUpgrade(t *testing.T) {
-	r := newFaultRig(t, "helm-upgrade")
-	t.Cleanup(func() {
-		if out, err := tp(t, "helm", "upgrade", "--namespace", managerNamespace); err != nil {
-			t.Errorf("restore the chart's values: %v\n%s", err, out)
-		}
-		r.c.waitDeployment(t, managerNamespace, managerDeployment, 3*time.Minute)
-	})
-	r.run(func() {
-		tpOK(t, "helm", "upgrade", "--namespace", managerNamespace, "--set", "podAnnotations.tp-e2e-fault="+rand.String(6))
-	})
-}
-
-// TestFaultAPIServerRestarted: the API server process is stopped and started
-// again with the same command line (as an upgrade of the control plane
-// does); the fault ends when it is ready.
-func TestFaultAPIServerRestarted(t *testing.T) {
-	r := newFaultRig(t, "apiserver-restart")
-	r.run(func() { r.c.restartAPIServer(t) })
 }
 
 // TestFaultPortForwardCut: every TCP connection between the daemon container
@@ -449,6 +448,42 @@ func TestFaultPortForwardCut(t *testing.T) {
 			t.Fatalf("no connection from the daemon container (%v) to the API server :6443 to cut", addrs)
 		}
 		t.Logf("cut %d connections between %s and the API server", killed, r.conn.container)
+	})
+}
+
+// TestFaultDaemonPaused: the daemon container is frozen for 60 s (docker
+// pause: a laptop asleep) and thawed.
+func TestFaultDaemonPaused(t *testing.T) {
+	r := newFaultRig(t, "daemon-paused")
+	t.Cleanup(func() { _, _ = docker("unpause", r.conn.container) })
+	r.run(func() {
+		mustDocker(t, "pause", r.conn.container)
+		time.Sleep(60 * time.Second) // the fault itself: 60 s asleep
+		mustDocker(t, "unpause", r.conn.container)
+	})
+}
+
+// TestFaultAPIServerRestarted: the API server process is stopped and started
+// again with the same command line (as an upgrade of the control plane
+// does); the fault ends when it is ready.
+func TestFaultAPIServerRestarted(t *testing.T) {
+	r := newFaultRig(t, "apiserver-restart")
+	r.run(func() { r.c.restartAPIServer(t) })
+}
+
+// TestFaultHelmUpgrade: `tp helm upgrade` to a changed value (a pod
+// annotation: a new manager pod rolls out), then the values are restored
+// the same way TestMain installed them.
+func TestFaultHelmUpgrade(t *testing.T) {
+	r := newFaultRig(t, "helm-upgrade")
+	t.Cleanup(func() {
+		if out, err := tp(t, "helm", "upgrade", "--namespace", managerNamespace); err != nil {
+			t.Errorf("restore the chart's values: %v\n%s", err, out)
+		}
+		r.c.waitDeployment(t, managerNamespace, managerDeployment, 3*time.Minute)
+	})
+	r.run(func() {
+		tpOK(t, "helm", "upgrade", "--namespace", managerNamespace, "--set", "podAnnotations.tp-e2e-fault="+rand.String(6))
 	})
 }
 
@@ -482,41 +517,6 @@ func TestFaultDockerRestarted(t *testing.T) {
 	if err != nil || st.State != "connected" {
 		t.Errorf("tp status after the Docker restart: %v, state %q, want connected\n%s", err, st.State, out)
 	}
-}
-
-// TestFaultAgentKilled: the tp-agent container of the intercepted pod is
-// killed (SIGTERM from an ephemeral container in its process namespace);
-// the kubelet restarts it in the same pod.
-func TestFaultAgentKilled(t *testing.T) {
-	r := newFaultRig(t, "agent-killed")
-	pod := r.c.runningPod(t, r.ns, "app=echo")
-	before, _ := containerStatus(pod, "tp-agent")
-	r.run(func() {
-		r.c.restartAgentInPlace(t, pod)
-		err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-			p, err := r.c.client.CoreV1().Pods(r.ns).Get(ctx, pod.Name, metav1.GetOptions{})
-			if err != nil {
-				return false, nil
-			}
-			s, _ := containerStatus(p, "tp-agent")
-			return s.RestartCount > before.RestartCount, nil
-		})
-		if err != nil {
-			t.Fatalf("tp-agent of %s not restarted within 60 s of the kill: %v", pod.Name, err)
-		}
-	})
-}
-
-// TestFaultDaemonPaused: the daemon container is frozen for 60 s (docker
-// pause: a laptop asleep) and thawed.
-func TestFaultDaemonPaused(t *testing.T) {
-	r := newFaultRig(t, "daemon-paused")
-	t.Cleanup(func() { _, _ = docker("unpause", r.conn.container) })
-	r.run(func() {
-		mustDocker(t, "pause", r.conn.container)
-		time.Sleep(60 * time.Second) // the fault itself: 60 s asleep
-		mustDocker(t, "unpause", r.conn.container)
-	})
 }
 
 func mustDocker(t *testing.T, args ...string) string {
