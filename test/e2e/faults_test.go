@@ -167,6 +167,39 @@ func totals(secs []loadSecond, from int64) (ok, failed int64, firstErr string) {
 	return ok, failed, firstErr
 }
 
+// uncleanSeconds lists, as ranges relative to the second end, the seconds
+// from from on in which a request failed or none ended, with the first error
+// of each range: the fault's timeline, for the log.
+func uncleanSeconds(secs []loadSecond, from, end int64) string {
+	if len(secs) == 0 {
+		return "no record"
+	}
+	clean := map[int64]bool{}
+	errs := map[int64]string{}
+	for _, s := range secs {
+		clean[s.Unix] = s.Failed == 0 && s.OK > 0
+		errs[s.Unix] = s.Err
+	}
+	var ranges []string
+	last := secs[len(secs)-1].Unix
+	for t := from; t <= last; t++ {
+		if clean[t] {
+			continue
+		}
+		first, firstErr := t, ""
+		for ; t <= last && !clean[t]; t++ {
+			if firstErr == "" {
+				firstErr = errs[t]
+			}
+		}
+		ranges = append(ranges, fmt.Sprintf("[%+d..%+d] %q", first-end, t-1-end, firstErr))
+	}
+	if len(ranges) == 0 {
+		return "none"
+	}
+	return strings.Join(ranges, ", ")
+}
+
 // faultRig is an intercepted workload under load, ready for a fault.
 type faultRig struct {
 	t         *testing.T
@@ -323,6 +356,10 @@ func (r *faultRig) run(inject func()) {
 			faultRecoveryTimeout, inErr, outErr))
 	}
 	res.Problems = append(res.Problems, r.interceptProblems()...)
+	for _, l := range []*steadyLoad{r.inbound, r.outbound} {
+		t.Logf("fault %s: %s load, seconds without a clean record, relative to the fault's end: %s",
+			r.fault, l.name, uncleanSeconds(l.seconds(), start.Unix(), end.Unix()))
+	}
 	r.record(res)
 	for _, p := range res.Problems {
 		t.Errorf("after fault %s: %s", r.fault, p)
