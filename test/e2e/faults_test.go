@@ -249,6 +249,8 @@ func newFaultRig(t *testing.T, fault string) *faultRig {
 		}
 		if t.Failed() {
 			t.Logf("tp intercept --docker-run output:\n%s", r.out.String())
+			logs, _ := docker("logs", "--tail", "60", r.conn.container)
+			t.Logf("daemon container %s, last lines of its log:\n%s", r.conn.container, logs)
 		}
 	})
 	c.waitCopy(t, r.ns, "http://echo."+r.ns+"/fault", "local", 90*time.Second)
