@@ -40,6 +40,9 @@ const managerSelector = "app=traffic-manager"
 // to keep the daemon independent of the manager's code).
 const managerPort = 8081
 
+// maxHeartbeat bounds the heartbeat interval.
+const maxHeartbeat = 5 * time.Second
+
 // slowDial is the dial time worth a warning.
 const slowDial = 500 * time.Millisecond
 
@@ -248,7 +251,9 @@ func (c *connector) takeSession(ctx context.Context, client managerv1.ManagerCli
 func (c *connector) heartbeat(ctx context.Context, client managerv1.ManagerClient, sess *managerv1.SessionInfo, pfDone <-chan bool) error {
 	interval := c.cfg.Heartbeat
 	if interval <= 0 {
-		interval = max(sess.GetTtl().AsDuration()/3, 500*time.Millisecond)
+		// TTL/3, but at most maxHeartbeat: with a TTL of minutes the
+		// heartbeat is also what notices a connection that hangs.
+		interval = min(max(sess.GetTtl().AsDuration()/3, 500*time.Millisecond), maxHeartbeat)
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()

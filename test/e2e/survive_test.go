@@ -378,8 +378,14 @@ func TestInterceptSurvivesManagerRestart(t *testing.T) {
 	if now := interceptContainers(t, conn, "echo"); len(now) != 1 || now[0] != containers[0] {
 		t.Errorf("containers of the intercept after the restart: %v, want the same one %v", now, containers)
 	}
-	if out := run.out.String(); strings.Contains(out, "Lost the connection") && !strings.Contains(out, "Connection to the traffic-manager resumed") {
-		t.Errorf("tp intercept --docker-run said the connection was lost but not that it resumed:\n%s", out)
+	if strings.Contains(run.out.String(), "Lost the connection") {
+		// It polls every 2 s: the resume comes with its next poll.
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			return strings.Contains(run.out.String(), "Connection to the traffic-manager resumed"), nil
+		})
+		if err != nil {
+			t.Errorf("tp intercept --docker-run said the connection was lost but not that it resumed:\n%s", run.out.String())
+		}
 	}
 	t.Logf("tp intercept --docker-run output:\n%s", run.out.String())
 }
