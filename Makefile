@@ -11,7 +11,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench clean
+.PHONY: help build image deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench bench-faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,14 @@ demo: build cluster-up image ## fresh machine to tp's main job: cluster, example
 bench: build cluster-up image ## measure tp against kubectl port-forward on the local cluster (table + bench-results.json)
 	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
 	go run ./test/bench -tp bin/tp -out bench-results.json
+
+# bench-faults runs the e2e fault suite (TestFault*, serialized like e2e-run)
+# and prints its recovery table, also when a fault test failed (the exit status
+# is the suite's).
+bench-faults: ## the fault suite's recovery table: seconds to recovery and failed requests per fault (bench-faults.jsonl)
+	rm -f $(CURDIR)/bench-faults.jsonl
+	status=0; TP_FAULTS_OUT=$(CURDIR)/bench-faults.jsonl $(MAKE) --no-print-directory e2e-run RUN='^TestFault' || status=$$?; \
+		go run ./test/bench -faults $(CURDIR)/bench-faults.jsonl; exit $$status
 
 clean: ## remove build outputs (keeps the cluster build cache in .cache/cluster)
 	rm -rf bin $(CACHE)/image

@@ -27,6 +27,10 @@
 // the images loaded into the cluster):
 //
 //	go run ./test/bench -tp bin/tp -out bench-results.json
+//
+// With -faults FILE it only prints the recovery table of the e2e fault suite
+// (test/e2e/faults_test.go, which appends its results to $TP_FAULTS_OUT):
+// `make bench-faults` runs the suite and then this.
 package main
 
 import (
@@ -62,6 +66,7 @@ type options struct {
 	connectRuns   int
 	inboundBytes  int64
 	skipIntercept bool
+	faults        string
 }
 
 func main() {
@@ -85,7 +90,16 @@ func main() {
 	flag.IntVar(&o.connectRuns, "connect-runs", 3, "tp quit + tp connect runs for the connect time")
 	flag.Int64Var(&o.inboundBytes, "inbound-bytes", 1<<30, "bytes of the inbound bulk run (in-cluster client)")
 	flag.BoolVar(&o.skipIntercept, "skip-intercept", false, "skip the intercept measurements")
+	flag.StringVar(&o.faults, "faults", "", "print the e2e fault suite's results in this file (TP_FAULTS_OUT) as a Markdown table and exit")
 	flag.Parse()
+
+	if o.faults != "" {
+		if err := faultTable(o.faults, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	if o.kubeconfig == "" {
 		o.kubeconfig = os.Getenv("KUBECONFIG")

@@ -17,6 +17,7 @@
 //	                               joined container's destinations into tp's TUN
 //	probe kill ARGV...             SIGTERM every process whose command line is ARGV (e.g. /tp agent)
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
+//	probe load -url URL [flags]    a steady load until SIGTERM, one JSON line of ok/failed requests per second; see load.go
 //
 // Every probe honours -timeout (default 5s).
 package main
@@ -56,6 +57,12 @@ func main() {
 	cmd := os.Args[1]
 	if cmd == "bench" {
 		if err := bench(os.Args[2:]); err != nil {
+			fail(err)
+		}
+		return
+	}
+	if cmd == "load" {
+		if err := load(os.Args[2:]); err != nil {
 			fail(err)
 		}
 		return
