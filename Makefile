@@ -79,7 +79,7 @@ e2e: build cluster-up image ## end-to-end tests on the real local cluster and Do
 RUN ?= .
 e2e-run: ## e2e tests matching RUN=regexp on the running cluster (serialized across checkouts)
 	# A fresh version per run, so that the manager restarts with this checkout's image.
-	flock /tmp/tp-e2e.lock $(MAKE) --no-print-directory e2e-run-locked RUN='$(RUN)' VERSION=$(VERSION)-run$$(date +%s)
+	flock -o /tmp/tp-e2e.lock $(MAKE) --no-print-directory e2e-run-locked RUN='$(RUN)' VERSION=$(VERSION)-run$$(date +%s)
 
 .PHONY: e2e-run-locked
 e2e-run-locked: build image
