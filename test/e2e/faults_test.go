@@ -251,6 +251,7 @@ func newFaultRig(t *testing.T, fault string) *faultRig {
 			t.Logf("tp intercept --docker-run output:\n%s", r.out.String())
 			logs, _ := docker("logs", "--tail", "60", r.conn.container)
 			t.Logf("daemon container %s, last lines of its log:\n%s", r.conn.container, logs)
+			c.logAgents(t, r.ns, "app=echo")
 		}
 	})
 	c.waitCopy(t, r.ns, "http://echo."+r.ns+"/fault", "local", 90*time.Second)
@@ -707,5 +708,21 @@ func ensureDocker(t *testing.T) {
 	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "hack", "install-deps.sh"))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("start dockerd (hack/install-deps.sh): %v\n%s", err, out)
+	}
+}
+
+// logAgents logs the last lines of the tp-agent containers of the pods
+// matching selector in ns (a failed fault test says what the agents saw).
+func (c *cluster) logAgents(t *testing.T, ns, selector string) {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Logf("list the pods of %s for their agents' logs: %v", selector, err)
+		return
+	}
+	tail := int64(40)
+	for _, p := range pods.Items {
+		b, err := c.client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: "tp-agent", TailLines: &tail}).DoRaw(context.Background())
+		t.Logf("agent of pod %s, last lines of its log (err %v):\n%s", p.Name, err, b)
 	}
 }
