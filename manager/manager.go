@@ -91,7 +91,8 @@ type Config struct {
 	// HostIP is the address of the manager's node (TP_HOST_IP); the dial
 	// policy refuses it like every node address.
 	HostIP netip.Addr
-	// NodeRefresh is how often the dial policy re-reads the node addresses;
+	// NodeRefresh is how often the dial policy re-reads the node addresses
+	// and, without node podCIDRs, the pod CIDRs are re-read from the pods;
 	// default DefaultNodeRefresh.
 	NodeRefresh time.Duration
 	Log         *slog.Logger
@@ -108,8 +109,10 @@ type Manager struct {
 	kube     kubernetes.Interface
 	log      *slog.Logger
 	sessions *sessions
-	cluster  *managerv1.ClusterInfo
-	dialer   net.Dialer
+	// cluster is what daemons route and resolve, kept current by the
+	// cluster watcher (clusterwatch.go).
+	cluster *clusterState
+	dialer  net.Dialer
 	// policy decides what the tunnel dials (dialpolicy.go); nil until Run
 	// discovered the cluster, and then every dial is refused.
 	policy atomic.Pointer[dialPolicy]
@@ -177,6 +180,7 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, kube: kube, log: cfg.Log,
 		sessions: newSessions(cfg.SessionTTL, time.Now),
+		cluster:  newClusterState(),
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		changes:  c,
 		grants:   newGrants(time.Now),
@@ -210,18 +214,22 @@ func (m *Manager) cannotInject() error {
 	return nil
 }
 
-// Run discovers the cluster's networks, then serves gRPC until ctx ends.
+// Run discovers the cluster's networks, then serves gRPC until ctx ends;
+// the cluster watcher keeps the networks current meanwhile.
 func (m *Manager) Run(ctx context.Context) error {
 	visible := m.namespacesFor("")
-	info, err := discoverClusterInfo(ctx, m.kube, discovery{
+	watcher := newClusterWatcher(m.kube, discovery{
 		namespace: m.cfg.Namespace, resolvConf: m.cfg.ResolvConf, noNodes: m.cfg.NoNodes, namespaces: visible,
-	})
+	}, m.cfg.NodeRefresh, m.log.With("component", "cluster"))
+	defer watcher.close()
+	info, err := watcher.start(ctx)
 	if err != nil {
 		return err
 	}
-	m.cluster = info
+	m.cluster.set(info)
 	m.log.Info("cluster discovered", "podCIDRs", info.PodCidrs, "serviceCIDRs", info.ServiceCidrs,
-		"dns", info.DnsIp, "domain", info.ClusterDomain)
+		"dns", info.DnsIp, "domain", info.ClusterDomain,
+		"watchingNodes", watcher.nodes != nil, "watchingServiceCIDRs", watcher.cidrs != nil)
 	policy, err := newDialPolicy(info, m.cfg.AllowCIDRs)
 	if err != nil {
 		return err
@@ -311,6 +319,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { m.reapSessions(ctx); return nil })
 	g.Go(func() error { m.refreshNodes(ctx, nodes, m.cfg.NodeRefresh); return nil })
+	g.Go(func() error { watcher.run(ctx, m.setCluster); return nil })
 	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
@@ -399,7 +408,7 @@ func (m *Manager) ArriveAsClient(_ context.Context, c *managerv1.ClientInfo) (*m
 	m.log.Info("session arrived", "session", sessionid.Public(s.id), "connection", c.GetName(), "namespace", c.GetNamespace(),
 		"host", c.GetHost(), "user", c.GetUser(), "version", c.GetVersion())
 	return &managerv1.SessionInfo{
-		SessionId: s.id, Cluster: m.cluster,
+		SessionId: s.id, Cluster: m.cluster.current(),
 		Ttl: durationpb.New(m.cfg.SessionTTL), ManagerVersion: m.cfg.Version,
 	}, nil
 }

@@ -67,6 +67,7 @@ type statusOut struct {
 	ManagerVersion string   `json:"managerVersion"`
 	Reconnects     int      `json:"reconnects"`
 	RoutedSubnets  []string `json:"routedSubnets"`
+	TUNRoutes      []string `json:"tunRoutes"`
 	DNS            *struct {
 		UpstreamForwards uint64 `json:"upstreamForwards"`
 	} `json:"dns"`

@@ -156,9 +156,13 @@ type statusJSON struct {
 	ConnectedSince   string   `json:"connectedSince,omitempty"`
 	Reconnects       int32    `json:"reconnects"`
 	RoutedSubnets    []string `json:"routedSubnets,omitempty"`
-	Conflicts        []string `json:"subnetConflicts,omitempty"`
-	DNS              *dnsJSON `json:"dns,omitempty"`
-	OpenFlows        int64    `json:"openFlows"`
+	// TUNRoutes are the routes the kernel has on the TUN device: what
+	// reaches the cluster, while RoutedSubnets are the ranges asked for.
+	TUNRoutes      []string `json:"tunRoutes,omitempty"`
+	TUNRoutesError string   `json:"tunRoutesError,omitempty"`
+	Conflicts      []string `json:"subnetConflicts,omitempty"`
+	DNS            *dnsJSON `json:"dns,omitempty"`
+	OpenFlows      int64    `json:"openFlows"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
 	Flows *daemonv1.FlowStats `json:"flows,omitempty"`
 }
@@ -183,7 +187,7 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		ManagerNamespace: st.GetManagerNamespace(), APIServer: st.GetApiServer(),
 		DaemonVersion: st.GetVersion(), ManagerVersion: st.GetManagerVersion(), SessionID: st.GetSessionId(),
 		Reconnects: st.GetReconnects(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
-		Flows: st.GetFlows(),
+		TUNRoutes: st.GetTunRoutes(), TUNRoutesError: st.GetTunRoutesError(), Flows: st.GetFlows(),
 	}
 	if st.GetConnectedSince() != nil {
 		v.ConnectedSince = st.GetConnectedSince().AsTime().Format(time.RFC3339)
@@ -230,7 +234,12 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				if v.ConnectedSince != "" {
 					fmt.Fprintf(w, "Connected since:   %s (reconnects: %d)\n", v.ConnectedSince, v.Reconnects)
 				}
-				fmt.Fprintf(w, "Routed subnets:    %s\n", strings.Join(v.RoutedSubnets, ", "))
+				fmt.Fprintf(w, "Cluster subnets:   %s\n", strings.Join(v.RoutedSubnets, ", "))
+				if v.TUNRoutesError != "" {
+					fmt.Fprintf(w, "TUN routes:        unknown: %s\n", v.TUNRoutesError)
+				} else {
+					fmt.Fprintf(w, "TUN routes:        %s\n", strings.Join(v.TUNRoutes, ", "))
+				}
 				for _, c := range v.Conflicts {
 					fmt.Fprintf(w, "Subnet conflict:   %s\n", c)
 				}

@@ -1814,7 +1814,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xd5\a\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\x9e\b\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
 	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12B\n" +
@@ -1826,7 +1826,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
 	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponse\x12E\n" +
 	"\n" +
-	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12E\n" +
+	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12G\n" +
+	"\fWatchCluster\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.ClusterInfo0\x01\x12E\n" +
 	"\rArriveAsAgent\x12\x18.tp.manager.v1.AgentInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
 	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01B/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
 
@@ -1906,22 +1907,24 @@ var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
 	6,  // 25: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
 	9,  // 26: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
 	20, // 27: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
-	13, // 28: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	20, // 29: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	16, // 30: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	19, // 31: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	21, // 32: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	22, // 33: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	25, // 34: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 35: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 36: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 37: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 38: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 39: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	19, // 40: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 41: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	30, // [30:42] is the sub-list for method output_type
-	18, // [18:30] is the sub-list for method input_type
+	20, // 28: tp.manager.v1.Manager.WatchCluster:input_type -> tp.manager.v1.SessionRef
+	13, // 29: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	20, // 30: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	16, // 31: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	19, // 32: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	21, // 33: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	22, // 34: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	25, // 35: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 36: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 37: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 38: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 39: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 40: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	18, // 41: tp.manager.v1.Manager.WatchCluster:output_type -> tp.manager.v1.ClusterInfo
+	19, // 42: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 43: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	31, // [31:44] is the sub-list for method output_type
+	18, // [18:31] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
