@@ -91,7 +91,7 @@ func TestOpenConfiguresDevice(t *testing.T) {
 			t.Errorf("KernelRoutes after SetRoutes: got %v, %v, want %v", got, err, next)
 		}
 		// A route removed behind the device's back is gone from KernelRoutes, not from Routes.
-		gone := &netlink.Route{LinkIndex: attrs.Index, Dst: &net.IPNet{IP: net.ParseIP("10.100.0.0").To4(), Mask: net.CIDRMask(16, 32)}}
+		gone := &netlink.Route{LinkIndex: attrs.Index, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: net.ParseIP("10.100.0.0").To4(), Mask: net.CIDRMask(16, 32)}}
 		if err := netlink.RouteDel(gone); err != nil {
 			t.Fatalf("RouteDel 10.100.0.0/16: %v", err)
 		}
