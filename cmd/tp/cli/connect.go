@@ -206,7 +206,7 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var name, output string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the state of a connection: daemon, context, manager, routed subnets, DNS",
+		Short: "Show the state of a connection: daemon, context, manager, cluster subnets, TUN routes, DNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			d, err := daemoncontainer.DialConnection(cmd.Context(), name)
