@@ -214,7 +214,12 @@ var (
 	}
 	// nodeRules are cluster-scoped (rbac.readNodes).
 	nodeRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
+	}
+	// serviceCIDRRules are cluster-scoped in every mode: the service ranges
+	// (networking.k8s.io/v1 ServiceCIDRs, where served), watched.
+	serviceCIDRRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"list", "watch"}},
 	}
 	// agentAuthRules are cluster-scoped in every mode: TokenReviews of the
 	// agents' tokens (a create, no read).
@@ -378,7 +383,7 @@ func TestRenderDefaults(t *testing.T) {
 
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
-	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, agentAuthRules, namespacedRules))
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, serviceCIDRRules, agentAuthRules, namespacedRules))
 	checkBinding(t, r, "ClusterRoleBinding", "", "traffic-manager-"+ns, "ClusterRole", ns)
 
 	var role rbacv1.Role
@@ -439,7 +444,7 @@ func TestRenderNamespaced(t *testing.T) {
 
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
-	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, agentAuthRules))
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(nodeRules, serviceCIDRRules, agentAuthRules))
 	checkBinding(t, r, "ClusterRoleBinding", "", "traffic-manager-"+ns, "ClusterRole", ns)
 
 	for _, managed := range []string{"shop", "billing"} {
@@ -541,7 +546,7 @@ func TestRenderRejects(t *testing.T) {
 }
 
 // TestRenderNamespacedWithoutNodes: rbac.namespaced with rbac.readNodes=false
-// grants nothing cluster-wide, so no ClusterRole at all.
+// grants nothing cluster-wide but the service ranges and TokenReviews.
 func TestRenderNamespacedWithoutNodes(t *testing.T) {
 	const ns = "tp-system"
 	vals, err := MergeValues(nil, []string{"rbac.namespaced=true", "rbac.managedNamespaces={shop}", "rbac.readNodes=false"}, nil)
@@ -549,10 +554,11 @@ func TestRenderNamespacedWithoutNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := mustRender(t, "v1.2.3", ns, vals)
-	// No cluster-wide read: the ClusterRole holds the agents' TokenReviews only.
+	// No cluster-wide read but the service ranges: the ClusterRole holds
+	// those and the agents' TokenReviews only.
 	var onlyAuth rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &onlyAuth)
-	checkRules(t, "ClusterRole", onlyAuth.Rules, agentAuthRules)
+	checkRules(t, "ClusterRole", onlyAuth.Rules, slices.Concat(serviceCIDRRules, agentAuthRules))
 	var role rbacv1.Role
 	r.decode(t, "Role", "shop", "traffic-manager-"+ns, &role)
 	checkRules(t, "Role shop", role.Rules, namespacedRules)
@@ -570,7 +576,7 @@ func TestRenderNamespacedWithoutNodes(t *testing.T) {
 	r = mustRender(t, "v1.2.3", ns, vals)
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "", "traffic-manager-"+ns, &cr)
-	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(agentAuthRules, namespacedRules))
+	checkRules(t, "ClusterRole", cr.Rules, slices.Concat(serviceCIDRRules, agentAuthRules, namespacedRules))
 }
 
 func deploymentEnv(t testing.TB, r rendered, ns string) map[string]corev1.EnvVar {

@@ -53,7 +53,7 @@ func (m *Manager) arriveAgent(ctx context.Context, caller *agentIdentity, a *man
 	m.log.Info("agent arrived", "session", s.id, "workload", a.GetWorkload(), "kind", a.GetKind(),
 		"namespace", a.GetNamespace(), "pod", a.GetPodName(), "ports", len(a.GetPorts()), "version", a.GetVersion())
 	return &managerv1.SessionInfo{
-		SessionId: secret, Cluster: m.cluster,
+		SessionId: secret, Cluster: m.cluster.current(),
 		Ttl: durationpb.New(m.cfg.AgentSessionTTL), ManagerVersion: m.cfg.Version,
 	}, nil
 }

@@ -3,24 +3,21 @@ package manager
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"regexp"
 	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-
-	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
-// discovery says where discoverClusterInfo may look.
+// discovery says where the cluster watcher may look.
 type discovery struct {
 	namespace  string   // the manager's: the service CIDR probe
 	resolvConf string   // the manager pod's
@@ -28,55 +25,28 @@ type discovery struct {
 	namespaces []string // namespaces whose pods and services the manager may list ("" is all)
 }
 
-// discoverClusterInfo finds what a daemon must route and resolve: the pod and
-// service CIDRs, the cluster DNS server and the cluster domain.
-func discoverClusterInfo(ctx context.Context, kube kubernetes.Interface, d discovery) (*managerv1.ClusterInfo, error) {
-	pods, err := podCIDRs(ctx, kube, d.noNodes, d.namespaces)
-	if err != nil {
-		return nil, fmt.Errorf("discover pod CIDRs: %w", err)
+// nodePodCIDRs returns the pod CIDRs the nodes carry (none with some CNIs).
+func nodePodCIDRs(nodes []*corev1.Node) map[netip.Prefix]bool {
+	set := map[netip.Prefix]bool{}
+	for _, n := range nodes {
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, c := range cidrs {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				set[p.Masked()] = true
+			}
+		}
 	}
-	svcs, err := serviceCIDRs(ctx, kube, d.namespace, d.namespaces)
-	if err != nil {
-		return nil, fmt.Errorf("discover service CIDRs: %w", err)
-	}
-	f, err := os.Open(d.resolvConf)
-	if err != nil {
-		return nil, fmt.Errorf("discover cluster DNS: %w", err)
-	}
-	defer f.Close()
-	dnsIP, domain := parsePodResolvConf(f)
-	if dnsIP == "" {
-		return nil, fmt.Errorf("discover cluster DNS: no nameserver in %s", d.resolvConf)
-	}
-	return &managerv1.ClusterInfo{
-		PodCidrs: prefixStrings(pods), ServiceCidrs: prefixStrings(svcs),
-		DnsIp: dnsIP, ClusterDomain: domain,
-	}, nil
+	return set
 }
 
-// podCIDRs returns the nodes' pod CIDRs, or, when nodes carry none (some
-// CNIs) or may not be read (noNodes), /16s (IPv4) and /64s (IPv6) covering
-// the IPs of the pods in namespaces.
-func podCIDRs(ctx context.Context, kube kubernetes.Interface, noNodes bool, namespaces []string) ([]netip.Prefix, error) {
+// podIPRanges returns /16s (IPv4) and /64s (IPv6) covering the IPs of the
+// pods in namespaces: the pod CIDRs when nodes carry none or may not be read.
+func podIPRanges(ctx context.Context, kube kubernetes.Interface, namespaces []string) (map[netip.Prefix]bool, error) {
 	set := map[netip.Prefix]bool{}
-	if nodes, err := listNodes(ctx, kube, noNodes); err == nil {
-		for _, n := range nodes.Items {
-			cidrs := n.Spec.PodCIDRs
-			if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-				cidrs = []string{n.Spec.PodCIDR}
-			}
-			for _, c := range cidrs {
-				if p, err := netip.ParsePrefix(c); err == nil {
-					set[p.Masked()] = true
-				}
-			}
-		}
-	}
-	fromNodes := len(set) > 0
 	for _, ns := range namespaces {
-		if fromNodes {
-			break
-		}
 		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, err
@@ -96,26 +66,30 @@ func podCIDRs(ctx context.Context, kube kubernetes.Interface, noNodes bool, name
 			}
 		}
 	}
-	return sortedPrefixes(set), nil
+	return set, nil
 }
 
-// listNodes lists the nodes, or fails when the manager may not read them.
-func listNodes(ctx context.Context, kube kubernetes.Interface, noNodes bool) (*corev1.NodeList, error) {
-	if noNodes {
-		return nil, errNoNodes
+// serviceCIDRObjects returns the ranges of the cluster's ServiceCIDR objects.
+func serviceCIDRObjects(objs []*networkingv1.ServiceCIDR) map[netip.Prefix]bool {
+	set := map[netip.Prefix]bool{}
+	for _, o := range objs {
+		for _, c := range o.Spec.CIDRs {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				set[p.Masked()] = true
+			}
+		}
 	}
-	return kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	return set
 }
-
-var errNoNodes = errors.New("the traffic-manager may not read Nodes (rbac.readNodes=false)")
 
 // validRange finds the range in the API server's answer to a service with an
 // invalid cluster IP: "... The range of valid IPs is 10.96.0.0/12".
 var validRange = regexp.MustCompile(`valid IPs is ([0-9a-fA-F.:/]+)`)
 
 // serviceCIDRs asks the API server: creating a service with a cluster IP out
-// of every range fails with a message naming the configured range. Clusters
-// with the ServiceCIDR API could be asked directly; this works on all.
+// of every range fails with a message naming the configured range. It works
+// on every cluster; where the ServiceCIDR API is served, the cluster watcher
+// reads (and watches) the ServiceCIDR objects instead.
 func serviceCIDRs(ctx context.Context, kube kubernetes.Interface, namespace string, namespaces []string) ([]netip.Prefix, error) {
 	set := map[netip.Prefix]bool{}
 	for _, probe := range []string{"1.1.1.1", "::1"} {

@@ -16,8 +16,9 @@ package manager
 //     nodes' addresses (InternalIP, ExternalIP; refreshed while the manager
 //     runs), even when a pod range contains them (hostNetwork pods, CNIs that
 //     give pods and nodes one range);
-//   - allowed: the cluster's pod and service ranges and the cluster DNS, as
-//     discovered at start (the ClusterInfo the daemons route);
+//   - allowed: the cluster's pod and service ranges and the cluster DNS (the
+//     ClusterInfo the daemons route; it follows new nodes and ServiceCIDRs,
+//     clusterwatch.go);
 //   - refused: everything else.
 //
 // A refusal is a *dialDeniedError: it unwraps to syscall.EACCES, which the
@@ -75,29 +76,23 @@ func (e *dialDeniedError) Error() string {
 // ERROR_CODE_DENIED.
 func (e *dialDeniedError) Unwrap() error { return syscall.EACCES }
 
-// dialPolicy decides which destinations the tunnel dials. Its ranges are
-// fixed at construction; the node addresses change with setNodes.
+// dialPolicy decides which destinations the tunnel dials. The cluster's
+// ranges change with setRanges, the node addresses with setNodes.
 type dialPolicy struct {
-	ranges  []netip.Prefix // pod and service CIDRs
 	dns     netip.Addr     // cluster DNS (usually inside a service range)
 	allowed []netip.Prefix // tunnel.allowCIDRs
 
-	mu    sync.RWMutex
-	nodes map[netip.Addr]string // node address -> node name
+	mu     sync.RWMutex
+	ranges []netip.Prefix        // pod and service CIDRs
+	nodes  map[netip.Addr]string // node address -> node name
 }
 
 // newDialPolicy builds the policy from the discovered cluster and the
 // explicitly allowed prefixes.
 func newDialPolicy(info *managerv1.ClusterInfo, allowed []netip.Prefix) (*dialPolicy, error) {
 	p := &dialPolicy{nodes: map[netip.Addr]string{}}
-	for _, list := range [][]string{info.GetPodCidrs(), info.GetServiceCidrs()} {
-		for _, s := range list {
-			pr, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("dial policy: cluster range %q: %w", s, err)
-			}
-			p.ranges = append(p.ranges, pr.Masked())
-		}
+	if err := p.setRanges(info); err != nil {
+		return nil, err
 	}
 	if s := info.GetDnsIp(); s != "" {
 		a, err := netip.ParseAddr(s)
@@ -113,6 +108,29 @@ func newDialPolicy(info *managerv1.ClusterInfo, allowed []netip.Prefix) (*dialPo
 		p.allowed = append(p.allowed, pr.Masked())
 	}
 	return p, nil
+}
+
+// setRanges replaces the cluster's pod and service ranges with info's; on
+// an error it keeps the previous ones.
+func (p *dialPolicy) setRanges(info *managerv1.ClusterInfo) error {
+	var ranges []netip.Prefix
+	for _, s := range slices.Concat(info.GetPodCidrs(), info.GetServiceCidrs()) {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("dial policy: cluster range %q: %w", s, err)
+		}
+		ranges = append(ranges, pr.Masked())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ranges = ranges
+	return nil
+}
+
+func (p *dialPolicy) inRanges(a netip.Addr) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return containsAddr(p.ranges, a)
 }
 
 // setNodes replaces the known node addresses.
@@ -154,7 +172,7 @@ func (p *dialPolicy) check(network string, dst netip.AddrPort) error {
 	if name, ok := p.node(a); ok {
 		return deny(fmt.Sprintf("the address of node %s (kubelet, host services) is not a workload", name), true)
 	}
-	if a == p.dns || containsAddr(p.ranges, a) {
+	if a == p.dns || p.inRanges(a) {
 		return nil
 	}
 	return deny("not in the cluster's pod or service ranges", true)

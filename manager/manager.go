@@ -96,7 +96,8 @@ type Config struct {
 	// HostIP is the address of the manager's node (TP_HOST_IP); the dial
 	// policy refuses it like every node address.
 	HostIP netip.Addr
-	// NodeRefresh is how often the dial policy re-reads the node addresses;
+	// NodeRefresh is how often the dial policy re-reads the node addresses
+	// and, without node podCIDRs, the pod CIDRs are re-read from the pods;
 	// default DefaultNodeRefresh.
 	NodeRefresh time.Duration
 	// RepairEvery is how often pods admitted without their agent are looked
@@ -122,7 +123,9 @@ type Manager struct {
 	// records keep the client sessions and their intercepts in the cluster
 	// (records.go); they are the registry's store.
 	records *sessionRecords
-	cluster *managerv1.ClusterInfo
+	// cluster is what daemons route and resolve, kept current by the
+	// cluster watcher (clusterwatch.go).
+	cluster *clusterState
 	dialer  net.Dialer
 	// policy decides what the tunnel dials (dialpolicy.go); nil until Run
 	// discovered the cluster, and then every dial is refused.
@@ -200,6 +203,7 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		cfg: cfg, kube: kube, log: cfg.Log,
 		sessions: newSessions(cfg.SessionTTL, cfg.AgentSessionTTL, time.Now),
 		records:  records,
+		cluster:  newClusterState(),
 		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		changes:  c,
 		applied:  newAppliedRoutes(),
@@ -234,18 +238,22 @@ func (m *Manager) cannotInject() error {
 	return nil
 }
 
-// Run discovers the cluster's networks, then serves gRPC until ctx ends.
+// Run discovers the cluster's networks, then serves gRPC until ctx ends;
+// the cluster watcher keeps the networks current meanwhile.
 func (m *Manager) Run(ctx context.Context) error {
 	visible := m.namespacesFor("")
-	info, err := discoverClusterInfo(ctx, m.kube, discovery{
+	watcher := newClusterWatcher(m.kube, discovery{
 		namespace: m.cfg.Namespace, resolvConf: m.cfg.ResolvConf, noNodes: m.cfg.NoNodes, namespaces: visible,
-	})
+	}, m.cfg.NodeRefresh, m.log.With("component", "cluster"))
+	defer watcher.close()
+	info, err := watcher.start(ctx)
 	if err != nil {
 		return err
 	}
-	m.cluster = info
+	m.cluster.set(info)
 	m.log.Info("cluster discovered", "podCIDRs", info.PodCidrs, "serviceCIDRs", info.ServiceCidrs,
-		"dns", info.DnsIp, "domain", info.ClusterDomain)
+		"dns", info.DnsIp, "domain", info.ClusterDomain,
+		"watchingNodes", watcher.nodes != nil, "watchingServiceCIDRs", watcher.cidrs != nil)
 	policy, err := newDialPolicy(info, m.cfg.AllowCIDRs)
 	if err != nil {
 		return err
@@ -340,6 +348,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { m.reapSessions(ctx); return nil })
 	g.Go(func() error { m.refreshNodes(ctx, nodes, m.cfg.NodeRefresh); return nil })
+	g.Go(func() error { watcher.run(ctx, m.setCluster); return nil })
 	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
@@ -470,7 +479,7 @@ func (m *Manager) ArriveAsClient(ctx context.Context, c *managerv1.ClientInfo) (
 
 func (m *Manager) sessionInfo(secret string) *managerv1.SessionInfo {
 	return &managerv1.SessionInfo{
-		SessionId: secret, Cluster: m.cluster,
+		SessionId: secret, Cluster: m.cluster.current(),
 		Ttl: durationpb.New(m.cfg.SessionTTL), ManagerVersion: m.cfg.Version,
 	}
 }

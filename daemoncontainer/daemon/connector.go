@@ -60,6 +60,8 @@ type connector struct {
 	dialer atomic.Pointer[tunnel.Dialer]
 	// sessions receives every new session (first connect and reconnects).
 	sessions chan *managerv1.SessionInfo
+	// cluster is the latest ClusterInfo of the session (routes.go).
+	cluster *clusterFeed
 
 	mu             sync.Mutex
 	state          daemonv1.ConnectionState
@@ -77,6 +79,7 @@ type connector struct {
 func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
 	return &connector{cfg: cfg, rest: rc, kube: kc, log: log,
 		sessions: make(chan *managerv1.SessionInfo, 1),
+		cluster:  newClusterFeed(),
 		state:    daemonv1.ConnectionState_CONNECTION_STATE_CONNECTING}
 }
 
@@ -206,6 +209,7 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.heartbeat(gctx, client, sess, pf.Done()) })
+	g.Go(func() error { return c.watchCluster(gctx, client, sess, log) })
 	g.Go(func() error {
 		if err := c.watchDials(gctx, client, c.dialer.Load(), sess.GetSessionId(), log); err != nil {
 			return err

@@ -86,24 +86,22 @@ type daemon struct {
 	apiServer string
 
 	mu        sync.Mutex
-	routes    []netip.Prefix
+	routes    []netip.Prefix // requested: the cluster's ranges
 	conflicts []tun.Conflict
+	dev       *tun.Device // nil until the network is up
 	stack     *netstack.Stack
 	dns       *dns.Server
 	dnsInfo   *daemonv1.DNSStatus
 }
 
 // runNetwork routes the cluster's subnets into the TUN device, runs the
-// netstack and the DNS server, and points the namespace's resolver at it.
+// netstack and the DNS server, and points the namespace's resolver at it;
+// the routes then follow the cluster's changes (routes.go).
 func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo) error {
 	log := d.cfg.Log.With("connection", d.cfg.Connection)
-	var routes []netip.Prefix
-	for _, s := range append(cluster.GetPodCidrs(), cluster.GetServiceCidrs()...) {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("manager sent a bad CIDR %q: %w", s, err)
-		}
-		routes = append(routes, p)
+	routes, err := clusterRoutes(cluster)
+	if err != nil {
+		return err
 	}
 	conflicts, err := tun.Conflicts(routes)
 	if err != nil {
@@ -146,12 +144,18 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 		return err
 	}
 	d.mu.Lock()
-	d.routes, d.conflicts, d.stack, d.dns = routes, conflicts, st, srv
+	d.routes, d.conflicts, d.stack, d.dns, d.dev = routes, conflicts, st, srv, dev
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.dev = nil // closed when we return
+		d.mu.Unlock()
+	}()
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return st.Run(ctx) })
 	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error { return d.followCluster(ctx, dev, srv, log) })
 	g.Go(func() error {
 		select {
 		case <-ctx.Done():
@@ -234,6 +238,7 @@ func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.Sta
 	for _, r := range d.routes {
 		s.RoutedSubnets = append(s.RoutedSubnets, r.String())
 	}
+	tunStatus(d.dev, s)
 	for _, c := range d.conflicts {
 		s.Conflicts = append(s.Conflicts, &daemonv1.SubnetConflict{Subnet: c.Route.String(), ConflictsWith: c.Network.String(), Interface: c.Interface})
 	}

@@ -25,7 +25,8 @@ func (r route) String() string {
 	}
 }
 
-// router decides routes. It is immutable after construction.
+// router decides routes. It is immutable after construction (the server
+// replaces it when the cluster's prefixes change).
 type router struct {
 	clusterDomain string         // lower-case FQDN
 	prefixes      []netip.Prefix // masked

@@ -36,7 +36,7 @@ var (
 // [NewServer], serve with [Server.Run].
 type Server struct {
 	cfg      config
-	router   router
+	router   atomic.Pointer[router] // replaced by SetClusterPrefixes
 	cache    *cache
 	flight   flight
 	upstream Exchanger // nil without upstreams
@@ -86,13 +86,13 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:    c,
-		router: router{clusterDomain: c.clusterDomain, prefixes: c.prefixes, search: c.search},
 		cache:  newCache(c.cacheSize),
 		flight: flight{calls: make(map[cacheKey]*call)},
 		log:    c.logger,
 		now:    time.Now,
 		ready:  make(chan struct{}),
 	}
+	s.router.Store(&router{clusterDomain: c.clusterDomain, prefixes: c.prefixes, search: c.search})
 	if len(c.upstreams) > 0 {
 		s.upstream = newForwarder(c.upstreams)
 	}
@@ -110,6 +110,20 @@ func (s *Server) Addr() (udp, tcp net.Addr) {
 	s.addrMu.Lock()
 	defer s.addrMu.Unlock()
 	return s.udpAddr, s.tcpAddr
+}
+
+// SetClusterPrefixes replaces Config.ClusterPrefixes (the cluster's ranges
+// changed): reverse names inside the new prefixes go to the cluster from now
+// on. Invalid prefixes are left out.
+func (s *Server) SetClusterPrefixes(prefixes []netip.Prefix) {
+	r := *s.router.Load()
+	r.prefixes = nil
+	for _, p := range prefixes {
+		if p.IsValid() {
+			r.prefixes = append(r.prefixes, p.Masked())
+		}
+	}
+	s.router.Store(&r)
 }
 
 // Stats returns the server's counters.
@@ -258,7 +272,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 
-	r := s.router.route(key.name)
+	r := s.router.Load().route(key.name)
 	var ex Exchanger
 	var forwards *atomic.Uint64
 	switch r {

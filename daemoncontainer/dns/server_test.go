@@ -48,6 +48,36 @@ func newRoutingFixture(t *testing.T) *routingFixture {
 	return f
 }
 
+// TestSetClusterPrefixes: reverse names follow the cluster's ranges when
+// they change (a new node's pod CIDR, a new ServiceCIDR).
+func TestSetClusterPrefixes(t *testing.T) {
+	f := newRoutingFixture(t)
+	answeredBy := func(name string) string {
+		t.Helper()
+		r := query(t, "udp", f.srv.addrString("udp"), name, dns.TypePTR, 0)
+		switch {
+		case len(r.Answer) == 1 && strings.Contains(r.Answer[0].String(), clusterIP):
+			return "cluster"
+		case len(r.Answer) == 1 && strings.Contains(r.Answer[0].String(), upstreamIP):
+			return "upstream"
+		}
+		return fmt.Sprintf("unexpected answer %v", r)
+	}
+	// Distinct names each time: answers are cached.
+	if got := answeredBy("1.0.245.10.in-addr.arpa."); got != "upstream" {
+		t.Fatalf("10.245.0.1 before the change: answered by %s, want upstream", got)
+	}
+	f.srv.SetClusterPrefixes([]netip.Prefix{mustPrefix("10.245.0.0/24")})
+	for name, want := range map[string]string{
+		"2.0.245.10.in-addr.arpa.": "cluster",  // added
+		"3.0.96.10.in-addr.arpa.":  "upstream", // removed
+	} {
+		if got := answeredBy(name); got != want {
+			t.Errorf("%s after the change: answered by %s, want %s", name, got, want)
+		}
+	}
+}
+
 func TestRouting(t *testing.T) {
 	f := newRoutingFixture(t)
 	tests := []struct {

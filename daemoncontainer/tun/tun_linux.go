@@ -153,6 +153,32 @@ func (d *Device) Routes() []netip.Prefix {
 	return slices.Clone(d.routes)
 }
 
+// KernelRoutes reads the routes the kernel has through the device now, in the main table of the
+// calling thread's network namespace: those SetRoutes installed and any added by hand, but not
+// the ones the kernel derives from the device's own addresses. Unlike Routes, it shows what
+// really reaches the device.
+func (d *Device) KernelRoutes() ([]netip.Prefix, error) {
+	rts, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: d.link.Attrs().Index}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		return nil, fmt.Errorf("tun: list the routes of %s: %w", d.name, err)
+	}
+	var out []netip.Prefix
+	for _, r := range rts {
+		p, ok := prefixOf(r.Dst)
+		if !ok || r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out, nil
+}
+
 // SetRoutes makes routes the set of prefixes routed through the device: it adds the missing
 // ones (skipping those the namespace already routes elsewhere) and removes the others. It must
 // be called in the device's network namespace.

@@ -71,6 +71,10 @@ func TestOpenConfiguresDevice(t *testing.T) {
 		if got := d.Routes(); !slices.Equal(got, routes) {
 			t.Errorf("Routes: got %v, want %v", got, routes)
 		}
+		// The kernel's view, sorted; the address routes the kernel derives are left out.
+		if got, err := d.KernelRoutes(); err != nil || !slices.Equal(got, routes) {
+			t.Errorf("KernelRoutes: got %v, %v, want %v", got, err, routes)
+		}
 
 		// SetRoutes adds and removes.
 		next := mustPrefixes("10.96.0.0/12", "10.100.0.0/16")
@@ -82,6 +86,17 @@ func TestOpenConfiguresDevice(t *testing.T) {
 		}
 		if rs, err := netlink.RouteGet(net.ParseIP("10.244.0.1")); err == nil && len(rs) > 0 && rs[0].LinkIndex == attrs.Index {
 			t.Errorf("route to 10.244.0.1 after SetRoutes: got via tp0, want removed")
+		}
+		if got, err := d.KernelRoutes(); err != nil || !slices.Equal(got, next) {
+			t.Errorf("KernelRoutes after SetRoutes: got %v, %v, want %v", got, err, next)
+		}
+		// A route removed behind the device's back is gone from KernelRoutes, not from Routes.
+		gone := &netlink.Route{LinkIndex: attrs.Index, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: net.ParseIP("10.100.0.0").To4(), Mask: net.CIDRMask(16, 32)}}
+		if err := netlink.RouteDel(gone); err != nil {
+			t.Fatalf("RouteDel 10.100.0.0/16: %v", err)
+		}
+		if got, err := d.KernelRoutes(); err != nil || !slices.Equal(got, next[:1]) {
+			t.Errorf("KernelRoutes after a RouteDel: got %v, %v, want %v", got, err, next[:1])
 		}
 
 		if err := d.Close(); err != nil {

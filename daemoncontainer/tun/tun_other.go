@@ -33,6 +33,9 @@ func (*Device) Fd() uintptr { return ^uintptr(0) }
 // Routes returns nil.
 func (*Device) Routes() []netip.Prefix { return nil }
 
+// KernelRoutes returns errors.ErrUnsupported.
+func (*Device) KernelRoutes() ([]netip.Prefix, error) { return nil, errors.ErrUnsupported }
+
 // SetRoutes returns errors.ErrUnsupported.
 func (*Device) SetRoutes([]netip.Prefix) error { return errors.ErrUnsupported }
 

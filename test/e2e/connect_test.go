@@ -69,6 +69,7 @@ type statusOut struct {
 	Resumes        int      `json:"resumes"`
 	LastResumed    string   `json:"lastResumed"`
 	RoutedSubnets  []string `json:"routedSubnets"`
+	TUNRoutes      []string `json:"tunRoutes"`
 	DNS            *struct {
 		UpstreamForwards uint64 `json:"upstreamForwards"`
 	} `json:"dns"`

@@ -105,17 +105,23 @@ checks the rendered rules.
 {{- end }}
 
 {{/*
-RBAC rules on cluster-scoped resources (always in a ClusterRole). May be
-empty: with rbac.readNodes=false the manager reads nothing cluster-wide.
+RBAC rules on cluster-scoped resources (always in a ClusterRole). With
+rbac.readNodes=false the manager reads nothing cluster-wide but the service
+ranges (ServiceCIDRs).
 */}}
 {{- define "tp.rules.clusterScoped" -}}
 {{- if .Values.rbac.readNodes }}
-# Nodes: pod CIDRs to route, and the node addresses the tunnel's dial policy
-# refuses (listed at start and every 30 s).
+# Nodes: pod CIDRs to route (watched: a node added later is routed), and the
+# node addresses the tunnel's dial policy refuses (listed every 30 s).
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end }}
+# ServiceCIDRs (where the cluster serves networking.k8s.io/v1): the service
+# ranges to route, watched. They name address ranges only.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["servicecidrs"]
+  verbs: ["list", "watch"]
 # Traffic-agents authenticate with their pod's ServiceAccount token (audience
 # tp), verified by a TokenReview (then the pod is checked with get pods).
 - apiGroups: ["authentication.k8s.io"]

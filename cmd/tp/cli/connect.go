@@ -158,9 +158,13 @@ type statusJSON struct {
 	Resumes          int32    `json:"resumes"`
 	LastResumed      string   `json:"lastResumed,omitempty"`
 	RoutedSubnets    []string `json:"routedSubnets,omitempty"`
-	Conflicts        []string `json:"subnetConflicts,omitempty"`
-	DNS              *dnsJSON `json:"dns,omitempty"`
-	OpenFlows        int64    `json:"openFlows"`
+	// TUNRoutes are the routes the kernel has on the TUN device: what
+	// reaches the cluster, while RoutedSubnets are the ranges asked for.
+	TUNRoutes      []string `json:"tunRoutes,omitempty"`
+	TUNRoutesError string   `json:"tunRoutesError,omitempty"`
+	Conflicts      []string `json:"subnetConflicts,omitempty"`
+	DNS            *dnsJSON `json:"dns,omitempty"`
+	OpenFlows      int64    `json:"openFlows"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
 	Flows *daemonv1.FlowStats `json:"flows,omitempty"`
 }
@@ -185,7 +189,7 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		ManagerNamespace: st.GetManagerNamespace(), APIServer: st.GetApiServer(),
 		DaemonVersion: st.GetVersion(), ManagerVersion: st.GetManagerVersion(), SessionID: st.GetSessionId(),
 		Reconnects: st.GetReconnects(), Resumes: st.GetResumes(), RoutedSubnets: st.GetRoutedSubnets(), OpenFlows: st.GetOpenFlows(),
-		Flows: st.GetFlows(),
+		TUNRoutes: st.GetTunRoutes(), TUNRoutesError: st.GetTunRoutesError(), Flows: st.GetFlows(),
 	}
 	if st.GetConnectedSince() != nil {
 		v.ConnectedSince = st.GetConnectedSince().AsTime().Format(time.RFC3339)
@@ -207,7 +211,7 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var name, output string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the state of a connection: daemon, context, manager, routed subnets, DNS",
+		Short: "Show the state of a connection: daemon, context, manager, cluster subnets, TUN routes, DNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			d, err := daemoncontainer.DialConnection(cmd.Context(), name)
@@ -238,7 +242,12 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				if v.LastResumed != "" {
 					fmt.Fprintf(w, "Session resumed:   %s (%d of the reconnects kept the session and its intercepts)\n", v.LastResumed, v.Resumes)
 				}
-				fmt.Fprintf(w, "Routed subnets:    %s\n", strings.Join(v.RoutedSubnets, ", "))
+				fmt.Fprintf(w, "Cluster subnets:   %s\n", strings.Join(v.RoutedSubnets, ", "))
+				if v.TUNRoutesError != "" {
+					fmt.Fprintf(w, "TUN routes:        unknown: %s\n", v.TUNRoutesError)
+				} else {
+					fmt.Fprintf(w, "TUN routes:        %s\n", strings.Join(v.TUNRoutes, ", "))
+				}
 				for _, c := range v.Conflicts {
 					fmt.Fprintf(w, "Subnet conflict:   %s\n", c)
 				}

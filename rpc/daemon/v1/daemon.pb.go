@@ -311,10 +311,16 @@ type StatusResponse struct {
 	// last_resumed is when the daemon last took up its session again after a
 	// reconnect (unset when it never had to); resumes counts those. A
 	// reconnect that had to arrive anew counts in reconnects only.
-	LastResumed   *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=last_resumed,json=lastResumed,proto3" json:"last_resumed,omitempty"`
-	Resumes       int32                  `protobuf:"varint,19,opt,name=resumes,proto3" json:"resumes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastResumed *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=last_resumed,json=lastResumed,proto3" json:"last_resumed,omitempty"`
+	Resumes     int32                  `protobuf:"varint,19,opt,name=resumes,proto3" json:"resumes,omitempty"`
+	// tun_routes are the routes the kernel has on the TUN device now (read
+	// from the daemon's network namespace), unlike routed_subnets, the cluster
+	// ranges the daemon asked for.
+	TunRoutes []string `protobuf:"bytes,20,rep,name=tun_routes,json=tunRoutes,proto3" json:"tun_routes,omitempty"`
+	// tun_routes_error says why tun_routes could not be read.
+	TunRoutesError string `protobuf:"bytes,21,opt,name=tun_routes_error,json=tunRoutesError,proto3" json:"tun_routes_error,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -478,6 +484,20 @@ func (x *StatusResponse) GetResumes() int32 {
 		return x.Resumes
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetTunRoutes() []string {
+	if x != nil {
+		return x.TunRoutes
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetTunRoutesError() string {
+	if x != nil {
+		return x.TunRoutesError
+	}
+	return ""
 }
 
 // FlowStats are the netstack's counters since the daemon started.
@@ -697,7 +717,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\x12)\n" +
 	"\x10cluster_forwards\x18\a \x01(\x04R\x0fclusterForwards\x12+\n" +
 	"\x11upstream_forwards\x18\b \x01(\x04R\x10upstreamForwards\x12\x1a\n" +
-	"\bfailures\x18\t \x01(\x04R\bfailures\"\xf8\x05\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\"\xc1\x06\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -724,7 +744,10 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"api_server\x18\x10 \x01(\tR\tapiServer\x12-\n" +
 	"\x05flows\x18\x11 \x01(\v2\x17.tp.daemon.v1.FlowStatsR\x05flows\x12=\n" +
 	"\flast_resumed\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\vlastResumed\x12\x18\n" +
-	"\aresumes\x18\x13 \x01(\x05R\aresumes\"\x87\x03\n" +
+	"\aresumes\x18\x13 \x01(\x05R\aresumes\x12\x1d\n" +
+	"\n" +
+	"tun_routes\x18\x14 \x03(\tR\ttunRoutes\x12(\n" +
+	"\x10tun_routes_error\x18\x15 \x01(\tR\x0etunRoutesError\"\x87\x03\n" +
 	"\tFlowStats\x12\x19\n" +
 	"\btcp_open\x18\x01 \x01(\x03R\atcpOpen\x12\x1f\n" +
 	"\vtcp_pending\x18\x02 \x01(\x03R\n" +

@@ -2000,7 +2000,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\x83\t\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xcc\t\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
 	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
@@ -2013,7 +2013,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
 	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponse\x12E\n" +
 	"\n" +
-	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12E\n" +
+	"WatchDials\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.DialRequest0\x01\x12G\n" +
+	"\fWatchCluster\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.ClusterInfo0\x01\x12E\n" +
 	"\rArriveAsAgent\x12\x18.tp.manager.v1.AgentInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
 	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01\x12Z\n" +
 	"\rRoutesApplied\x12#.tp.manager.v1.RoutesAppliedRequest\x1a$.tp.manager.v1.RoutesAppliedResponseB/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
@@ -2099,25 +2100,27 @@ var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
 	6,  // 27: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
 	9,  // 28: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
 	23, // 29: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
-	13, // 30: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	23, // 31: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	15, // 32: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
-	18, // 33: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	21, // 34: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	21, // 35: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
-	24, // 36: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	25, // 37: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	28, // 38: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 39: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 40: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 41: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 42: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 43: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	21, // 44: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 45: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	16, // 46: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
-	33, // [33:47] is the sub-list for method output_type
-	19, // [19:33] is the sub-list for method input_type
+	23, // 30: tp.manager.v1.Manager.WatchCluster:input_type -> tp.manager.v1.SessionRef
+	13, // 31: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	23, // 32: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	15, // 33: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
+	18, // 34: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	21, // 35: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	21, // 36: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
+	24, // 37: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	25, // 38: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	28, // 39: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 40: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	5,  // 41: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	8,  // 42: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	10, // 43: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	11, // 44: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	20, // 45: tp.manager.v1.Manager.WatchCluster:output_type -> tp.manager.v1.ClusterInfo
+	21, // 46: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	14, // 47: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	16, // 48: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
+	34, // [34:49] is the sub-list for method output_type
+	19, // [19:34] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name

@@ -33,6 +33,7 @@ const (
 	Manager_ListWorkloads_FullMethodName   = "/tp.manager.v1.Manager/ListWorkloads"
 	Manager_UninstallAgents_FullMethodName = "/tp.manager.v1.Manager/UninstallAgents"
 	Manager_WatchDials_FullMethodName      = "/tp.manager.v1.Manager/WatchDials"
+	Manager_WatchCluster_FullMethodName    = "/tp.manager.v1.Manager/WatchCluster"
 	Manager_ArriveAsAgent_FullMethodName   = "/tp.manager.v1.Manager/ArriveAsAgent"
 	Manager_WatchIntercepts_FullMethodName = "/tp.manager.v1.Manager/WatchIntercepts"
 	Manager_RoutesApplied_FullMethodName   = "/tp.manager.v1.Manager/RoutesApplied"
@@ -79,6 +80,11 @@ type ManagerClient interface {
 	// whose Open carries the request's pairing_id; the manager splices it to
 	// the agent's flow.
 	WatchDials(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DialRequest], error)
+	// WatchCluster streams what the client must route and resolve: the current
+	// ClusterInfo at once, then again on every change of the cluster's pod or
+	// service ranges (a node added or removed, a ServiceCIDR created or
+	// deleted). The daemon's routes follow it.
+	WatchCluster(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterInfo], error)
 	// ArriveAsAgent registers a traffic-agent (one per pod) and its pod's
 	// environment. Agents keep their session alive with Remain.
 	ArriveAsAgent(ctx context.Context, in *AgentInfo, opts ...grpc.CallOption) (*SessionInfo, error)
@@ -219,6 +225,25 @@ func (c *managerClient) WatchDials(ctx context.Context, in *SessionRef, opts ...
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Manager_WatchDialsClient = grpc.ServerStreamingClient[DialRequest]
 
+func (c *managerClient) WatchCluster(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterInfo], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[1], Manager_WatchCluster_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRef, ClusterInfo]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchClusterClient = grpc.ServerStreamingClient[ClusterInfo]
+
 func (c *managerClient) ArriveAsAgent(ctx context.Context, in *AgentInfo, opts ...grpc.CallOption) (*SessionInfo, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SessionInfo)
@@ -231,7 +256,7 @@ func (c *managerClient) ArriveAsAgent(ctx context.Context, in *AgentInfo, opts .
 
 func (c *managerClient) WatchIntercepts(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSnapshot], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[1], Manager_WatchIntercepts_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[2], Manager_WatchIntercepts_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -299,6 +324,11 @@ type ManagerServer interface {
 	// whose Open carries the request's pairing_id; the manager splices it to
 	// the agent's flow.
 	WatchDials(*SessionRef, grpc.ServerStreamingServer[DialRequest]) error
+	// WatchCluster streams what the client must route and resolve: the current
+	// ClusterInfo at once, then again on every change of the cluster's pod or
+	// service ranges (a node added or removed, a ServiceCIDR created or
+	// deleted). The daemon's routes follow it.
+	WatchCluster(*SessionRef, grpc.ServerStreamingServer[ClusterInfo]) error
 	// ArriveAsAgent registers a traffic-agent (one per pod) and its pod's
 	// environment. Agents keep their session alive with Remain.
 	ArriveAsAgent(context.Context, *AgentInfo) (*SessionInfo, error)
@@ -352,6 +382,9 @@ func (UnimplementedManagerServer) UninstallAgents(context.Context, *UninstallAge
 }
 func (UnimplementedManagerServer) WatchDials(*SessionRef, grpc.ServerStreamingServer[DialRequest]) error {
 	return status.Error(codes.Unimplemented, "method WatchDials not implemented")
+}
+func (UnimplementedManagerServer) WatchCluster(*SessionRef, grpc.ServerStreamingServer[ClusterInfo]) error {
+	return status.Error(codes.Unimplemented, "method WatchCluster not implemented")
 }
 func (UnimplementedManagerServer) ArriveAsAgent(context.Context, *AgentInfo) (*SessionInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method ArriveAsAgent not implemented")
@@ -574,6 +607,17 @@ func _Manager_WatchDials_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Manager_WatchDialsServer = grpc.ServerStreamingServer[DialRequest]
 
+func _Manager_WatchCluster_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SessionRef)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ManagerServer).WatchCluster(m, &grpc.GenericServerStream[SessionRef, ClusterInfo]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchClusterServer = grpc.ServerStreamingServer[ClusterInfo]
+
 func _Manager_ArriveAsAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AgentInfo)
 	if err := dec(in); err != nil {
@@ -681,6 +725,11 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchDials",
 			Handler:       _Manager_WatchDials_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchCluster",
+			Handler:       _Manager_WatchCluster_Handler,
 			ServerStreams: true,
 		},
 		{
