@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/engine"
@@ -184,7 +185,8 @@ func TestRenderWebhook(t *testing.T) {
 		}
 	}
 
-	// Every render rotates the certificate, and the checksum restarts the manager.
+	// A render without a cluster (helm template, an install) makes a new
+	// certificate, and the checksum follows it.
 	again := mustRender(t, "v1.2.3", ns, nil)
 	var dep2 appsv1.Deployment
 	again.decode(t, "Deployment", ns, "traffic-manager", &dep2)
@@ -280,67 +282,183 @@ func (p secretsProvider) GetClientFor(apiVersion, kind string) (dynamic.Namespac
 	return p.client.Resource(corev1.SchemeGroupVersion.WithResource("secrets")), true, nil
 }
 
-// renderSecrets renders the chart as an upgrade in a cluster holding
-// secrets, and returns the Secrets it renders by name.
-func renderSecrets(t *testing.T, ns string, secrets ...runtime.Object) map[string]corev1.Secret {
+// renderUpgrade renders the chart with vals as an upgrade of the release in
+// ns, in a cluster holding objs (what `lookup` finds), and returns its
+// objects by "Kind namespace/name".
+func renderUpgrade(t *testing.T, ns string, vals map[string]any, objs ...runtime.Object) map[string]string {
 	t.Helper()
 	ch, err := Load("v1.2.3")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := chartutil.ToRenderValues(ch, nil, chartutil.ReleaseOptions{Name: DefaultReleaseName, Namespace: ns, IsUpgrade: true}, nil)
+	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{Name: DefaultReleaseName, Namespace: ns, IsUpgrade: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := engine.RenderWithClientProvider(ch, vals, secretsProvider{dynamicfake.NewSimpleDynamicClient(scheme.Scheme, secrets...)})
+	out, err := engine.RenderWithClientProvider(ch, rv, secretsProvider{dynamicfake.NewSimpleDynamicClient(scheme.Scheme, objs...)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]corev1.Secret{}
-	for _, m := range releaseutil.SplitManifests(out[ch.Name()+"/templates/webhook.yaml"]) {
-		var s corev1.Secret
-		if err := yaml.Unmarshal([]byte(m), &s); err != nil {
-			t.Fatal(err)
+	got := map[string]string{}
+	for name, text := range out {
+		if !strings.HasSuffix(name, ".yaml") {
+			continue
 		}
-		if s.Kind == "Secret" {
-			got[s.Name] = s
+		for _, m := range releaseutil.SplitManifests(text) {
+			var meta metav1.PartialObjectMetadata
+			if err := yaml.Unmarshal([]byte(m), &meta); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got[fmt.Sprintf("%s %s/%s", meta.Kind, meta.Namespace, meta.Name)] = m
 		}
 	}
 	return got
 }
 
-// An upgrade keeps the CA (agents carry it in their pod spec) and signs a
-// new serving certificate with it.
-func TestRenderKeepsCA(t *testing.T) {
-	const ns = "tp-test"
-	first := renderSecrets(t, ns)
-	ca := first["traffic-manager-ca"]
-	if len(ca.Data["ca.crt"]) == 0 || len(ca.Data["ca.key"]) == 0 {
-		t.Fatalf("first render: traffic-manager-ca %v, want ca.crt and ca.key", ca.Data)
+// secret decodes the Secret name of namespace ns among objs.
+func secret(t *testing.T, objs map[string]string, ns, name string) *corev1.Secret {
+	t.Helper()
+	m, ok := objs["Secret "+ns+"/"+name]
+	if !ok {
+		t.Fatalf("no Secret %s/%s among %v", ns, name, slices.Sorted(maps.Keys(objs)))
 	}
-	ca.Namespace = ns
-	again := renderSecrets(t, ns, &ca)
-	if got := again["traffic-manager-ca"]; !bytes.Equal(got.Data["ca.crt"], ca.Data["ca.crt"]) || !bytes.Equal(got.Data["ca.key"], ca.Data["ca.key"]) {
-		t.Error("upgrade: a new CA, want the one in the cluster")
-	}
-	tlsSecret := again["traffic-manager-webhook-tls"]
-	if !bytes.Equal(tlsSecret.Data["ca.crt"], ca.Data["ca.crt"]) {
-		t.Error("upgrade: webhook Secret's ca.crt is not the kept CA")
-	}
-	if bytes.Equal(tlsSecret.Data["tls.crt"], first["traffic-manager-webhook-tls"].Data["tls.crt"]) {
-		t.Error("upgrade: same serving certificate, want a new one")
-	}
-	pair, err := tls.X509KeyPair(tlsSecret.Data["tls.crt"], tlsSecret.Data["tls.key"])
-	if err != nil {
+	var s corev1.Secret
+	if err := yaml.UnmarshalStrict([]byte(m), &s); err != nil {
 		t.Fatal(err)
+	}
+	return &s
+}
+
+// podChecksum returns the Deployment's checksum/webhook-tls among objs.
+func podChecksum(t *testing.T, objs map[string]string, ns string) string {
+	t.Helper()
+	var dep appsv1.Deployment
+	if err := yaml.Unmarshal([]byte(objs["Deployment "+ns+"/traffic-manager"]), &dep); err != nil {
+		t.Fatal(err)
+	}
+	sum := dep.Spec.Template.Annotations["checksum/webhook-tls"]
+	if sum == "" {
+		t.Fatal("Deployment: no checksum/webhook-tls annotation")
+	}
+	return sum
+}
+
+// verifyServing checks that s holds a serving certificate for the manager's
+// Service in ns signed by the CA caPEM, valid for about ten years.
+func verifyServing(t *testing.T, s *corev1.Secret, ns string, caPEM []byte) {
+	t.Helper()
+	pair, err := tls.X509KeyPair(s.Data["tls.crt"], s.Data["tls.key"])
+	if err != nil {
+		t.Fatalf("tls.crt and tls.key: %v", err)
 	}
 	leaf, err := x509.ParseCertificate(pair.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.Data["ca.crt"])
+	roots.AppendCertsFromPEM(caPEM)
 	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "traffic-manager." + ns + ".svc", Roots: roots}); err != nil {
-		t.Errorf("upgrade: the new serving certificate does not verify against the kept CA: %v", err)
+		t.Errorf("serving certificate does not verify against the CA: %v", err)
+	}
+	if !bytes.Equal(s.Data["ca.crt"], caPEM) {
+		t.Error("Secret's ca.crt is not the CA")
+	}
+	notAfter, err := time.Parse(time.RFC3339, s.Annotations["tp.run/cert-not-after"])
+	if err != nil {
+		t.Fatalf("annotation tp.run/cert-not-after: %v", err)
+	}
+	if notAfter.After(leaf.NotAfter) || leaf.NotAfter.Sub(notAfter) > time.Minute {
+		t.Errorf("annotation tp.run/cert-not-after %v, want the certificate's NotAfter %v (or a little earlier)", notAfter, leaf.NotAfter)
+	}
+}
+
+// An upgrade with unchanged values in a cluster holding the Secrets of the
+// release renders exactly what is installed, so it restarts nothing; with a
+// changed value only that value changes, and the certificate stays.
+func TestRenderUpgradeChangesNothing(t *testing.T) {
+	const ns = "tp-test"
+	first := renderUpgrade(t, ns, nil)
+	ca := secret(t, first, ns, "traffic-manager-ca")
+	serving := secret(t, first, ns, "traffic-manager-webhook-tls")
+	verifyServing(t, serving, ns, ca.Data["ca.crt"])
+	for i := range 2 {
+		again := renderUpgrade(t, ns, nil, ca, serving)
+		for _, k := range slices.Sorted(maps.Keys(first)) {
+			if again[k] != first[k] {
+				t.Errorf("upgrade %d: %s differs from the installed one:\n%s\nwant\n%s", i+1, k, again[k], first[k])
+			}
+		}
+		if len(again) != len(first) {
+			t.Errorf("upgrade %d: %d objects, want %d", i+1, len(again), len(first))
+		}
+	}
+
+	changed := renderUpgrade(t, ns, map[string]any{"logLevel": "debug"}, ca, serving)
+	for _, name := range []string{"traffic-manager-ca", "traffic-manager-webhook-tls"} {
+		if changed["Secret "+ns+"/"+name] != first["Secret "+ns+"/"+name] {
+			t.Errorf("upgrade with logLevel=debug: Secret %s changed", name)
+		}
+	}
+	if podChecksum(t, changed, ns) != podChecksum(t, first, ns) {
+		t.Error("upgrade with logLevel=debug: checksum/webhook-tls changed")
+	}
+	if changed["Deployment "+ns+"/traffic-manager"] == first["Deployment "+ns+"/traffic-manager"] {
+		t.Error("upgrade with logLevel=debug: same Deployment, want the new log level in it")
+	}
+}
+
+// An upgrade keeps the CA (agents carry it in their pod spec) and signs a new
+// serving certificate with it when the kept one is missing, expires within
+// 30 days, is for other names or another CA, or is not the one its
+// annotations describe.
+func TestRenderRenewsCertificate(t *testing.T) {
+	const ns = "tp-test"
+	first := renderUpgrade(t, ns, nil)
+	ca := secret(t, first, ns, "traffic-manager-ca")
+	serving := secret(t, first, ns, "traffic-manager-webhook-tls")
+	other := renderUpgrade(t, ns, nil) // another CA and certificate
+	otherCA := secret(t, other, ns, "traffic-manager-ca")
+	otherServing := secret(t, other, ns, "traffic-manager-webhook-tls")
+
+	annotated := func(key, value string) *corev1.Secret {
+		s := serving.DeepCopy()
+		s.Annotations[key] = value
+		return s
+	}
+	replaced := serving.DeepCopy()
+	replaced.Data["tls.crt"], replaced.Data["tls.key"] = otherServing.Data["tls.crt"], otherServing.Data["tls.key"]
+	tests := []struct {
+		name    string
+		cluster []runtime.Object
+		wantCA  *corev1.Secret
+	}{
+		{"no serving Secret", []runtime.Object{ca}, ca},
+		{"no annotations", []runtime.Object{ca, func() *corev1.Secret { s := serving.DeepCopy(); s.Annotations = nil; return s }()}, ca},
+		{"expires in 29 days", []runtime.Object{ca, annotated("tp.run/cert-not-after", time.Now().Add(29*24*time.Hour).UTC().Format(time.RFC3339))}, ca},
+		{"other names", []runtime.Object{ca, annotated("tp.run/cert-names", "traffic-manager.tp-old.svc")}, ca},
+		{"another CA", []runtime.Object{otherCA, serving}, otherCA},
+		{"certificate replaced", []runtime.Object{ca, replaced}, ca},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := renderUpgrade(t, ns, nil, tc.cluster...)
+			gotCA := secret(t, got, ns, "traffic-manager-ca")
+			if !bytes.Equal(gotCA.Data["ca.crt"], tc.wantCA.Data["ca.crt"]) || !bytes.Equal(gotCA.Data["ca.key"], tc.wantCA.Data["ca.key"]) {
+				t.Error("a new CA, want the one in the cluster")
+			}
+			s := secret(t, got, ns, "traffic-manager-webhook-tls")
+			if bytes.Equal(s.Data["tls.crt"], serving.Data["tls.crt"]) || bytes.Equal(s.Data["tls.crt"], otherServing.Data["tls.crt"]) {
+				t.Error("kept the serving certificate, want a new one")
+			}
+			verifyServing(t, s, ns, tc.wantCA.Data["ca.crt"])
+			if podChecksum(t, got, ns) == podChecksum(t, first, ns) {
+				t.Error("same checksum/webhook-tls, want a new one (the manager loads the new certificate)")
+			}
+			// The renewed certificate is kept by the next upgrade.
+			again := renderUpgrade(t, ns, nil, gotCA, s)
+			if !bytes.Equal(secret(t, again, ns, "traffic-manager-webhook-tls").Data["tls.crt"], s.Data["tls.crt"]) {
+				t.Error("the next upgrade renewed the renewed certificate, want it kept")
+			}
+		})
 	}
 }

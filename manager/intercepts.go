@@ -99,11 +99,18 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 			"headers", spec.GetHeaders())
 	}
 
-	if !w.agentEnabled() {
-		if err := setAgentLabel(ctx, m.kube, w.ref, true); err != nil {
+	// Enable the agent, or, if a manager of another version enabled it,
+	// replace its pods to get this manager's agent (docs/manager.md).
+	if !w.agentEnabled() || w.agentVersion() != m.cfg.Version {
+		if err := setAgentLabel(ctx, m.kube, w.ref, true, m.cfg.Version); err != nil {
 			return fail(kubeStatus(err))
 		}
-		m.log.Info("agent injection enabled", "workload", w.ref.String())
+		if w.agentEnabled() {
+			m.log.Info("agent of another version: replacing the pods", "workload", w.ref.String(),
+				"agentVersion", w.agentVersion(), "version", m.cfg.Version)
+		} else {
+			m.log.Info("agent injection enabled", "workload", w.ref.String(), "version", m.cfg.Version)
+		}
 	}
 	if w.manualRoll {
 		m.rollouts.enqueue(w.ref)

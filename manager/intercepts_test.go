@@ -13,13 +13,17 @@ import (
 	"google.golang.org/grpc/status"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/internal/kube"
 	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/tunnel"
 )
 
 func TestCreateInterceptInjectsAndWaitsForAgent(t *testing.T) {
@@ -512,18 +516,91 @@ func TestSetAgentLabelRoundTrip(t *testing.T) {
 			t.Fatalf("getWorkload %v: got %v, %v", ref, w, err)
 		}
 		before := w.template.DeepCopy()
-		if err := setAgentLabel(ctx, h.kube, ref, true); err != nil {
+		if err := setAgentLabel(ctx, h.kube, ref, true, "v1"); err != nil {
 			t.Fatal(err)
 		}
-		if w, _ = getWorkload(ctx, h.kube, ref.Namespace, ref.Name); !w.agentEnabled() {
-			t.Errorf("%v: agent label missing after enabling: %v", ref, w.template.Labels)
+		if w, _ = getWorkload(ctx, h.kube, ref.Namespace, ref.Name); !w.agentEnabled() || w.agentVersion() != "v1" {
+			t.Errorf("%v: agent label or version missing after enabling: %v, %v", ref, w.template.Labels, w.template.Annotations)
 		}
-		if err := setAgentLabel(ctx, h.kube, ref, false); err != nil {
+		if err := setAgentLabel(ctx, h.kube, ref, false, ""); err != nil {
 			t.Fatal(err)
 		}
 		w, _ = getWorkload(ctx, h.kube, ref.Namespace, ref.Name)
-		if !reflect.DeepEqual(w.template, before) {
+		// Semantic: the fake keeps the emptied annotations as {}, which the
+		// API server stores as none.
+		if !equality.Semantic.DeepEqual(w.template, before) {
 			t.Errorf("%v: template after round trip:\n got %+v\nwant %+v", ref, w.template, before)
 		}
+	}
+}
+
+// An intercept of a workload whose agent a manager of another version (or
+// one before tp.run/agent-version) enabled sets this manager's version on the
+// pod template, so that its controller replaces the pods and they get this
+// manager's agent; with this version already there the template is left
+// alone, and no pod restarts.
+func TestCreateInterceptRollsAgentsOfAnotherVersion(t *testing.T) {
+	tests := []struct {
+		name        string
+		labels      map[string]string
+		annotations map[string]string
+		wantPatch   bool
+	}{
+		{"no agent yet", nil, nil, true},
+		{"agent of another version", map[string]string{agentLabel: agentLabelEnabled}, map[string]string{agentVersionAnnotation: "v-old"}, true},
+		{"agent without a version", map[string]string{agentLabel: agentLabelEnabled}, nil, true},
+		{"agent of this version", map[string]string{agentLabel: agentLabelEnabled}, map[string]string{agentVersionAnnotation: "v-test"}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := echoObjects()
+			d := objs[0].(*appsv1.Deployment)
+			maps.Copy(d.Spec.Template.Labels, tc.labels)
+			d.Spec.Template.Annotations = tc.annotations
+			h := newHarness(t, objs...)
+			h.arriveAgent(echoRef, "echo-abc", nil, 8080)
+			sess := h.arriveClient("tp", "laptop", "alice")
+			h.intercept(sess, "echo", nil)
+
+			got, err := h.kube.AppsV1().Deployments("shop").Get(context.Background(), "echo", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tmpl := got.Spec.Template
+			if tmpl.Labels[agentLabel] != agentLabelEnabled || tmpl.Annotations[agentVersionAnnotation] != "v-test" {
+				t.Errorf("pod template: labels %v, annotations %v; want %s=%s and %s=v-test",
+					tmpl.Labels, tmpl.Annotations, agentLabel, agentLabelEnabled, agentVersionAnnotation)
+			}
+			patched := false
+			for _, a := range h.kube.Actions() {
+				if p, ok := a.(k8stesting.PatchAction); ok && a.GetResource().Resource == "deployments" &&
+					strings.Contains(string(p.GetPatch()), agentVersionAnnotation) {
+					patched = true
+				}
+			}
+			if patched != tc.wantPatch {
+				t.Errorf("pod template patched: got %v, want %v", patched, tc.wantPatch)
+			}
+		})
+	}
+}
+
+// An agent of another (older) tp version that speaks the manager's protocol
+// is accepted: agents keep working across a manager upgrade until their
+// workload is intercepted again (docs/manager.md).
+func TestArriveAgentOfAnotherVersion(t *testing.T) {
+	h := newHarness(t, echoObjects()...)
+	a := &managerv1.AgentInfo{
+		Workload: "echo", Namespace: "shop", Kind: kindDeployment, PodName: "echo-old", PodIp: "10.1.0.7", Container: "app",
+		Version: "v0.0.1-older", ProtocolVersion: tunnel.ProtocolVersion,
+		Ports: []*managerv1.AgentPort{{ContainerPort: 8080, AgentPort: agent.FirstAgentPort, Protocol: "TCP"}},
+	}
+	cc := h.agentConn(podIdentity(echoRef, "echo-old", 8080))
+	info, err := managerv1.NewManagerClient(cc).ArriveAsAgent(h.ctx(), a)
+	if err != nil {
+		t.Fatalf("ArriveAsAgent of version %s, protocol %d: %v; want it accepted", a.Version, a.ProtocolVersion, err)
+	}
+	if info.GetManagerVersion() != "v-test" {
+		t.Errorf("manager version: got %q, want v-test", info.GetManagerVersion())
 	}
 }

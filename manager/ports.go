@@ -16,6 +16,9 @@ const (
 	// agentLabel on a pod template enables the injection webhook for its pods.
 	agentLabel        = kube.AgentLabel
 	agentLabelEnabled = "enabled"
+	// agentVersionAnnotation on a pod template with agentLabel is the
+	// version of the manager that set it, so of the agent its pods get.
+	agentVersionAnnotation = kube.AgentVersionAnnotation
 	// injectAnnotation "false" on a workload refuses intercepts.
 	injectAnnotation = "tp.run/inject"
 	// injectedAnnotation marks a pod the webhook injected.

@@ -50,6 +50,9 @@ func (w *workload) optedOut() bool { return w.annotations[injectAnnotation] == "
 
 func (w *workload) agentEnabled() bool { return w.template.Labels[agentLabel] == agentLabelEnabled }
 
+// agentVersion is the version of the manager that enabled the agent.
+func (w *workload) agentVersion() string { return w.template.Annotations[agentVersionAnnotation] }
+
 func fromDeployment(d *appsv1.Deployment) *workload {
 	return &workload{
 		ref:         workloadRef{Namespace: d.Namespace, Kind: kindDeployment, Name: d.Name},
@@ -147,16 +150,20 @@ func listWorkloads(ctx context.Context, kube kubernetes.Interface, namespace str
 }
 
 // setAgentLabel adds (enabled) or removes the label tp.run/agent on the
-// workload's pod template with a JSON merge patch that touches nothing else,
-// so that removing it restores the template exactly.
-func setAgentLabel(ctx context.Context, kube kubernetes.Interface, ref workloadRef, enabled bool) error {
-	var value any // null removes the key
+// workload's pod template, and with it the annotation tp.run/agent-version
+// (version: the manager's), with a JSON merge patch that touches nothing
+// else, so that removing them restores the template exactly. A new version
+// changes the template, so its controller replaces the pods and the webhook
+// gives them the manager's agent.
+func setAgentLabel(ctx context.Context, kube kubernetes.Interface, ref workloadRef, enabled bool, version string) error {
+	var label, annotation any // null removes the key
 	if enabled {
-		value = agentLabelEnabled
+		label, annotation = agentLabelEnabled, version
 	}
 	patch, err := json.Marshal(map[string]any{
 		"spec": map[string]any{"template": map[string]any{"metadata": map[string]any{
-			"labels": map[string]any{agentLabel: value},
+			"labels":      map[string]any{agentLabel: label},
+			"annotations": map[string]any{agentVersionAnnotation: annotation},
 		}}},
 	})
 	if err != nil {
@@ -234,7 +241,9 @@ func (r *rollouts) Run(ctx context.Context) {
 	}
 }
 
-// roll replaces the pods of ref whose agent does not match the template.
+// roll replaces the pods of ref whose agent does not match the template:
+// with the agent when it asks for none or the other way round, or an agent of
+// another version (tp.run/agent-version) than it asks for.
 func (r *rollouts) roll(ctx context.Context, ref workloadRef) error {
 	w, err := getWorkload(ctx, r.kube, ref.Namespace, ref.Name)
 	if err != nil {
@@ -255,7 +264,8 @@ func (r *rollouts) roll(ctx context.Context, ref workloadRef) error {
 		}
 	}
 	for _, pod := range pods {
-		if pod.DeletionTimestamp != nil || hasAgent(&pod) == want {
+		stale := hasAgent(&pod) != want || want && pod.Annotations[agentVersionAnnotation] != w.agentVersion()
+		if pod.DeletionTimestamp != nil || !stale {
 			continue
 		}
 		r.log.Info("replacing pod", "workload", ref.String(), "pod", pod.Name, "agent", want)

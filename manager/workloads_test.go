@@ -35,8 +35,10 @@ func bareReplicaSet() *appsv1.ReplicaSet {
 	}
 }
 
-// barePod is a ready pod of the bare ReplicaSet, with or without the agent.
-func barePod(name string, agent bool) *corev1.Pod {
+// barePod is a ready pod of the bare ReplicaSet, with the agent of
+// agentVersion (as its ReplicaSet's template said when it was created) or
+// without the agent ("").
+func barePod(name string, agentVersion string) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: "shop", Name: name, UID: types.UID(name + "-uid"), Labels: bareLabels,
@@ -45,14 +47,15 @@ func barePod(name string, agent bool) *corev1.Pod {
 		Spec:   corev1.PodSpec{Containers: []corev1.Container{appContainer()}},
 		Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
-	if agent {
+	if agentVersion != "" {
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: agentContainerName})
+		p.Annotations = map[string]string{agentVersionAnnotation: agentVersion}
 	}
 	return p
 }
 
 func TestRolloutReplacesBareReplicaSetPodsOneByOne(t *testing.T) {
-	kube := fake.NewClientset(bareReplicaSet(), barePod("bare-1", false), barePod("bare-2", false))
+	kube := fake.NewClientset(bareReplicaSet(), barePod("bare-1", ""), barePod("bare-2", ""))
 	ref := workloadRef{Namespace: "shop", Kind: kindReplicaSet, Name: "bare"}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := newRollouts(kube, slog.New(slog.DiscardHandler))
@@ -71,28 +74,36 @@ func TestRolloutReplacesBareReplicaSetPodsOneByOne(t *testing.T) {
 		}
 		return err == nil
 	}
-	replace := func(gone, replacement string) {
+	replace := func(gone, replacement, agentVersion string) {
 		t.Helper()
 		eventually(t, gone+" deleted", func() bool { return !exists(gone) })
-		if _, err := kube.CoreV1().Pods("shop").Create(context.Background(), barePod(replacement, true), metav1.CreateOptions{}); err != nil {
+		if _, err := kube.CoreV1().Pods("shop").Create(context.Background(), barePod(replacement, agentVersion), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	if err := setAgentLabel(ctx, kube, ref, true); err != nil {
+	if err := setAgentLabel(ctx, kube, ref, true, "v1"); err != nil {
 		t.Fatal(err)
 	}
 	r.enqueue(ref)
-	replace("bare-1", "bare-3")
-	replace("bare-2", "bare-4")
+	replace("bare-1", "bare-3", "v1")
+	replace("bare-2", "bare-4", "v1")
+
+	// A manager of another version rolls the pods to its agent.
+	if err := setAgentLabel(ctx, kube, ref, true, "v2"); err != nil {
+		t.Fatal(err)
+	}
+	r.enqueue(ref)
+	replace("bare-3", "bare-5", "v2")
+	replace("bare-4", "bare-6", "v2")
 
 	// Uninstalling rolls the pods back to no agent.
-	if err := setAgentLabel(ctx, kube, ref, false); err != nil {
+	if err := setAgentLabel(ctx, kube, ref, false, ""); err != nil {
 		t.Fatal(err)
 	}
 	r.enqueue(ref)
-	replace("bare-3", "bare-5")
-	replace("bare-4", "bare-6")
+	replace("bare-5", "bare-7", "")
+	replace("bare-6", "bare-8", "")
 
 	// One at a time: each deletion waits for the previous replacement.
 	var got []string
@@ -108,14 +119,15 @@ func TestRolloutReplacesBareReplicaSetPodsOneByOne(t *testing.T) {
 		}
 	}
 	want := []string{"delete bare-1", "create bare-3", "delete bare-2", "create bare-4",
-		"delete bare-3", "create bare-5", "delete bare-4", "create bare-6"}
+		"delete bare-3", "create bare-5", "delete bare-4", "create bare-6",
+		"delete bare-5", "create bare-7", "delete bare-6", "create bare-8"}
 	if !slices.Equal(got, want) {
 		t.Errorf("pod actions: got %v, want %v", got, want)
 	}
 }
 
 func TestCreateInterceptOfBareReplicaSetRollsPods(t *testing.T) {
-	h := newHarness(t, bareReplicaSet(), barePod("bare-1", false), service("shop", "bare", bareLabels, namedPort("", 80, intstr.FromInt32(8080))))
+	h := newHarness(t, bareReplicaSet(), barePod("bare-1", ""), service("shop", "bare", bareLabels, namedPort("", 80, intstr.FromInt32(8080))))
 	h.m.rollouts.poll = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})

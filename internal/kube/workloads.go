@@ -23,6 +23,12 @@ const (
 	// AgentLabel on a workload's pod template asks the traffic-manager's
 	// webhook to inject the traffic-agent.
 	AgentLabel = "tp.run/agent"
+	// AgentVersionAnnotation on a workload's pod template, next to
+	// AgentLabel, is the version of the traffic-manager that enabled the
+	// agent (the agent runs the manager's image). A newer manager that
+	// intercepts the workload changes it, which replaces the pods and so
+	// their agents (docs/manager.md, "Upgrades").
+	AgentVersionAnnotation = "tp.run/agent-version"
 	// AuthorizeAnnotation on a workload asks the traffic-manager to act on it
 	// for the session it names ("<public session id>.<nonce>").
 	AuthorizeAnnotation = "tp.run/authorize"
@@ -76,7 +82,7 @@ func Authorize(ctx context.Context, kc kubernetes.Interface, namespace, name, se
 	return "", fmt.Errorf("no Deployment, StatefulSet or ReplicaSet %s in namespace %s: %w", name, namespace, ErrNoWorkload)
 }
 
-// RestoreWorkloads removes AgentLabel from the pod templates of the
+// RestoreWorkloads removes AgentLabel (and AgentVersionAnnotation) from the pod templates of the
 // workloads in namespace (every namespace when empty) that carry it, with
 // kc's (the user's) credentials: all of them, or those named. That restores
 // each template exactly; the traffic-manager then ends their intercepts and
@@ -128,7 +134,10 @@ func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace st
 	}
 	// null removes the key and touches nothing else of the template.
 	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{
-		"metadata": map[string]any{"labels": map[string]any{AgentLabel: nil}},
+		"metadata": map[string]any{
+			"labels":      map[string]any{AgentLabel: nil},
+			"annotations": map[string]any{AgentVersionAnnotation: nil},
+		},
 	}}})
 	var restored []string
 	for _, t := range targets {

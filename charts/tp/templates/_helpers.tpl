@@ -161,29 +161,76 @@ traffic-manager-ca
 {{/*
 TLS of the manager: a CA and a serving certificate for the manager's Service,
 used by the agent-injection webhook (port 8443) and the agent port (8082).
-Generated once per render (cached in the root context, so pass $) and shared
-by the Secrets, the webhook's caBundle and the Deployment's checksum
-annotation. The CA is kept across upgrades (read back from its Secret with
-lookup), because the traffic-agents carry it in their pod spec; the serving
-certificate is new on every install and upgrade and, through the checksum,
-restarts the manager. A render without a cluster (helm template) generates a
-new CA. Returns YAML: ca, caKey, cert, key (PEM).
+Computed once per render (cached in the root context, so pass $) and shared
+by the Secrets, the webhooks' caBundle and the Deployment's checksum
+annotation.
+
+Both are kept across upgrades, read back from their Secrets with lookup, so
+that an upgrade with unchanged values renders the same objects and restarts
+nothing:
+- the CA (Secret tp.caSecret) always: the traffic-agents carry it in their
+  pod spec;
+- the serving certificate (Secret tp.webhookSecret) while the annotations the
+  chart wrote next to it (tp.certAnnotations) still hold: it is the one they
+  describe (tp.run/cert-sha256), for the same DNS names (tp.run/cert-names),
+  signed by the kept CA (tp.run/cert-ca-sha256), and valid for more than 30
+  days (tp.run/cert-not-after). Otherwise a new one is signed, and the
+  checksum annotation restarts the manager.
+A render without a cluster (helm template) generates both anew. Returns
+YAML: ca, caKey, cert, key (PEM), names, caSha256, notAfter.
 */}}
 {{- define "tp.webhookTLS" -}}
 {{- if not (hasKey . "tpWebhookTLS") -}}
 {{- $name := include "tp.name" . -}}
 {{- $svc := printf "%s.%s.svc" $name .Release.Namespace -}}
-{{- $old := lookup "v1" "Secret" .Release.Namespace (include "tp.caSecret" .) -}}
+{{- $dnsNames := list $svc (printf "%s.cluster.local" $svc) (printf "%s.%s" $name .Release.Namespace) $name -}}
+{{- $names := join "," $dnsNames -}}
+{{- $oldCA := lookup "v1" "Secret" .Release.Namespace (include "tp.caSecret" .) -}}
 {{- $ca := "" -}}
-{{- if and $old $old.data (index $old.data "ca.crt") (index $old.data "ca.key") -}}
-{{- $ca = buildCustomCert (index $old.data "ca.crt") (index $old.data "ca.key") -}}
+{{- if and $oldCA $oldCA.data (index $oldCA.data "ca.crt") (index $oldCA.data "ca.key") -}}
+{{- $ca = buildCustomCert (index $oldCA.data "ca.crt") (index $oldCA.data "ca.key") -}}
 {{- else -}}
 {{- $ca = genCA (printf "tp-webhook-ca.%s" .Release.Namespace) 3650 -}}
 {{- end -}}
-{{- $cert := genSignedCert $svc nil (list $svc (printf "%s.cluster.local" $svc) (printf "%s.%s" $name .Release.Namespace) $name) 3650 $ca -}}
-{{- $_ := set . "tpWebhookTLS" (dict "ca" $ca.Cert "caKey" $ca.Key "cert" $cert.Cert "key" $cert.Key) -}}
+{{- $caSum := $ca.Cert | sha256sum -}}
+{{- $tls := dict "ca" $ca.Cert "caKey" $ca.Key "names" $names "caSha256" $caSum -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "tp.webhookSecret" .) -}}
+{{- $keep := false -}}
+{{- if and $old $old.data $old.metadata.annotations (index $old.data "tls.crt") (index $old.data "tls.key") -}}
+{{- $ann := $old.metadata.annotations -}}
+{{- $cert := index $old.data "tls.crt" | b64dec -}}
+{{- $notAfter := index $ann "tp.run/cert-not-after" | default "" -}}
+{{- if and $notAfter (eq (index $ann "tp.run/cert-sha256" | default "") ($cert | sha256sum)) (eq (index $ann "tp.run/cert-names" | default "") $names) (eq (index $ann "tp.run/cert-ca-sha256" | default "") $caSum) -}}
+{{- $renewAt := (toDate "2006-01-02T15:04:05Z07:00" $notAfter).Unix | int64 -}}
+{{- if lt (add (now).Unix 2592000) $renewAt -}}
+{{- $keep = true -}}
+{{- $_ := set $tls "cert" $cert -}}
+{{- $_ := set $tls "key" (index $old.data "tls.key" | b64dec) -}}
+{{- $_ := set $tls "notAfter" $notAfter -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $keep -}}
+{{- /* Recorded before signing: never later than the certificate's own NotAfter. */ -}}
+{{- $_ := set $tls "notAfter" (dateInZone "2006-01-02T15:04:05Z07:00" (now | dateModify "+87600h") "UTC") -}}
+{{- $cert := genSignedCert $svc nil $dnsNames 3650 $ca -}}
+{{- $_ := set $tls "cert" $cert.Cert -}}
+{{- $_ := set $tls "key" $cert.Key -}}
+{{- end -}}
+{{- $_ := set . "tpWebhookTLS" $tls -}}
 {{- end -}}
 {{- toYaml (get . "tpWebhookTLS") -}}
+{{- end }}
+
+{{/*
+Annotations of the serving certificate's Secret: what tp.webhookTLS checks
+before it keeps the certificate. Pass the result of tp.webhookTLS.
+*/}}
+{{- define "tp.certAnnotations" -}}
+tp.run/cert-sha256: {{ .cert | sha256sum | quote }}
+tp.run/cert-names: {{ .names | quote }}
+tp.run/cert-ca-sha256: {{ .caSha256 | quote }}
+tp.run/cert-not-after: {{ .notAfter | quote }}
 {{- end }}
 
 {{/*
