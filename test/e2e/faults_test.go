@@ -252,6 +252,7 @@ func newFaultRig(t *testing.T, fault string) *faultRig {
 			logs, _ := docker("logs", "--tail", "60", r.conn.container)
 			t.Logf("daemon container %s, last lines of its log:\n%s", r.conn.container, logs)
 			c.logAgents(t, r.ns, "app=echo")
+			c.logManager(t)
 		}
 	})
 	c.waitCopy(t, r.ns, "http://echo."+r.ns+"/fault", "local", 90*time.Second)
@@ -733,5 +734,21 @@ func (c *cluster) logAgents(t *testing.T, ns, selector string) {
 	for _, p := range pods.Items {
 		b, err := c.client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: "tp-agent", TailLines: &tail}).DoRaw(context.Background())
 		t.Logf("agent of pod %s, last lines of its log (err %v):\n%s", p.Name, err, b)
+	}
+}
+
+// logManager logs the last lines of every traffic-manager pod (a replaced
+// manager's too, while it terminates).
+func (c *cluster) logManager(t *testing.T) {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods(managerNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + managerDeployment})
+	if err != nil {
+		t.Logf("list the traffic-manager pods for their logs: %v", err)
+		return
+	}
+	tail := int64(80)
+	for _, p := range pods.Items {
+		b, err := c.client.CoreV1().Pods(managerNamespace).GetLogs(p.Name, &corev1.PodLogOptions{TailLines: &tail}).DoRaw(context.Background())
+		t.Logf("traffic-manager pod %s, last lines of its log (err %v):\n%s", p.Name, err, b)
 	}
 }
