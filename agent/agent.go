@@ -118,6 +118,11 @@ type agent struct {
 
 	connsMu sync.Mutex
 	conns   map[net.Conn]struct{} // spliced client connections, closed at shutdown
+	// appConns are the connections spliced to the app because their port
+	// had no intercept when they arrived, by container port: when an
+	// intercept of the port starts they are reset, so that their clients
+	// (keep-alive pools) reconnect and reach it (docs/intercepts.md).
+	appConns map[int32]map[net.Conn]struct{}
 	connsWG sync.WaitGroup        // their goroutines
 }
 
@@ -134,6 +139,7 @@ func newAgent(cfg Config) (*agent, error) {
 		ownerGrace:  DefaultOwnerGrace,
 		routesSet:   make(chan struct{}),
 		conns:       map[net.Conn]struct{}{},
+		appConns:    map[int32]map[net.Conn]struct{}{},
 		listen: func(p Port) (net.Listener, error) {
 			return net.Listen("tcp", ":"+strconv.Itoa(int(p.AgentPort)))
 		},
@@ -298,7 +304,49 @@ func (a *agent) dispatch(ctx context.Context, p Port, c net.Conn, httpConns *con
 			c.Close()
 		}
 	default:
-		a.goConn(c, func() { a.toApp(ctx, p, c) })
+		a.goConn(c, func() {
+			defer a.trackAppConn(p.ContainerPort, c)()
+			a.toApp(ctx, p, c)
+		})
+	}
+}
+
+// trackAppConn records c as spliced to the app on containerPort until the
+// returned func runs.
+func (a *agent) trackAppConn(containerPort int32, c net.Conn) (untrack func()) {
+	a.connsMu.Lock()
+	defer a.connsMu.Unlock()
+	m := a.appConns[containerPort]
+	if m == nil {
+		m = map[net.Conn]struct{}{}
+		a.appConns[containerPort] = m
+	}
+	m[c] = struct{}{}
+	return func() {
+		a.connsMu.Lock()
+		defer a.connsMu.Unlock()
+		delete(a.appConns[containerPort], c)
+	}
+}
+
+// resetAppConns resets the connections spliced to the app on the ports that
+// gained an intercept from old to cur. A connection stays with whoever got
+// it when it was accepted; without this, a client's keep-alive connection
+// opened while the port had no intercept (before it, or while the agent
+// re-arrived after a manager restart) would reach the app for as long as it
+// lives. Its client sees one reset and reconnects to the intercept.
+func (a *agent) resetAppConns(old, cur *routes) {
+	a.connsMu.Lock()
+	defer a.connsMu.Unlock()
+	for cp := range cur.ports {
+		if old.port(cp) != nil || len(a.appConns[cp]) == 0 {
+			continue
+		}
+		a.log.Info("an intercept of the port started: resetting the connections the app was serving, so that their clients reconnect to it",
+			"containerPort", cp, "connections", len(a.appConns[cp]))
+		for c := range a.appConns[cp] {
+			reset(c)
+		}
 	}
 }
 
@@ -344,6 +392,7 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) (applied []string) 
 	}
 	a.logChanges(old, r)
 	a.http.routesChanged(old, r)
+	a.resetAppConns(old, r)
 	applied = make([]string, 0, len(r.byHost))
 	for _, ic := range r.byHost {
 		applied = append(applied, ic.id)

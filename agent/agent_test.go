@@ -394,10 +394,14 @@ func TestSnapshotUpdates(t *testing.T) {
 
 	e.mgr.setIntercepts(personalIntercept("ic-1", pt, map[string]string{"x-dev": "alice"}, ""))
 	e.agent.waitRoutes(t, "ic-1")
-	// A connection spliced to the app before the intercept stays with it.
-	if got := servedBy(first.mustGet("/", alice)); got != "app" {
-		t.Errorf("old spliced connection: served by %q, want app", got)
-	}
+	// A connection spliced to the app before the intercept is reset, so
+	// that its client reconnects and reaches the intercept (a keep-alive
+	// connection would reach the app for as long as it lives otherwise).
+	first.c.SetDeadline(time.Now().Add(time.Minute)) // a timeout is no reset
+	waitFor(t, "the connection spliced to the app before the intercept reset", func() bool {
+		_, _, err := first.get("/", alice) // the app may answer until the reset lands
+		return err != nil
+	})
 	c := dialHTTP(t, e.agent.addr)
 	if got := servedBy(c.mustGet("/", alice)); got != "dev" {
 		t.Errorf("after the intercept: served by %q, want dev", got)
