@@ -180,3 +180,44 @@ func TestHelmUpgradeRestartsNothing(t *testing.T) {
 		t.Errorf("intercept after the manager's restart: agent pods %v, were %v; want them kept", final.agents, before.agents)
 	}
 }
+
+// TestInterceptRollsAgentsOfAnotherVersion: pods whose agent a manager of
+// another version enabled (simulated: the pod template's tp.run/agent-version
+// names an older one) keep it until the workload is intercepted again; then
+// the manager sets its own version there, so the pods are replaced with its
+// agent, and the intercept works.
+func TestInterceptRollsAgentsOfAnotherVersion(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "agentver")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "av-"+rand.String(4), "-n", ns)
+	localEcho(t, conn, "local")
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http")
+	url := "http://echo." + ns + "/agent-version"
+	c.waitCopy(t, ns, url, "local", 90*time.Second)
+	tpOK(t, "leave", "echo", "--name", conn.name)
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	current := c.settledPods(t, ns, "app=echo", 1, true)
+
+	const older = "v0.0.0-older"
+	patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"tp.run/agent-version":"` + older + `"}}}}}`)
+	if _, err := c.client.AppsV1().Deployments(ns).Patch(context.Background(), "echo", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	old := c.settledPods(t, ns, "app=echo", 1, true)
+	if maps.Equal(old, current) {
+		t.Fatalf("pods %v kept after the template changed", old)
+	}
+
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http")
+	dep := c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	if v := dep.Spec.Template.Annotations["tp.run/agent-version"]; v == older || v == "" {
+		t.Errorf("pod template's tp.run/agent-version after the intercept: %q, want the manager's version", v)
+	}
+	if now := c.settledPods(t, ns, "app=echo", 1, true); maps.Equal(now, old) {
+		t.Errorf("pods %v of the older agent kept after the intercept, want them replaced", now)
+	}
+	c.waitCopy(t, ns, url, "local", 90*time.Second)
+}
