@@ -123,7 +123,7 @@ type agent struct {
 	// intercept of the port starts they are reset, so that their clients
 	// (keep-alive pools) reconnect and reach it (docs/intercepts.md).
 	appConns map[int32]map[net.Conn]struct{}
-	connsWG sync.WaitGroup        // their goroutines
+	connsWG  sync.WaitGroup // their goroutines
 }
 
 func newAgent(cfg Config) (*agent, error) {
@@ -384,6 +384,7 @@ func (a *agent) setRoutes(snap *managerv1.InterceptSnapshot) (applied []string) 
 		served[p.ContainerPort] = true
 	}
 	r, ignored := newRoutes(snap, served)
+	carryAwaySince(a.routes.Load(), r, time.Now())
 	old := a.routes.Swap(r)
 	a.routesChanged()
 	for _, info := range ignored {
@@ -421,14 +422,22 @@ func (a *agent) nextRoutes() <-chan struct{} {
 const DefaultOwnerGrace = 5 * time.Second
 
 // awaitOwner returns ic as the routes have it now once its owner is connected
-// (its daemon watches dials): at once, or within the owner grace. False when
+// (its daemon watches dials): at once, or within what is left of the owner
+// grace since the owner went away. False when
 // the owner did not come back in time or the intercept ended: then the app
 // serves (docs/intercepts.md, "While the owner is away").
 func (a *agent) awaitOwner(ctx context.Context, ic *intercept) (*intercept, bool) {
 	if ic.ownerConnected {
 		return ic, true
 	}
-	timer := time.NewTimer(a.ownerGrace)
+	// The grace runs from the owner's departure, not per connection: once
+	// it is over, the app serves at once (a crashed daemon must not delay
+	// every caller until its session expires).
+	left := a.ownerGrace - time.Since(ic.awaySince)
+	if left <= 0 {
+		return nil, false
+	}
+	timer := time.NewTimer(left)
 	defer timer.Stop()
 	for {
 		changed := a.nextRoutes()
@@ -523,3 +532,18 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
+
+// carryAwaySince sets when each intercept of cur whose owner is away went
+// away: as in old if it was away there already, else now.
+func carryAwaySince(old, cur *routes, now time.Time) {
+	for host, ic := range cur.byHost {
+		if ic.ownerConnected {
+			continue
+		}
+		if o := old.byHost[host]; o != nil && o.id == ic.id && !o.ownerConnected {
+			ic.awaySince = o.awaySince
+		} else {
+			ic.awaySince = now
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -35,6 +36,9 @@ type intercept struct {
 	pathPrefix    string
 	// ownerConnected: the owner's daemon can take connections now.
 	ownerConnected bool
+	// awaySince is when the agent learned that the owner is away (zero
+	// while connected): the owner grace runs from then.
+	awaySince time.Time
 	// host is the host name of the URLs the agent's HTTP transports use for
 	// this intercept: it keys their connection pools, so connections to
 	// different intercepts are never mixed up.

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -72,5 +73,32 @@ func TestRoute(t *testing.T) {
 	}
 	if len(r.byHost) != 7 {
 		t.Errorf("%d intercepts by host, want 7", len(r.byHost))
+	}
+}
+
+// TestOwnerGraceRunsFromDeparture: the owner grace starts when the owner
+// went away and is kept across snapshots while it stays away.
+func TestOwnerGraceRunsFromDeparture(t *testing.T) {
+	away := &managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{globalIntercept("ic-1", 8080)}}
+	back := &managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{globalIntercept("ic-1", 8080)}}
+	back.Intercepts[0].OwnerConnected = true
+	served := map[int32]bool{8080: true}
+	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	first, _ := newRoutes(away, served)
+	carryAwaySince(noRoutes, first, t0)
+	again, _ := newRoutes(away, served)
+	carryAwaySince(first, again, t0.Add(time.Minute))
+	if got := again.port(8080).global.awaySince; !got.Equal(t0) {
+		t.Errorf("still away: awaySince %v, want %v (kept from the departure)", got, t0)
+	}
+	connected, _ := newRoutes(back, served)
+	carryAwaySince(again, connected, t0.Add(2*time.Minute))
+	if got := connected.port(8080).global.awaySince; !got.IsZero() {
+		t.Errorf("back: awaySince %v, want zero", got)
+	}
+	gone, _ := newRoutes(away, served)
+	carryAwaySince(connected, gone, t0.Add(3*time.Minute))
+	if got := gone.port(8080).global.awaySince; !got.Equal(t0.Add(3 * time.Minute)) {
+		t.Errorf("away again: awaySince %v, want the new departure", got)
 	}
 }

@@ -485,7 +485,7 @@ func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.Intercep
 	info := &managerv1.InterceptInfo{
 		Id: ic.ID, Spec: ic.Spec, SessionId: ic.Owner, State: managerv1.InterceptState_INTERCEPT_STATE_WAITING,
 		ServiceName: ic.ServiceName, ServicePortName: ic.ServicePortName, ServicePort: ic.ServicePort,
-		ContainerPort: ic.ContainerPort, OwnerConnected: m.dials.watched(ic.Owner),
+		ContainerPort: ic.ContainerPort, OwnerConnected: m.ownerConnected(ic.Owner),
 	}
 	if owner, ok := m.sessions.byPublic(ic.Owner); ok {
 		info.Owner = proto.Clone(owner.client).(*managerv1.ClientInfo)

@@ -347,6 +347,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { m.reapSessions(ctx); return nil })
+	g.Go(func() error { m.watchOwners(ctx, time.Second); return nil })
 	g.Go(func() error { m.refreshNodes(ctx, nodes, m.cfg.NodeRefresh); return nil })
 	g.Go(func() error { watcher.run(ctx, m.setCluster); return nil })
 	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -266,4 +267,41 @@ func (m *Manager) pairClient(ctx context.Context, s session, pairingID string, a
 		return err
 	}
 	return ctx.Err()
+}
+
+// ownerStale is how long after its last heartbeat an owner counts as away
+// although its WatchDials stream is still open: a daemon that was killed or
+// lost its network leaves the stream half-open until TCP gives up, and its
+// intercepts would wait for pairings that never come. Daemons heartbeat at
+// least every 5 s.
+const ownerStale = 12 * time.Second
+
+// ownerConnected reports whether the client session owner (public id) can
+// take intercepted connections now: it watches dials and was seen lately.
+func (m *Manager) ownerConnected(owner string) bool {
+	s, ok := m.sessions.byPublic(owner)
+	return ok && m.dials.watched(owner) && m.sessions.now().Sub(s.lastSeen) < ownerStale
+}
+
+// watchOwners tells the agents (a new snapshot) when an owner goes stale or
+// comes back: ownerConnected changes with time, not only with an event.
+func (m *Manager) watchOwners(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	last := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cur := map[string]bool{}
+		for _, s := range m.sessions.list(clientSession) {
+			cur[s.id] = m.ownerConnected(s.id)
+		}
+		if !maps.Equal(cur, last) {
+			m.changes.notify()
+		}
+		last = cur
+	}
 }
