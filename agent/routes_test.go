@@ -81,6 +81,7 @@ func TestRoute(t *testing.T) {
 func TestOwnerGraceRunsFromDeparture(t *testing.T) {
 	away := &managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{globalIntercept("ic-1", 8080)}}
 	back := &managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{globalIntercept("ic-1", 8080)}}
+	away.Intercepts[0].OwnerConnected = false
 	back.Intercepts[0].OwnerConnected = true
 	served := map[int32]bool{8080: true}
 	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
