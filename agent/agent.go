@@ -330,16 +330,18 @@ func (a *agent) trackAppConn(containerPort int32, c net.Conn) (untrack func()) {
 }
 
 // resetAppConns resets the connections spliced to the app on the ports that
-// gained an intercept from old to cur. A connection stays with whoever got
-// it when it was accepted; without this, a client's keep-alive connection
-// opened while the port had no intercept (before it, or while the agent
-// re-arrived after a manager restart) would reach the app for as long as it
-// lives. Its client sees one reset and reconnects to the intercept.
+// from old to cur began to send connections to a client: an intercept
+// started, or its owner came back. A connection stays with whoever got it
+// when it was accepted; without this, a client's keep-alive connection
+// opened while the port had no intercept (before it, while the agent
+// re-arrived after a manager restart, or while the owner was away) would
+// reach the app for as long as it lives. Its client sees one reset and
+// reconnects to the intercept.
 func (a *agent) resetAppConns(old, cur *routes) {
 	a.connsMu.Lock()
 	defer a.connsMu.Unlock()
 	for cp := range cur.ports {
-		if old.port(cp) != nil || len(a.appConns[cp]) == 0 {
+		if !sendsToClients(cur.port(cp)) || sendsToClients(old.port(cp)) || len(a.appConns[cp]) == 0 {
 			continue
 		}
 		a.log.Info("an intercept of the port started: resetting the connections the app was serving, so that their clients reconnect to it",
@@ -545,5 +547,19 @@ func carryAwaySince(old, cur *routes, now time.Time) {
 		} else {
 			ic.awaySince = now
 		}
+	}
+}
+
+// sendsToClients reports whether new connections of a port go to a client:
+// it has a global intercept whose owner is connected, or personal ones
+// (whose requests the port's HTTP server routes one by one).
+func sendsToClients(pr *portRoutes) bool {
+	switch {
+	case pr == nil:
+		return false
+	case pr.global != nil:
+		return pr.global.ownerConnected
+	default:
+		return len(pr.personal) > 0
 	}
 }

@@ -63,7 +63,8 @@ func (a *agent) toClient(ctx context.Context, p Port, ic *intercept, c net.Conn)
 			reset(c)
 			return
 		}
-		log.Info("the intercept's owner is away; the app serves the connection", "grace", a.ownerGrace)
+		log.Debug("the intercept's owner is away; the app serves the connection", "grace", a.ownerGrace)
+		defer a.trackAppConn(p.ContainerPort, c)() // reset when the owner is back
 		a.toApp(ctx, p, c)
 		return
 	}
@@ -74,6 +75,7 @@ func (a *agent) toClient(ctx context.Context, p Port, ic *intercept, c net.Conn)
 			return
 		}
 		log.Warn("cannot reach the intercept's client; the app serves the connection", "err", err)
+		defer a.trackAppConn(p.ContainerPort, c)() // reset when the owner is back
 		a.toApp(ctx, p, c)
 		return
 	}
