@@ -1,18 +1,19 @@
-package cli
+package intercept
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 )
 
-// envSyntaxes are the formats of --env-file.
-var envSyntaxes = []string{"docker", "compose", "sh", "json"}
+// EnvSyntaxes are the formats of --env-file.
+var EnvSyntaxes = []string{"docker", "compose", "sh", "json"}
 
-// writeEnv writes env in one of envSyntaxes, keys sorted.
-func writeEnv(w io.Writer, syntax string, env map[string]string) error {
+// WriteEnv writes env in one of EnvSyntaxes, keys sorted.
+func WriteEnv(w io.Writer, syntax string, env map[string]string) error {
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -53,6 +54,20 @@ func writeEnv(w io.Writer, syntax string, env map[string]string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("unknown --env-syntax %q: use one of %s", syntax, strings.Join(envSyntaxes, ", "))
+		return fmt.Errorf("unknown --env-syntax %q: use one of %s", syntax, strings.Join(EnvSyntaxes, ", "))
 	}
+}
+
+// WriteEnvFile writes env to path (mode 0600: it holds the pod's Secrets)
+// in one of EnvSyntaxes.
+func WriteEnvFile(path, syntax string, env map[string]string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("--env-file: %w", err)
+	}
+	if err := WriteEnv(f, syntax, env); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

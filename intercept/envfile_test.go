@@ -1,4 +1,4 @@
-package cli
+package intercept
 
 import (
 	"bytes"
@@ -18,17 +18,17 @@ func TestWriteEnv(t *testing.T) {
 		{"json", "{\n  \"A\": \"it's \\\"q\\\" $HOME \\\\x\",\n  \"B\": \"two words\"\n}\n"},
 	} {
 		var buf bytes.Buffer
-		if err := writeEnv(&buf, tc.syntax, env); err != nil {
+		if err := WriteEnv(&buf, tc.syntax, env); err != nil {
 			t.Fatalf("%s: %v", tc.syntax, err)
 		}
 		if got := buf.String(); got != tc.want {
 			t.Errorf("%s:\ngot  %q\nwant %q", tc.syntax, got, tc.want)
 		}
 	}
-	if err := writeEnv(new(bytes.Buffer), "docker", map[string]string{"X": "a\nb"}); err == nil {
+	if err := WriteEnv(new(bytes.Buffer), "docker", map[string]string{"X": "a\nb"}); err == nil {
 		t.Error("docker syntax accepted a multi-line value, want an error")
 	}
-	if err := writeEnv(new(bytes.Buffer), "toml", env); err == nil || !strings.Contains(err.Error(), "compose") {
+	if err := WriteEnv(new(bytes.Buffer), "toml", env); err == nil || !strings.Contains(err.Error(), "compose") {
 		t.Errorf("unknown syntax: got %v, want an error listing the syntaxes", err)
 	}
 }
@@ -41,7 +41,7 @@ func TestWriteEnvShRoundTrip(t *testing.T) {
 	}
 	env := map[string]string{"V": "multi\nline 'quoted' $dollar `tick`"}
 	var buf bytes.Buffer
-	if err := writeEnv(&buf, "sh", env); err != nil {
+	if err := WriteEnv(&buf, "sh", env); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "env.sh")
@@ -71,29 +71,8 @@ func TestHasFlag(t *testing.T) {
 		{[]string{"-v", "/a:/b", "img", "--name", "y"}, "--name", false},
 		{[]string{"--rm", "-p", "80:80", "--detach", "img"}, "--detach", true},
 	} {
-		if got := hasFlag(tc.args, tc.flag); got != tc.want {
-			t.Errorf("hasFlag(%q, %q) = %v, want %v", tc.args, tc.flag, got, tc.want)
-		}
-	}
-}
-
-func TestParsePort(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		local   int32
-		svc     string
-		wantErr bool
-	}{
-		{"8080", 8080, "", false},
-		{"8080:80", 8080, "80", false},
-		{"8080:http", 8080, "http", false},
-		{"x", 0, "", true},
-		{"0", 0, "", true},
-		{"70000", 0, "", true},
-	} {
-		local, svc, err := parsePort(tc.in)
-		if (err != nil) != tc.wantErr || local != tc.local || svc != tc.svc {
-			t.Errorf("parsePort(%q) = %d, %q, %v; want %d, %q, err %v", tc.in, local, svc, err, tc.local, tc.svc, tc.wantErr)
+		if got := HasFlag(tc.args, tc.flag); got != tc.want {
+			t.Errorf("HasFlag(%q, %q) = %v, want %v", tc.args, tc.flag, got, tc.want)
 		}
 	}
 }

@@ -1,0 +1,226 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/rand"
+)
+
+// DockerRun says how to run an intercept's container with the docker CLI
+// (so every docker run flag works as the user knows it).
+type DockerRun struct {
+	// NetworkContainer is the daemon container whose network namespace the
+	// container joins (--network container:NAME).
+	NetworkContainer string
+	// Args are docker run's flags, the image and its arguments, as the
+	// user gave them.
+	Args []string
+	// ExtraFlags go before Args (e.g. tp's own -v for the pod's volumes).
+	ExtraFlags []string
+	// Stdin, Stdout and Stderr are the container's; Progress gets tp's
+	// messages while it runs.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Progress       io.Writer
+	PollInterval   time.Duration // default PollInterval
+}
+
+// RunContainer runs "docker run --rm --network container:NAME" with the
+// pod's environment and waits for it. Ctrl-C (ctx) stops the container;
+// so does the intercept ending elsewhere, and then it returns an
+// EndedError. detached says the user asked for -d: docker run returned at
+// once and the container stays. It does not leave the intercept.
+func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, detached bool, err error) {
+	interval := r.PollInterval
+	if interval <= 0 {
+		interval = PollInterval
+	}
+	// While the container runs, watch that the intercept still exists: `tp
+	// leave` in another shell, the session TTL or an administrator may end
+	// it, and then the container must not go on as if it were intercepted.
+	wctx, stopWatch := context.WithCancel(ctx)
+	ended := make(chan struct{})
+	watched := make(chan error, 1)
+	go func() {
+		err := ic.Watch(wctx, interval, r.Progress)
+		if errors.Is(err, ErrEnded) {
+			close(ended)
+		}
+		watched <- err
+	}()
+	code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+	stopWatch()
+	werr := <-watched
+	if errors.Is(werr, ErrEnded) && !(detached && err == nil) {
+		return code, detached, werr
+	}
+	return code, detached, err
+}
+
+// dockerRun runs the container in r.NetworkContainer's network namespace
+// with env. Ctrl-C stops the container, and so does closing ended.
+func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, interceptName string, env map[string]string) (code int, detached bool, err error) {
+	args := []string{"run", "--rm", "--network", "container:" + r.NetworkContainer}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "-e", k) // value from our environment: any value, even multi-line
+	}
+	name := ""
+	if !HasFlag(r.Args, "--name") {
+		name = "tp-intercept-" + interceptName + "-" + rand.String(4)
+		args = append(args, "--name", name)
+	}
+	detached = HasFlag(r.Args, "-d") || HasFlag(r.Args, "--detach")
+	if !detached && !HasFlag(r.Args, "-i") && !HasFlag(r.Args, "-t") {
+		args = append(args, "--sig-proxy=true")
+	}
+	args = append(args, r.ExtraFlags...)
+	args = append(args, r.Args...)
+
+	cmd := exec.Command("docker", args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = r.Stdin, r.Stdout, r.Stderr
+	cmd.Env = os.Environ()
+	for _, k := range keys {
+		cmd.Env = append(cmd.Env, k+"="+env[k])
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, detached, fmt.Errorf("docker run: %w (is the docker CLI installed?)", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stopCLI := func() error { // the container stops, then the CLI
+		select {
+		case waitErr := <-done:
+			return waitErr
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			return <-done
+		}
+	}
+	var waitErr error
+	select {
+	case waitErr = <-done:
+	case <-ctx.Done(): // Ctrl-C: stop the container, then the CLI
+		if runtime.GOOS != "windows" {
+			_ = cmd.Process.Signal(os.Interrupt)
+		}
+		waitErr = stopCLI()
+	case <-ended:
+		if detached {
+			waitErr = <-done // docker run -d returns by itself; the container stays
+			break
+		}
+		// Stop the container by name (works with -t too, where the CLI
+		// does not proxy signals); without one, as Ctrl-C does.
+		if cname := firstNonEmpty(name, FlagValue(r.Args, "--name")); cname != "" {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			_ = exec.CommandContext(sctx, "docker", "stop", "--time", "5", cname).Run()
+			cancel()
+		} else if runtime.GOOS != "windows" {
+			_ = cmd.Process.Signal(os.Interrupt)
+		}
+		waitErr = stopCLI()
+	}
+	if name != "" && !detached {
+		_ = exec.Command("docker", "rm", "-f", name).Run() // nothing may outlive the intercept
+	}
+	var exitErr *exec.ExitError
+	switch {
+	case waitErr == nil:
+		return 0, detached, nil
+	case errors.As(waitErr, &exitErr):
+		return exitErr.ExitCode(), detached, nil
+	default:
+		return 0, detached, fmt.Errorf("docker run: %w", waitErr)
+	}
+}
+
+// dockerBoolFlags are docker run's flags that take no value.
+var dockerBoolFlags = map[string]bool{
+	"-d": true, "--detach": true, "-i": true, "--interactive": true, "-t": true, "--tty": true,
+	"--rm": true, "--init": true, "--privileged": true, "-P": true, "--publish-all": true,
+	"--read-only": true, "--no-healthcheck": true, "--oom-kill-disable": true, "-q": true, "--quiet": true,
+	"--sig-proxy": true, "--help": true,
+}
+
+// HasFlag says whether docker run's flags (the arguments before the image)
+// include flag, e.g. "-d" (also inside combined short flags like "-dit").
+func HasFlag(args []string, flag string) bool {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			return false // the image: docker run's flags end here
+		}
+		name, _, hasValue := strings.Cut(a, "=")
+		if name == flag {
+			return true
+		}
+		if len(flag) == 2 && !strings.HasPrefix(a, "--") && len(a) > 2 && !hasValue {
+			combined := true // "-dit": every letter a boolean short flag
+			for _, c := range a[1:] {
+				combined = combined && dockerBoolFlags["-"+string(c)]
+			}
+			if combined && strings.ContainsRune(a[1:], rune(flag[1])) {
+				return true
+			}
+			if combined {
+				continue
+			}
+		}
+		if !hasValue && !dockerBoolFlags[name] {
+			i++ // the flag's value
+		}
+	}
+	return false
+}
+
+// FlagValue is the value of docker run's long flag (e.g. "--name") among
+// args (the arguments before the image): "--name x" or "--name=x"; "" when
+// it is not given.
+func FlagValue(args []string, flag string) string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			return "" // the image: docker run's flags end here
+		}
+		name, value, hasValue := strings.Cut(a, "=")
+		if name == flag {
+			if hasValue {
+				return value
+			}
+			if i+1 < len(args) {
+				return args[i+1]
+			}
+			return ""
+		}
+		if !strings.HasPrefix(a, "--") && len(a) > 2 {
+			continue // "-dit" or "-eKEY=VALUE": no separate value
+		}
+		if !hasValue && !dockerBoolFlags[name] {
+			i++ // the flag's value
+		}
+	}
+	return ""
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
