@@ -29,11 +29,12 @@ define image
 	docker build -q $(foreach t,$(1),-t $(t)) $(CACHE)/image/$(3) >/dev/null
 endef
 
-image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev
+image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev, tp-debian:dev (debootstrap, cached)
 	$(call image,tp:$(TAG) tp:dev,./cmd/tp,tp,Dockerfile)
 	$(call image,tp-echo:dev,./examples/echo,echo,examples/echo/Dockerfile)
 	$(call image,tp-probe:dev,./test/probe,probe,test/probe/Dockerfile)
-	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev"
+	hack/images/debian.sh
+	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev tp-debian:dev"
 
 deps: ## install Debian packages and start dockerd when needed (idempotent)
 	@hack/install-deps.sh
