@@ -57,6 +57,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newListCommand(streams),
 		newInterceptCommand(streams),
 		newLeaveCommand(streams),
+		newComposeCommand(streams),
 		newUninstallCommand(streams),
 		newHelmCommand(streams),
 		newVersionCommand(streams),

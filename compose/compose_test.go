@@ -1,0 +1,189 @@
+package compose
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// project writes files (name -> content) into a directory and loads it
+// with discovery from there.
+func project(t *testing.T, files map[string]string) (LoadOptions, string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "COMPOSE_PATH_SEPARATOR"} {
+		t.Setenv(k, "") // restored after the test
+		os.Unsetenv(k)
+	}
+	return LoadOptions{ProjectDirectory: dir}, dir
+}
+
+func TestParsePlanRefuses(t *testing.T) {
+	tests := []struct {
+		name, yaml, wantKey, wantMsg string
+	}{
+		{"unknown key", `services: {api: {image: a, x-tp: {intercept: {ports: ["8080"], portz: 1}}}}`, "x-tp.intercept", "unknown key portz"},
+		{"two roles", `services: {api: {image: a, x-tp: {connect: true, use-cluster: api}}}`, "x-tp", "exactly one role"},
+		{"unknown role", `services: {api: {image: a, x-tp: {replace: true}}}`, "x-tp", "unknown key replace"},
+		{"network_mode", `services: {api: {image: a, network_mode: host, x-tp: {connect: true}}}`, "x-tp.connect", "network_mode"},
+		{"networks", "services: {api: {image: a, networks: [back], x-tp: {connect: true}}}\nnetworks: {back: {}}", "x-tp.connect", "networks"},
+		{"no ports", `services: {api: {image: a, x-tp: {intercept: {workload: api}}}}`, "x-tp.intercept.ports", "at least one"},
+		{"use-cluster without name", `services: {db: {image: a, x-tp: {use-cluster: ""}}}`, "x-tp.use-cluster", "name of the cluster's service"},
+		{"bad mounts", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: [rel/path]}}}}`, "x-tp.intercept", "not absolute"},
+		{"same port", `services: {a: {image: a, ports: ["80:80"], x-tp: {connect: true}}, b: {image: b, expose: ["80"], x-tp: {connect: true}}}`, "ports", "also published or exposed by a"},
+		{"top-level unknown", "x-tp: {connection: {nam: dev}}\nservices: {a: {image: a}}", "x-tp.connection", "unknown key nam"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, dir := project(t, map[string]string{"compose.yaml": tt.yaml})
+			p, err := Load(context.Background(), o)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			_, err = ParsePlan(p)
+			var ee *ExtensionError
+			if !errors.As(err, &ee) {
+				t.Fatalf("ParsePlan: %v, want an ExtensionError", err)
+			}
+			if ee.Key != tt.wantKey || !strings.Contains(ee.Msg, tt.wantMsg) {
+				t.Errorf("got key %q msg %q, want key %q and a message with %q", ee.Key, ee.Msg, tt.wantKey, tt.wantMsg)
+			}
+			if want := filepath.Join(dir, "compose.yaml"); ee.File != want {
+				t.Errorf("file %q, want %q", ee.File, want)
+			}
+		})
+	}
+}
+
+func TestParsePlanNamesTheOverrideFile(t *testing.T) {
+	o, dir := project(t, map[string]string{
+		"compose.yaml":          `services: {api: {image: a}}`,
+		"compose.override.yaml": `services: {api: {x-tp: {intercept: {ports: ["8080"], header: {}}}}}`,
+	})
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ParsePlan(p)
+	want := filepath.Join(dir, "compose.override.yaml") + ": service api: x-tp.intercept: unknown key header"
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("ParsePlan: %v, want it to start with %q", err, want)
+	}
+}
+
+func TestParsePlanRoles(t *testing.T) {
+	o, _ := project(t, map[string]string{"compose.yaml": `
+x-tp: {connection: {name: dev, namespace: shop}}
+services:
+  api: {image: a, x-tp: {intercept: {ports: ["8080:http"], headers: {x-dev: alice}, mounts: [/etc/config]}}}
+  worker: {image: w, x-tp: {connect: true}}
+  tools: {image: t, x-tp: {ingest: {workload: api}}}
+  db: {image: postgres, x-tp: {use-cluster: postgres}}
+  web: {image: nginx}
+`})
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ParsePlan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Connection != (Connection{Name: "dev", Namespace: "shop"}) {
+		t.Errorf("connection %+v", plan.Connection)
+	}
+	api := plan.Roles["api"]
+	if api.Kind != RoleIntercept || api.Intercept.Workload != "api" || api.Intercept.Headers["x-dev"] != "alice" {
+		t.Errorf("api: %+v %+v", api, api.Intercept)
+	}
+	if !api.Intercept.Mounts.Wanted("/etc/config") || api.Intercept.Mounts.Wanted("/var/run/secrets") {
+		t.Errorf("api mounts: %+v", api.Intercept.Mounts)
+	}
+	if !plan.Roles["tools"].Ingest.Mounts.Wanted("/any") {
+		t.Errorf("ingest mounts default to all: %+v", plan.Roles["tools"].Ingest.Mounts)
+	}
+	if plan.Roles["worker"].Kind != RoleConnect || plan.Roles["db"].ClusterService != "postgres" {
+		t.Errorf("roles %+v", plan.Roles)
+	}
+	if _, ok := plan.Roles["web"]; ok {
+		t.Errorf("web has no x-tp, got role %+v", plan.Roles["web"])
+	}
+}
+
+func TestTransform(t *testing.T) {
+	o, _ := project(t, map[string]string{"compose.yaml": `
+services:
+  api: {image: a, ports: ["8080:8080"], expose: ["9000"], depends_on: [db, cache], x-tp: {intercept: {ports: ["8080"]}}}
+  worker: {image: w, depends_on: {db: {condition: service_healthy}}}
+  cache: {image: redis}
+  db: {image: postgres, x-tp: {use-cluster: postgres}}
+`})
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ParsePlan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Transform(p, plan, "tp-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := tr.Project.Services["api"]
+	if api.NetworkMode != "container:tp-dev" || len(api.Networks) != 0 || len(api.Ports) != 0 || len(api.Expose) != 0 {
+		t.Errorf("api: network_mode %q networks %v ports %v expose %v", api.NetworkMode, api.Networks, api.Ports, api.Expose)
+	}
+	if _, ok := api.DependsOn["db"]; ok || api.DependsOn["cache"].Condition == "" {
+		t.Errorf("api depends_on %v: want cache only", api.DependsOn)
+	}
+	if len(tr.Publish) != 1 || tr.Publish[0].Target != 8080 || tr.Publish[0].Published != "8080" {
+		t.Errorf("publish %+v", tr.Publish)
+	}
+	if w := tr.Project.Services["worker"]; w.NetworkMode != "container:tp-dev" || w.Labels[LabelRole] != "connect" {
+		t.Errorf("worker depends on the replaced db, so it joins: %q %v", w.NetworkMode, w.Labels)
+	}
+	if c := tr.Project.Services["cache"]; c.NetworkMode != "" || len(c.Networks) == 0 {
+		t.Errorf("cache stays local: %q %v", c.NetworkMode, c.Networks)
+	}
+	if _, ok := tr.Project.Services["db"]; ok || tr.Replaced["db"] != "postgres" {
+		t.Errorf("db replaced: services %v, replaced %v", tr.Project.ServiceNames(), tr.Replaced)
+	}
+	// The input project is unchanged.
+	if p.Services["api"].NetworkMode != "" || len(p.Services["api"].Ports) != 1 || len(p.Services["api"].DependsOn) != 2 || p.Services["worker"].Labels[LabelRole] != "" {
+		t.Errorf("Transform changed its input: %+v", p.Services["api"])
+	}
+}
+
+func TestConfigWithoutExtensionIsComposes(t *testing.T) {
+	o, _ := project(t, map[string]string{
+		"compose.yaml":          "services:\n  web: {image: \"nginx:${TAG:-1}\", ports: [\"80:80\"]}\n",
+		"compose.override.yaml": "services:\n  web: {environment: {A: \"1\"}}\n",
+		".env":                  "TAG=2\n",
+	})
+	var out strings.Builder
+	if err := Config(context.Background(), o, &out); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := p.MarshalYAML()
+	if out.String() != string(want) {
+		t.Errorf("config:\n%s\nwant compose-go's:\n%s", out.String(), want)
+	}
+	for _, s := range []string{"image: nginx:2", "A: \"1\""} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("config lacks %q (interpolation from .env, override file):\n%s", s, out.String())
+		}
+	}
+}

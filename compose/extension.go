@@ -1,0 +1,402 @@
+package compose
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/types"
+	"gopkg.in/yaml.v3"
+)
+
+// Extension is the name of tp's compose extension, at the top level (the
+// connection) and in services (their role).
+const Extension = "x-tp"
+
+// Connection is the top-level x-tp: which connection the project uses.
+// Every field is optional.
+type Connection struct {
+	Name             string `yaml:"name"`
+	Context          string `yaml:"context"`
+	Namespace        string `yaml:"namespace"`
+	ManagerNamespace string `yaml:"manager-namespace"`
+}
+
+// RoleKind is what tp does with a service.
+type RoleKind string
+
+const (
+	// RoleLocal: no x-tp; compose runs the service as it is.
+	RoleLocal RoleKind = ""
+	// RoleIntercept: the service receives a workload's traffic, env and
+	// mounts, and reaches the cluster.
+	RoleIntercept RoleKind = "intercept"
+	// RoleConnect: the service reaches the cluster (joins the daemon
+	// container's network namespace).
+	RoleConnect RoleKind = "connect"
+	// RoleIngest: a pod's env and mounts, and the cluster's network, but
+	// no traffic.
+	RoleIngest RoleKind = "ingest"
+	// RoleUseCluster: the service is not started; its name means the
+	// cluster's service.
+	RoleUseCluster RoleKind = "use-cluster"
+)
+
+// Joins says whether services of this role share the daemon container's
+// network namespace.
+func (k RoleKind) Joins() bool {
+	return k == RoleIntercept || k == RoleConnect || k == RoleIngest
+}
+
+// Role is one service's x-tp.
+type Role struct {
+	Kind RoleKind
+	// Intercept is set for RoleIntercept, Ingest for RoleIngest.
+	Intercept *InterceptRole
+	Ingest    *IngestRole
+	// ClusterService is the cluster's service a RoleUseCluster service
+	// stands for.
+	ClusterService string
+}
+
+// InterceptRole is x-tp.intercept of a service.
+type InterceptRole struct {
+	// Workload defaults to the service's name.
+	Workload string `yaml:"workload"`
+	// Ports are LOCAL[:SVCPORT], as tp intercept --port; one intercept each.
+	Ports []string `yaml:"ports"`
+	// Headers and PathPrefix make it personal.
+	Headers    map[string]string `yaml:"headers"`
+	PathPrefix string            `yaml:"path-prefix"`
+	// Env: the pod's environment (compose's own environment wins).
+	Env *bool `yaml:"env"`
+	// Mounts: the pod's volumes at their paths.
+	Mounts Mounts `yaml:"mounts"`
+}
+
+// IngestRole is x-tp.ingest of a service.
+type IngestRole struct {
+	Workload  string `yaml:"workload"`
+	Container string `yaml:"container"`
+	Env       *bool  `yaml:"env"`
+	Mounts    Mounts `yaml:"mounts"`
+}
+
+// Mounts is `mounts: true | false | [paths]` (default true).
+type Mounts struct {
+	Set   bool     // given at all
+	All   bool     // true
+	Paths []string // a list: only these
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (m *Mounts) UnmarshalYAML(n *yaml.Node) error {
+	m.Set = true
+	var b bool
+	if err := n.Decode(&b); err == nil {
+		m.All = b
+		return nil
+	}
+	var paths []string
+	if err := n.Decode(&paths); err != nil {
+		return fmt.Errorf("want true, false or a list of paths")
+	}
+	for _, p := range paths {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("path %q is not absolute", p)
+		}
+	}
+	m.Paths = paths
+	return nil
+}
+
+// Wanted says whether the pod's mount at path goes into the container.
+func (m Mounts) Wanted(path string) bool {
+	switch {
+	case !m.Set:
+		return true
+	case m.Paths != nil:
+		return slices.Contains(m.Paths, path)
+	default:
+		return m.All
+	}
+}
+
+// Plan is what x-tp says of a project.
+type Plan struct {
+	Connection Connection
+	// Roles are the services' roles, by service name; services without
+	// x-tp are RoleLocal and not listed.
+	Roles map[string]Role
+}
+
+// HasExtension says whether the project uses x-tp at all.
+func (p *Plan) HasExtension() bool { return p.Connection != (Connection{}) || len(p.Roles) > 0 }
+
+// ExtensionError is an invalid x-tp: it names the file, the service and
+// the key.
+type ExtensionError struct {
+	File    string // the compose file that sets it ("" when unknown)
+	Service string // "" for the top level
+	Key     string // e.g. "x-tp.intercept.ports"
+	Msg     string
+}
+
+func (e *ExtensionError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File + ": ")
+	}
+	if e.Service != "" {
+		b.WriteString("service " + e.Service + ": ")
+	}
+	b.WriteString(e.Key + ": " + e.Msg)
+	return b.String()
+}
+
+// knownKeys are the keys of each x-tp map.
+var knownKeys = map[string][]string{
+	"x-tp":            {"connection"},
+	"x-tp.connection": {"name", "context", "namespace", "manager-namespace"},
+	"service":         {"intercept", "connect", "ingest", "use-cluster"},
+	"intercept":       {"workload", "ports", "headers", "path-prefix", "env", "mounts"},
+	"ingest":          {"workload", "container", "env", "mounts"},
+}
+
+// ParsePlan reads the project's x-tp and checks it: unknown keys, two roles
+// on one service, a joining role with network_mode or networks, two joined
+// services publishing or exposing the same port, use-cluster without a
+// service name. Errors are ExtensionErrors.
+func ParsePlan(p *types.Project) (*Plan, error) {
+	plan := &Plan{Roles: map[string]Role{}}
+	files := p.ComposeFiles
+	if top, ok := p.Extensions[Extension]; ok {
+		key := Extension
+		m, err := asMap(top)
+		if err == nil {
+			err = checkKeys(m, knownKeys["x-tp"])
+		}
+		if err == nil && m["connection"] != nil {
+			key = Extension + ".connection"
+			var cm map[string]any
+			if cm, err = asMap(m["connection"]); err == nil {
+				if err = checkKeys(cm, knownKeys["x-tp.connection"]); err == nil {
+					err = decode(cm, &plan.Connection)
+				}
+			}
+		}
+		if err != nil {
+			return nil, &ExtensionError{File: fileWith(files, "", key), Key: key, Msg: err.Error()}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		svc := p.Services[name]
+		raw, ok := svc.Extensions[Extension]
+		if !ok {
+			continue
+		}
+		role, key, err := parseRole(name, raw)
+		if err != nil {
+			return nil, &ExtensionError{File: fileWith(files, name, key), Service: name, Key: key, Msg: err.Error()}
+		}
+		if role.Kind.Joins() {
+			switch {
+			case svc.NetworkMode != "":
+				return nil, &ExtensionError{File: fileWith(files, name, Extension), Service: name, Key: Extension + "." + string(role.Kind),
+					Msg: fmt.Sprintf("the service joins tp's network, so it cannot also have network_mode %q: remove network_mode", svc.NetworkMode)}
+			case hasNetworks(svc):
+				return nil, &ExtensionError{File: fileWith(files, name, Extension), Service: name, Key: Extension + "." + string(role.Kind),
+					Msg: "the service joins tp's network, so it cannot also list networks: remove networks (tp's daemon container joins the project's networks for it)"}
+			}
+		}
+		plan.Roles[name] = role
+	}
+	if err := checkJoinedPorts(p, plan); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+func parseRole(service string, raw any) (Role, string, error) {
+	key := Extension
+	m, err := asMap(raw)
+	if err != nil {
+		return Role{}, key, err
+	}
+	if err := checkKeys(m, knownKeys["service"]); err != nil {
+		return Role{}, key, err
+	}
+	if len(m) != 1 {
+		return Role{}, key, fmt.Errorf("give exactly one role of intercept, connect, ingest, use-cluster (got %s)", strings.Join(slices.Sorted(maps.Keys(m)), ", "))
+	}
+	for k, v := range m {
+		key = Extension + "." + k
+		switch RoleKind(k) {
+		case RoleConnect:
+			b, ok := v.(bool)
+			if !ok || !b {
+				return Role{}, key, fmt.Errorf("want true (remove x-tp to run the service without the cluster)")
+			}
+			return Role{Kind: RoleConnect}, key, nil
+		case RoleUseCluster:
+			s, ok := v.(string)
+			if !ok || s == "" {
+				return Role{}, key, fmt.Errorf("want the name of the cluster's service, e.g. use-cluster: postgres")
+			}
+			return Role{Kind: RoleUseCluster, ClusterService: s}, key, nil
+		case RoleIntercept:
+			im, err := asMap(v)
+			if err == nil {
+				err = checkKeys(im, knownKeys["intercept"])
+			}
+			r := &InterceptRole{}
+			if err == nil {
+				err = decode(im, r)
+			}
+			if err != nil {
+				return Role{}, key, err
+			}
+			if r.Workload == "" {
+				r.Workload = service
+			}
+			if len(r.Ports) == 0 {
+				return Role{}, key + ".ports", fmt.Errorf(`want at least one LOCAL[:SVCPORT], e.g. ports: ["8080:http"]`)
+			}
+			if r.PathPrefix != "" && !strings.HasPrefix(r.PathPrefix, "/") {
+				return Role{}, key + ".path-prefix", fmt.Errorf("%q must start with /", r.PathPrefix)
+			}
+			return Role{Kind: RoleIntercept, Intercept: r}, key, nil
+		case RoleIngest:
+			im, err := asMap(v)
+			if err == nil {
+				err = checkKeys(im, knownKeys["ingest"])
+			}
+			r := &IngestRole{}
+			if err == nil {
+				err = decode(im, r)
+			}
+			if err != nil {
+				return Role{}, key, err
+			}
+			if r.Workload == "" {
+				r.Workload = service
+			}
+			return Role{Kind: RoleIngest, Ingest: r}, key, nil
+		}
+	}
+	panic("unreachable: keys were checked")
+}
+
+// checkJoinedPorts refuses two joined services that publish or expose the
+// same container port: they share one network namespace, so only one can
+// listen on it.
+func checkJoinedPorts(p *types.Project, plan *Plan) error {
+	owner := map[string]string{} // "8080/tcp" -> service
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		if !plan.Roles[name].Kind.Joins() {
+			continue
+		}
+		svc := p.Services[name]
+		var ports []string
+		for _, pc := range svc.Ports {
+			ports = append(ports, fmt.Sprintf("%d/%s", pc.Target, firstNonEmpty(pc.Protocol, "tcp")))
+		}
+		for _, e := range svc.Expose {
+			port, proto, _ := strings.Cut(e, "/")
+			ports = append(ports, port+"/"+firstNonEmpty(proto, "tcp"))
+		}
+		for _, port := range ports {
+			if other, dup := owner[port]; dup && other != name {
+				return &ExtensionError{File: fileWith(p.ComposeFiles, name, ""), Service: name, Key: "ports",
+					Msg: fmt.Sprintf("port %s is also published or exposed by %s; both join tp's network namespace, so only one can listen on it", port, other)}
+			}
+			owner[port] = name
+		}
+	}
+	return nil
+}
+
+func asMap(v any) (map[string]any, error) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("want a mapping, got %v", v)
+	}
+	return m, nil
+}
+
+func checkKeys(m map[string]any, known []string) error {
+	var unknown []string
+	for k := range m {
+		if !slices.Contains(known, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	return fmt.Errorf("unknown key %s (known: %s)", strings.Join(unknown, ", "), strings.Join(known, ", "))
+}
+
+// decode turns a loaded extension map into v (through YAML, so the
+// struct's yaml tags and Unmarshalers apply).
+func decode(m map[string]any, v any) error {
+	b, err := yaml.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := yaml.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return nil
+}
+
+// fileWith is the last of files (later files override earlier ones) whose
+// YAML sets x-tp of service (or at the top level when service is ""); ""
+// when none can be read.
+func fileWith(files []string, service, key string) string {
+	found := ""
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var doc struct {
+			Ext      any                       `yaml:"x-tp"`
+			Services map[string]map[string]any `yaml:"services"`
+		}
+		if yaml.Unmarshal(b, &doc) != nil {
+			continue
+		}
+		if service == "" && doc.Ext != nil {
+			found = f
+		}
+		if s, ok := doc.Services[service]; ok && (key == "" || s[Extension] != nil) {
+			found = f
+		}
+	}
+	return found
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// hasNetworks says whether the service lists networks of its own (the
+// loader gives every service without any the project's "default").
+func hasNetworks(s types.ServiceConfig) bool {
+	if len(s.Networks) == 1 {
+		if cfg, ok := s.Networks["default"]; ok && cfg == nil {
+			return false
+		}
+	}
+	return len(s.Networks) > 0
+}

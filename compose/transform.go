@@ -1,0 +1,110 @@
+package compose
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+// Labels tp puts on the services it changes, so `tp compose ps` and a
+// later `down` know each one's role.
+const (
+	LabelRole    = "tp.run/role"
+	LabelProject = "tp.run/compose-project"
+)
+
+// Transformed is the project compose runs, and what tp does around it.
+type Transformed struct {
+	Project *types.Project
+	// Publish are the joined services' ports: joined containers cannot
+	// publish ports, so the daemon container publishes them.
+	Publish []types.ServicePortConfig
+	// Replaced are the use-cluster services, which compose does not start:
+	// service name -> the cluster's service its name resolves to.
+	Replaced map[string]string
+	// Notes say what tp changed beyond the roles (shown by `tp compose
+	// config` as comments).
+	Notes []string
+}
+
+// Transform turns the project into the one compose runs:
+//   - a joined service (intercept, connect, ingest) gets network_mode
+//     container:<daemonContainer> and no networks; its ports move to the
+//     daemon container (Publish) and its expose is dropped (the namespace
+//     is shared);
+//   - a use-cluster service is removed, and a depends_on on it is dropped:
+//     its name is the cluster's service; a local service that depended on
+//     it must resolve that name, so it is joined (and a note says so);
+//   - every changed service carries the LabelRole label.
+func Transform(p *types.Project, plan *Plan, daemonContainer string) (*Transformed, error) {
+	roles := maps.Clone(plan.Roles)
+	t := &Transformed{Replaced: map[string]string{}}
+	for name, r := range roles {
+		if r.Kind == RoleUseCluster {
+			t.Replaced[name] = r.ClusterService
+		}
+	}
+	// A local service that depends on a replaced one reaches it through
+	// the cluster's DNS: it joins.
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		if roles[name].Kind != RoleLocal {
+			continue
+		}
+		for dep := range p.Services[name].DependsOn {
+			if _, ok := t.Replaced[dep]; ok {
+				roles[name] = Role{Kind: RoleConnect}
+				t.Notes = append(t.Notes, fmt.Sprintf("service %s joins tp's network (role connect): it depends on %s, which is the cluster's service %s", name, dep, t.Replaced[dep]))
+				break
+			}
+		}
+	}
+	// fn runs concurrently (one goroutine per service): it only changes its
+	// service; what tp collects comes from the loop after it.
+	out, err := p.WithServicesTransform(func(name string, s types.ServiceConfig) (types.ServiceConfig, error) {
+		r := roles[name]
+		s.DependsOn = maps.Clone(s.DependsOn) // maps may be shared with p
+		s.Labels = maps.Clone(s.Labels)
+		for dep := range s.DependsOn {
+			if _, ok := t.Replaced[dep]; ok {
+				delete(s.DependsOn, dep) // tp waits for the cluster's service instead
+			}
+		}
+		if len(s.DependsOn) == 0 {
+			s.DependsOn = nil
+		}
+		if r.Kind == RoleLocal || r.Kind == RoleUseCluster {
+			return s, nil
+		}
+		s.NetworkMode = types.NetworkModeContainerPrefix + daemonContainer
+		s.Networks = nil
+		s.Ports = nil  // the daemon container publishes them (below)
+		s.Expose = nil // the namespace is shared
+		if s.Labels == nil {
+			s.Labels = types.Labels{}
+		}
+		s.Labels[LabelRole] = string(r.Kind)
+		return s, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		if !roles[name].Kind.Joins() {
+			continue
+		}
+		s := p.Services[name]
+		t.Publish = append(t.Publish, s.Ports...)
+		if len(s.Expose) > 0 {
+			t.Notes = append(t.Notes, fmt.Sprintf("service %s: expose dropped (it shares the daemon container's network namespace)", name))
+		}
+	}
+	if len(t.Replaced) > 0 {
+		out = out.WithServicesDisabled(slices.Sorted(maps.Keys(t.Replaced))...)
+	}
+	t.Project = out
+	return t, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
