@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/url"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/network"
@@ -38,6 +40,10 @@ type ConnectOptions struct {
 	// DNS overrides the resolvers for names outside the cluster (default:
 	// those Docker gives containers, i.e. the host's).
 	DNS []string
+	// Publish are ports the daemon container publishes on the host, docker
+	// -p specs ([HOST_IP:][HOST_PORT:]PORT[/PROTO]): a container joined to
+	// its network namespace cannot publish ports itself.
+	Publish []string
 	// Timeout for the whole connect, including a first manager install.
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
@@ -60,6 +66,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
+	}
+	publish, exposed, bindings, err := ParsePublish(o.Publish)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
@@ -92,7 +102,9 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	cname := ContainerName(o.Name)
 
 	if existing, err := Find(ctx, docker, o.Name); err == nil {
-		if existing.Running && existing.Context == contextName && existing.Namespace == namespace && existing.ManagerNamespace == o.ManagerNamespace {
+		sameCluster := existing.Context == contextName && existing.Namespace == namespace && existing.ManagerNamespace == o.ManagerNamespace
+		samePorts := slices.Equal(existing.Publish, publish)
+		if existing.Running && sameCluster && samePorts {
 			fmt.Fprintf(o.Progress, "Already connected as %s (context %s, namespace %s)\n", cname, contextName, namespace)
 			st, err := waitConnected(ctx, docker, existing.ContainerID)
 			if err != nil {
@@ -102,6 +114,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 				return nil, err
 			}
 			return st, nil
+		}
+		if existing.Running && sameCluster {
+			return nil, fmt.Errorf("connection %q already runs and publishes %s (Docker cannot add ports to a running container): run `tp quit --name %s` and connect again with --publish",
+				o.Name, orNone(existing.Publish), o.Name)
 		}
 		if existing.Running {
 			return nil, fmt.Errorf("connection %q already runs for context %s, namespace %s: run `tp quit --name %s` first, or connect with another --name",
@@ -146,12 +162,12 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 
 	fmt.Fprintf(o.Progress, "Starting daemon container %s (%s)\n", cname, o.Image)
 	conn := Connection{Name: o.Name, ContainerName: cname, Context: contextName, Namespace: namespace,
-		ManagerNamespace: o.ManagerNamespace, Version: o.Version, Kubeconfig: kubeconfigPaths(o.Kube)}
+		ManagerNamespace: o.ManagerNamespace, Version: o.Version, Kubeconfig: kubeconfigPaths(o.Kube), Publish: publish}
 	if kubeauthPID != 0 {
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS})
+		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
 		return nil, err
@@ -358,4 +374,11 @@ func DialConnection(ctx context.Context, name string) (*Client, error) {
 		return nil, err
 	}
 	return &Client{DaemonClient: daemonv1.NewDaemonClient(cc), Connection: conn, docker: docker, cc: cc}, nil
+}
+
+func orNone(ports []string) string {
+	if len(ports) == 0 {
+		return "no ports"
+	}
+	return strings.Join(ports, ", ")
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
 )
 
 // Labels on the daemon container. They are the connection's record.
@@ -40,6 +42,10 @@ const (
 	// default): commands acting on the connection's cluster load it with
 	// LabelContext, not the host's current context.
 	LabelKubeconfig = "run.tp.kubeconfig"
+	// LabelPublish is the ports the daemon container publishes on the host
+	// (`tp connect --publish`), as docker's -p specs, comma-separated:
+	// containers joined to its network cannot publish ports themselves.
+	LabelPublish = "run.tp.publish"
 )
 
 // KubeconfigFromStdin is the daemon's --kubeconfig: `tp connect` writes the
@@ -91,6 +97,8 @@ type Connection struct {
 	// Kubeconfig is the host's kubeconfig path(s) of the connection, "" for
 	// the default loading rules.
 	Kubeconfig string
+	// Publish are the ports the daemon container publishes (docker -p specs).
+	Publish []string
 }
 
 func connectionFrom(id, name string, labels map[string]string, state string) Connection {
@@ -106,7 +114,15 @@ func connectionFrom(id, name string, labels map[string]string, state string) Con
 		Version:          labels[LabelVersion],
 		KubeauthPID:      labels[LabelKubeauthPID],
 		Kubeconfig:       labels[LabelKubeconfig],
+		Publish:          splitList(labels[LabelPublish]),
 	}
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 // ErrNotConnected says there is no daemon container for a connection.
@@ -158,6 +174,26 @@ type createOptions struct {
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
+	// exposed and bindings are Connection.Publish parsed (ParsePublish).
+	exposed  nat.PortSet
+	bindings nat.PortMap
+}
+
+// ParsePublish checks `tp connect --publish` specs, docker's -p syntax
+// [HOST_IP:][HOST_PORT:]PORT[/PROTO], and returns them sorted (the form the
+// label keeps, so two connects with the same ports compare equal).
+func ParsePublish(specs []string) ([]string, nat.PortSet, nat.PortMap, error) {
+	for _, s := range specs {
+		if _, err := nat.ParsePortSpec(s); err != nil || strings.Contains(s, ",") {
+			return nil, nil, nil, fmt.Errorf("--publish %q: want [HOST_IP:][HOST_PORT:]PORT[/tcp|udp], e.g. 8080:8080 or 127.0.0.1:8080:80", s)
+		}
+	}
+	exposed, bindings, err := nat.ParsePortSpecs(specs)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--publish: %w", err)
+	}
+	sorted := slices.Sorted(slices.Values(specs))
+	return slices.Compact(sorted), exposed, bindings, nil
 }
 
 // containerConfig is the daemon container's configuration. Its stdin is
@@ -173,8 +209,12 @@ func containerConfig(o createOptions) *container.Config {
 	if o.Kubeconfig != "" {
 		labels[LabelKubeconfig] = o.Kubeconfig
 	}
+	if len(o.Publish) > 0 {
+		labels[LabelPublish] = strings.Join(o.Publish, ",")
+	}
 	return &container.Config{
-		Image: o.Image,
+		ExposedPorts: o.exposed,
+		Image:        o.Image,
 		Cmd: []string{"daemon", "run",
 			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
 			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigFromStdin,
@@ -200,6 +240,7 @@ func hostConfig(o createOptions) *container.HostConfig {
 		Sysctls:        map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
 		DNS:            o.DNS,
 		ExtraHosts:     []string{"host.docker.internal:host-gateway"},
+		PortBindings:   o.bindings,
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",
 		}}},

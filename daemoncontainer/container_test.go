@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -27,11 +28,13 @@ func TestLabelsRoundTrip(t *testing.T) {
 	labels := map[string]string{
 		LabelConnection: "a", LabelContext: "ctx", LabelNamespace: "ns",
 		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelKubeconfig: "/home/u/kc",
+		LabelPublish: "127.0.0.1:8080:80,9090:90/udp",
 	}
 	got := connectionFrom("id1", "/tp-a", labels, "running")
 	want := Connection{Name: "a", ContainerName: "tp-a", ContainerID: "id1", Running: true, State: "running",
-		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", Kubeconfig: "/home/u/kc"}
-	if got != want {
+		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", Kubeconfig: "/home/u/kc",
+		Publish: []string{"127.0.0.1:8080:80", "9090:90/udp"}}
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("connectionFrom = %+v, want %+v", got, want)
 	}
 	if c := connectionFrom("id", "tp", labels, "exited"); c.Running {
@@ -221,5 +224,26 @@ contexts:
 	}
 	if rc.Host != "https://b.example:6443" {
 		t.Errorf("API server %s, want the connection's https://b.example:6443 (not the current context's)", rc.Host)
+	}
+}
+
+func TestParsePublish(t *testing.T) {
+	got, exposed, bindings, err := ParsePublish([]string{"9090:90/udp", "127.0.0.1:8080:80", "9090:90/udp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"127.0.0.1:8080:80", "9090:90/udp"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("specs %q, want %q (sorted, deduplicated)", got, want)
+	}
+	if _, ok := exposed["80/tcp"]; !ok || len(exposed) != 2 {
+		t.Errorf("exposed %v", exposed)
+	}
+	if b := bindings["80/tcp"]; len(b) != 1 || b[0].HostIP != "127.0.0.1" || b[0].HostPort != "8080" {
+		t.Errorf("bindings of 80/tcp: %+v", b)
+	}
+	for _, bad := range []string{"x", "8080:y", "1:2:3:4", "80/sctpx", "80,81"} {
+		if _, _, _, err := ParsePublish([]string{bad}); err == nil || !strings.Contains(err.Error(), "--publish") {
+			t.Errorf("ParsePublish(%q): %v, want an error naming --publish", bad, err)
+		}
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -335,4 +338,82 @@ func managerHasSession(t *testing.T, c *cluster, connection string) bool {
 		}
 	}
 	return false
+}
+
+// TestConnectPublish: `tp connect --publish` publishes a port of the daemon
+// container's network namespace on the host, so a joined container (which
+// cannot publish ports itself) is reachable from the host; the connection
+// records its ports, a connect with the same ports is a no-op and one with
+// other ports says what to do.
+func TestConnectPublish(t *testing.T) {
+	port := freePort(t)
+	spec := fmt.Sprintf("127.0.0.1:%d:8080", port)
+	conn := connect(t, "pub", "--publish", spec)
+
+	name := "tp-e2e-pub-" + rand.String(5)
+	if out, err := docker("run", "-d", "--rm", "--name", name, "--network", "container:"+conn.container,
+		"-e", "ECHO_COPY=published", "tp-echo:dev"); err != nil {
+		t.Fatalf("docker run the joined echo: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = docker("rm", "-f", name) })
+
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	var body string
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		b, err := httpGet(ctx, url)
+		body = b
+		return err == nil, nil
+	})
+	if err != nil || !strings.Contains(body, `"published"`) {
+		t.Fatalf("GET %s from the host: %v, body %q; want the joined echo's answer (copy \"published\")", url, err, body)
+	}
+
+	out, err := tp(t, "status", "--name", "pub", "-o", "json")
+	if err != nil {
+		t.Fatalf("tp status: %v\n%s", err, out)
+	}
+	var st struct {
+		Published []string `json:"published"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Published) != 1 || st.Published[0] != spec {
+		t.Errorf("tp status -o json published %q (%v), want [%s]\n%s", st.Published, err, spec, out)
+	}
+
+	if out, err := tp(t, "connect", "--name", "pub", "--publish", spec); err != nil || !strings.Contains(out, "Already connected") {
+		t.Errorf("connect again with the same ports: %v\n%s\nwant a no-op (Already connected)", err, out)
+	}
+	out, err = tp(t, "connect", "--name", "pub", "--publish", fmt.Sprintf("127.0.0.1:%d:9090", port+1))
+	if err == nil || !strings.Contains(out, "tp quit --name pub") {
+		t.Errorf("connect with other ports: %v\n%s\nwant an error that says to run tp quit --name pub", err, out)
+	}
+	if out, err := tp(t, "connect", "--name", "pub2", "--publish", "8080:x"); err == nil || !strings.Contains(out, "--publish") {
+		t.Errorf("connect --publish 8080:x: %v\n%s\nwant an error naming --publish", err, out)
+	}
+}
+
+// freePort is a TCP port of the host's loopback that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func httpGet(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }

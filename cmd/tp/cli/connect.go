@@ -43,7 +43,7 @@ func newConnectCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var (
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
-		dnsServers                        []string
+		dnsServers, publish               []string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -62,6 +62,7 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
+	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		progress := streams.ErrOut
@@ -72,16 +73,21 @@ not changed: no root, routes or resolver settings.`,
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
-			Timeout: timeout, Progress: progress, DNS: dnsServers,
+			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish,
 			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags())),
 		})
 		if err != nil {
 			return err
 		}
-		return printStructured(streams.Out, output, statusView(st), func(w io.Writer) error {
+		v := statusView(st)
+		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
+		return printStructured(streams.Out, output, v, func(w io.Writer) error {
 			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s)\n",
 				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name))
 			fmt.Fprintf(w, "Join it with: docker run --network container:%s ...\n", daemoncontainer.ContainerName(name))
+			if len(v.Published) > 0 {
+				fmt.Fprintf(w, "Published on the host: %s\n", strings.Join(v.Published, ", "))
+			}
 			printConflicts(w, st)
 			return nil
 		})
@@ -165,6 +171,9 @@ type statusJSON struct {
 	Conflicts      []string `json:"subnetConflicts,omitempty"`
 	DNS            *dnsJSON `json:"dns,omitempty"`
 	OpenFlows      int64    `json:"openFlows"`
+	// Published are the ports the daemon container publishes on the host
+	// (docker -p specs, from tp connect --publish).
+	Published []string `json:"published,omitempty"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
 	Flows *daemonv1.FlowStats `json:"flows,omitempty"`
 }
@@ -226,6 +235,7 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				return fmt.Errorf("daemon in %s does not answer: %w", d.Connection.ContainerName, err)
 			}
 			v := statusView(st)
+			v.Published = d.Connection.Publish
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
 				fmt.Fprintf(w, "State:             %s\n", v.State)
@@ -254,6 +264,9 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				if v.DNS != nil {
 					fmt.Fprintf(w, "DNS:               %s, domain %s, search %s, upstreams %s (%d queries, %d cached)\n",
 						v.DNS.Listen, v.DNS.Domain, strings.Join(v.DNS.Search, " "), strings.Join(v.DNS.Upstreams, " "), v.DNS.Queries, v.DNS.CacheHits)
+				}
+				if len(v.Published) > 0 {
+					fmt.Fprintf(w, "Published:         %s\n", strings.Join(v.Published, ", "))
 				}
 				fmt.Fprintf(w, "Open flows:        %d\n", v.OpenFlows)
 				if f := v.Flows; f != nil {
