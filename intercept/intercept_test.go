@@ -164,3 +164,23 @@ func TestWatchInterceptSaysLostAndResumed(t *testing.T) {
 		}
 	}
 }
+
+func TestWithImage(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    string
+		wantErr bool
+	}{
+		{[]string{"-it", "IMAGE", "sh"}, "-it sha256:x sh", false},
+		{[]string{"-e", "A=1", "--name", "web"}, "-e A=1 --name web sha256:x", false},
+		{[]string{"-p", "80:80", "IMAGE"}, "-p 80:80 sha256:x", false},
+		{nil, "sha256:x", false},
+		{[]string{"--rm", "nginx"}, "", true},
+	}
+	for _, tt := range tests {
+		got, err := WithImage(tt.args, "sha256:x")
+		if (err != nil) != tt.wantErr || strings.Join(got, " ") != tt.want {
+			t.Errorf("WithImage(%q) = %q, %v; want %q, error %v", tt.args, got, err, tt.want, tt.wantErr)
+		}
+	}
+}

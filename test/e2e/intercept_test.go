@@ -250,3 +250,54 @@ func TestInterceptHeadless(t *testing.T) {
 	tpOK(t, "leave", "echo", "--name", conn.name)
 	c.waitCopy(t, ns, "http://echo-headless."+ns+":8080/headless", "cluster", 30*time.Second)
 }
+
+// TestInterceptDockerBuild: --docker-build builds the user's directory with
+// --docker-build-opt and runs the image where IMAGE stands in the
+// arguments; the cluster's requests reach it. A directory that does not
+// build leaves no intercept.
+func TestInterceptDockerBuild(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "ibuild")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "ib-"+rand.String(4), "-n", ns)
+
+	dir := t.TempDir()
+	dockerfile := "FROM " + echoImage + " AS base\nARG COPY=unset\nENV ECHO_COPY=$COPY\nFROM base AS dev\n"
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	run := exec.CommandContext(ctx, tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-build", dir, "--docker-build-opt", "build-arg=COPY=built", "--docker-build-opt", "target=dev", "--", "--rm", "IMAGE", "serve")
+	run.Cancel = func() error { return run.Process.Signal(os.Interrupt) }
+	var out strings.Builder
+	run.Stdout, run.Stderr = &out, &out
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- run.Wait() }()
+	c.waitCopy(t, ns, "http://echo."+ns+"/built", "built", 90*time.Second)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tp intercept --docker-build did not end after Ctrl-C\n%s", out.String())
+	}
+	c.waitCopy(t, ns, "http://echo."+ns+"/after", "cluster", 30*time.Second)
+
+	// A build that fails: an error with docker build's output, no intercept.
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, "Dockerfile"), []byte("FROM "+echoImage+"\nRUN /no-such-command\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--docker-build", bad, "--", "IMAGE")
+	if err == nil || !strings.Contains(o, "docker build") {
+		t.Errorf("intercept with a failing build: %v\n%s\nwant an error from docker build", err, o)
+	}
+	if l := tpOK(t, "list", "--name", conn.name, "-n", ns); strings.Contains(l, "intercepted") {
+		t.Errorf("a failed build left an intercept:\n%s", l)
+	}
+}

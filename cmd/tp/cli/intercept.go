@@ -26,6 +26,8 @@ type interceptFlags struct {
 	headers                                   []string
 	pathPrefix                                string
 	dockerRun                                 bool
+	dockerBuild                               string
+	dockerBuildOpts                           []string
 	timeout                                   time.Duration
 	output                                    string
 }
@@ -59,7 +61,7 @@ func parseHeaders(entries []string) (map[string]string, error) {
 func newInterceptCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	var f interceptFlags
 	cmd := &cobra.Command{
-		Use:   "intercept WORKLOAD --port LOCAL[:SVCPORT] [--docker-run -- [docker run flags] IMAGE [ARGS...]]",
+		Use:   "intercept WORKLOAD --port LOCAL[:SVCPORT] [--docker-run -- [docker run flags] IMAGE [ARGS...] | --docker-build DIR -- [docker run flags] IMAGE [ARGS...]]",
 		Short: "Send a workload's traffic (all of it, or matching requests) to a local container",
 		Long: `Intercept a workload (Deployment, StatefulSet or ReplicaSet): the traffic-agent is
 injected into its pods when missing, and the service port's traffic goes to LOCAL in the
@@ -74,7 +76,8 @@ With --docker-run, tp runs "docker run --rm --network container:tp [flags] IMAGE
 with the pod's environment (plus TP_* variables naming the intercept), ends the
 intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 		Example: `  tp intercept echo --port 8080:80 --docker-run -- -e ECHO_COPY=local tp-echo:dev
-  tp intercept echo --port 8080 --http-header x-dev=alice --env-file echo.env`,
+  tp intercept echo --port 8080 --http-header x-dev=alice --env-file echo.env
+  tp intercept echo --port 8080 --docker-build ./echo --docker-build-opt target=dev -- -it IMAGE`,
 		Args: cobra.MinimumNArgs(1),
 	}
 	cmd.Flags().StringVar(&f.connection, "name", daemoncontainer.DefaultName, "connection name (see tp connect --name)")
@@ -87,6 +90,8 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 	cmd.Flags().StringArrayVar(&f.headers, "http-header", nil, "personal intercept: only requests with this header KEY=VALUE (repeatable)")
 	cmd.Flags().StringVar(&f.pathPrefix, "http-path-prefix", "", "personal intercept: only requests whose path starts with this")
 	cmd.Flags().BoolVar(&f.dockerRun, "docker-run", false, "run a container with the pod's environment in the connection's network; args after -- are docker run's")
+	cmd.Flags().StringVar(&f.dockerBuild, "docker-build", "", "build DIR with docker build and run the image as --docker-run does; write IMAGE where it goes in the args after -- (implies --docker-run)")
+	cmd.Flags().StringArrayVar(&f.dockerBuildOpts, "docker-build-opt", nil, "KEY=VALUE passed to docker build as --KEY VALUE, e.g. target=dev, build-arg=A=1 (repeatable)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long to wait for the agent (first injection rolls the workload)")
 	outputFlag(cmd, &f.output)
 	_ = cmd.MarkFlagRequired("port")
@@ -101,8 +106,13 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 		} else if len(args) > 1 {
 			return fmt.Errorf("unexpected arguments %q: put docker run's arguments after --docker-run --", args[1:])
 		}
-		if f.dockerRun != (len(dockerArgs) > 0) {
-			return errors.New("--docker-run needs an image after --, and arguments after -- need --docker-run")
+		if f.dockerBuild != "" {
+			f.dockerRun = true
+		} else if f.dockerRun != (len(dockerArgs) > 0) {
+			return errors.New("--docker-run needs an image after --, and arguments after -- need --docker-run (or --docker-build)")
+		}
+		if len(f.dockerBuildOpts) > 0 && f.dockerBuild == "" {
+			return errors.New("--docker-build-opt needs --docker-build DIR")
 		}
 		return runIntercept(cmd.Context(), streams, workload, f, dockerArgs)
 	}
@@ -129,6 +139,19 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		return err
 	}
 	defer d.Close()
+	if f.dockerBuild != "" { // before the intercept: a failed build leaves nothing behind
+		if _, err := intercept.WithImage(dockerArgs, "image"); err != nil {
+			return err
+		}
+		fmt.Fprintf(streams.ErrOut, "Building %s\n", f.dockerBuild)
+		image, err := intercept.DockerBuild{Dir: f.dockerBuild, Opts: f.dockerBuildOpts}.Build(ctx)
+		if err != nil {
+			return err
+		}
+		if dockerArgs, err = intercept.WithImage(dockerArgs, image); err != nil {
+			return err
+		}
+	}
 
 	ic, err := intercept.Create(ctx, d, intercept.Options{
 		Connection: d.Connection.Name, Workload: workload, Namespace: f.namespace, Service: f.service, Container: f.container,
