@@ -297,7 +297,7 @@ func TestInterceptDockerBuild(t *testing.T) {
 	if err == nil || !strings.Contains(o, "docker build") {
 		t.Errorf("intercept with a failing build: %v\n%s\nwant an error from docker build", err, o)
 	}
-	if l := tpOK(t, "list", "--name", conn.name, "-n", ns); strings.Contains(l, "intercepted") {
+	if l := tpOK(t, "list", "--name", conn.name, "-n", ns, "-o", "json"); strings.Contains(l, `"intercepts"`) {
 		t.Errorf("a failed build left an intercept:\n%s", l)
 	}
 }
