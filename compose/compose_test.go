@@ -11,7 +11,7 @@ import (
 
 // project writes files (name -> content) into a directory and loads it
 // with discovery from there.
-func project(t *testing.T, files map[string]string) (LoadOptions, string) {
+func writeProject(t *testing.T, files map[string]string) (LoadOptions, string) {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
@@ -43,7 +43,7 @@ func TestParsePlanRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, dir := project(t, map[string]string{"compose.yaml": tt.yaml})
+			o, dir := writeProject(t, map[string]string{"compose.yaml": tt.yaml})
 			p, err := Load(context.Background(), o)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
@@ -64,7 +64,7 @@ func TestParsePlanRefuses(t *testing.T) {
 }
 
 func TestParsePlanNamesTheOverrideFile(t *testing.T) {
-	o, dir := project(t, map[string]string{
+	o, dir := writeProject(t, map[string]string{
 		"compose.yaml":          `services: {api: {image: a}}`,
 		"compose.override.yaml": `services: {api: {x-tp: {intercept: {ports: ["8080"], header: {}}}}}`,
 	})
@@ -80,7 +80,7 @@ func TestParsePlanNamesTheOverrideFile(t *testing.T) {
 }
 
 func TestParsePlanRoles(t *testing.T) {
-	o, _ := project(t, map[string]string{"compose.yaml": `
+	o, _ := writeProject(t, map[string]string{"compose.yaml": `
 x-tp: {connection: {name: dev, namespace: shop}}
 services:
   api: {image: a, x-tp: {intercept: {ports: ["8080:http"], headers: {x-dev: alice}, mounts: [/etc/config]}}}
@@ -119,7 +119,7 @@ services:
 }
 
 func TestTransform(t *testing.T) {
-	o, _ := project(t, map[string]string{"compose.yaml": `
+	o, _ := writeProject(t, map[string]string{"compose.yaml": `
 services:
   api: {image: a, ports: ["8080:8080"], expose: ["9000"], depends_on: [db, cache], x-tp: {intercept: {ports: ["8080"]}}}
   worker: {image: w, depends_on: {db: {condition: service_healthy}}}
@@ -164,7 +164,7 @@ services:
 }
 
 func TestConfigWithoutExtensionIsComposes(t *testing.T) {
-	o, _ := project(t, map[string]string{
+	o, _ := writeProject(t, map[string]string{
 		"compose.yaml":          "services:\n  web: {image: \"nginx:${TAG:-1}\", ports: [\"80:80\"]}\n",
 		"compose.override.yaml": "services:\n  web: {environment: {A: \"1\"}}\n",
 		".env":                  "TAG=2\n",

@@ -64,8 +64,11 @@ type Role struct {
 
 // InterceptRole is x-tp.intercept of a service.
 type InterceptRole struct {
-	// Workload defaults to the service's name.
-	Workload string `yaml:"workload"`
+	// Workload defaults to the service's name; Service and Container pick
+	// among several (as tp intercept --service, --container).
+	Workload  string `yaml:"workload"`
+	Service   string `yaml:"service"`
+	Container string `yaml:"container"`
 	// Ports are LOCAL[:SVCPORT], as tp intercept --port; one intercept each.
 	Ports []string `yaml:"ports"`
 	// Headers and PathPrefix make it personal.

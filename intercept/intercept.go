@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,6 +187,16 @@ func watch(ctx context.Context, d workloadLister, info *managerv1.InterceptInfo,
 			fmt.Fprintf(progress, "Connection to the traffic-manager resumed; intercept %s is still in place\n", info.GetSpec().GetName())
 		}
 	}
+}
+
+// ParsePort parses LOCAL[:SVCPORT].
+func ParsePort(s string) (local int32, svcPort string, err error) {
+	l, svc, _ := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(l, 10, 16)
+	if err != nil || n == 0 {
+		return 0, "", fmt.Errorf("--port %q: want LOCAL[:SVCPORT], LOCAL a port number (SVCPORT a service port name or number)", s)
+	}
+	return int32(n), svc, nil
 }
 
 // hasIntercept says whether resp lists the intercept with id.

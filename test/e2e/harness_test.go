@@ -43,6 +43,8 @@ import (
 const (
 	echoImage  = "tp-echo:dev"
 	probeImage = "tp-probe:dev"
+	// debianImage holds off-the-shelf Debian tools (sh, coreutils, curl): hack/images/debian.sh.
+	debianImage = "tp-debian:dev"
 )
 
 // cluster is the test's handle on the real cluster.

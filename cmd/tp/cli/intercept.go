@@ -32,16 +32,6 @@ type interceptFlags struct {
 	output                                    string
 }
 
-// parsePort parses LOCAL[:SVCPORT].
-func parsePort(s string) (local int32, svcPort string, err error) {
-	l, svc, _ := strings.Cut(s, ":")
-	n, err := strconv.ParseUint(l, 10, 16)
-	if err != nil || n == 0 {
-		return 0, "", fmt.Errorf("--port %q: want LOCAL[:SVCPORT], LOCAL a port number (SVCPORT a service port name or number)", s)
-	}
-	return int32(n), svc, nil
-}
-
 // parseHeaders parses KEY=VALUE entries of --http-header.
 func parseHeaders(entries []string) (map[string]string, error) {
 	if len(entries) == 0 {
@@ -120,7 +110,7 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 }
 
 func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workload string, f interceptFlags, dockerArgs []string) error {
-	local, svcPort, err := parsePort(f.port)
+	local, svcPort, err := intercept.ParsePort(f.port)
 	if err != nil {
 		return err
 	}

@@ -23,24 +23,3 @@ func TestPrintRouting(t *testing.T) {
 		}
 	}
 }
-
-func TestParsePort(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		local   int32
-		svc     string
-		wantErr bool
-	}{
-		{"8080", 8080, "", false},
-		{"8080:80", 8080, "80", false},
-		{"8080:http", 8080, "http", false},
-		{"x", 0, "", true},
-		{"0", 0, "", true},
-		{"70000", 0, "", true},
-	} {
-		local, svc, err := parsePort(tc.in)
-		if (err != nil) != tc.wantErr || local != tc.local || svc != tc.svc {
-			t.Errorf("parsePort(%q) = %d, %q, %v; want %d, %q, err %v", tc.in, local, svc, err, tc.local, tc.svc, tc.wantErr)
-		}
-	}
-}

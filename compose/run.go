@@ -1,0 +1,346 @@
+package compose
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/docker/cli/cli/command"
+	cliflags "github.com/docker/cli/cli/flags"
+	composeapi "github.com/docker/compose/v5/pkg/api"
+	composesvc "github.com/docker/compose/v5/pkg/compose"
+	"github.com/docker/docker/api/types/network"
+	dockerclient "github.com/docker/docker/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/intercept"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+)
+
+// Streams are where compose and tp write, and compose's stdin.
+type Streams struct {
+	In          io.ReadCloser
+	Out, ErrOut io.Writer
+}
+
+// ConnectFunc makes sure the connection runs and publishes publish (docker
+// -p specs): the CLI connects as `tp connect` does (kubeconfig, exec
+// plugins), with the project's x-tp.connection.
+type ConnectFunc func(ctx context.Context, conn Connection, publish []string) error
+
+// UpOptions are `tp compose up`'s.
+type UpOptions struct {
+	// Detach (-d) returns once the services run; the intercepts stay
+	// until `tp compose down`.
+	Detach bool
+	// Services limits up to these services (and their dependencies).
+	Services []string
+	// Connect starts the connection when it is not running.
+	Connect ConnectFunc
+}
+
+// project is a loaded, planned and transformed project with what running
+// it needs.
+type project struct {
+	*Transformed
+	plan       *Plan
+	connection string // the connection's name
+	daemon     string // its container
+}
+
+func load(ctx context.Context, lo LoadOptions) (*project, error) {
+	p, err := Load(ctx, lo)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := ParsePlan(p)
+	if err != nil {
+		return nil, err
+	}
+	name := firstNonEmpty(plan.Connection.Name, daemoncontainer.DefaultName)
+	t, err := Transform(p, plan, daemoncontainer.ContainerName(name))
+	if err != nil {
+		return nil, err
+	}
+	// The labels docker compose gives every service's containers, so that
+	// docker compose (and tp compose) find them again.
+	for name, s := range t.Project.Services {
+		s.CustomLabels = map[string]string{
+			composeapi.ProjectLabel:     t.Project.Name,
+			composeapi.ServiceLabel:     name,
+			composeapi.VersionLabel:     composeapi.ComposeVersion,
+			composeapi.WorkingDirLabel:  t.Project.WorkingDir,
+			composeapi.ConfigFilesLabel: strings.Join(t.Project.ComposeFiles, ","),
+			composeapi.OneoffLabel:      "False",
+			LabelProject:                t.Project.Name,
+		}
+		if len(lo.EnvFiles) > 0 {
+			s.CustomLabels[composeapi.EnvironmentFileLabel] = strings.Join(lo.EnvFiles, ",")
+		}
+		t.Project.Services[name] = s
+	}
+	return &project{Transformed: t, plan: plan, connection: name, daemon: daemoncontainer.ContainerName(name)}, nil
+}
+
+// publishSpecs are the daemon container's -p specs for the joined services' ports.
+func (p *project) publishSpecs() []string {
+	var specs []string
+	for _, pc := range p.Publish {
+		spec := strconv.Itoa(int(pc.Target))
+		if pc.Published != "" {
+			spec = pc.Published + ":" + spec
+		}
+		if pc.HostIP != "" {
+			spec = pc.HostIP + ":" + spec
+		}
+		if pc.Protocol != "" && pc.Protocol != "tcp" {
+			spec += "/" + pc.Protocol
+		}
+		specs = append(specs, spec)
+	}
+	return specs
+}
+
+// interceptName is the intercept of a service's port i: the project and
+// service name it, so that `down` (another process) finds it again.
+func interceptName(projectName, service string, ports []string, i int) string {
+	name := projectName + "-" + service
+	if len(ports) > 1 {
+		local, _, _ := strings.Cut(ports[i], ":")
+		name += "-" + local
+	}
+	return name
+}
+
+func newComposeService(s Streams) (composeapi.Compose, error) {
+	cli, err := command.NewDockerCli(command.WithOutputStream(s.Out), command.WithErrorStream(s.ErrOut), command.WithInputStream(s.In))
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	if err := cli.Initialize(cliflags.NewClientOptions()); err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return composesvc.NewComposeService(cli, composesvc.WithStreams(s.Out, s.ErrOut, s.In))
+}
+
+// Up runs the project: it connects (publishing the joined services' ports
+// on the daemon container), creates the intercepts and gives their
+// services the pod's environment (compose's own wins), creates the
+// containers, joins the daemon container to the project's networks (so
+// local services reach joined ones by IP), and starts them. In the
+// foreground it streams the logs until Ctrl-C, then stops the services and
+// leaves the intercepts; with Detach both stay. Up twice is harmless:
+// intercepts this project holds already are reused.
+func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
+	p, err := load(ctx, lo)
+	if err != nil {
+		return err
+	}
+	if o.Connect != nil {
+		conn := p.plan.Connection
+		conn.Name = p.connection
+		if err := o.Connect(ctx, conn, p.publishSpecs()); err != nil {
+			return err
+		}
+	}
+	d, err := daemoncontainer.DialConnection(ctx, p.connection)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	created, err := p.intercept(ctx, d, s.ErrOut)
+	leaveAll := func() {
+		for _, ic := range created {
+			if err := ic.Leave(ctx); err != nil {
+				fmt.Fprintf(s.ErrOut, "tp: %v\n", err)
+			} else {
+				fmt.Fprintf(s.ErrOut, "Left intercept %s\n", ic.Name())
+			}
+		}
+	}
+	if err != nil {
+		leaveAll()
+		return err
+	}
+	svc, err := newComposeService(s)
+	if err != nil {
+		leaveAll()
+		return err
+	}
+	create := composeapi.CreateOptions{Services: o.Services, Recreate: composeapi.RecreateDiverged, RecreateDependencies: composeapi.RecreateDiverged}
+	if err := svc.Create(ctx, p.Project, create); err != nil {
+		leaveAll()
+		return fmt.Errorf("compose create: %w", err)
+	}
+	if err := p.joinNetworks(ctx, d.Connection.ContainerID); err != nil {
+		leaveAll()
+		return err
+	}
+	start := composeapi.StartOptions{Project: p.Project, Services: o.Services}
+	if !o.Detach {
+		start.Attach = &printer{out: s.Out, errOut: s.ErrOut}
+	}
+	err = svc.Up(ctx, p.Project, composeapi.UpOptions{Create: create, Start: start})
+	if o.Detach && err == nil {
+		fmt.Fprintf(s.ErrOut, "Project %s is up; its intercepts stay until: tp compose down\n", p.Project.Name)
+		return nil
+	}
+	if !o.Detach {
+		leaveAll()
+	}
+	return err
+}
+
+// intercept creates the project's intercepts (or finds those it holds
+// already) and puts the pod's environment into their services.
+func (p *project) intercept(ctx context.Context, d intercept.Daemon, progress io.Writer) ([]*intercept.Intercept, error) {
+	var created []*intercept.Intercept
+	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
+		r := p.plan.Roles[service].Intercept
+		if r == nil {
+			continue
+		}
+		for i, port := range r.Ports {
+			local, svcPort, err := intercept.ParsePort(port)
+			if err != nil {
+				return created, &ExtensionError{Service: service, Key: Extension + ".intercept.ports", Msg: err.Error()}
+			}
+			name := interceptName(p.Project.Name, service, r.Ports, i)
+			ic, err := intercept.Create(ctx, d, intercept.Options{
+				Connection: p.connection, Workload: r.Workload, Name: name, Namespace: p.plan.Connection.Namespace,
+				Service: r.Service, Container: r.Container,
+				ServicePort: svcPort, LocalPort: local, Headers: r.Headers, PathPrefix: r.PathPrefix,
+			})
+			if err != nil {
+				return created, fmt.Errorf("service %s: %w", service, err)
+			}
+			created = append(created, ic)
+			fmt.Fprintf(progress, "Intercepted %s/%s for service %s: its traffic goes to port %d (%d of %d ready endpoints route to it)\n",
+				ic.Namespace(), r.Workload, service, local, ic.Info.GetRoutedEndpoints(), ic.Info.GetReadyEndpoints())
+			if r.Env == nil || *r.Env {
+				p.addEnv(service, ic.Env())
+			}
+		}
+	}
+	return created, nil
+}
+
+// addEnv gives the service env where compose defines no value.
+func (p *project) addEnv(service string, env map[string]string) {
+	s := p.Project.Services[service]
+	if s.Environment == nil {
+		s.Environment = types.MappingWithEquals{}
+	}
+	for k, v := range env {
+		if _, ok := s.Environment[k]; !ok {
+			s.Environment[k] = &v
+		}
+	}
+	p.Project.Services[service] = s
+}
+
+// joinNetworks connects the daemon container to the project's networks.
+func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
+	docker, err := daemoncontainer.NewDockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	for _, key := range slices.Sorted(maps.Keys(p.Project.Networks)) {
+		n := p.Project.Networks[key]
+		if n.External || n.Name == "" {
+			continue
+		}
+		err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{})
+		if err != nil && !strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("join the daemon container %s to network %s: %w", p.daemon, n.Name, err)
+		}
+	}
+	return nil
+}
+
+// leaveNetworks disconnects the daemon container from the project's
+// networks, so that compose can remove them.
+func (p *project) leaveNetworks(ctx context.Context, docker dockerclient.APIClient) {
+	for _, n := range p.Project.Networks {
+		if !n.External && n.Name != "" {
+			_ = docker.NetworkDisconnect(ctx, n.Name, p.daemon, true)
+		}
+	}
+}
+
+// DownOptions are `tp compose down`'s.
+type DownOptions struct {
+	// Volumes (-v) also removes the project's named volumes.
+	Volumes bool
+}
+
+// Down stops and removes the project's containers and networks (as docker
+// compose down does) and leaves every intercept the project holds.
+func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
+	p, err := load(ctx, lo)
+	if err != nil {
+		return err
+	}
+	docker, err := daemoncontainer.NewDockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	p.leaveNetworks(ctx, docker)
+	svc, err := newComposeService(s)
+	if err != nil {
+		return err
+	}
+	timeout := 10 * time.Second
+	downErr := svc.Down(ctx, p.Project.Name, composeapi.DownOptions{Project: p.Project, RemoveOrphans: true, Volumes: o.Volumes, Timeout: &timeout})
+	if downErr != nil {
+		downErr = fmt.Errorf("compose down: %w", downErr)
+	}
+	d, err := daemoncontainer.DialConnection(ctx, p.connection)
+	if errors.Is(err, daemoncontainer.ErrNotConnected) {
+		return downErr // no connection: no intercepts to leave
+	}
+	if err != nil {
+		return errors.Join(downErr, err)
+	}
+	defer d.Close()
+	var errs []error
+	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
+		r := p.plan.Roles[service].Intercept
+		if r == nil {
+			continue
+		}
+		for i := range r.Ports {
+			name := interceptName(p.Project.Name, service, r.Ports, i)
+			_, err := d.RemoveIntercept(ctx, &managerv1.RemoveInterceptRequest{Name: name, Namespace: p.plan.Connection.Namespace})
+			switch status.Code(err) {
+			case codes.OK:
+				fmt.Fprintf(s.ErrOut, "Left intercept %s\n", name)
+			case codes.NotFound:
+			default:
+				errs = append(errs, fmt.Errorf("leave %s: %s", name, status.Convert(err).Message()))
+			}
+		}
+	}
+	return errors.Join(append([]error{downErr}, errs...)...)
+}
+
+// printer writes the services' logs as docker compose does, a prefix each.
+type printer struct{ out, errOut io.Writer }
+
+func (p *printer) Log(container, msg string) { fmt.Fprintf(p.out, "%s | %s\n", container, msg) }
+func (p *printer) Err(container, msg string) { fmt.Fprintf(p.errOut, "%s | %s\n", container, msg) }
+func (p *printer) Status(container, msg string) {
+	fmt.Fprintf(p.errOut, "%s %s\n", container, msg)
+}

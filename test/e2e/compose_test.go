@@ -1,0 +1,127 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/rand"
+)
+
+// TestComposeUpDown: `tp compose up -d` on a compose file with x-tp
+// connects (publishing the joined service's port on the daemon
+// container), intercepts the cluster's echo for the compose service echo
+// (which gets the pod's environment, its own ECHO_COPY winning), and runs a
+// connect-role worker that reaches the cluster's service by name, which the
+// intercept routes back to the compose service; a use-cluster service is not
+// started. `tp compose down` removes the containers and leaves the
+// intercept: the cluster's copy answers again.
+func TestComposeUpDown(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "compose")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := "cmp-" + rand.String(4)
+	project := "tpe2e" + rand.String(4)
+	port := freePort(t)
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "compose.yaml")
+	yaml := fmt.Sprintf(`name: %s
+x-tp:
+  connection: {name: %s, namespace: %s}
+services:
+  echo:
+    image: %s
+    command: ["serve"]
+    environment: {ECHO_COPY: compose}
+    ports: ["127.0.0.1:%d:8080"]
+    x-tp:
+      intercept: {workload: echo, service: echo, ports: ["8080:http"]}
+  worker:
+    image: %s
+    entrypoint: ["/bin/sh", "-c", "while sleep 1; do curl -s -m 3 http://echo.%s/from-worker; echo; done"]
+    depends_on: [db]
+    x-tp: {connect: true}
+  db:
+    image: postgres-that-is-not-here
+    x-tp: {use-cluster: echo}
+`, project, conn, ns, echoImage, port, debianImage, ns)
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	composeTP := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := composeTP("down"); err != nil {
+			t.Logf("tp compose down (cleanup): %v\n%s", err, out)
+		}
+		_, _ = tp(t, "quit", "--name", conn)
+	})
+
+	if out, err := composeTP("config"); err != nil || !strings.Contains(out, "network_mode: container:tp-"+conn) {
+		t.Fatalf("tp compose config: %v\n%s", err, out)
+	}
+	out, err := composeTP("up", "-d")
+	if err != nil {
+		t.Fatalf("tp compose up -d: %v\n%s", err, out)
+	}
+	t.Logf("tp compose up -d:\n%s", out)
+
+	// The cluster's callers reach the compose service, which has the pod's
+	// environment (GREETING) and its own ECHO_COPY.
+	c.waitCopy(t, ns, "http://echo."+ns+"/from-cluster", "compose", 90*time.Second)
+	env := c.podOutput(t, ns, probeImage, "http", "http://echo."+ns+"/env?keys=GREETING,ECHO_COPY,TP_INTERCEPT_NAME")
+	for _, want := range []string{`"GREETING":"hello-from-configmap"`, `"ECHO_COPY":"compose"`, `"TP_INTERCEPT_NAME":"` + project + `-echo"`} {
+		if !strings.Contains(env, want) {
+			t.Errorf("the compose service's environment %s lacks %s", env, want)
+		}
+	}
+	// The host reaches the compose service through the daemon container's published port.
+	if body, err := httpGet(context.Background(), fmt.Sprintf("http://127.0.0.1:%d/from-host", port)); err != nil || !strings.Contains(body, `"compose"`) {
+		t.Errorf("GET the published port from the host: %v %q, want the compose copy", err, body)
+	}
+	// The worker (connect role) reaches the cluster's echo by name.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		logs, _ := docker("logs", project+"-worker-1")
+		if strings.Contains(logs, `"copy":"compose"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker's requests to echo.%s never reached the intercept; its log:\n%s", ns, logs)
+		}
+		time.Sleep(time.Second)
+	}
+	if ps, _ := docker("ps", "-a", "--filter", "label=com.docker.compose.project="+project, "--format", "{{.Names}}"); strings.Contains(ps, "db") {
+		t.Errorf("the use-cluster service db was started: %s", ps)
+	}
+
+	// up again is harmless.
+	if out, err := composeTP("up", "-d"); err != nil {
+		t.Errorf("tp compose up -d again: %v\n%s", err, out)
+	}
+
+	out, err = composeTP("down")
+	if err != nil {
+		t.Fatalf("tp compose down: %v\n%s", err, out)
+	}
+	c.waitCopy(t, ns, "http://echo."+ns+"/after-down", "cluster", 30*time.Second)
+	if ps, _ := docker("ps", "-a", "--filter", "label=com.docker.compose.project="+project, "--format", "{{.Names}}"); strings.TrimSpace(ps) != "" {
+		t.Errorf("containers left after down: %s", ps)
+	}
+	if l := tpOK(t, "list", "--name", conn, "-n", ns, "-o", "json"); strings.Contains(l, `"intercepts"`) {
+		t.Errorf("intercepts left after down:\n%s", l)
+	}
+}
