@@ -66,6 +66,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newAgentInitCommand(),
 		newKubeauthCommand(streams),
 		newKubeauthPluginCommand(streams),
+		newVolumesCommand(),
 	)
 	return root
 }
