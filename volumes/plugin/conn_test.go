@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+
+	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
 
 // TestHandshake: what the plugin writes, and how it reads each answer.
@@ -88,8 +90,8 @@ func TestHandshakeReadsNoFurther(t *testing.T) {
 }
 
 func TestDialWrongToken(t *testing.T) {
-	s := newTestServer(t, "right")
-	_, err := Dial(context.Background(), s.addr(), "wrong", time.Second)
+	s := mounttest.NewServer(t, "right")
+	_, err := Dial(context.Background(), s.Addr(), "wrong", time.Second)
 	if !errors.Is(err, ErrRefused) {
 		t.Fatalf("Dial with a wrong token = %v, want ErrRefused", err)
 	}
@@ -98,12 +100,12 @@ func TestDialWrongToken(t *testing.T) {
 // TestConnDeadline: a stalled server fails the operation with ErrBroken
 // within the timeout, and every later one at once.
 func TestConnDeadline(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Dial(context.Background(), s.addr(), "tok", 500*time.Millisecond)
+	c, err := Dial(context.Background(), s.Addr(), "tok", 500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func TestConnDeadline(t *testing.T) {
 	if err := stat(); err != nil {
 		t.Fatalf("stat before the stall: %v", err)
 	}
-	s.stall()
+	s.Stall()
 	start := time.Now()
 	if err := stat(); !errors.Is(err, ErrBroken) {
 		t.Fatalf("stat during the stall = %v, want ErrBroken", err)
@@ -122,7 +124,7 @@ func TestConnDeadline(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("stalled stat took %v, want about 500ms", d)
 	}
-	s.unstall()
+	s.Unstall()
 	start = time.Now()
 	if err := stat(); !errors.Is(err, ErrBroken) || time.Since(start) > 100*time.Millisecond {
 		t.Errorf("stat after a stall = %v after %v, want ErrBroken at once", err, time.Since(start))
@@ -134,13 +136,13 @@ func TestConnDeadline(t *testing.T) {
 
 // TestConnBreak: a closed connection fails operations with ErrBroken.
 func TestConnBreak(t *testing.T) {
-	s := newTestServer(t, "tok")
-	c, err := Dial(context.Background(), s.addr(), "tok", 5*time.Second)
+	s := mounttest.NewServer(t, "tok")
+	c, err := Dial(context.Background(), s.Addr(), "tok", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	s.breakConns()
+	s.Break()
 	start := time.Now()
 	err = c.Do(context.Background(), func(sc *sftp.Client) error { _, err := sc.Stat("/"); return err })
 	if !errors.Is(err, ErrBroken) {
@@ -154,8 +156,8 @@ func TestConnBreak(t *testing.T) {
 // TestConnServerErrorsKeepConn: the server's answers (no such file) are no
 // broken connection.
 func TestConnServerErrorsKeepConn(t *testing.T) {
-	s := newTestServer(t, "tok")
-	c, err := Dial(context.Background(), s.addr(), "tok", 5*time.Second)
+	s := mounttest.NewServer(t, "tok")
+	c, err := Dial(context.Background(), s.Addr(), "tok", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,12 +14,13 @@ import (
 	"time"
 
 	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
 
 // mountTest mounts export (a local directory served by an in-process SFTP
 // server with the handshake) with FUSE and returns the mount point. It
 // skips without /dev/fuse or root.
-func mountTest(t *testing.T, s *testServer, export string, ro bool, timeout time.Duration) (string, Mounted) {
+func mountTest(t *testing.T, s *mounttest.Server, export string, ro bool, timeout time.Duration) (string, Mounted) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skip("no /dev/fuse")
@@ -31,7 +32,7 @@ func mountTest(t *testing.T, s *testServer, export string, ro bool, timeout time
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.addr(), Token: "tok", Path: export, ReadOnly: ro}, timeout)
+	m, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: export, ReadOnly: ro}, timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func writeFile(t testing.TB, p, content string) {
 // TestFUSEOps: what a container does with a mounted volume works and lands
 // in the export.
 func TestFUSEOps(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	writeFile(t, filepath.Join(export, "config", "app.yaml"), "key: value\n")
 	if err := os.Symlink("config/app.yaml", filepath.Join(export, "link")); err != nil {
@@ -243,7 +244,7 @@ func TestFUSEOps(t *testing.T) {
 
 // TestFUSEBigFile: a file larger than one FUSE request reads back whole.
 func TestFUSEBigFile(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	data := make([]byte, 5<<20+123)
 	for i := range data {
@@ -267,7 +268,7 @@ func TestFUSEBigFile(t *testing.T) {
 
 // TestFUSEReadOnly: a read-only mount reads and refuses every write with EROFS.
 func TestFUSEReadOnly(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	writeFile(t, filepath.Join(export, "f"), "data")
 	mnt, _ := mountTest(t, s, export, true, 5*time.Second)
@@ -297,7 +298,7 @@ func TestFUSEReadOnly(t *testing.T) {
 // with EIO within the timeout, later operations fail at once, and Close
 // (the unmount) does not block.
 func TestFUSEStall(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	writeFile(t, filepath.Join(export, "f"), string(make([]byte, 1<<20)))
 	mnt, m := mountTest(t, s, export, false, time.Second)
@@ -310,7 +311,7 @@ func TestFUSEStall(t *testing.T) {
 	if _, err := f.Read(buf); err != nil {
 		t.Fatal(err)
 	}
-	s.stall()
+	s.Stall()
 	start := time.Now()
 	_, err = io.ReadAll(f)
 	if !errors.Is(err, syscall.EIO) {
@@ -333,11 +334,11 @@ func TestFUSEStall(t *testing.T) {
 
 // TestFUSEBreak: a connection that breaks fails the operations with EIO at once.
 func TestFUSEBreak(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	writeFile(t, filepath.Join(export, "f"), "x")
 	mnt, _ := mountTest(t, s, export, false, 10*time.Second)
-	s.breakConns()
+	s.Break()
 	start := time.Now()
 	if _, err := os.ReadFile(filepath.Join(mnt, "g")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read after the break = %v, want EIO", err)
@@ -350,16 +351,16 @@ func TestFUSEBreak(t *testing.T) {
 // TestMountNotADirectory: a path that is a file or missing fails the mount
 // with what to fix.
 func TestMountErrors(t *testing.T) {
-	s := newTestServer(t, "tok")
+	s := mounttest.NewServer(t, "tok")
 	export := t.TempDir()
 	writeFile(t, filepath.Join(export, "file"), "x")
 	dir := t.TempDir()
 	for _, p := range []string{filepath.Join(export, "file"), filepath.Join(export, "missing")} {
-		if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.addr(), Token: "tok", Path: p}, time.Second); err == nil {
+		if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: p}, time.Second); err == nil {
 			t.Errorf("mount of %s succeeded, want an error", p)
 		}
 	}
-	if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.addr(), Token: "bad", Path: export}, time.Second); !errors.Is(err, ErrRefused) {
+	if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "bad", Path: export}, time.Second); !errors.Is(err, ErrRefused) {
 		t.Errorf("mount with a wrong token = %v, want ErrRefused", err)
 	}
 }

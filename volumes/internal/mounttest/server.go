@@ -1,4 +1,7 @@
-package plugin
+// Package mounttest is the daemon's side of the mount port for tests, in
+// process: it checks the handshake's token and serves a local directory
+// tree over SFTP, and it can stall or break its connections.
+package mounttest
 
 import (
 	"bufio"
@@ -12,10 +15,10 @@ import (
 	"github.com/pkg/sftp"
 )
 
-// testServer is the daemon's side of the mount port, in-process: it checks
+// Server is the daemon's side of the mount port, in-process: it checks
 // the handshake's token and serves the real filesystem over SFTP. It can
 // break or stall its connections.
-type testServer struct {
+type Server struct {
 	l     net.Listener
 	token string
 
@@ -25,22 +28,23 @@ type testServer struct {
 	wg      sync.WaitGroup
 }
 
-func newTestServer(t testing.TB, token string) *testServer {
+// NewServer listens on 127.0.0.1 and serves until the test ends.
+func NewServer(t testing.TB, token string) *Server {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &testServer{l: l, token: token}
+	s := &Server{l: l, token: token}
 	s.wg.Add(1)
 	go s.accept()
-	t.Cleanup(s.close)
+	t.Cleanup(s.Close)
 	return s
 }
 
-func (s *testServer) addr() string { return s.l.Addr().String() }
+func (s *Server) Addr() string { return s.l.Addr().String() }
 
-func (s *testServer) accept() {
+func (s *Server) accept() {
 	defer s.wg.Done()
 	for {
 		c, err := s.l.Accept()
@@ -59,7 +63,7 @@ func (s *testServer) accept() {
 	}
 }
 
-func (s *testServer) serve(c net.Conn) {
+func (s *Server) serve(c net.Conn) {
 	br := bufio.NewReader(c)
 	line, err := br.ReadString('\n')
 	if err != nil {
@@ -84,7 +88,7 @@ func (s *testServer) serve(c net.Conn) {
 // gatedReader blocks reads while the server is stalled.
 type gatedReader struct {
 	r *bufio.Reader
-	s *testServer
+	s *Server
 }
 
 func (g *gatedReader) Read(p []byte) (int, error) {
@@ -97,8 +101,8 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 	return g.r.Read(p)
 }
 
-// stall makes the server stop answering (reads block) until unstall.
-func (s *testServer) stall() {
+// Stall makes the server stop answering (reads block) until Unstall.
+func (s *Server) Stall() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stalled == nil {
@@ -106,7 +110,8 @@ func (s *testServer) stall() {
 	}
 }
 
-func (s *testServer) unstall() {
+// Unstall lets the reads go on.
+func (s *Server) Unstall() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stalled != nil {
@@ -115,8 +120,8 @@ func (s *testServer) unstall() {
 	}
 }
 
-// breakConns closes every connection, as a dead daemon or agent would.
-func (s *testServer) breakConns() {
+// Break closes every connection, as a dead daemon or agent would.
+func (s *Server) Break() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.conns {
@@ -125,9 +130,10 @@ func (s *testServer) breakConns() {
 	s.conns = nil
 }
 
-func (s *testServer) close() {
+// Close stops listening and breaks every connection.
+func (s *Server) Close() {
 	s.l.Close()
-	s.breakConns()
-	s.unstall()
+	s.Break()
+	s.Unstall()
 	s.wg.Wait()
 }
