@@ -52,7 +52,7 @@ func MountFUSE(ctx context.Context, dir string, o volumes.Options, timeout time.
 			AllowOther: true, // the container's processes are not the plugin's
 			FsName:     "tp:" + o.Path, Name: "tp",
 			DirectMount: true, DirectMountStrict: true, DirectMountFlags: flags, // no fusermount in a FROM-scratch plugin
-			DisableXAttrs: true, MaxBackground: 64, MaxWrite: 128 << 10, MaxReadAhead: 128 << 10,
+			DisableXAttrs: true, MaxBackground: 64, MaxWrite: 1 << 20, MaxReadAhead: 1 << 20,
 		},
 	}
 	server, err := fs.Mount(dir, &node{r: newRemoteFS(conn, o.Path, o.ReadOnly)}, opts)
