@@ -271,6 +271,35 @@ func TestPlugin(t *testing.T) {
 			t.Errorf("cat after a plugin restart = %d %q", code, out)
 		}
 	})
+	t.Run("ServerStallsMidRead", func(t *testing.T) {
+		stalling := mounttest.NewServer(t, token)
+		v := create(volumes.Options{Addr: stalling.Addr(), Token: token, Path: export, ReadOnly: true})
+		cid := start(t, docker, v, "readloop", "/data/hello.txt")
+		waitFor(t, 20*time.Second, "a first read", func() bool { return strings.Contains(logs(t, docker, cid), "ok 19") })
+		stalling.Stall()
+		took := waitFor(t, 15*time.Second, "a read failing", func() bool {
+			return strings.Contains(logs(t, docker, cid), "error ")
+		})
+		if out := logs(t, docker, cid); !strings.Contains(out, "input/output error") {
+			t.Errorf("reads after the server stalled: %q, want EIO", out[strings.Index(out, "error"):])
+		}
+		if took > 10*time.Second {
+			t.Errorf("the first failed read came %v after the stall, want <= 10s", took)
+		}
+		t.Logf("reads failed %v after the server stalled", took)
+		stopStart := time.Now()
+		timeout := 2
+		if err := docker.ContainerStop(ctx, cid, container.StopOptions{Timeout: &timeout}); err != nil {
+			t.Errorf("docker stop: %v", err)
+		}
+		if d := time.Since(stopStart); d > 10*time.Second {
+			t.Errorf("docker stop took %v", d)
+		}
+		if err := docker.ContainerRemove(ctx, cid, container.RemoveOptions{}); err != nil {
+			t.Errorf("docker rm: %v", err)
+		}
+		stalling.Unstall()
+	})
 	t.Run("ServerDiesMidRead", func(t *testing.T) {
 		big := make([]byte, 4<<20)
 		if err := os.WriteFile(filepath.Join(export, "big"), big, 0o644); err != nil {

@@ -38,8 +38,9 @@ const (
 	SocketPath = "/run/docker/plugins/tp.sock"
 	MountRoot  = volumes.PropagatedMount
 	StatePath  = "/var/lib/tp-volumes/state.json"
-	// OpTimeout bounds every filesystem operation and the mount handshake.
-	OpTimeout = 10 * time.Second
+	// OpTimeout bounds every filesystem operation and the mount handshake:
+	// a stalled connection fails reads within 10 s, with some margin.
+	OpTimeout = 8 * time.Second
 )
 
 // Mounted is a live mount.
