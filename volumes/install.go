@@ -32,6 +32,9 @@ const (
 	// its binary came from, so that a rebuilt image of the same tag (tp:dev)
 	// replaces the plugin.
 	envImageID = "TP_IMAGE_ID"
+	// rootfsContainer labels (LabelManaged) the container that the
+	// plugin's binary is copied out of.
+	rootfsContainer = "plugin-rootfs"
 )
 
 // PluginName is the plugin reference (and volume driver name) for a tp
@@ -165,8 +168,15 @@ func enable(ctx context.Context, docker client.APIClient, name string) error {
 
 // install creates the plugin from the image's binary and enables it.
 func install(ctx context.Context, docker client.APIClient, name, image, imageID string) error {
+	// The never-started containers of an install that crashed go first.
+	if left, err := docker.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelManaged+"="+rootfsContainer))}); err == nil {
+		for _, c := range left {
+			_ = docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+		}
+	}
 	created, err := docker.ContainerCreate(ctx, &container.Config{Image: image, Entrypoint: []string{"/tp"}, Cmd: []string{"version"},
-		Labels: map[string]string{LabelManaged: "plugin-rootfs"}}, &container.HostConfig{}, nil, nil, "")
+		Labels: map[string]string{LabelManaged: rootfsContainer}}, &container.HostConfig{}, nil, nil, "")
 	if err != nil {
 		return fmt.Errorf("create a container of %s to copy the plugin's binary: %w", image, err)
 	}
