@@ -23,6 +23,7 @@ import (
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
@@ -144,6 +145,15 @@ func fuseMounts(t *testing.T) []string {
 	return out
 }
 
+func create2(t *testing.T, docker client.APIClient, driver, conn string, o volumes.Options) string {
+	t.Helper()
+	name, err := volumes.CreateVolume(context.Background(), docker, volumes.Spec{Driver: driver, Connection: conn, Intercept: "itest", Options: o})
+	if err != nil {
+		t.Fatalf("CreateVolume: %v", err)
+	}
+	return name
+}
+
 func pluginID(t *testing.T, docker client.APIClient, name string) (string, bool) {
 	t.Helper()
 	p, _, err := docker.PluginInspectWithRaw(context.Background(), name)
@@ -200,14 +210,7 @@ func TestPlugin(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(export, "hello.txt"), []byte("hello from the pod\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	create := func(o volumes.Options) string {
-		t.Helper()
-		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{Driver: driver, Connection: conn, Intercept: "itest", Options: o})
-		if err != nil {
-			t.Fatalf("CreateVolume: %v", err)
-		}
-		return name
-	}
+	create := func(o volumes.Options) string { t.Helper(); return create2(t, docker, driver, conn, o) }
 	rw := create(volumes.Options{Addr: srv.Addr(), Token: token, Path: export})
 	ro := create(volumes.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
 	wrong := create(volumes.Options{Addr: srv.Addr(), Token: "wrong", Path: export})
@@ -329,6 +332,42 @@ func TestPlugin(t *testing.T) {
 		}
 		if err := docker.ContainerRemove(ctx, cid, container.RemoveOptions{}); err != nil {
 			t.Errorf("docker rm: %v", err)
+		}
+	})
+	t.Run("Upgrade", func(t *testing.T) {
+		// An older tp version's plugin: the same binary under another tag.
+		const old = "itest-old"
+		if err := docker.ImageTag(ctx, "tp:"+testVersion, "tp:"+old); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = docker.PluginRemove(context.Background(), volumes.PluginName(old), types.PluginRemoveOptions{Force: true})
+			_, _ = docker.ImageRemove(context.Background(), "tp:"+old, image.RemoveOptions{})
+		})
+		oldDriver, err := volumes.Ensure(ctx, docker, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// In use by a volume: an upgrade keeps it.
+		v := create2(t, docker, oldDriver, conn, volumes.Options{Addr: srv.Addr(), Token: token, Path: export})
+		if _, err := volumes.Ensure(ctx, docker, testVersion); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := docker.PluginInspectWithRaw(ctx, oldDriver); err != nil {
+			t.Errorf("Ensure removed %s that a volume uses: %v", oldDriver, err)
+		}
+		if err := docker.VolumeRemove(ctx, v, true); err != nil {
+			t.Fatal(err)
+		}
+		// Unused: the next Ensure removes it.
+		if _, err := volumes.Ensure(ctx, docker, testVersion); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := docker.PluginInspectWithRaw(ctx, oldDriver); err == nil {
+			t.Errorf("%s still installed after an upgrade, with no volume", oldDriver)
+		}
+		if _, enabled := pluginID(t, docker, driver); !enabled {
+			t.Errorf("%s not enabled after the upgrade", driver)
 		}
 	})
 	t.Run("RemovedByHand", func(t *testing.T) {
