@@ -98,7 +98,9 @@ func start(t *testing.T, docker client.APIClient, vol string, args ...string) st
 	if err != nil {
 		t.Fatalf("create the probe container: %v", err)
 	}
-	t.Cleanup(func() { _ = docker.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true}) })
+	t.Cleanup(func() {
+		_ = docker.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true})
+	})
 	if err := docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		t.Fatalf("start the probe container: %v", err)
 	}
@@ -251,7 +253,9 @@ func TestPlugin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = docker.ContainerRemove(context.Background(), "wrong-"+conn, container.RemoveOptions{Force: true}) })
+		t.Cleanup(func() {
+			_ = docker.ContainerRemove(context.Background(), "wrong-"+conn, container.RemoveOptions{Force: true})
+		})
 		err = docker.ContainerStart(ctx, "wrong-"+conn, container.StartOptions{})
 		if err == nil || !strings.Contains(err.Error(), "unknown token") {
 			t.Errorf("start with a wrong token = %v, want the daemon's refusal", err)
