@@ -21,6 +21,7 @@
 //	probe cat PATH                 print a file (e.g. through a tp volume)
 //	probe write PATH CONTENT       write a file
 //	probe readloop PATH            read a file again and again, "ok N" or "error ..." per read, until killed
+//	probe fsbench read|walk|smallreads PATH  time a sequential read of a file, a find + stat of a tree, or reading its every file; print JSON
 //
 // Every probe honours -timeout (default 5s).
 package main
@@ -104,6 +105,8 @@ func main() {
 		err = probeWrite(args[0], args[1])
 	case cmd == "readloop" && len(args) == 1:
 		err = probeReadLoop(args[0])
+	case cmd == "fsbench" && len(args) == 2:
+		err = probeFSBench(args[0], args[1])
 	default:
 		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX | kill NAME | manager-session ADDR | agent-arrive ADDR ATTEMPT; see the package doc")
 	}
