@@ -413,3 +413,43 @@ func TestPlugin(t *testing.T) {
 		}
 	})
 }
+
+// TestPluginBench measures reads through the plugin from a container, with
+// an in-process SFTP server on loopback (no tunnel: the plugin's own cost).
+// It runs with TP_VOLUMES_BENCH=1 and prints, asserting nothing.
+func TestPluginBench(t *testing.T) {
+	if os.Getenv("TP_VOLUMES_BENCH") == "" {
+		t.Skip("set TP_VOLUMES_BENCH=1")
+	}
+	docker := dockerClient(t)
+	ctx := context.Background()
+	conn := "bench-" + randomHex(4)
+	t.Cleanup(func() {
+		_ = volumes.RemoveVolumes(context.Background(), docker, map[string]string{volumes.LabelConnection: conn})
+	})
+	driver, err := volumes.Ensure(ctx, docker, testVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := randomHex(32)
+	srv := mounttest.NewServer(t, token)
+	export := t.TempDir()
+	if err := os.WriteFile(filepath.Join(export, "big"), make([]byte, 100<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		dir := filepath.Join(export, "tree", "d"+string(rune('a'+i%20)))
+		_ = os.MkdirAll(dir, 0o755)
+		if err := os.WriteFile(filepath.Join(dir, "f"+randomHex(4)), []byte("small file\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := create2(t, docker, driver, conn, volumes.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
+	for _, args := range [][]string{{"read", "/data/big"}, {"walk", "/data/tree"}, {"smallreads", "/data/tree"}} {
+		code, out := run(t, docker, v, append([]string{"fsbench"}, args...)...)
+		if code != 0 {
+			t.Errorf("fsbench %s: %d %s", args[0], code, out)
+		}
+		t.Logf("fsbench %s", strings.TrimSpace(out))
+	}
+}
