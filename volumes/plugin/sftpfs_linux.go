@@ -421,7 +421,10 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	p := n.remote()
 	var st *sftp.StatVFS
 	if e := n.do(ctx, func(c *sftp.Client) (err error) { st, err = c.StatVFS(p); return }); e != 0 {
-		return e
+		if e == syscall.EIO {
+			return e
+		}
+		return 0 // announced but not served (a request server's handler may lack it): no numbers
 	}
 	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
 	out.Files, out.Ffree = st.Files, st.Ffree
@@ -486,7 +489,11 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if !h.r.fsync || h.r.readOnly {
 		return 0
 	}
-	return toErrno(h.r.conn.Do(ctx, func(*sftp.Client) error { return h.f.Sync() }))
+	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) error { return h.f.Sync() }))
+	if e == syscall.ENOTSUP {
+		return 0 // the server writes through; no fsync to ask for
+	}
+	return e
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
+
 	"github.com/tp-run/tp/volumes"
 	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
@@ -362,5 +364,55 @@ func TestMountErrors(t *testing.T) {
 	}
 	if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "bad", Path: export}, time.Second); !errors.Is(err, ErrRefused) {
 		t.Errorf("mount with a wrong token = %v, want ErrRefused", err)
+	}
+}
+
+// TestFUSERequestServer: the operations against an sftp.RequestServer (what
+// the traffic-agent runs), whose answers differ from the plain server's.
+func TestFUSERequestServer(t *testing.T) {
+	s := mounttest.NewRequestServer(t, "tok", sftp.InMemHandler())
+	mnt, _ := mountTest(t, s, "/", false, 5*time.Second)
+	if err := os.Mkdir(filepath.Join(mnt, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(mnt, "d", "f"), "hello")
+	if b, err := os.ReadFile(filepath.Join(mnt, "d", "f")); err != nil || string(b) != "hello" {
+		t.Errorf("read back %q, %v", b, err)
+	}
+	f, err := os.OpenFile(filepath.Join(mnt, "d", "f"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(" world"); err != nil {
+		t.Errorf("append: %v", err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Errorf("fsync: %v", err)
+	}
+	f.Close()
+	if err := os.Rename(filepath.Join(mnt, "d", "f"), filepath.Join(mnt, "g")); err != nil {
+		t.Errorf("rename: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "g")); err != nil || string(b) != "hello world" {
+		t.Errorf("read after the rename %q, %v", b, err)
+	}
+	if err := os.Symlink("g", filepath.Join(mnt, "l")); err != nil {
+		t.Errorf("symlink: %v", err)
+	} else if target, err := os.Readlink(filepath.Join(mnt, "l")); err != nil || target != "g" {
+		t.Errorf("readlink = %q, %v", target, err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &st); err != nil {
+		t.Errorf("statfs: %v", err)
+	}
+	entries, err := os.ReadDir(mnt)
+	if err != nil || len(entries) != 3 {
+		t.Errorf("readdir = %v, %v; want d, g, l", entries, err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "g")); err != nil {
+		t.Errorf("remove: %v", err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "d")); err != nil {
+		t.Errorf("rmdir: %v", err)
 	}
 }

@@ -19,8 +19,9 @@ import (
 // the handshake's token and serves the real filesystem over SFTP. It can
 // break or stall its connections.
 type Server struct {
-	l     net.Listener
-	token string
+	l        net.Listener
+	token    string
+	handlers *sftp.Handlers // a request server's; nil: the host's files
 
 	mu      sync.Mutex
 	conns   []net.Conn
@@ -28,14 +29,23 @@ type Server struct {
 	wg      sync.WaitGroup
 }
 
-// NewServer listens on 127.0.0.1 and serves until the test ends.
-func NewServer(t testing.TB, token string) *Server {
+// NewServer listens on 127.0.0.1 and serves the host's files until the
+// test ends.
+func NewServer(t testing.TB, token string) *Server { return newServer(t, token, nil) }
+
+// NewRequestServer is NewServer with an sftp.RequestServer of handlers
+// (e.g. sftp.InMemHandler()), as the traffic-agent serves.
+func NewRequestServer(t testing.TB, token string, handlers sftp.Handlers) *Server {
+	return newServer(t, token, &handlers)
+}
+
+func newServer(t testing.TB, token string, handlers *sftp.Handlers) *Server {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{l: l, token: token}
+	s := &Server{l: l, token: token, handlers: handlers}
 	s.wg.Add(1)
 	go s.accept()
 	t.Cleanup(s.Close)
@@ -74,10 +84,17 @@ func (s *Server) serve(c net.Conn) {
 		return
 	}
 	fmt.Fprintf(c, "OK\n")
-	srv, err := sftp.NewServer(struct {
+	rwc := struct {
 		io.Reader
 		io.WriteCloser
-	}{&gatedReader{r: br, s: s}, c})
+	}{&gatedReader{r: br, s: s}, c}
+	if s.handlers != nil {
+		rs := sftp.NewRequestServer(rwc, *s.handlers)
+		_ = rs.Serve()
+		rs.Close()
+		return
+	}
+	srv, err := sftp.NewServer(rwc)
 	if err != nil {
 		return
 	}
