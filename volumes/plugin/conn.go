@@ -88,7 +88,7 @@ func Dial(ctx context.Context, addr, token string, timeout time.Duration) (*Conn
 	d := net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial the daemon's mount port %s: %w", addr, err)
+		return nil, fmt.Errorf("dial the daemon's mount port %s: %w (is the connection's daemon container running? `tp status`)", addr, err)
 	}
 	c, err := NewConn(nc, token, timeout)
 	if err != nil {
