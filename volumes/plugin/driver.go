@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -341,22 +342,12 @@ func (d *Driver) List() []Info {
 	d.mu.Lock()
 	vs := slices.Collect(maps.Values(d.vols))
 	d.mu.Unlock()
-	slices.SortFunc(vs, func(a, b *volume) int { return cmpString(a.name, b.name) })
+	slices.SortFunc(vs, func(a, b *volume) int { return strings.Compare(a.name, b.name) })
 	out := make([]Info, 0, len(vs))
 	for _, v := range vs {
 		out = append(out, d.info(v, false))
 	}
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Path is the mount point of a mounted volume, "" otherwise.

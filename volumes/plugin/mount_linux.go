@@ -71,11 +71,14 @@ func (m *fuseMount) Err() error { return m.conn.Err() }
 func (m *fuseMount) Close() error {
 	m.conn.Close()
 	err := Unmount(m.dir)
+	// The server's loops end when the kernel drops the mount: at once, or
+	// when the last open file of a lazily detached mount closes (until then
+	// its operations fail with EIO). The waiter ends with them.
 	done := make(chan struct{})
 	go func() { m.server.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(2 * time.Second): // files still open: they fail with EIO
+	case <-time.After(2 * time.Second):
 	}
 	return err
 }

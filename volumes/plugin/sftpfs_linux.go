@@ -263,7 +263,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	})
 	if e != 0 {
 		if f != nil {
-			go f.Close() //nolint:errcheck // best effort, bounded by the connection
+			_ = n.r.conn.Do(context.Background(), func(*sftp.Client) error { return f.Close() })
 		}
 		return nil, nil, 0, e
 	}
