@@ -416,3 +416,40 @@ func TestFUSERequestServer(t *testing.T) {
 		t.Errorf("rmdir: %v", err)
 	}
 }
+
+// TestFUSECloseBusy: unmounting a mount with an open file returns at once,
+// the mount is gone, and the open file fails instead of hanging.
+func TestFUSECloseBusy(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs /dev/fuse and root")
+	}
+	s := mounttest.NewServer(t, "tok")
+	export := t.TempDir()
+	writeFile(t, filepath.Join(export, "f"), "data")
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: export}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Errorf("Close of a busy mount: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close of a busy mount took %v", d)
+	}
+	if mounted(t, dir) {
+		t.Errorf("%s still mounted after Close", dir)
+	}
+	if _, err := f.Read(make([]byte, 4)); err == nil {
+		t.Error("a read of a file of the unmounted volume succeeded, want an error")
+	}
+}
