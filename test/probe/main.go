@@ -18,6 +18,10 @@
 //	probe kill ARGV...             SIGTERM every process whose command line is ARGV (e.g. /tp agent)
 //	probe bench MODE [flags]       run a benchmark (bulk, latency, connrate, hold, dns, steady), print JSON; see bench.go
 //	probe load -url URL [flags]    a steady load until SIGTERM, one JSON line of ok/failed requests per second; see load.go
+//	probe cat PATH                 print a file (e.g. through a tp volume)
+//	probe write PATH CONTENT       write a file
+//	probe readloop PATH            read a file again and again, "ok N" or "error ..." per read, until killed
+//	probe fsbench read|walk|smallreads PATH  time a sequential read of a file, a find + stat of a tree, or reading its every file; print JSON
 //
 // Every probe honours -timeout (default 5s).
 package main
@@ -95,6 +99,14 @@ func main() {
 		err = addRoutes(args[0], args[1:])
 	case cmd == "kill" && len(args) > 0:
 		err = killProcesses(args)
+	case cmd == "cat" && len(args) == 1:
+		err = probeCat(args[0])
+	case cmd == "write" && len(args) == 2:
+		err = probeWrite(args[0], args[1])
+	case cmd == "readloop" && len(args) == 1:
+		err = probeReadLoop(args[0])
+	case cmd == "fsbench" && len(args) == 2:
+		err = probeFSBench(args[0], args[1])
 	default:
 		err = fmt.Errorf("usage: probe http URL | tcp HOST:PORT | udp HOST:PORT MSG | dns NAME | grpc HOST:PORT [K=V] | dns-server NAME=IP [NAME=IP] | route DEV PREFIX | kill NAME | manager-session ADDR | agent-arrive ADDR ATTEMPT; see the package doc")
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/tp-run/tp/daemoncontainer/kubeauth"
 	"github.com/tp-run/tp/internal/version"
 	"github.com/tp-run/tp/manager"
+	"github.com/tp-run/tp/volumes/plugin"
 )
 
 // The hidden commands run tp's other roles from the same binary and image:
@@ -256,4 +257,26 @@ func newAgentInitCommand() *cobra.Command {
 			return agent.Init(cmd.Context(), ports, log)
 		},
 	}
+}
+
+func newVolumesCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "volumes", Short: "tp's Docker volume plugin", Hidden: true}
+	var logLevel string
+	run := &cobra.Command{
+		Use:   "plugin",
+		Short: "Serve the Docker volume driver API (the managed plugin's entry point)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel, os.Stderr)
+			if err != nil {
+				return err
+			}
+			return plugin.Run(cmd.Context(), plugin.Config{
+				Socket: plugin.SocketPath, MountRoot: plugin.MountRoot, StatePath: plugin.StatePath, Log: log,
+			})
+		},
+	}
+	run.Flags().StringVar(&logLevel, "log-level", envOr("TP_LOG_LEVEL", "info"), "log level")
+	cmd.AddCommand(run)
+	return cmd
 }

@@ -67,6 +67,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newAgentInitCommand(),
 		newKubeauthCommand(streams),
 		newKubeauthPluginCommand(streams),
+		newVolumesCommand(),
 	)
 	return root
 }
