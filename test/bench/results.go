@@ -114,6 +114,7 @@ type results struct {
 	Connect           connectTimes            `json:"connect"`
 	Memory            memoryUse               `json:"memory"`
 	Intercept         interceptResults        `json:"intercept"`
+	Volumes           volumeResults           `json:"volumes"`
 	Probes            map[string]*probeResult `json:"probes"` // every probe run, by phase
 	Failures          map[string]string       `json:"failures,omitempty"`
 	// Retries are measurements through tp run again: the connection changed
@@ -298,6 +299,17 @@ func (r *results) table() []row {
 			}
 		}
 		rows = append(rows, leaveRow)
+	}
+	if v := r.Volumes; v.Skipped == "" && v.BigMB > 0 {
+		rows = append(rows, row{Metric: "volumes: the pod's emptyDir mounted in a local container", Section: true,
+			Note: "baseline: kubectl exec into the app container (kubectl cp needs tar, which the scratch image lacks)"})
+		rows = append(rows,
+			row{Metric: fmt.Sprintf("sequential read, %d MB file", v.BigMB), Unit: "MB/s", Baseline: nonZero(v.ReadBaselineMBps), TP: nonZero(v.ReadMBps), Target: ">= 0.8x", TPPhase: "volumes/read", BaselinePhase: "volumes/read"},
+			row{Metric: fmt.Sprintf("find + stat, %d files", v.Files), Unit: "s", TP: nonZero(v.WalkSeconds), Target: "<= 2 s", TPPhase: "volumes/walk", Note: "no find in the app container"},
+			row{Metric: fmt.Sprintf("read %d small files", v.Files), Unit: "s", Baseline: nonZero(v.SmallBaseline), TP: nonZero(v.SmallSeconds), TPPhase: "volumes/small", BaselinePhase: "volumes/small"},
+			row{Metric: fmt.Sprintf("sequential write, %d MB file", v.BigMB), Unit: "MB/s", TP: nonZero(v.WriteMBps), TPPhase: "volumes/write"},
+			row{Metric: "first mount ready (docker run -v minus docker run)", Unit: "s", TP: val(v.MountReadySeconds), Target: "<= 1 s", TPPhase: "volumes/mount-ready"},
+		)
 	}
 	for i := range rows {
 		x := &rows[i]

@@ -99,6 +99,7 @@ func run(ctx context.Context, o options) error {
 		b.res.Intercept.Skipped = "-skip-intercept"
 	} else {
 		b.intercepts(ctx)
+		b.volumes(ctx)
 	}
 	b.res.Machine.LoadAvgEnd = loadAvg()
 	return nil
