@@ -70,6 +70,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
 	done
 
 e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
+	go test -tags docker -count=1 -v -run 'TestPlugin$$' ./volumes/
 	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
 	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m ./test/e2e/...
 
