@@ -165,7 +165,7 @@ var knownKeys = map[string][]string{
 	"x-tp":            {"connection"},
 	"x-tp.connection": {"name", "context", "namespace", "manager-namespace"},
 	"service":         {"intercept", "connect", "ingest", "use-cluster"},
-	"intercept":       {"workload", "ports", "headers", "path-prefix", "env", "mounts"},
+	"intercept":       {"workload", "service", "container", "ports", "headers", "path-prefix", "env", "mounts"},
 	"ingest":          {"workload", "container", "env", "mounts"},
 }
 

@@ -263,14 +263,16 @@ func TestInterceptDockerBuild(t *testing.T) {
 	conn := connect(t, "ib-"+rand.String(4), "-n", ns)
 
 	dir := t.TempDir()
-	dockerfile := "FROM " + echoImage + " AS base\nARG COPY=unset\nENV ECHO_COPY=$COPY\nFROM base AS dev\n"
+	// The pod's environment wins over the image's ENV (ECHO_COPY is the
+	// pod's), so the build argument shows in a variable of its own.
+	dockerfile := "FROM " + echoImage + " AS base\nARG BUILT=unset\nENV BUILT_WITH=$BUILT\nFROM base AS dev\n"
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	run := exec.CommandContext(ctx, tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
-		"--docker-build", dir, "--docker-build-opt", "build-arg=COPY=built", "--docker-build-opt", "target=dev", "--", "--rm", "IMAGE", "serve")
+		"--docker-build", dir, "--docker-build-opt", "build-arg=BUILT=yes", "--docker-build-opt", "target=dev", "--", "-e", "ECHO_COPY=built", "IMAGE", "serve")
 	run.Cancel = func() error { return run.Process.Signal(os.Interrupt) }
 	var out strings.Builder
 	run.Stdout, run.Stderr = &out, &out
@@ -280,6 +282,9 @@ func TestInterceptDockerBuild(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run.Wait() }()
 	c.waitCopy(t, ns, "http://echo."+ns+"/built", "built", 90*time.Second)
+	if env := c.podOutput(t, ns, probeImage, "http", "http://echo."+ns+"/env?keys=BUILT_WITH"); !strings.Contains(env, `"BUILT_WITH":"yes"`) {
+		t.Errorf("the built image's BUILT_WITH: %s, want yes (--docker-build-opt build-arg=BUILT=yes)", env)
+	}
 	cancel()
 	select {
 	case <-done:
