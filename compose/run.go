@@ -186,6 +186,10 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		leaveAll()
 		return err
 	}
+	if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
+		leaveAll()
+		return err
+	}
 	start := composeapi.StartOptions{Project: p.Project, Services: o.Services}
 	if !o.Detach {
 		start.Attach = &printer{out: s.Out, errOut: s.ErrOut}

@@ -73,3 +73,15 @@ func resolverWriter(image, daemonID string, nameserver netip.Addr, namespace, cl
 	}
 	return cfg, host
 }
+
+// PointResolver points the daemon container's resolv.conf at its DNS server
+// again: Docker rewrites the file when the container joins another network
+// (e.g. a compose project's), pointing it at Docker's embedded DNS, and
+// containers joined to it would then no longer resolve cluster names.
+func (c *Client) PointResolver(ctx context.Context) error {
+	st, err := c.Status(ctx, &daemonv1.StatusRequest{})
+	if err != nil {
+		return fmt.Errorf("daemon in %s does not answer: %w", c.Connection.ContainerName, err)
+	}
+	return pointResolver(ctx, c.docker, c.Connection.ContainerID, st)
+}
