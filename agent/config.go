@@ -85,9 +85,11 @@ type Port struct {
 }
 
 // ExportRoot is where the webhook mounts the app container's volumes into
-// the agent container: the app's mountPath P is ExportRoot+P there. The
+// the agent container: the app's mountPath P is ExportRoot+P there. (Not
+// /tp/export: /tp is the tp binary in the image, so no directory can be
+// made under it.) The
 // agent serves this tree, and nothing outside it, over SFTP.
-const ExportRoot = "/tp/export"
+const ExportRoot = "/tp-export"
 
 // Mount is one volume mount of the app container that the agent exports, as
 // in the JSON list of TP_AGENT_MOUNTS.

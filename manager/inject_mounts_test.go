@@ -12,7 +12,7 @@ import (
 )
 
 // TestWebhookExportsTheAppsVolumes: the agent gets every volume mount of the
-// app container under /tp/export (nested ones, the ServiceAccount token,
+// app container under /tp-export (nested ones, the ServiceAccount token,
 // subPath, subPathExpr, readOnly; no propagation), tp's own volume is not
 // exported, and TP_AGENT_MOUNTS lists them sorted with what the app sees as
 // read-only. The pod's fsGroup is the pod's: the agent gets it as the app.
@@ -47,12 +47,12 @@ func TestWebhookExportsTheAppsVolumes(t *testing.T) {
 	}
 	wantMounts := []corev1.VolumeMount{
 		{Name: agentTokenVolume, MountPath: "/var/run/secrets/tp.run/agent", ReadOnly: true},
-		{Name: "var", MountPath: "/tp/export/var"},
-		{Name: "kube-api-access-x7k2p", MountPath: "/tp/export/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true},
-		{Name: "secret", MountPath: "/tp/export/etc/secret"},
-		{Name: "config", MountPath: "/tp/export/etc/config/app.yaml", SubPath: "app.yaml"},
-		{Name: "data", MountPath: "/tp/export/data", SubPathExpr: "$(POD_NAME)"},
-		{Name: "cache", MountPath: "/tp/export/cache", ReadOnly: true},
+		{Name: "var", MountPath: "/tp-export/var"},
+		{Name: "kube-api-access-x7k2p", MountPath: "/tp-export/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true},
+		{Name: "secret", MountPath: "/tp-export/etc/secret"},
+		{Name: "config", MountPath: "/tp-export/etc/config/app.yaml", SubPath: "app.yaml"},
+		{Name: "data", MountPath: "/tp-export/data", SubPathExpr: "$(POD_NAME)"},
+		{Name: "cache", MountPath: "/tp-export/cache", ReadOnly: true},
 	}
 	if !reflect.DeepEqual(agent.VolumeMounts, wantMounts) {
 		t.Errorf("agent volume mounts:\ngot  %+v\nwant %+v", agent.VolumeMounts, wantMounts)
