@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 
+	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/daemoncontainer"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -219,9 +221,19 @@ func TestMountUnreachableFromPods(t *testing.T) {
 				ports[p.ContainerPort] = true
 			}
 		}
-	}
-	for i := range 4 { // the agent ports, declared or redirected
-		ports[int32(9900+i)] = true
+		// The agent ports, declared (rename) or not (redirect).
+		for _, e := range ct.Env {
+			if e.Name != agent.EnvPorts {
+				continue
+			}
+			var agentPorts []agent.Port
+			if err := json.Unmarshal([]byte(e.Value), &agentPorts); err != nil {
+				t.Fatalf("%s of %s: %v", agent.EnvPorts, ct.Name, err)
+			}
+			for _, p := range agentPorts {
+				ports[p.AgentPort] = true
+			}
+		}
 	}
 	var addrs []string
 	for p := range ports {

@@ -51,6 +51,7 @@ func trySFTP(ctx context.Context, addr, how string) (string, error) {
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	switch how {
 	case "banner":
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second)) // an SSH server speaks first
 		buf := make([]byte, 64)
 		n, err := conn.Read(buf)
 		if strings.HasPrefix(string(buf[:n]), "SSH-") {
