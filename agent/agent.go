@@ -115,6 +115,9 @@ type agent struct {
 	draining atomic.Bool                   // Run's context ended
 
 	http *httpProxy
+	// export serves the app's volumes over SFTP (export.go); nil without
+	// mounts or when ExportRoot cannot be opened.
+	export *export
 
 	connsMu sync.Mutex
 	conns   map[net.Conn]struct{} // spliced client connections, closed at shutdown
@@ -165,6 +168,17 @@ func (a *agent) run(ctx context.Context) error {
 		return fmt.Errorf("traffic-agent: traffic-manager address %q: %w", a.cfg.ManagerAddr, err)
 	}
 	defer cc.Close()
+
+	if len(a.cfg.Mounts) > 0 {
+		if a.export, err = openExport(a.cfg.ExportRoot, a.cfg.Mounts); err != nil {
+			// The app must be served all the same.
+			a.log.Error("cannot export the pod's volumes; intercepts of this pod get no mounts", "root", a.cfg.ExportRoot, "err", err)
+		} else {
+			defer a.export.close()
+			a.log.Info("exporting the app's volumes over SFTP to intercept owners (through the traffic-manager only)",
+				"root", a.cfg.ExportRoot, "mounts", len(a.cfg.Mounts))
+		}
+	}
 
 	health, err := a.listenHealth()
 	if err != nil {

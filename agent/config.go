@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path"
 	"strings"
 	"time"
 )
@@ -13,14 +14,17 @@ import (
 // Environment variables the webhook sets on the agent container (see
 // docs/intercepts.md). The init container needs only EnvPorts.
 const (
-	EnvWorkload    = "TP_AGENT_WORKLOAD"
-	EnvKind        = "TP_AGENT_KIND"
-	EnvNamespace   = "TP_AGENT_NAMESPACE"
-	EnvPodName     = "TP_AGENT_POD_NAME"
-	EnvPodIP       = "TP_AGENT_POD_IP"
-	EnvHostIP      = "TP_AGENT_HOST_IP"
-	EnvContainer   = "TP_AGENT_CONTAINER"
-	EnvPorts       = "TP_AGENT_PORTS"
+	EnvWorkload  = "TP_AGENT_WORKLOAD"
+	EnvKind      = "TP_AGENT_KIND"
+	EnvNamespace = "TP_AGENT_NAMESPACE"
+	EnvPodName   = "TP_AGENT_POD_NAME"
+	EnvPodIP     = "TP_AGENT_POD_IP"
+	EnvHostIP    = "TP_AGENT_HOST_IP"
+	EnvContainer = "TP_AGENT_CONTAINER"
+	EnvPorts     = "TP_AGENT_PORTS"
+	// EnvMounts is the JSON list of the app container's volume mounts the
+	// agent exports (Mount), sorted by path; absent when it has none.
+	EnvMounts      = "TP_AGENT_MOUNTS"
 	EnvHealthAddr  = "TP_AGENT_HEALTH_ADDR"
 	EnvManagerAddr = "TP_MANAGER_ADDR"
 	// EnvManagerCA holds the PEM CA bundle that signed the manager's
@@ -80,6 +84,25 @@ type Port struct {
 	Mechanism string `json:"mechanism"`
 }
 
+// ExportRoot is where the webhook mounts the app container's volumes into
+// the agent container: the app's mountPath P is ExportRoot+P there. (Not
+// /tp/export: /tp is the tp binary in the image, so no directory can be
+// made under it.) The
+// agent serves this tree, and nothing outside it, over SFTP.
+const ExportRoot = "/tp-export"
+
+// Mount is one volume mount of the app container that the agent exports, as
+// in the JSON list of TP_AGENT_MOUNTS.
+type Mount struct {
+	// Path is the app container's mountPath (clean, absolute), which is also
+	// its path in the SFTP export.
+	Path string `json:"path"`
+	// ReadOnly: the app sees the volume read-only (its mount says so, or the
+	// volume is a Secret, ConfigMap, downward API or projected one, which
+	// the kubelet always mounts read-only). The agent refuses writes there.
+	ReadOnly bool `json:"readOnly"`
+}
+
 // Config configures the traffic-agent sidecar.
 type Config struct {
 	// ManagerAddr is the traffic-manager's agent address (host:port): TLS,
@@ -106,6 +129,11 @@ type Config struct {
 	// Container is the app container whose ports the agent took over.
 	Container string
 	Ports     []Port
+	// Mounts are the app container's volume mounts under ExportRoot that
+	// the agent serves over SFTP on the flows the manager pairs.
+	Mounts []Mount
+	// ExportRoot overrides ExportRoot (tests).
+	ExportRoot string
 	// HealthAddr serves ReadyPath and LivePath; default DefaultHealthAddr.
 	HealthAddr string
 	// Environment is what the agent reports as the app container's
@@ -167,6 +195,13 @@ func ConfigFromEnv(environ []string) (Config, error) {
 		}
 		cfg.Ports = ports
 	}
+	if raw := strings.TrimSpace(env[EnvMounts]); raw != "" {
+		mounts, err := parseMounts(raw)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		cfg.Mounts = mounts
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, fmt.Errorf("traffic-agent configuration: %w", err)
 	}
@@ -183,6 +218,33 @@ func PortsFromEnv(environ []string) ([]Port, error) {
 		return nil, fmt.Errorf("%s is not set (the JSON list of ports the agent takes over); the tp webhook sets it when it injects the agent", EnvPorts)
 	}
 	return parsePorts(raw)
+}
+
+// MountsFromEnv reads TP_AGENT_MOUNTS from environ (none when it is not set).
+func MountsFromEnv(environ []string) ([]Mount, error) {
+	raw := strings.TrimSpace(envMap(environ)[EnvMounts])
+	if raw == "" {
+		return nil, nil
+	}
+	return parseMounts(raw)
+}
+
+func parseMounts(raw string) ([]Mount, error) {
+	var mounts []Mount
+	if err := json.Unmarshal([]byte(raw), &mounts); err != nil {
+		return nil, fmt.Errorf("%s is not a JSON list of {path, readOnly}: %w", EnvMounts, err)
+	}
+	seen := map[string]bool{}
+	for _, m := range mounts {
+		if !path.IsAbs(m.Path) || path.Clean(m.Path) != m.Path || m.Path == "/" {
+			return nil, fmt.Errorf("%s: path %q is not a clean absolute path below /", EnvMounts, m.Path)
+		}
+		if seen[m.Path] {
+			return nil, fmt.Errorf("%s: path %q twice", EnvMounts, m.Path)
+		}
+		seen[m.Path] = true
+	}
+	return mounts, nil
 }
 
 func parsePorts(raw string) ([]Port, error) {
@@ -321,6 +383,9 @@ func (c *Config) validate() error {
 	}
 	if c.HealthAddr == "" {
 		c.HealthAddr = DefaultHealthAddr
+	}
+	if c.ExportRoot == "" {
+		c.ExportRoot = ExportRoot
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout

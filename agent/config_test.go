@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -160,5 +161,20 @@ func TestReportedEnvironment(t *testing.T) {
 	// A PATH the app's env sets explicitly is the app's.
 	if got := ReportedEnvironment([]string{"PATH=/app/bin:/usr/bin"}); got["PATH"] != "/app/bin:/usr/bin" {
 		t.Errorf("explicit PATH: got %v, want it kept", got)
+	}
+}
+
+func TestMountsFromEnv(t *testing.T) {
+	got, err := MountsFromEnv([]string{`TP_AGENT_MOUNTS=[{"path":"/etc/secret","readOnly":true},{"path":"/var"}]`})
+	if want := []Mount{{Path: "/etc/secret", ReadOnly: true}, {Path: "/var"}}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("got %v, %v, want %v", got, err, want)
+	}
+	if got, err := MountsFromEnv(nil); err != nil || got != nil {
+		t.Errorf("unset: got %v, %v, want none", got, err)
+	}
+	for _, bad := range []string{`/var`, `[{"path":"var"}]`, `[{"path":"/var/../etc"}]`, `[{"path":"/"}]`, `[{"path":"/a"},{"path":"/a"}]`} {
+		if _, err := MountsFromEnv([]string{"TP_AGENT_MOUNTS=" + bad}); err == nil || !strings.Contains(err.Error(), "TP_AGENT_MOUNTS") {
+			t.Errorf("%s: got %v, want an error naming TP_AGENT_MOUNTS", bad, err)
+		}
 	}
 }

@@ -78,6 +78,24 @@ type fakeManager struct {
 	wantToken string
 	tokens    []string // every token presented, in order, once each
 	refused   int      // RPCs refused for their token
+	// mountReqs go to the agents' WatchMountRequests streams.
+	mountReqs chan *managerv1.MountRequest
+}
+
+func (m *fakeManager) WatchMountRequests(ref *managerv1.SessionRef, stream grpc.ServerStreamingServer[managerv1.MountRequest]) error {
+	if err := m.authorize(stream.Context(), ref.GetSessionId()); err != nil {
+		return err
+	}
+	for {
+		select {
+		case req := <-m.mountReqs:
+			if err := stream.Send(req); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
 }
 
 func newFakeManager(tb testing.TB, devAddr string) *fakeManager {
@@ -85,7 +103,7 @@ func newFakeManager(tb testing.TB, devAddr string) *fakeManager {
 	trusted, _ := testCerts(tb)
 	m := &fakeManager{tb: tb, ttl: 300 * time.Millisecond, sessions: map[string]bool{},
 		snapshot: &managerv1.InterceptSnapshot{}, changed: make(chan struct{}), devAddr: devAddr,
-		cert: trusted.cert, wantToken: testToken}
+		cert: trusted.cert, wantToken: testToken, mountReqs: make(chan *managerv1.MountRequest, 8)}
 	m.start("127.0.0.1:0")
 	tb.Cleanup(m.stop)
 	return m
@@ -454,6 +472,9 @@ type agentOptions struct {
 	appAddr     string     // instead of the app's address
 	podIP       netip.Addr // instead of 127.0.0.1
 	drain       time.Duration
+	// mounts the agent exports from exportRoot.
+	mounts     []Mount
+	exportRoot string
 	// ctx ends the agent instead of the test's cleanup.
 	ctx context.Context
 }
@@ -478,6 +499,8 @@ func startAgent(tb testing.TB, app *testServer, opts agentOptions) *testAgent {
 		Ports:        []Port{{Name: "http", ContainerPort: cp, AgentPort: FirstAgentPort, Protocol: "TCP", Mechanism: MechanismRename}},
 		Environment:  map[string]string{"GREETING": "hello"},
 		DrainTimeout: opts.drain,
+		Mounts:       opts.mounts,
+		ExportRoot:   opts.exportRoot,
 		Log:          testLogger(tb),
 	}
 	if cfg.DrainTimeout == 0 {

@@ -86,6 +86,9 @@ func (a *agent) arrive(ctx context.Context, client managerv1.ManagerClient) (*ma
 		Version:         version.Version,
 		ProtocolVersion: tunnel.ProtocolVersion,
 	}
+	for _, m := range a.cfg.Mounts {
+		info.Mounts = append(info.Mounts, &managerv1.AgentMount{Path: m.Path, ReadOnly: m.ReadOnly})
+	}
 	for _, p := range a.cfg.Ports {
 		proto := p.Protocol
 		if proto == "" {
@@ -129,6 +132,9 @@ func (a *agent) session(ctx context.Context, client managerv1.ManagerClient, cc 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.remain(gctx, client, sess.GetSessionId(), ttl) })
 	g.Go(func() error { return a.watch(gctx, client, sess.GetSessionId()) })
+	if len(a.cfg.Mounts) > 0 {
+		g.Go(func() error { return a.watchMounts(gctx, client, sess.GetSessionId()) })
+	}
 	return g.Wait()
 }
 

@@ -59,6 +59,8 @@ type agentIdentity struct {
 	Container string
 	// Ports the webhook gave the agent (TP_AGENT_PORTS).
 	Ports []tpagent.Port
+	// Mounts the webhook gave the agent (TP_AGENT_MOUNTS).
+	Mounts []tpagent.Mount
 }
 
 func (id *agentIdentity) String() string {
@@ -191,11 +193,15 @@ func agentOfPod(ctx context.Context, kube kubernetes.Interface, pod *corev1.Pod)
 	if err != nil {
 		return nil, status.Errorf(codes.PermissionDenied, "pod %s: its %s container: %v", name, agentContainerName, err)
 	}
+	mounts, err := tpagent.MountsFromEnv([]string{tpagent.EnvMounts + "=" + env[tpagent.EnvMounts]})
+	if err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "pod %s: its %s container: %v", name, agentContainerName, err)
+	}
 	wl, err := verifiedWorkloadOfPod(ctx, kube, pod)
 	if err != nil {
 		return nil, err
 	}
-	id := &agentIdentity{Workload: wl, Pod: pod.Name, PodUID: pod.UID, Container: env[tpagent.EnvContainer], Ports: ports}
+	id := &agentIdentity{Workload: wl, Pod: pod.Name, PodUID: pod.UID, Container: env[tpagent.EnvContainer], Ports: ports, Mounts: mounts}
 	for _, ip := range pod.Status.PodIPs {
 		id.PodIPs = append(id.PodIPs, ip.IP)
 	}
@@ -290,6 +296,9 @@ func (id *agentIdentity) checkClaims(a *managerv1.AgentInfo) error {
 	}
 	if !sameAgentPorts(a.GetPorts(), id.Ports) {
 		bad = append(bad, "claims other ports than the webhook gave it")
+	}
+	if !sameAgentMounts(a.GetMounts(), id.Mounts) {
+		bad = append(bad, "claims other volume mounts than the webhook gave it")
 	}
 	if len(bad) > 0 {
 		return status.Errorf(codes.PermissionDenied, "the agent of %s %s", id, strings.Join(bad, ", "))

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -73,6 +74,7 @@ func agentPodObjects() []runtime.Object {
 	pod := echoPod(appContainer(), corev1.Container{Name: agentContainerName, Env: []corev1.EnvVar{
 		{Name: tpagent.EnvContainer, Value: "app"},
 		{Name: tpagent.EnvPorts, Value: `[{"name":"http","containerPort":8080,"agentPort":9900,"protocol":"TCP","mechanism":"rename"}]`},
+		{Name: tpagent.EnvMounts, Value: `[{"path":"/etc/secret","readOnly":true},{"path":"/var"}]`},
 	}})
 	pod.Name, pod.UID = "echo-5d9f-abcde", "pod-1"
 	pod.OwnerReferences[0].UID = "rs-1"
@@ -117,6 +119,9 @@ func TestTokenAuthenticator(t *testing.T) {
 			p.Spec.Containers = p.Spec.Containers[:1]
 		}, codes.PermissionDenied},
 		{"no ports", agentToken, func(objs []runtime.Object) { objs[2].(*corev1.Pod).Spec.Containers[1].Env = nil }, codes.PermissionDenied},
+		{"bad mounts", agentToken, func(objs []runtime.Object) {
+			objs[2].(*corev1.Pod).Spec.Containers[1].Env[2].Value = `[{"path":"../etc"}]`
+		}, codes.PermissionDenied},
 		{"no controller", agentToken, func(objs []runtime.Object) { objs[2].(*corev1.Pod).OwnerReferences = nil }, codes.PermissionDenied},
 		{"owner reference to another ReplicaSet uid", agentToken, func(objs []runtime.Object) {
 			objs[2].(*corev1.Pod).OwnerReferences[0].UID = "rs-forged"
@@ -152,6 +157,9 @@ func TestTokenAuthenticator(t *testing.T) {
 			if id.String() != want.String() || id.Container != "app" || !sameAgentPorts(toAgentPorts(want.Ports), id.Ports) ||
 				len(id.PodIPs) != 1 || id.PodIPs[0] != "10.1.0.7" {
 				t.Errorf("identity: got %+v, want %+v", id, want)
+			}
+			if wantMounts := []tpagent.Mount{{Path: "/etc/secret", ReadOnly: true}, {Path: "/var"}}; !slices.Equal(id.Mounts, wantMounts) {
+				t.Errorf("identity mounts: got %+v, want %+v", id.Mounts, wantMounts)
 			}
 		})
 	}
@@ -241,6 +249,9 @@ func TestAgentSessionBoundToPod(t *testing.T) {
 		},
 		"an extra port": func(a *managerv1.AgentInfo) {
 			a.Ports = append(a.Ports, &managerv1.AgentPort{ContainerPort: 5432, AgentPort: 9901, Protocol: "TCP"})
+		},
+		"a mount the webhook did not give it": func(a *managerv1.AgentInfo) {
+			a.Mounts = []*managerv1.AgentMount{{Path: "/"}}
 		},
 	} {
 		if _, err := abc.ArriveAsAgent(ctx, info(mutate)); status.Code(err) != codes.PermissionDenied {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -116,6 +117,11 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 	if err != nil {
 		return err
 	}
+	exports, mounts := exportMounts(pod.Spec.Volumes, &pod.Spec.Containers[app])
+	mountsJSON, err := json.Marshal(mounts)
+	if err != nil {
+		return err
+	}
 
 	agent := corev1.Container{
 		Name:            agentContainerName,
@@ -135,14 +141,15 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 			fieldEnv("TP_AGENT_HOST_IP", "status.hostIP"),
 			corev1.EnvVar{Name: "TP_AGENT_CONTAINER", Value: pod.Spec.Containers[app].Name},
 			corev1.EnvVar{Name: "TP_AGENT_PORTS", Value: string(portsJSON)},
+			corev1.EnvVar{Name: tpagent.EnvMounts, Value: string(mountsJSON)},
 			corev1.EnvVar{Name: tpagent.EnvManagerAddr, Value: spec.managerAddr},
 			corev1.EnvVar{Name: tpagent.EnvManagerCA, Value: string(spec.managerCA)},
 			corev1.EnvVar{Name: tpagent.EnvTokenFile, Value: tpagent.DefaultTokenFile},
 			corev1.EnvVar{Name: "TP_AGENT_HEALTH_ADDR", Value: fmt.Sprintf(":%d", agentHealthPort)},
 		),
-		VolumeMounts: []corev1.VolumeMount{{
+		VolumeMounts: append([]corev1.VolumeMount{{
 			Name: agentTokenVolume, MountPath: path.Dir(tpagent.DefaultTokenFile), ReadOnly: true,
-		}},
+		}}, exports...),
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 				Path: "/ready", Port: intstr.FromInt32(agentHealthPort),
@@ -234,6 +241,39 @@ func injectAgent(pod *corev1.Pod, wl workloadRef, plan []agentPort, spec agentSp
 	}
 	pod.Annotations[injectedAnnotation] = "true"
 	return nil
+}
+
+// exportMounts gives the agent the volume mounts of the app container app:
+// each at tpagent.ExportRoot + its mountPath, with the same volume, subPath
+// (or subPathExpr, which the kubelet expands with the agent's copy of the
+// app's env) and readOnly, without mountPropagation. The kubelet mounts a
+// volume of one pod into several containers alike, so the agent sees the
+// very files the app sees, nested mounts included (a volume at /var and
+// another at /var/run/secrets: the container runtime mounts parents first).
+// tp's own volume is left out. mounts is TP_AGENT_MOUNTS, sorted by path:
+// read-only where the app's mount is, and for the volumes the kubelet
+// always mounts read-only (Secret, ConfigMap, downward API, projected).
+func exportMounts(volumes []corev1.Volume, app *corev1.Container) (exports []corev1.VolumeMount, mounts []tpagent.Mount) {
+	alwaysRO := map[string]bool{}
+	for _, v := range volumes {
+		if v.Secret != nil || v.ConfigMap != nil || v.DownwardAPI != nil || v.Projected != nil {
+			alwaysRO[v.Name] = true
+		}
+	}
+	mounts = []tpagent.Mount{}
+	for _, vm := range app.VolumeMounts {
+		p := path.Clean("/" + vm.MountPath)
+		if vm.Name == agentTokenVolume || p == "/" {
+			continue
+		}
+		e := *vm.DeepCopy()
+		e.MountPath = path.Join(tpagent.ExportRoot, p)
+		e.MountPropagation = nil
+		exports = append(exports, e)
+		mounts = append(mounts, tpagent.Mount{Path: p, ReadOnly: vm.ReadOnly || alwaysRO[vm.Name]})
+	}
+	slices.SortFunc(mounts, func(a, b tpagent.Mount) int { return strings.Compare(a.Path, b.Path) })
+	return exports, mounts
 }
 
 // renamedPort is the app's new name for a port the agent takes over.

@@ -477,8 +477,9 @@ func (m *Manager) agentServing(ref workloadRef, containerPort int32) (session, b
 	return session{}, false
 }
 
-// interceptInfo describes ic; withEnv adds the environment of the pod whose
-// agent serves it, which is for the intercept's owner only. The owner's
+// interceptInfo describes ic; withEnv adds the environment and the volume
+// mounts of the pod whose agent serves it, which are for the intercept's
+// owner only. The owner's
 // session is named by its public id, and the owner's user is the one the API
 // server authenticated (ClientInfo.User is only what the client said).
 func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.InterceptInfo {
@@ -499,6 +500,7 @@ func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.Intercep
 		info.PodName, info.PodIp = a.agent.GetPodName(), a.agent.GetPodIp()
 		if withEnv {
 			info.Environment = appEnvironment(a.agent.GetEnvironment())
+			info.Mounts = interceptMounts(a.agent)
 		}
 	}
 	return info

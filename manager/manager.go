@@ -137,8 +137,10 @@ type Manager struct {
 	registry *registry
 	rollouts *rollouts
 	dials    *dialQueues
-	pairings *pairings
-	injector *injector
+	// mountReqs are the agents' MountRequests, by agent session (mounts.go).
+	mountReqs *queues[*managerv1.MountRequest]
+	pairings  *pairings
+	injector  *injector
 	// agentAuth verifies the callers on the agent port.
 	agentAuth agentAuthenticator
 	// injectErr says why the manager cannot inject agents (nil if it can).
@@ -201,17 +203,18 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 	records := newSessionRecords(kube, cfg.Namespace)
 	m := &Manager{
 		cfg: cfg, kube: kube, log: cfg.Log,
-		sessions: newSessions(cfg.SessionTTL, cfg.AgentSessionTTL, time.Now),
-		records:  records,
-		cluster:  newClusterState(),
-		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
-		changes:  c,
-		applied:  newAppliedRoutes(),
-		grants:   newGrants(time.Now),
-		registry: newRegistry(records, c),
-		rollouts: newRollouts(kube, cfg.Log.With("component", "rollouts")),
-		dials:    newDialQueues(),
-		pairings: newPairings(),
+		sessions:  newSessions(cfg.SessionTTL, cfg.AgentSessionTTL, time.Now),
+		records:   records,
+		cluster:   newClusterState(),
+		dialer:    net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		changes:   c,
+		applied:   newAppliedRoutes(),
+		grants:    newGrants(time.Now),
+		registry:  newRegistry(records, c),
+		rollouts:  newRollouts(kube, cfg.Log.With("component", "rollouts")),
+		dials:     newDialQueues(),
+		mountReqs: newQueues[*managerv1.MountRequest](),
+		pairings:  newPairings(),
 		injector: &injector{
 			kube: kube, log: cfg.Log.With("component", "webhook"),
 			agent: agentSpec{

@@ -23,25 +23,31 @@ const DefaultPairWait = 5 * time.Second
 
 // dialQueues holds, per client session, the DialRequests its WatchDials
 // streams deliver.
-type dialQueues struct {
+type dialQueues = queues[*managerv1.DialRequest]
+
+func newDialQueues() *dialQueues { return newQueues[*managerv1.DialRequest]() }
+
+// queues holds, per session (public id), the requests its watch streams
+// deliver (WatchDials for clients, WatchMountRequests for agents).
+type queues[T any] struct {
 	mu     sync.Mutex
-	queues map[string]*dialQueue
+	queues map[string]*queue[T]
 }
 
-type dialQueue struct {
-	ch       chan *managerv1.DialRequest
+type queue[T any] struct {
+	ch       chan T
 	watchers int
 }
 
-func newDialQueues() *dialQueues { return &dialQueues{queues: map[string]*dialQueue{}} }
+func newQueues[T any]() *queues[T] { return &queues[T]{queues: map[string]*queue[T]{}} }
 
 // subscribe returns the session's queue; unsubscribe when the stream ends.
-func (d *dialQueues) subscribe(sessionID string) (<-chan *managerv1.DialRequest, func()) {
+func (d *queues[T]) subscribe(sessionID string) (<-chan T, func()) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	q := d.queues[sessionID]
 	if q == nil {
-		q = &dialQueue{ch: make(chan *managerv1.DialRequest, 64)}
+		q = &queue[T]{ch: make(chan T, 64)}
 		d.queues[sessionID] = q
 	}
 	q.watchers++
@@ -54,15 +60,15 @@ func (d *dialQueues) subscribe(sessionID string) (<-chan *managerv1.DialRequest,
 	}
 }
 
-// watched reports whether a WatchDials stream of the session (public id) is open.
-func (d *dialQueues) watched(sessionID string) bool {
+// watched reports whether a stream of the session (public id) is open.
+func (d *queues[T]) watched(sessionID string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.queues[sessionID] != nil
 }
 
 // send queues req for the session; false when nobody watches or the queue is full.
-func (d *dialQueues) send(sessionID string, req *managerv1.DialRequest) bool {
+func (d *queues[T]) send(sessionID string, req T) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	q := d.queues[sessionID]
@@ -136,7 +142,8 @@ func refused(format string, args ...any) error {
 }
 
 // pair is the tunnel's PairFunc: it serves flows whose Open carries a
-// pairing id "<intercept id>/<random>" instead of dialing. An agent's flow
+// pairing id "<intercept id>/<random>" (or "mount/<intercept id>/<random>",
+// mounts.go) instead of dialing. An agent's flow
 // asks the intercept's owner (a DialRequest on its WatchDials stream) and
 // waits up to PairWait for the client's flow with the same pairing id; then
 // the manager splices the two.
@@ -145,8 +152,14 @@ func (m *Manager) pair(ctx context.Context, sessionID, pairingID string, accept 
 	if !ok {
 		return refused("session %q is unknown", sessionID)
 	}
-	if s.kind == agentSession {
+	mount := strings.HasPrefix(pairingID, mountPrefix)
+	switch {
+	case s.kind == agentSession && mount:
+		return m.pairClient(ctx, s, pairingID, accept) // an agent answers a mount (mounts.go)
+	case s.kind == agentSession:
 		return m.pairAgent(ctx, s, pairingID, accept)
+	case mount:
+		return m.pairMount(ctx, s, pairingID, accept)
 	}
 	return m.pairClient(ctx, s, pairingID, accept)
 }
@@ -165,7 +178,22 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 		return refused("intercept %s is not of the agent's workload", interceptID)
 	}
 
-	p := &pairing{owner: ic.Owner, client: make(chan clientHalf, 1)}
+	return m.pairWith(ctx, pairingID, ic.Owner, "the client of intercept "+ic.Spec.GetName(), func() error {
+		if !m.dials.send(ic.Owner, &managerv1.DialRequest{
+			PairingId: pairingID, InterceptId: ic.ID, LocalPort: ic.Spec.GetLocalPort(),
+		}) {
+			return refused("the client of intercept %s does not accept connections (no WatchDials)", ic.Spec.GetName())
+		}
+		return nil
+	}, accept)
+}
+
+// pairWith serves a flow (accept) that waits for its peer: it registers
+// pairingID for the session answerer (public id), asks it with ask, waits up
+// to PairWait for its flow (pairClient hands it over) and splices the two.
+// who names the answerer in errors.
+func (m *Manager) pairWith(ctx context.Context, pairingID, answerer, who string, ask func() error, accept func() (tunnel.Conn, error)) error {
+	p := &pairing{owner: answerer, client: make(chan clientHalf, 1)}
 	m.pairings.mu.Lock()
 	if _, dup := m.pairings.waiting[pairingID]; dup {
 		m.pairings.mu.Unlock()
@@ -179,11 +207,9 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 		m.pairings.mu.Unlock()
 	}
 
-	if !m.dials.send(ic.Owner, &managerv1.DialRequest{
-		PairingId: pairingID, InterceptId: ic.ID, LocalPort: ic.Spec.GetLocalPort(),
-	}) {
+	if err := ask(); err != nil {
 		unregister()
-		return refused("the client of intercept %s does not accept connections (no WatchDials)", ic.Spec.GetName())
+		return err
 	}
 
 	timer := time.NewTimer(m.cfg.PairWait)
@@ -196,7 +222,7 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 	case <-ctx.Done():
 	}
 	if half.accept == nil {
-		// A client may have come between the timeout and unregister.
+		// A peer may have come between the timeout and unregister.
 		unregister()
 		select {
 		case half = <-p.client:
@@ -204,26 +230,25 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			return fmt.Errorf("the client of intercept %s did not answer within %s: %w",
-				ic.Spec.GetName(), m.cfg.PairWait, os.ErrDeadlineExceeded)
+			return fmt.Errorf("%s did not answer within %s: %w", who, m.cfg.PairWait, os.ErrDeadlineExceeded)
 		}
 	}
 
-	clientFlow, err := half.accept()
+	peerFlow, err := half.accept()
 	if err != nil {
 		half.done <- err
-		return refused("client flow: %v", err)
+		return refused("%s's flow: %v", who, err)
 	}
-	agentFlow, err := accept()
+	flow, err := accept()
 	if err != nil {
-		clientFlow.Close()
+		peerFlow.Close()
 		half.done <- nil
 		return err
 	}
-	err = tunnel.Splice(ctx, clientFlow, agentFlow)
+	err = tunnel.Splice(ctx, peerFlow, flow)
 	half.done <- nil
 	if err != nil && ctx.Err() == nil {
-		m.log.Debug("intercepted connection ended", "intercept", ic.ID, "pairing", pairingID, "err", err)
+		m.log.Debug("paired flow ended", "pairing", pairingID, "err", err)
 	}
 	return nil
 }

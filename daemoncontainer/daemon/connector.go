@@ -74,6 +74,10 @@ type connector struct {
 	resumes     int32
 	lastResumed time.Time
 	client      managerv1.ManagerClient
+
+	// newSession, if set, is called for every session taken (resumed: the
+	// previous one was taken up again, with its intercepts).
+	newSession func(resumed bool)
 }
 
 func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
@@ -175,6 +179,9 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	sess, resumed, err := c.takeSession(rpcCtx, client, info)
 	if err != nil {
 		return false, err
+	}
+	if c.newSession != nil {
+		c.newSession(resumed)
 	}
 	log := c.log.With("session", sessionid.Public(sess.GetSessionId()), "managerPod", pod)
 	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))

@@ -43,12 +43,27 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()
 	d := &daemon{cfg: cfg, conn: newConnector(cfg, rc, kc, log), quit: quit, apiServer: rc.Host}
+	d.mounts = newMounts(log.With("component", "mounts"), d.conn.dialMount)
+	// A session that had to arrive anew lost its intercepts, and so the
+	// tokens of their mounts.
+	d.conn.newSession = func(resumed bool) {
+		if !resumed {
+			d.mounts.sessionEnded()
+		}
+	}
 	log.Info("daemon starting", "context", cfg.Context, "namespace", cfg.Namespace,
 		"managerNamespace", cfg.ManagerNamespace, "apiServer", rc.Host, "version", cfg.Version)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.serveAPI(ctx) })
 	g.Go(func() error { return d.conn.run(ctx) })
+	if lis, err := net.Listen("tcp", cfg.MountAddr); err != nil {
+		// Intercepts work without it; their volumes cannot be mounted.
+		log.Error("cannot listen for volume mounts; intercepts get no mounts", "addr", cfg.MountAddr, "error", err)
+	} else {
+		log.Info("listening for volume mounts (token from OpenMount)", "addr", lis.Addr())
+		g.Go(func() error { return d.mounts.serve(ctx, lis) })
+	}
 	g.Go(func() error {
 		select {
 		case <-ctx.Done():
@@ -75,6 +90,9 @@ func withDefaults(cfg Config) Config {
 	if cfg.DNSAddr == "" {
 		cfg.DNSAddr = "127.0.0.1:53"
 	}
+	if cfg.MountAddr == "" {
+		cfg.MountAddr = fmt.Sprintf(":%d", daemoncontainer.MountPort)
+	}
 	return cfg
 }
 
@@ -84,6 +102,7 @@ type daemon struct {
 	conn      *connector
 	quit      context.CancelFunc
 	apiServer string
+	mounts    *mounts // volume mounts of the intercepts (mounts.go)
 
 	mu        sync.Mutex
 	routes    []netip.Prefix // requested: the cluster's ranges

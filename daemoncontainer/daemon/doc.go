@@ -37,6 +37,9 @@ type Config struct {
 	TUNName string
 	// DNSAddr is where the DNS server listens; default 127.0.0.1:53.
 	DNSAddr string
+	// MountAddr is where the daemon serves its intercepts' volume mounts;
+	// default ":9022" (daemoncontainer.MountPort, all interfaces).
+	MountAddr string
 	// Heartbeat overrides the session heartbeat interval (default TTL/3).
 	Heartbeat time.Duration
 	Log       *slog.Logger

@@ -113,6 +113,7 @@ func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptS
 	if err != nil {
 		return nil, err
 	}
+	d.mounts.created(info)
 	d.cfg.Log.Info("intercept created", "connection", d.cfg.Connection, "intercept", info.GetId(),
 		"workload", spec.GetWorkload(), "namespace", spec.GetNamespace(), "localPort", spec.GetLocalPort(), "headers", spec.GetHeaders())
 	return info, nil
@@ -145,6 +146,9 @@ func (d *daemon) RemoveIntercept(ctx context.Context, req *managerv1.RemoveInter
 		}
 	}
 	resp, err := client.RemoveIntercept(ctx, req)
+	if err == nil || status.Code(err) == codes.NotFound {
+		d.mounts.removed(req.GetNamespace(), req.GetName())
+	}
 	if err == nil {
 		d.cfg.Log.Info("intercept removed", "connection", d.cfg.Connection, "name", req.GetName(), "namespace", req.GetNamespace(), "force", req.GetForce())
 	}

@@ -4,6 +4,7 @@
 //
 //	echo serve            serve HTTP on :8080, gRPC on :9091 and UDP echo on :9090
 //	echo get URL          GET URL and print the body (exit 1 on failure)
+//	echo cat FILE...      print the files (the image has no shell: `kubectl exec` uses it)
 package main
 
 import (
@@ -42,6 +43,8 @@ func main() {
 			break
 		}
 		err = get(args[1])
+	case "cat":
+		err = cat(args[1:])
 	default:
 		err = fmt.Errorf("unknown command %q: use serve or get", args[0])
 	}
@@ -49,6 +52,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
 	}
+}
+
+// cat prints the files to stdout, byte for byte.
+func cat(files []string) error {
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(os.Stdout, f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Reply is what every HTTP request gets back.

@@ -10,6 +10,7 @@
 //	probe dns NAME                 resolve NAME with the container's resolver, print the addresses
 //	probe grpc HOST:PORT [KEY=VALUE...]  call the echo example's Who with that metadata, print the reply as JSON
 //	probe manager-session ADDR...  try to open a traffic-manager session at each ADDR; fails if one opens
+//	probe sftp ADDR...             try to get an SSH banner or an SFTP session (and a file) at each ADDR; fails if one opens
 //	probe dns-server NAME=IP...    serve DNS on :53 (UDP) answering A queries for NAMEs, NXDOMAIN otherwise
 //	probe agent-arrive [-ca FILE] [-claim NS/KIND/WORKLOAD/POD] ADDR ATTEMPT...
 //	                               pose as a traffic-agent (ATTEMPT: plain, tls, tls:TOKENFILE), print each status as JSON
@@ -91,6 +92,8 @@ func main() {
 		err = probeGRPC(ctx, args[0], args[1:])
 	case cmd == "manager-session" && len(args) > 0:
 		err = probeManagerSession(ctx, args)
+	case cmd == "sftp" && len(args) > 0:
+		err = probeSFTP(ctx, args)
 	case cmd == "agent-arrive" && len(args) >= 2:
 		err = agentArrive(ctx, *caFile, *claim, args[0], args[1:])
 	case cmd == "dns-server" && len(args) > 0:

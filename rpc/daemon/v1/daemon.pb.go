@@ -85,6 +85,105 @@ func (ConnectionState) EnumDescriptor() ([]byte, []int) {
 	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
 }
 
+type OpenMountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InterceptId   string                 `protobuf:"bytes,1,opt,name=intercept_id,json=interceptId,proto3" json:"intercept_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenMountRequest) Reset() {
+	*x = OpenMountRequest{}
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenMountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenMountRequest) ProtoMessage() {}
+
+func (x *OpenMountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenMountRequest.ProtoReflect.Descriptor instead.
+func (*OpenMountRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OpenMountRequest) GetInterceptId() string {
+	if x != nil {
+		return x.InterceptId
+	}
+	return ""
+}
+
+type OpenMountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// port of the mount listener in the daemon container's network namespace
+	// (all its interfaces).
+	Port int32 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	// token: 32 random bytes, hex.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenMountResponse) Reset() {
+	*x = OpenMountResponse{}
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenMountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenMountResponse) ProtoMessage() {}
+
+func (x *OpenMountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenMountResponse.ProtoReflect.Descriptor instead.
+func (*OpenMountResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OpenMountResponse) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *OpenMountResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -93,7 +192,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +204,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +217,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{2}
 }
 
 type SubnetConflict struct {
@@ -132,7 +231,7 @@ type SubnetConflict struct {
 
 func (x *SubnetConflict) Reset() {
 	*x = SubnetConflict{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -144,7 +243,7 @@ func (x *SubnetConflict) String() string {
 func (*SubnetConflict) ProtoMessage() {}
 
 func (x *SubnetConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -157,7 +256,7 @@ func (x *SubnetConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubnetConflict.ProtoReflect.Descriptor instead.
 func (*SubnetConflict) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{1}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubnetConflict) GetSubnet() string {
@@ -198,7 +297,7 @@ type DNSStatus struct {
 
 func (x *DNSStatus) Reset() {
 	*x = DNSStatus{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +309,7 @@ func (x *DNSStatus) String() string {
 func (*DNSStatus) ProtoMessage() {}
 
 func (x *DNSStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +322,7 @@ func (x *DNSStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSStatus.ProtoReflect.Descriptor instead.
 func (*DNSStatus) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{2}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DNSStatus) GetListenAddress() string {
@@ -325,7 +424,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +436,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +449,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{3}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -520,7 +619,7 @@ type FlowStats struct {
 
 func (x *FlowStats) Reset() {
 	*x = FlowStats{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +631,7 @@ func (x *FlowStats) String() string {
 func (*FlowStats) ProtoMessage() {}
 
 func (x *FlowStats) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +644,7 @@ func (x *FlowStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowStats.ProtoReflect.Descriptor instead.
 func (*FlowStats) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FlowStats) GetTcpOpen() int64 {
@@ -633,7 +732,7 @@ type QuitRequest struct {
 
 func (x *QuitRequest) Reset() {
 	*x = QuitRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +744,7 @@ func (x *QuitRequest) String() string {
 func (*QuitRequest) ProtoMessage() {}
 
 func (x *QuitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +757,7 @@ func (x *QuitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitRequest.ProtoReflect.Descriptor instead.
 func (*QuitRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{7}
 }
 
 type QuitResponse struct {
@@ -669,7 +768,7 @@ type QuitResponse struct {
 
 func (x *QuitResponse) Reset() {
 	*x = QuitResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +780,7 @@ func (x *QuitResponse) String() string {
 func (*QuitResponse) ProtoMessage() {}
 
 func (x *QuitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,14 +793,19 @@ func (x *QuitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitResponse.ProtoReflect.Descriptor instead.
 func (*QuitResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{6}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{8}
 }
 
 var File_rpc_daemon_v1_daemon_proto protoreflect.FileDescriptor
 
 const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crpc/manager/v1/manager.proto\"\x0f\n" +
+	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crpc/manager/v1/manager.proto\"5\n" +
+	"\x10OpenMountRequest\x12!\n" +
+	"\fintercept_id\x18\x01 \x01(\tR\vinterceptId\"=\n" +
+	"\x11OpenMountResponse\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\x05R\x04port\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x0f\n" +
 	"\rStatusRequest\"m\n" +
 	"\x0eSubnetConflict\x12\x16\n" +
 	"\x06subnet\x18\x01 \x01(\tR\x06subnet\x12%\n" +
@@ -771,14 +875,15 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x1bCONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n" +
 	"\x1aCONNECTION_STATE_CONNECTED\x10\x02\x12!\n" +
 	"\x1dCONNECTION_STATE_RECONNECTING\x10\x03\x12\x1b\n" +
-	"\x17CONNECTION_STATE_FAILED\x10\x042\xfb\x03\n" +
+	"\x17CONNECTION_STATE_FAILED\x10\x042\xc9\x04\n" +
 	"\x06Daemon\x12C\n" +
 	"\x06Status\x12\x1b.tp.daemon.v1.StatusRequest\x1a\x1c.tp.daemon.v1.StatusResponse\x12=\n" +
 	"\x04Quit\x12\x19.tp.daemon.v1.QuitRequest\x1a\x1a.tp.daemon.v1.QuitResponse\x12M\n" +
 	"\x0fCreateIntercept\x12\x1c.tp.manager.v1.InterceptSpec\x1a\x1c.tp.manager.v1.InterceptInfo\x12`\n" +
 	"\x0fRemoveIntercept\x12%.tp.manager.v1.RemoveInterceptRequest\x1a&.tp.manager.v1.RemoveInterceptResponse\x12Z\n" +
 	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
-	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
+	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponse\x12L\n" +
+	"\tOpenMount\x12\x1e.tp.daemon.v1.OpenMountRequest\x1a\x1f.tp.daemon.v1.OpenMountResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
 
 var (
 	file_rpc_daemon_v1_daemon_proto_rawDescOnce sync.Once
@@ -793,47 +898,51 @@ func file_rpc_daemon_v1_daemon_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_daemon_v1_daemon_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_rpc_daemon_v1_daemon_proto_goTypes = []any{
 	(ConnectionState)(0),               // 0: tp.daemon.v1.ConnectionState
-	(*StatusRequest)(nil),              // 1: tp.daemon.v1.StatusRequest
-	(*SubnetConflict)(nil),             // 2: tp.daemon.v1.SubnetConflict
-	(*DNSStatus)(nil),                  // 3: tp.daemon.v1.DNSStatus
-	(*StatusResponse)(nil),             // 4: tp.daemon.v1.StatusResponse
-	(*FlowStats)(nil),                  // 5: tp.daemon.v1.FlowStats
-	(*QuitRequest)(nil),                // 6: tp.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),               // 7: tp.daemon.v1.QuitResponse
-	(*timestamppb.Timestamp)(nil),      // 8: google.protobuf.Timestamp
-	(*v1.InterceptSpec)(nil),           // 9: tp.manager.v1.InterceptSpec
-	(*v1.RemoveInterceptRequest)(nil),  // 10: tp.manager.v1.RemoveInterceptRequest
-	(*v1.ListWorkloadsRequest)(nil),    // 11: tp.manager.v1.ListWorkloadsRequest
-	(*v1.UninstallAgentsRequest)(nil),  // 12: tp.manager.v1.UninstallAgentsRequest
-	(*v1.InterceptInfo)(nil),           // 13: tp.manager.v1.InterceptInfo
-	(*v1.RemoveInterceptResponse)(nil), // 14: tp.manager.v1.RemoveInterceptResponse
-	(*v1.ListWorkloadsResponse)(nil),   // 15: tp.manager.v1.ListWorkloadsResponse
-	(*v1.UninstallAgentsResponse)(nil), // 16: tp.manager.v1.UninstallAgentsResponse
+	(*OpenMountRequest)(nil),           // 1: tp.daemon.v1.OpenMountRequest
+	(*OpenMountResponse)(nil),          // 2: tp.daemon.v1.OpenMountResponse
+	(*StatusRequest)(nil),              // 3: tp.daemon.v1.StatusRequest
+	(*SubnetConflict)(nil),             // 4: tp.daemon.v1.SubnetConflict
+	(*DNSStatus)(nil),                  // 5: tp.daemon.v1.DNSStatus
+	(*StatusResponse)(nil),             // 6: tp.daemon.v1.StatusResponse
+	(*FlowStats)(nil),                  // 7: tp.daemon.v1.FlowStats
+	(*QuitRequest)(nil),                // 8: tp.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),               // 9: tp.daemon.v1.QuitResponse
+	(*timestamppb.Timestamp)(nil),      // 10: google.protobuf.Timestamp
+	(*v1.InterceptSpec)(nil),           // 11: tp.manager.v1.InterceptSpec
+	(*v1.RemoveInterceptRequest)(nil),  // 12: tp.manager.v1.RemoveInterceptRequest
+	(*v1.ListWorkloadsRequest)(nil),    // 13: tp.manager.v1.ListWorkloadsRequest
+	(*v1.UninstallAgentsRequest)(nil),  // 14: tp.manager.v1.UninstallAgentsRequest
+	(*v1.InterceptInfo)(nil),           // 15: tp.manager.v1.InterceptInfo
+	(*v1.RemoveInterceptResponse)(nil), // 16: tp.manager.v1.RemoveInterceptResponse
+	(*v1.ListWorkloadsResponse)(nil),   // 17: tp.manager.v1.ListWorkloadsResponse
+	(*v1.UninstallAgentsResponse)(nil), // 18: tp.manager.v1.UninstallAgentsResponse
 }
 var file_rpc_daemon_v1_daemon_proto_depIdxs = []int32{
 	0,  // 0: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
-	2,  // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
-	3,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
-	8,  // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
-	5,  // 4: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
-	8,  // 5: tp.daemon.v1.StatusResponse.last_resumed:type_name -> google.protobuf.Timestamp
-	1,  // 6: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
-	6,  // 7: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
-	9,  // 8: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
-	10, // 9: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	11, // 10: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	12, // 11: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	4,  // 12: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
-	7,  // 13: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
-	13, // 14: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	14, // 15: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	15, // 16: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	16, // 17: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
+	4,  // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
+	5,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
+	10, // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
+	7,  // 4: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
+	10, // 5: tp.daemon.v1.StatusResponse.last_resumed:type_name -> google.protobuf.Timestamp
+	3,  // 6: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
+	8,  // 7: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
+	11, // 8: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
+	12, // 9: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	13, // 10: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	14, // 11: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	1,  // 12: tp.daemon.v1.Daemon.OpenMount:input_type -> tp.daemon.v1.OpenMountRequest
+	6,  // 13: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
+	9,  // 14: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
+	15, // 15: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	16, // 16: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	17, // 17: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	18, // 18: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	2,  // 19: tp.daemon.v1.Daemon.OpenMount:output_type -> tp.daemon.v1.OpenMountResponse
+	13, // [13:20] is the sub-list for method output_type
+	6,  // [6:13] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -850,7 +959,7 @@ func file_rpc_daemon_v1_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_daemon_v1_daemon_proto_rawDesc), len(file_rpc_daemon_v1_daemon_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

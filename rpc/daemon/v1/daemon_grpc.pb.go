@@ -30,6 +30,7 @@ const (
 	Daemon_RemoveIntercept_FullMethodName = "/tp.daemon.v1.Daemon/RemoveIntercept"
 	Daemon_ListWorkloads_FullMethodName   = "/tp.daemon.v1.Daemon/ListWorkloads"
 	Daemon_UninstallAgents_FullMethodName = "/tp.daemon.v1.Daemon/UninstallAgents"
+	Daemon_OpenMount_FullMethodName       = "/tp.daemon.v1.Daemon/OpenMount"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -46,6 +47,14 @@ type DaemonClient interface {
 	RemoveIntercept(ctx context.Context, in *v1.RemoveInterceptRequest, opts ...grpc.CallOption) (*v1.RemoveInterceptResponse, error)
 	ListWorkloads(ctx context.Context, in *v1.ListWorkloadsRequest, opts ...grpc.CallOption) (*v1.ListWorkloadsResponse, error)
 	UninstallAgents(ctx context.Context, in *v1.UninstallAgentsRequest, opts ...grpc.CallOption) (*v1.UninstallAgentsResponse, error)
+	// OpenMount returns the port and token with which a client (tp's Docker
+	// volume plugin) reaches the SFTP export of an intercept this daemon owns:
+	// it connects to port on the daemon container's address, writes
+	// "TP-MOUNT 1 <token>\n", reads "OK\n" and then speaks SFTP, carried to
+	// the intercepted pod's agent through the tunnel. The token is minted
+	// once per intercept (the same one again on every call) and forgotten
+	// when the intercept is removed through the daemon or the session ends.
+	OpenMount(ctx context.Context, in *OpenMountRequest, opts ...grpc.CallOption) (*OpenMountResponse, error)
 }
 
 type daemonClient struct {
@@ -116,6 +125,16 @@ func (c *daemonClient) UninstallAgents(ctx context.Context, in *v1.UninstallAgen
 	return out, nil
 }
 
+func (c *daemonClient) OpenMount(ctx context.Context, in *OpenMountRequest, opts ...grpc.CallOption) (*OpenMountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenMountResponse)
+	err := c.cc.Invoke(ctx, Daemon_OpenMount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -130,6 +149,14 @@ type DaemonServer interface {
 	RemoveIntercept(context.Context, *v1.RemoveInterceptRequest) (*v1.RemoveInterceptResponse, error)
 	ListWorkloads(context.Context, *v1.ListWorkloadsRequest) (*v1.ListWorkloadsResponse, error)
 	UninstallAgents(context.Context, *v1.UninstallAgentsRequest) (*v1.UninstallAgentsResponse, error)
+	// OpenMount returns the port and token with which a client (tp's Docker
+	// volume plugin) reaches the SFTP export of an intercept this daemon owns:
+	// it connects to port on the daemon container's address, writes
+	// "TP-MOUNT 1 <token>\n", reads "OK\n" and then speaks SFTP, carried to
+	// the intercepted pod's agent through the tunnel. The token is minted
+	// once per intercept (the same one again on every call) and forgotten
+	// when the intercept is removed through the daemon or the session ends.
+	OpenMount(context.Context, *OpenMountRequest) (*OpenMountResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -157,6 +184,9 @@ func (UnimplementedDaemonServer) ListWorkloads(context.Context, *v1.ListWorkload
 }
 func (UnimplementedDaemonServer) UninstallAgents(context.Context, *v1.UninstallAgentsRequest) (*v1.UninstallAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UninstallAgents not implemented")
+}
+func (UnimplementedDaemonServer) OpenMount(context.Context, *OpenMountRequest) (*OpenMountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenMount not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -287,6 +317,24 @@ func _Daemon_UninstallAgents_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_OpenMount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenMountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).OpenMount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_OpenMount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).OpenMount(ctx, req.(*OpenMountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -317,6 +365,10 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UninstallAgents",
 			Handler:    _Daemon_UninstallAgents_Handler,
+		},
+		{
+			MethodName: "OpenMount",
+			Handler:    _Daemon_OpenMount_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

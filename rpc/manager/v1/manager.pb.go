@@ -223,8 +223,12 @@ type InterceptInfo struct {
 	// when they are equal. Set by CreateIntercept only.
 	RoutedEndpoints int32 `protobuf:"varint,16,opt,name=routed_endpoints,json=routedEndpoints,proto3" json:"routed_endpoints,omitempty"`
 	ReadyEndpoints  int32 `protobuf:"varint,17,opt,name=ready_endpoints,json=readyEndpoints,proto3" json:"ready_endpoints,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// mounts of the intercepted container (of pod_name) that the owner can
+	// mount over SFTP (OpenMount on the daemon); for the intercept's owner
+	// only, like environment.
+	Mounts        []*Mount `protobuf:"bytes,18,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InterceptInfo) Reset() {
@@ -369,6 +373,68 @@ func (x *InterceptInfo) GetReadyEndpoints() int32 {
 	return 0
 }
 
+func (x *InterceptInfo) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+// Mount is a volume mount of the intercepted container.
+type Mount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the container's mountPath, which is also the mount's path in
+	// the agent's SFTP export.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Mount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Mount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 type CreateInterceptRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -379,7 +445,7 @@ type CreateInterceptRequest struct {
 
 func (x *CreateInterceptRequest) Reset() {
 	*x = CreateInterceptRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +457,7 @@ func (x *CreateInterceptRequest) String() string {
 func (*CreateInterceptRequest) ProtoMessage() {}
 
 func (x *CreateInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[2]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +470,7 @@ func (x *CreateInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInterceptRequest.ProtoReflect.Descriptor instead.
 func (*CreateInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{2}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateInterceptRequest) GetSessionId() string {
@@ -436,7 +502,7 @@ type RemoveInterceptRequest struct {
 
 func (x *RemoveInterceptRequest) Reset() {
 	*x = RemoveInterceptRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +514,7 @@ func (x *RemoveInterceptRequest) String() string {
 func (*RemoveInterceptRequest) ProtoMessage() {}
 
 func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[3]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +527,7 @@ func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterceptRequest.ProtoReflect.Descriptor instead.
 func (*RemoveInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{3}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RemoveInterceptRequest) GetSessionId() string {
@@ -500,7 +566,7 @@ type RemoveInterceptResponse struct {
 
 func (x *RemoveInterceptResponse) Reset() {
 	*x = RemoveInterceptResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +578,7 @@ func (x *RemoveInterceptResponse) String() string {
 func (*RemoveInterceptResponse) ProtoMessage() {}
 
 func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[4]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +591,7 @@ func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterceptResponse.ProtoReflect.Descriptor instead.
 func (*RemoveInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{4}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{5}
 }
 
 type ListWorkloadsRequest struct {
@@ -537,7 +603,7 @@ type ListWorkloadsRequest struct {
 
 func (x *ListWorkloadsRequest) Reset() {
 	*x = ListWorkloadsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +615,7 @@ func (x *ListWorkloadsRequest) String() string {
 func (*ListWorkloadsRequest) ProtoMessage() {}
 
 func (x *ListWorkloadsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[5]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +628,7 @@ func (x *ListWorkloadsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkloadsRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkloadsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{5}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListWorkloadsRequest) GetNamespace() string {
@@ -589,7 +655,7 @@ type WorkloadInfo struct {
 
 func (x *WorkloadInfo) Reset() {
 	*x = WorkloadInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +667,7 @@ func (x *WorkloadInfo) String() string {
 func (*WorkloadInfo) ProtoMessage() {}
 
 func (x *WorkloadInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[6]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +680,7 @@ func (x *WorkloadInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadInfo.ProtoReflect.Descriptor instead.
 func (*WorkloadInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{6}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkloadInfo) GetName() string {
@@ -675,7 +741,7 @@ type ListWorkloadsResponse struct {
 
 func (x *ListWorkloadsResponse) Reset() {
 	*x = ListWorkloadsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +753,7 @@ func (x *ListWorkloadsResponse) String() string {
 func (*ListWorkloadsResponse) ProtoMessage() {}
 
 func (x *ListWorkloadsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[7]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +766,7 @@ func (x *ListWorkloadsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkloadsResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkloadsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{7}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListWorkloadsResponse) GetWorkloads() []*WorkloadInfo {
@@ -723,7 +789,7 @@ type UninstallAgentsRequest struct {
 
 func (x *UninstallAgentsRequest) Reset() {
 	*x = UninstallAgentsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +801,7 @@ func (x *UninstallAgentsRequest) String() string {
 func (*UninstallAgentsRequest) ProtoMessage() {}
 
 func (x *UninstallAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[8]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +814,7 @@ func (x *UninstallAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UninstallAgentsRequest.ProtoReflect.Descriptor instead.
 func (*UninstallAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{8}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UninstallAgentsRequest) GetNamespace() string {
@@ -781,7 +847,7 @@ type UninstallAgentsResponse struct {
 
 func (x *UninstallAgentsResponse) Reset() {
 	*x = UninstallAgentsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +859,7 @@ func (x *UninstallAgentsResponse) String() string {
 func (*UninstallAgentsResponse) ProtoMessage() {}
 
 func (x *UninstallAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[9]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +872,7 @@ func (x *UninstallAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UninstallAgentsResponse.ProtoReflect.Descriptor instead.
 func (*UninstallAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{9}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UninstallAgentsResponse) GetRestored() []string {
@@ -830,7 +896,7 @@ type DialRequest struct {
 
 func (x *DialRequest) Reset() {
 	*x = DialRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +908,7 @@ func (x *DialRequest) String() string {
 func (*DialRequest) ProtoMessage() {}
 
 func (x *DialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[10]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +921,7 @@ func (x *DialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialRequest.ProtoReflect.Descriptor instead.
 func (*DialRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{10}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DialRequest) GetPairingId() string {
@@ -900,7 +966,7 @@ type AgentPort struct {
 
 func (x *AgentPort) Reset() {
 	*x = AgentPort{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +978,7 @@ func (x *AgentPort) String() string {
 func (*AgentPort) ProtoMessage() {}
 
 func (x *AgentPort) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[11]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +991,7 @@ func (x *AgentPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentPort.ProtoReflect.Descriptor instead.
 func (*AgentPort) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{11}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AgentPort) GetContainerPortName() string {
@@ -968,13 +1034,16 @@ type AgentInfo struct {
 	Ports           []*AgentPort           `protobuf:"bytes,8,rep,name=ports,proto3" json:"ports,omitempty"`
 	Version         string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
 	ProtocolVersion int32                  `protobuf:"varint,10,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// mounts of the app container that the agent exports over SFTP
+	// (TP_AGENT_MOUNTS), checked against the pod spec like ports.
+	Mounts        []*AgentMount `protobuf:"bytes,11,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1055,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[12]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1068,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{12}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AgentInfo) GetWorkload() string {
@@ -1072,6 +1141,121 @@ func (x *AgentInfo) GetProtocolVersion() int32 {
 	return 0
 }
 
+func (x *AgentInfo) GetMounts() []*AgentMount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+// AgentMount is a volume mount of the app container that the agent exports.
+type AgentMount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the app container's mountPath.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentMount) Reset() {
+	*x = AgentMount{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentMount) ProtoMessage() {}
+
+func (x *AgentMount) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentMount.ProtoReflect.Descriptor instead.
+func (*AgentMount) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AgentMount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *AgentMount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+// MountRequest asks an agent to serve one SFTP session of its export on a
+// flow with pairing_id, for intercept_id's owner.
+type MountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PairingId     string                 `protobuf:"bytes,1,opt,name=pairing_id,json=pairingId,proto3" json:"pairing_id,omitempty"`
+	InterceptId   string                 `protobuf:"bytes,2,opt,name=intercept_id,json=interceptId,proto3" json:"intercept_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountRequest) Reset() {
+	*x = MountRequest{}
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountRequest) ProtoMessage() {}
+
+func (x *MountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountRequest.ProtoReflect.Descriptor instead.
+func (*MountRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MountRequest) GetPairingId() string {
+	if x != nil {
+		return x.PairingId
+	}
+	return ""
+}
+
+func (x *MountRequest) GetInterceptId() string {
+	if x != nil {
+		return x.InterceptId
+	}
+	return ""
+}
+
 type InterceptSnapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Intercepts    []*InterceptInfo       `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
@@ -1081,7 +1265,7 @@ type InterceptSnapshot struct {
 
 func (x *InterceptSnapshot) Reset() {
 	*x = InterceptSnapshot{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1277,7 @@ func (x *InterceptSnapshot) String() string {
 func (*InterceptSnapshot) ProtoMessage() {}
 
 func (x *InterceptSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[13]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1290,7 @@ func (x *InterceptSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptSnapshot.ProtoReflect.Descriptor instead.
 func (*InterceptSnapshot) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{13}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InterceptSnapshot) GetIntercepts() []*InterceptInfo {
@@ -1128,7 +1312,7 @@ type RoutesAppliedRequest struct {
 
 func (x *RoutesAppliedRequest) Reset() {
 	*x = RoutesAppliedRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1324,7 @@ func (x *RoutesAppliedRequest) String() string {
 func (*RoutesAppliedRequest) ProtoMessage() {}
 
 func (x *RoutesAppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[14]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1337,7 @@ func (x *RoutesAppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutesAppliedRequest.ProtoReflect.Descriptor instead.
 func (*RoutesAppliedRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{14}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RoutesAppliedRequest) GetSessionId() string {
@@ -1178,7 +1362,7 @@ type RoutesAppliedResponse struct {
 
 func (x *RoutesAppliedResponse) Reset() {
 	*x = RoutesAppliedResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1374,7 @@ func (x *RoutesAppliedResponse) String() string {
 func (*RoutesAppliedResponse) ProtoMessage() {}
 
 func (x *RoutesAppliedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[15]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1387,7 @@ func (x *RoutesAppliedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutesAppliedResponse.ProtoReflect.Descriptor instead.
 func (*RoutesAppliedResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{15}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{18}
 }
 
 type VersionRequest struct {
@@ -1214,7 +1398,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1410,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[16]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1423,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{16}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
 }
 
 type VersionResponse struct {
@@ -1252,7 +1436,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1448,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[17]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1461,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{17}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1311,7 +1495,7 @@ type ClientInfo struct {
 
 func (x *ClientInfo) Reset() {
 	*x = ClientInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1507,7 @@ func (x *ClientInfo) String() string {
 func (*ClientInfo) ProtoMessage() {}
 
 func (x *ClientInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[18]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1520,7 @@ func (x *ClientInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
 func (*ClientInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{18}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ClientInfo) GetName() string {
@@ -1395,7 +1579,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1591,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[19]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1604,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{19}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ClusterInfo) GetPodCidrs() []string {
@@ -1463,7 +1647,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1659,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[20]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1672,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{20}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -1529,7 +1713,7 @@ type ResumeSessionRequest struct {
 
 func (x *ResumeSessionRequest) Reset() {
 	*x = ResumeSessionRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1725,7 @@ func (x *ResumeSessionRequest) String() string {
 func (*ResumeSessionRequest) ProtoMessage() {}
 
 func (x *ResumeSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[21]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1738,7 @@ func (x *ResumeSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSessionRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSessionRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{21}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResumeSessionRequest) GetSessionId() string {
@@ -1580,7 +1764,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1776,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[22]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1789,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{22}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -1623,7 +1807,7 @@ type RemainResponse struct {
 
 func (x *RemainResponse) Reset() {
 	*x = RemainResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1819,7 @@ func (x *RemainResponse) String() string {
 func (*RemainResponse) ProtoMessage() {}
 
 func (x *RemainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[23]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1832,7 @@ func (x *RemainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemainResponse.ProtoReflect.Descriptor instead.
 func (*RemainResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{23}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{26}
 }
 
 type DepartResponse struct {
@@ -1659,7 +1843,7 @@ type DepartResponse struct {
 
 func (x *DepartResponse) Reset() {
 	*x = DepartResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1855,7 @@ func (x *DepartResponse) String() string {
 func (*DepartResponse) ProtoMessage() {}
 
 func (x *DepartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[24]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1868,7 @@ func (x *DepartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DepartResponse.ProtoReflect.Descriptor instead.
 func (*DepartResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{24}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{27}
 }
 
 type ListSessionsRequest struct {
@@ -1695,7 +1879,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1891,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[25]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1904,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{25}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{28}
 }
 
 type Session struct {
@@ -1736,7 +1920,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1932,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[26]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1945,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{26}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1808,7 +1992,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +2004,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_manager_v1_manager_proto_msgTypes[27]
+	mi := &file_rpc_manager_v1_manager_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +2017,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{27}
+	return file_rpc_manager_v1_manager_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -1862,7 +2046,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"pathPrefix\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa1\x06\n" +
 	"\rInterceptInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.tp.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
@@ -1881,10 +2065,14 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x06pod_ip\x18\r \x01(\tR\x05podIp\x12'\n" +
 	"\x0fowner_connected\x18\x0e \x01(\bR\x0eownerConnected\x12)\n" +
 	"\x10routed_endpoints\x18\x10 \x01(\x05R\x0froutedEndpoints\x12'\n" +
-	"\x0fready_endpoints\x18\x11 \x01(\x05R\x0ereadyEndpoints\x1a>\n" +
+	"\x0fready_endpoints\x18\x11 \x01(\x05R\x0ereadyEndpoints\x12,\n" +
+	"\x06mounts\x18\x12 \x03(\v2\x14.tp.manager.v1.MountR\x06mounts\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
+	"\x05Mount\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\"i\n" +
 	"\x16CreateInterceptRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
@@ -1928,7 +2116,7 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0econtainer_port\x18\x02 \x01(\x05R\rcontainerPort\x12\x1d\n" +
 	"\n" +
 	"agent_port\x18\x03 \x01(\x05R\tagentPort\x12\x1a\n" +
-	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xab\x03\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xde\x03\n" +
 	"\tAgentInfo\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1940,10 +2128,19 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x05ports\x18\b \x03(\v2\x18.tp.manager.v1.AgentPortR\x05ports\x12\x18\n" +
 	"\aversion\x18\t \x01(\tR\aversion\x12)\n" +
 	"\x10protocol_version\x18\n" +
-	" \x01(\x05R\x0fprotocolVersion\x1a>\n" +
+	" \x01(\x05R\x0fprotocolVersion\x121\n" +
+	"\x06mounts\x18\v \x03(\v2\x19.tp.manager.v1.AgentMountR\x06mounts\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
+	"\n" +
+	"AgentMount\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\"P\n" +
+	"\fMountRequest\x12\x1d\n" +
+	"\n" +
+	"pairing_id\x18\x01 \x01(\tR\tpairingId\x12!\n" +
+	"\fintercept_id\x18\x02 \x01(\tR\vinterceptId\"Q\n" +
 	"\x11InterceptSnapshot\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tp.manager.v1.InterceptInfoR\n" +
@@ -2000,7 +2197,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x0eInterceptState\x12\x1f\n" +
 	"\x1bINTERCEPT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17INTERCEPT_STATE_WAITING\x10\x01\x12\x1a\n" +
-	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\xcc\t\n" +
+	"\x16INTERCEPT_STATE_ACTIVE\x10\x022\x9c\n" +
+	"\n" +
 	"\aManager\x12H\n" +
 	"\aVersion\x12\x1d.tp.manager.v1.VersionRequest\x1a\x1e.tp.manager.v1.VersionResponse\x12G\n" +
 	"\x0eArriveAsClient\x12\x19.tp.manager.v1.ClientInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
@@ -2017,7 +2215,8 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\fWatchCluster\x12\x19.tp.manager.v1.SessionRef\x1a\x1a.tp.manager.v1.ClusterInfo0\x01\x12E\n" +
 	"\rArriveAsAgent\x12\x18.tp.manager.v1.AgentInfo\x1a\x1a.tp.manager.v1.SessionInfo\x12P\n" +
 	"\x0fWatchIntercepts\x12\x19.tp.manager.v1.SessionRef\x1a .tp.manager.v1.InterceptSnapshot0\x01\x12Z\n" +
-	"\rRoutesApplied\x12#.tp.manager.v1.RoutesAppliedRequest\x1a$.tp.manager.v1.RoutesAppliedResponseB/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
+	"\rRoutesApplied\x12#.tp.manager.v1.RoutesAppliedRequest\x1a$.tp.manager.v1.RoutesAppliedResponse\x12N\n" +
+	"\x12WatchMountRequests\x12\x19.tp.manager.v1.SessionRef\x1a\x1b.tp.manager.v1.MountRequest0\x01B/Z-github.com/tp-run/tp/rpc/manager/v1;managerv1b\x06proto3"
 
 var (
 	file_rpc_manager_v1_manager_proto_rawDescOnce sync.Once
@@ -2032,98 +2231,105 @@ func file_rpc_manager_v1_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_manager_v1_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_rpc_manager_v1_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_rpc_manager_v1_manager_proto_goTypes = []any{
 	(InterceptState)(0),             // 0: tp.manager.v1.InterceptState
 	(*InterceptSpec)(nil),           // 1: tp.manager.v1.InterceptSpec
 	(*InterceptInfo)(nil),           // 2: tp.manager.v1.InterceptInfo
-	(*CreateInterceptRequest)(nil),  // 3: tp.manager.v1.CreateInterceptRequest
-	(*RemoveInterceptRequest)(nil),  // 4: tp.manager.v1.RemoveInterceptRequest
-	(*RemoveInterceptResponse)(nil), // 5: tp.manager.v1.RemoveInterceptResponse
-	(*ListWorkloadsRequest)(nil),    // 6: tp.manager.v1.ListWorkloadsRequest
-	(*WorkloadInfo)(nil),            // 7: tp.manager.v1.WorkloadInfo
-	(*ListWorkloadsResponse)(nil),   // 8: tp.manager.v1.ListWorkloadsResponse
-	(*UninstallAgentsRequest)(nil),  // 9: tp.manager.v1.UninstallAgentsRequest
-	(*UninstallAgentsResponse)(nil), // 10: tp.manager.v1.UninstallAgentsResponse
-	(*DialRequest)(nil),             // 11: tp.manager.v1.DialRequest
-	(*AgentPort)(nil),               // 12: tp.manager.v1.AgentPort
-	(*AgentInfo)(nil),               // 13: tp.manager.v1.AgentInfo
-	(*InterceptSnapshot)(nil),       // 14: tp.manager.v1.InterceptSnapshot
-	(*RoutesAppliedRequest)(nil),    // 15: tp.manager.v1.RoutesAppliedRequest
-	(*RoutesAppliedResponse)(nil),   // 16: tp.manager.v1.RoutesAppliedResponse
-	(*VersionRequest)(nil),          // 17: tp.manager.v1.VersionRequest
-	(*VersionResponse)(nil),         // 18: tp.manager.v1.VersionResponse
-	(*ClientInfo)(nil),              // 19: tp.manager.v1.ClientInfo
-	(*ClusterInfo)(nil),             // 20: tp.manager.v1.ClusterInfo
-	(*SessionInfo)(nil),             // 21: tp.manager.v1.SessionInfo
-	(*ResumeSessionRequest)(nil),    // 22: tp.manager.v1.ResumeSessionRequest
-	(*SessionRef)(nil),              // 23: tp.manager.v1.SessionRef
-	(*RemainResponse)(nil),          // 24: tp.manager.v1.RemainResponse
-	(*DepartResponse)(nil),          // 25: tp.manager.v1.DepartResponse
-	(*ListSessionsRequest)(nil),     // 26: tp.manager.v1.ListSessionsRequest
-	(*Session)(nil),                 // 27: tp.manager.v1.Session
-	(*ListSessionsResponse)(nil),    // 28: tp.manager.v1.ListSessionsResponse
-	nil,                             // 29: tp.manager.v1.InterceptSpec.HeadersEntry
-	nil,                             // 30: tp.manager.v1.InterceptInfo.EnvironmentEntry
-	nil,                             // 31: tp.manager.v1.AgentInfo.EnvironmentEntry
-	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
+	(*Mount)(nil),                   // 3: tp.manager.v1.Mount
+	(*CreateInterceptRequest)(nil),  // 4: tp.manager.v1.CreateInterceptRequest
+	(*RemoveInterceptRequest)(nil),  // 5: tp.manager.v1.RemoveInterceptRequest
+	(*RemoveInterceptResponse)(nil), // 6: tp.manager.v1.RemoveInterceptResponse
+	(*ListWorkloadsRequest)(nil),    // 7: tp.manager.v1.ListWorkloadsRequest
+	(*WorkloadInfo)(nil),            // 8: tp.manager.v1.WorkloadInfo
+	(*ListWorkloadsResponse)(nil),   // 9: tp.manager.v1.ListWorkloadsResponse
+	(*UninstallAgentsRequest)(nil),  // 10: tp.manager.v1.UninstallAgentsRequest
+	(*UninstallAgentsResponse)(nil), // 11: tp.manager.v1.UninstallAgentsResponse
+	(*DialRequest)(nil),             // 12: tp.manager.v1.DialRequest
+	(*AgentPort)(nil),               // 13: tp.manager.v1.AgentPort
+	(*AgentInfo)(nil),               // 14: tp.manager.v1.AgentInfo
+	(*AgentMount)(nil),              // 15: tp.manager.v1.AgentMount
+	(*MountRequest)(nil),            // 16: tp.manager.v1.MountRequest
+	(*InterceptSnapshot)(nil),       // 17: tp.manager.v1.InterceptSnapshot
+	(*RoutesAppliedRequest)(nil),    // 18: tp.manager.v1.RoutesAppliedRequest
+	(*RoutesAppliedResponse)(nil),   // 19: tp.manager.v1.RoutesAppliedResponse
+	(*VersionRequest)(nil),          // 20: tp.manager.v1.VersionRequest
+	(*VersionResponse)(nil),         // 21: tp.manager.v1.VersionResponse
+	(*ClientInfo)(nil),              // 22: tp.manager.v1.ClientInfo
+	(*ClusterInfo)(nil),             // 23: tp.manager.v1.ClusterInfo
+	(*SessionInfo)(nil),             // 24: tp.manager.v1.SessionInfo
+	(*ResumeSessionRequest)(nil),    // 25: tp.manager.v1.ResumeSessionRequest
+	(*SessionRef)(nil),              // 26: tp.manager.v1.SessionRef
+	(*RemainResponse)(nil),          // 27: tp.manager.v1.RemainResponse
+	(*DepartResponse)(nil),          // 28: tp.manager.v1.DepartResponse
+	(*ListSessionsRequest)(nil),     // 29: tp.manager.v1.ListSessionsRequest
+	(*Session)(nil),                 // 30: tp.manager.v1.Session
+	(*ListSessionsResponse)(nil),    // 31: tp.manager.v1.ListSessionsResponse
+	nil,                             // 32: tp.manager.v1.InterceptSpec.HeadersEntry
+	nil,                             // 33: tp.manager.v1.InterceptInfo.EnvironmentEntry
+	nil,                             // 34: tp.manager.v1.AgentInfo.EnvironmentEntry
+	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
 }
 var file_rpc_manager_v1_manager_proto_depIdxs = []int32{
-	29, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
+	32, // 0: tp.manager.v1.InterceptSpec.headers:type_name -> tp.manager.v1.InterceptSpec.HeadersEntry
 	1,  // 1: tp.manager.v1.InterceptInfo.spec:type_name -> tp.manager.v1.InterceptSpec
-	19, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
-	32, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
+	22, // 2: tp.manager.v1.InterceptInfo.owner:type_name -> tp.manager.v1.ClientInfo
+	35, // 3: tp.manager.v1.InterceptInfo.owner_last_seen:type_name -> google.protobuf.Timestamp
 	0,  // 4: tp.manager.v1.InterceptInfo.state:type_name -> tp.manager.v1.InterceptState
-	30, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
-	1,  // 6: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
-	2,  // 7: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
-	7,  // 8: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
-	31, // 9: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
-	12, // 10: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
-	2,  // 11: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
-	20, // 12: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
-	33, // 13: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
-	19, // 14: tp.manager.v1.ResumeSessionRequest.client:type_name -> tp.manager.v1.ClientInfo
-	19, // 15: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
-	32, // 16: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
-	32, // 17: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
-	27, // 18: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
-	17, // 19: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
-	19, // 20: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
-	22, // 21: tp.manager.v1.Manager.ResumeSession:input_type -> tp.manager.v1.ResumeSessionRequest
-	23, // 22: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
-	23, // 23: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
-	26, // 24: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
-	3,  // 25: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
-	4,  // 26: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	6,  // 27: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	9,  // 28: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	23, // 29: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
-	23, // 30: tp.manager.v1.Manager.WatchCluster:input_type -> tp.manager.v1.SessionRef
-	13, // 31: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
-	23, // 32: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
-	15, // 33: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
-	18, // 34: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
-	21, // 35: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
-	21, // 36: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
-	24, // 37: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
-	25, // 38: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
-	28, // 39: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
-	2,  // 40: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	5,  // 41: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	8,  // 42: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	10, // 43: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	11, // 44: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
-	20, // 45: tp.manager.v1.Manager.WatchCluster:output_type -> tp.manager.v1.ClusterInfo
-	21, // 46: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
-	14, // 47: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
-	16, // 48: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
-	34, // [34:49] is the sub-list for method output_type
-	19, // [19:34] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	33, // 5: tp.manager.v1.InterceptInfo.environment:type_name -> tp.manager.v1.InterceptInfo.EnvironmentEntry
+	3,  // 6: tp.manager.v1.InterceptInfo.mounts:type_name -> tp.manager.v1.Mount
+	1,  // 7: tp.manager.v1.CreateInterceptRequest.spec:type_name -> tp.manager.v1.InterceptSpec
+	2,  // 8: tp.manager.v1.WorkloadInfo.intercepts:type_name -> tp.manager.v1.InterceptInfo
+	8,  // 9: tp.manager.v1.ListWorkloadsResponse.workloads:type_name -> tp.manager.v1.WorkloadInfo
+	34, // 10: tp.manager.v1.AgentInfo.environment:type_name -> tp.manager.v1.AgentInfo.EnvironmentEntry
+	13, // 11: tp.manager.v1.AgentInfo.ports:type_name -> tp.manager.v1.AgentPort
+	15, // 12: tp.manager.v1.AgentInfo.mounts:type_name -> tp.manager.v1.AgentMount
+	2,  // 13: tp.manager.v1.InterceptSnapshot.intercepts:type_name -> tp.manager.v1.InterceptInfo
+	23, // 14: tp.manager.v1.SessionInfo.cluster:type_name -> tp.manager.v1.ClusterInfo
+	36, // 15: tp.manager.v1.SessionInfo.ttl:type_name -> google.protobuf.Duration
+	22, // 16: tp.manager.v1.ResumeSessionRequest.client:type_name -> tp.manager.v1.ClientInfo
+	22, // 17: tp.manager.v1.Session.client:type_name -> tp.manager.v1.ClientInfo
+	35, // 18: tp.manager.v1.Session.arrived:type_name -> google.protobuf.Timestamp
+	35, // 19: tp.manager.v1.Session.last_seen:type_name -> google.protobuf.Timestamp
+	30, // 20: tp.manager.v1.ListSessionsResponse.sessions:type_name -> tp.manager.v1.Session
+	20, // 21: tp.manager.v1.Manager.Version:input_type -> tp.manager.v1.VersionRequest
+	22, // 22: tp.manager.v1.Manager.ArriveAsClient:input_type -> tp.manager.v1.ClientInfo
+	25, // 23: tp.manager.v1.Manager.ResumeSession:input_type -> tp.manager.v1.ResumeSessionRequest
+	26, // 24: tp.manager.v1.Manager.Remain:input_type -> tp.manager.v1.SessionRef
+	26, // 25: tp.manager.v1.Manager.Depart:input_type -> tp.manager.v1.SessionRef
+	29, // 26: tp.manager.v1.Manager.ListSessions:input_type -> tp.manager.v1.ListSessionsRequest
+	4,  // 27: tp.manager.v1.Manager.CreateIntercept:input_type -> tp.manager.v1.CreateInterceptRequest
+	5,  // 28: tp.manager.v1.Manager.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	7,  // 29: tp.manager.v1.Manager.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	10, // 30: tp.manager.v1.Manager.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	26, // 31: tp.manager.v1.Manager.WatchDials:input_type -> tp.manager.v1.SessionRef
+	26, // 32: tp.manager.v1.Manager.WatchCluster:input_type -> tp.manager.v1.SessionRef
+	14, // 33: tp.manager.v1.Manager.ArriveAsAgent:input_type -> tp.manager.v1.AgentInfo
+	26, // 34: tp.manager.v1.Manager.WatchIntercepts:input_type -> tp.manager.v1.SessionRef
+	18, // 35: tp.manager.v1.Manager.RoutesApplied:input_type -> tp.manager.v1.RoutesAppliedRequest
+	26, // 36: tp.manager.v1.Manager.WatchMountRequests:input_type -> tp.manager.v1.SessionRef
+	21, // 37: tp.manager.v1.Manager.Version:output_type -> tp.manager.v1.VersionResponse
+	24, // 38: tp.manager.v1.Manager.ArriveAsClient:output_type -> tp.manager.v1.SessionInfo
+	24, // 39: tp.manager.v1.Manager.ResumeSession:output_type -> tp.manager.v1.SessionInfo
+	27, // 40: tp.manager.v1.Manager.Remain:output_type -> tp.manager.v1.RemainResponse
+	28, // 41: tp.manager.v1.Manager.Depart:output_type -> tp.manager.v1.DepartResponse
+	31, // 42: tp.manager.v1.Manager.ListSessions:output_type -> tp.manager.v1.ListSessionsResponse
+	2,  // 43: tp.manager.v1.Manager.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	6,  // 44: tp.manager.v1.Manager.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	9,  // 45: tp.manager.v1.Manager.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	11, // 46: tp.manager.v1.Manager.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	12, // 47: tp.manager.v1.Manager.WatchDials:output_type -> tp.manager.v1.DialRequest
+	23, // 48: tp.manager.v1.Manager.WatchCluster:output_type -> tp.manager.v1.ClusterInfo
+	24, // 49: tp.manager.v1.Manager.ArriveAsAgent:output_type -> tp.manager.v1.SessionInfo
+	17, // 50: tp.manager.v1.Manager.WatchIntercepts:output_type -> tp.manager.v1.InterceptSnapshot
+	19, // 51: tp.manager.v1.Manager.RoutesApplied:output_type -> tp.manager.v1.RoutesAppliedResponse
+	16, // 52: tp.manager.v1.Manager.WatchMountRequests:output_type -> tp.manager.v1.MountRequest
+	37, // [37:53] is the sub-list for method output_type
+	21, // [21:37] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_rpc_manager_v1_manager_proto_init() }
@@ -2137,7 +2343,7 @@ func file_rpc_manager_v1_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_manager_v1_manager_proto_rawDesc), len(file_rpc_manager_v1_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

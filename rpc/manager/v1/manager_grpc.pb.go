@@ -22,21 +22,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Manager_Version_FullMethodName         = "/tp.manager.v1.Manager/Version"
-	Manager_ArriveAsClient_FullMethodName  = "/tp.manager.v1.Manager/ArriveAsClient"
-	Manager_ResumeSession_FullMethodName   = "/tp.manager.v1.Manager/ResumeSession"
-	Manager_Remain_FullMethodName          = "/tp.manager.v1.Manager/Remain"
-	Manager_Depart_FullMethodName          = "/tp.manager.v1.Manager/Depart"
-	Manager_ListSessions_FullMethodName    = "/tp.manager.v1.Manager/ListSessions"
-	Manager_CreateIntercept_FullMethodName = "/tp.manager.v1.Manager/CreateIntercept"
-	Manager_RemoveIntercept_FullMethodName = "/tp.manager.v1.Manager/RemoveIntercept"
-	Manager_ListWorkloads_FullMethodName   = "/tp.manager.v1.Manager/ListWorkloads"
-	Manager_UninstallAgents_FullMethodName = "/tp.manager.v1.Manager/UninstallAgents"
-	Manager_WatchDials_FullMethodName      = "/tp.manager.v1.Manager/WatchDials"
-	Manager_WatchCluster_FullMethodName    = "/tp.manager.v1.Manager/WatchCluster"
-	Manager_ArriveAsAgent_FullMethodName   = "/tp.manager.v1.Manager/ArriveAsAgent"
-	Manager_WatchIntercepts_FullMethodName = "/tp.manager.v1.Manager/WatchIntercepts"
-	Manager_RoutesApplied_FullMethodName   = "/tp.manager.v1.Manager/RoutesApplied"
+	Manager_Version_FullMethodName            = "/tp.manager.v1.Manager/Version"
+	Manager_ArriveAsClient_FullMethodName     = "/tp.manager.v1.Manager/ArriveAsClient"
+	Manager_ResumeSession_FullMethodName      = "/tp.manager.v1.Manager/ResumeSession"
+	Manager_Remain_FullMethodName             = "/tp.manager.v1.Manager/Remain"
+	Manager_Depart_FullMethodName             = "/tp.manager.v1.Manager/Depart"
+	Manager_ListSessions_FullMethodName       = "/tp.manager.v1.Manager/ListSessions"
+	Manager_CreateIntercept_FullMethodName    = "/tp.manager.v1.Manager/CreateIntercept"
+	Manager_RemoveIntercept_FullMethodName    = "/tp.manager.v1.Manager/RemoveIntercept"
+	Manager_ListWorkloads_FullMethodName      = "/tp.manager.v1.Manager/ListWorkloads"
+	Manager_UninstallAgents_FullMethodName    = "/tp.manager.v1.Manager/UninstallAgents"
+	Manager_WatchDials_FullMethodName         = "/tp.manager.v1.Manager/WatchDials"
+	Manager_WatchCluster_FullMethodName       = "/tp.manager.v1.Manager/WatchCluster"
+	Manager_ArriveAsAgent_FullMethodName      = "/tp.manager.v1.Manager/ArriveAsAgent"
+	Manager_WatchIntercepts_FullMethodName    = "/tp.manager.v1.Manager/WatchIntercepts"
+	Manager_RoutesApplied_FullMethodName      = "/tp.manager.v1.Manager/RoutesApplied"
+	Manager_WatchMountRequests_FullMethodName = "/tp.manager.v1.Manager/WatchMountRequests"
 )
 
 // ManagerClient is the client API for Manager service.
@@ -96,6 +97,13 @@ type ManagerClient interface {
 	// snapshot). CreateIntercept returns once the agents of every ready
 	// endpoint of the intercepted service have applied the intercept.
 	RoutesApplied(ctx context.Context, in *RoutesAppliedRequest, opts ...grpc.CallOption) (*RoutesAppliedResponse, error)
+	// WatchMountRequests streams to an agent the SFTP sessions it must serve:
+	// for each, the agent opens a Tunnel.Stream whose Open carries the
+	// request's pairing_id and serves one SFTP session of its export (the app
+	// container's volumes) on it. The manager sends one when the owner of an
+	// intercept of the agent's pod opens a flow with a pairing id
+	// "mount/<intercept id>/<random>" (docs/intercepts.md, "Volumes").
+	WatchMountRequests(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MountRequest], error)
 }
 
 type managerClient struct {
@@ -283,6 +291,25 @@ func (c *managerClient) RoutesApplied(ctx context.Context, in *RoutesAppliedRequ
 	return out, nil
 }
 
+func (c *managerClient) WatchMountRequests(ctx context.Context, in *SessionRef, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MountRequest], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[3], Manager_WatchMountRequests_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionRef, MountRequest]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchMountRequestsClient = grpc.ServerStreamingClient[MountRequest]
+
 // ManagerServer is the server API for Manager service.
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
@@ -340,6 +367,13 @@ type ManagerServer interface {
 	// snapshot). CreateIntercept returns once the agents of every ready
 	// endpoint of the intercepted service have applied the intercept.
 	RoutesApplied(context.Context, *RoutesAppliedRequest) (*RoutesAppliedResponse, error)
+	// WatchMountRequests streams to an agent the SFTP sessions it must serve:
+	// for each, the agent opens a Tunnel.Stream whose Open carries the
+	// request's pairing_id and serves one SFTP session of its export (the app
+	// container's volumes) on it. The manager sends one when the owner of an
+	// intercept of the agent's pod opens a flow with a pairing id
+	// "mount/<intercept id>/<random>" (docs/intercepts.md, "Volumes").
+	WatchMountRequests(*SessionRef, grpc.ServerStreamingServer[MountRequest]) error
 	mustEmbedUnimplementedManagerServer()
 }
 
@@ -394,6 +428,9 @@ func (UnimplementedManagerServer) WatchIntercepts(*SessionRef, grpc.ServerStream
 }
 func (UnimplementedManagerServer) RoutesApplied(context.Context, *RoutesAppliedRequest) (*RoutesAppliedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RoutesApplied not implemented")
+}
+func (UnimplementedManagerServer) WatchMountRequests(*SessionRef, grpc.ServerStreamingServer[MountRequest]) error {
+	return status.Error(codes.Unimplemented, "method WatchMountRequests not implemented")
 }
 func (UnimplementedManagerServer) mustEmbedUnimplementedManagerServer() {}
 func (UnimplementedManagerServer) testEmbeddedByValue()                 {}
@@ -665,6 +702,17 @@ func _Manager_RoutesApplied_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Manager_WatchMountRequests_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SessionRef)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ManagerServer).WatchMountRequests(m, &grpc.GenericServerStream[SessionRef, MountRequest]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchMountRequestsServer = grpc.ServerStreamingServer[MountRequest]
+
 // Manager_ServiceDesc is the grpc.ServiceDesc for Manager service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -735,6 +783,11 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchIntercepts",
 			Handler:       _Manager_WatchIntercepts_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchMountRequests",
+			Handler:       _Manager_WatchMountRequests_Handler,
 			ServerStreams: true,
 		},
 	},
