@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/docker/docker/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
@@ -69,6 +70,9 @@ type Intercept struct {
 	connection string
 	leaveOnce  sync.Once
 	leaveErr   error
+	// docker and volumes are set by CreateVolumes; Leave removes them.
+	docker  client.APIClient
+	volumes []Volume
 }
 
 // Create asks the daemon for the intercept and returns once every ready
@@ -114,15 +118,22 @@ func (ic *Intercept) Env() map[string]string {
 	return env
 }
 
-// Leave ends the intercept (once; later calls return the first result).
+// Leave removes the intercept's volumes and ends the intercept (once;
+// later calls return the first result). The containers that use the
+// volumes must be gone (RunContainer removes its own).
 // It runs even when ctx is already cancelled (Ctrl-C), within 15 s.
 func (ic *Intercept) Leave(ctx context.Context) error {
 	ic.leaveOnce.Do(func() {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()
-		if _, err := ic.d.RemoveIntercept(lctx, &managerv1.RemoveInterceptRequest{Name: ic.Name(), Namespace: ic.Namespace()}); err != nil {
-			ic.leaveErr = fmt.Errorf("leave %s: %w", ic.Name(), statusError(err))
+		var errs []error
+		if err := ic.RemoveVolumes(lctx); err != nil {
+			errs = append(errs, fmt.Errorf("leave %s: %w", ic.Name(), err))
 		}
+		if _, err := ic.d.RemoveIntercept(lctx, &managerv1.RemoveInterceptRequest{Name: ic.Name(), Namespace: ic.Namespace()}); err != nil {
+			errs = append(errs, fmt.Errorf("leave %s: %w", ic.Name(), statusError(err)))
+		}
+		ic.leaveErr = errors.Join(errs...)
 	})
 	return ic.leaveErr
 }

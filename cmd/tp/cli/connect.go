@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -14,8 +15,10 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/version"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
+	"github.com/tp-run/tp/volumes"
 )
 
 // defaultManagerNamespace is where the traffic-manager lives unless told otherwise.
@@ -136,6 +139,9 @@ func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if err := intercept.RemoveConnectionVolumes(cmd.Context(), docker, n); err != nil {
+					fmt.Fprintf(streams.ErrOut, "tp: warning: %v\n", err)
+				}
 				fmt.Fprintf(streams.Out, "Disconnected %s\n", daemoncontainer.ContainerName(n))
 			}
 			return nil
@@ -174,6 +180,8 @@ type statusJSON struct {
 	// Published are the ports the daemon container publishes on the host
 	// (docker -p specs, from tp connect --publish).
 	Published []string `json:"published,omitempty"`
+	// Volumes are the connection's tp volumes: the intercepted pods' mounts.
+	Volumes []volumeJSON `json:"volumes,omitempty"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
 	Flows *daemonv1.FlowStats `json:"flows,omitempty"`
 }
@@ -236,6 +244,7 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			}
 			v := statusView(st)
 			v.Published = d.Connection.Publish
+			v.Volumes = connectionVolumes(ctx, d.Connection.Name)
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
 				fmt.Fprintf(w, "State:             %s\n", v.State)
@@ -268,6 +277,9 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				if len(v.Published) > 0 {
 					fmt.Fprintf(w, "Published:         %s\n", strings.Join(v.Published, ", "))
 				}
+				for _, vol := range v.Volumes {
+					fmt.Fprintf(w, "Volume:            %s -> %s (intercept %s, %s)\n", vol.Name, vol.Path, vol.Intercept, firstNonEmpty(vol.Mountpoint, "not mounted"))
+				}
 				fmt.Fprintf(w, "Open flows:        %d\n", v.OpenFlows)
 				if f := v.Flows; f != nil {
 					fmt.Fprintf(w, "Flows since start: TCP %d (refused %d, unreachable %d, dial failed %d, SYNs dropped %d), UDP %d; %d bytes out, %d in\n",
@@ -281,4 +293,34 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name")
 	outputFlag(cmd, &output)
 	return cmd
+}
+
+// volumeJSON is one of the connection's tp volumes in tp status.
+type volumeJSON struct {
+	Name       string `json:"name"`
+	Path       string `json:"path"`
+	Intercept  string `json:"intercept"`
+	Namespace  string `json:"namespace,omitempty"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+}
+
+// connectionVolumes lists the connection's tp volumes (nil when Docker
+// cannot say).
+func connectionVolumes(ctx context.Context, connection string) []volumeJSON {
+	docker, err := daemoncontainer.NewDockerClient(ctx)
+	if err != nil {
+		return nil
+	}
+	defer docker.Close()
+	vols, err := volumes.ListVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
+	if err != nil {
+		return nil
+	}
+	var out []volumeJSON
+	for _, v := range vols {
+		out = append(out, volumeJSON{Name: v.Name, Path: v.Labels[volumes.LabelPath], Intercept: v.Labels[volumes.LabelIntercept],
+			Namespace: v.Labels[intercept.LabelNamespace], Mountpoint: v.Mountpoint})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
 }

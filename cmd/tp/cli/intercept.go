@@ -16,6 +16,7 @@ import (
 
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
+	"github.com/tp-run/tp/internal/version"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -27,6 +28,8 @@ type interceptFlags struct {
 	pathPrefix                                string
 	dockerRun                                 bool
 	dockerBuild                               string
+	mount, mountReadOnly, mountVolumes        bool
+	mountPaths                                []string
 	dockerBuildOpts                           []string
 	timeout                                   time.Duration
 	output                                    string
@@ -82,6 +85,10 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 	cmd.Flags().BoolVar(&f.dockerRun, "docker-run", false, "run a container with the pod's environment in the connection's network; args after -- are docker run's")
 	cmd.Flags().StringVar(&f.dockerBuild, "docker-build", "", "build DIR with docker build and run the image as --docker-run does; write IMAGE where it goes in the args after -- (implies --docker-run)")
 	cmd.Flags().StringArrayVar(&f.dockerBuildOpts, "docker-build-opt", nil, "KEY=VALUE passed to docker build as --KEY VALUE, e.g. target=dev, build-arg=A=1 (repeatable)")
+	cmd.Flags().BoolVar(&f.mount, "mount", true, "with --docker-run: mount each of the app container's volumes at its path (false: none)")
+	cmd.Flags().BoolVar(&f.mountReadOnly, "mount-readonly", false, "mount the volumes read-only")
+	cmd.Flags().StringArrayVar(&f.mountPaths, "mount-path", nil, "mount only the app container's volume at this path (repeatable)")
+	cmd.Flags().BoolVar(&f.mountVolumes, "mount-volumes", false, "without --docker-run: create the Docker volumes for your own docker run -v or compose file, print their names and paths; tp leave removes them")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long to wait for the agent (first injection rolls the workload)")
 	outputFlag(cmd, &f.output)
 	_ = cmd.MarkFlagRequired("port")
@@ -100,6 +107,9 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 			f.dockerRun = true
 		} else if f.dockerRun != (len(dockerArgs) > 0) {
 			return errors.New("--docker-run needs an image after --, and arguments after -- need --docker-run (or --docker-build)")
+		}
+		if f.mountVolumes && f.dockerRun {
+			return errors.New("--mount-volumes is for your own containers; with --docker-run tp mounts the volumes itself (--mount, --mount-path)")
 		}
 		if len(f.dockerBuildOpts) > 0 && f.dockerBuild == "" {
 			return errors.New("--docker-build-opt needs --docker-build DIR")
@@ -143,6 +153,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		}
 	}
 
+	cleanupVolumes(ctx, streams, d)
 	ic, err := intercept.Create(ctx, d, intercept.Options{
 		Connection: d.Connection.Name, Workload: workload, Namespace: f.namespace, Service: f.service, Container: f.container,
 		ServicePort: svcPort, LocalPort: local, Headers: headers, PathPrefix: f.pathPrefix, Timeout: f.timeout,
@@ -151,6 +162,22 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		return err
 	}
 	info, ns := ic.Info, ic.Namespace()
+	var vols []intercept.Volume
+	if (f.dockerRun && f.mount) || f.mountVolumes {
+		docker, err := daemoncontainer.NewDockerClient(ctx)
+		if err != nil {
+			_ = ic.Leave(ctx)
+			return err
+		}
+		defer docker.Close()
+		vols, err = ic.CreateVolumes(ctx, docker, d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+		if err != nil {
+			if lerr := ic.Leave(ctx); lerr != nil {
+				fmt.Fprintf(streams.ErrOut, "tp: %v\n", lerr)
+			}
+			return err
+		}
+	}
 	leave := func() {
 		if err := ic.Leave(ctx); err != nil {
 			fmt.Fprintf(streams.ErrOut, "tp: %v\n", err)
@@ -164,19 +191,25 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	}
 	took := ic.Took.Round(time.Millisecond)
 	if !f.dockerRun {
-		view := interceptedJSON{interceptJSON: interceptView(info), RoutedEndpoints: info.GetRoutedEndpoints(), ReadyEndpoints: info.GetReadyEndpoints()}
+		view := interceptedJSON{interceptJSON: interceptView(info), RoutedEndpoints: info.GetRoutedEndpoints(), ReadyEndpoints: info.GetReadyEndpoints(), Volumes: vols, PodName: info.GetPodName()}
 		return printStructured(streams.Out, f.output, view, func(w io.Writer) error {
 			fmt.Fprintf(w, "Intercepted %s/%s in %s: %s\n", ns, workload, took, describeIntercept(info))
 			printRouting(w, streams.ErrOut, info)
 			fmt.Fprintf(w, "Traffic goes to port %d of the containers joined to %s. End it with: tp leave %s -n %s\n",
 				local, d.Connection.ContainerName, ic.Name(), ns)
+			if len(vols) > 0 {
+				fmt.Fprintf(w, "Volumes of the pod (docker run %s ...):\n", strings.Join(intercept.VolumeFlags(vols), " "))
+				for _, v := range vols {
+					fmt.Fprintf(w, "  %s -> %s%s\n", v.Name, v.Path, map[bool]string{true: " (read-only)"}[v.ReadOnly])
+				}
+			}
 			return nil
 		})
 	}
 	fmt.Fprintf(streams.ErrOut, "Intercepted %s/%s in %s: %s\n", ns, workload, took, describeIntercept(info))
 	printRouting(streams.ErrOut, streams.ErrOut, info)
 	code, detached, err := ic.RunContainer(ctx, intercept.DockerRun{
-		NetworkContainer: d.Connection.ContainerName, Args: dockerArgs,
+		NetworkContainer: d.Connection.ContainerName, Args: dockerArgs, ExtraFlags: intercept.VolumeFlags(vols),
 		Stdin: streams.In, Stdout: streams.Out, Stderr: streams.ErrOut, Progress: streams.ErrOut,
 	})
 	switch {
@@ -184,6 +217,9 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 		fmt.Fprintf(streams.ErrOut, "Container detached; the intercept stays until: tp leave %s -n %s\n", ic.Name(), ns)
 		return nil
 	case errors.Is(err, intercept.ErrEnded):
+		if rerr := ic.RemoveVolumes(context.WithoutCancel(ctx)); rerr != nil {
+			fmt.Fprintf(streams.ErrOut, "tp: %v\n", rerr)
+		}
 		return err // nothing to leave: the intercept is gone already
 	}
 	leave()
@@ -200,8 +236,11 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 // ready endpoints of its service route to it.
 type interceptedJSON struct {
 	interceptJSON
-	RoutedEndpoints int32 `json:"routedEndpoints"`
-	ReadyEndpoints  int32 `json:"readyEndpoints"`
+	RoutedEndpoints int32              `json:"routedEndpoints"`
+	ReadyEndpoints  int32              `json:"readyEndpoints"`
+	Volumes         []intercept.Volume `json:"volumes,omitempty"`
+	// PodName is the pod whose environment and volumes the intercept has.
+	PodName string `json:"podName,omitempty"`
 }
 
 // printRouting says how many ready endpoints of the service route to the
@@ -244,4 +283,18 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// cleanupVolumes removes the connection's volumes whose intercepts are gone
+// (a crashed CLI or daemon, tp leave from another shell); a failure is only
+// a warning.
+func cleanupVolumes(ctx context.Context, streams genericiooptions.IOStreams, d *daemoncontainer.Client) {
+	docker, err := daemoncontainer.NewDockerClient(ctx)
+	if err != nil {
+		return
+	}
+	defer docker.Close()
+	if err := intercept.RemoveStaleVolumes(ctx, docker, d, d.Connection.Name); err != nil {
+		fmt.Fprintf(streams.ErrOut, "tp: warning: %v\n", err)
+	}
 }

@@ -52,6 +52,7 @@ intercepted workload, checked by the API server with your own credentials.`,
 				return fmt.Errorf("leave %s: %w", args[0], grpcMessage(err))
 			}
 			fmt.Fprintf(streams.Out, "Left intercept %s\n", args[0])
+			cleanupVolumes(ctx, streams, d)
 			return nil
 		},
 	}
@@ -83,6 +84,9 @@ type interceptJSON struct {
 	LocalPort     int32             `json:"localPort"`
 	Headers       map[string]string `json:"headers,omitempty"`
 	PathPrefix    string            `json:"pathPrefix,omitempty"`
+	// Mounts are the app container's mount paths (read-only ones marked
+	// ":ro"), which --docker-run mounts; only the owner sees them.
+	Mounts []string `json:"mounts,omitempty"`
 }
 
 func interceptView(i *managerv1.InterceptInfo) interceptJSON {
@@ -92,6 +96,7 @@ func interceptView(i *managerv1.InterceptInfo) interceptJSON {
 		Owner:   fmt.Sprintf("%s@%s (connection %s)", i.GetOwner().GetUser(), i.GetOwner().GetHost(), i.GetOwner().GetName()),
 		Service: i.GetServiceName(), ServicePort: i.GetServicePort(), ContainerPort: i.GetContainerPort(),
 		LocalPort: i.GetSpec().GetLocalPort(), Headers: i.GetSpec().GetHeaders(), PathPrefix: i.GetSpec().GetPathPrefix(),
+		Mounts: mountPaths(i),
 	}
 	if t := i.GetOwnerLastSeen(); t != nil {
 		v.OwnerLastSeen = t.AsTime().Format(time.RFC3339)
@@ -140,7 +145,11 @@ func newListCommand(streams genericiooptions.IOStreams) *cobra.Command {
 					}
 					var is []string
 					for _, i := range wl.Intercepts {
-						is = append(is, fmt.Sprintf("%s [%s] by %s, seen %s", i.Name, i.State, i.Owner, i.OwnerLastSeen))
+						desc := fmt.Sprintf("%s [%s] by %s, seen %s", i.Name, i.State, i.Owner, i.OwnerLastSeen)
+						if len(i.Mounts) > 0 {
+							desc += ", mounts " + strings.Join(i.Mounts, " ")
+						}
+						is = append(is, desc)
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", wl.Namespace, wl.Name, wl.Kind, strings.Join(wl.Services, ","), agent, strings.Join(is, "; "))
 				}
@@ -232,4 +241,16 @@ func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		return daemoncontainer.Quit(ctx, docker, connection)
 	}
 	return cmd
+}
+
+func mountPaths(i *managerv1.InterceptInfo) []string {
+	var out []string
+	for _, m := range i.GetMounts() {
+		p := m.GetPath()
+		if m.GetReadOnly() {
+			p += ":ro"
+		}
+		out = append(out, p)
+	}
+	return out
 }

@@ -1,0 +1,171 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/client"
+
+	"github.com/tp-run/tp/daemoncontainer"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/volumes"
+)
+
+// MountOptions says which of the pod's mounts go into local containers.
+type MountOptions struct {
+	// Disabled mounts nothing (--mount=false).
+	Disabled bool
+	// ReadOnly mounts everything read-only (--mount-readonly); mounts
+	// that are read-only in the pod are read-only anyway.
+	ReadOnly bool
+	// Paths, when set, picks these of the app container's mount paths
+	// (--mount-path, repeatable).
+	Paths []string
+}
+
+// Volume is a Docker volume of tp's plugin that mounts one of the app
+// container's mounts (its files, served by the agent over SFTP).
+type Volume struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"` // the app container's mountPath, where it goes
+	ReadOnly bool   `json:"readOnly"`
+}
+
+// MountSource is where volumes reach the intercept's files: the daemon
+// container's mount endpoint (daemoncontainer.Client has it).
+type MountSource interface {
+	MountEndpoint(ctx context.Context, interceptID string) (daemoncontainer.MountEndpoint, error)
+}
+
+// CreateVolumes creates one Docker volume per mount of the app container
+// that o picks, installing or upgrading tp's volume plugin first (version
+// is this build's). Leave removes them. On failure nothing is left.
+func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient, src MountSource, version string, o MountOptions) ([]Volume, error) {
+	if o.Disabled {
+		return nil, nil
+	}
+	mounts := ic.Info.GetMounts()
+	var have []string
+	for _, m := range mounts {
+		have = append(have, m.GetPath())
+	}
+	for _, p := range o.Paths {
+		if !slices.Contains(have, p) {
+			return nil, fmt.Errorf("--mount-path %s: the app container of %s has no mount there (it has: %s)", p, ic.Info.GetSpec().GetWorkload(), orNone(have))
+		}
+	}
+	var picked []Volume
+	for _, m := range mounts {
+		if len(o.Paths) > 0 && !slices.Contains(o.Paths, m.GetPath()) {
+			continue
+		}
+		picked = append(picked, Volume{Path: m.GetPath(), ReadOnly: m.GetReadOnly() || o.ReadOnly})
+	}
+	if len(picked) == 0 {
+		return nil, nil
+	}
+	driver, err := volumes.Ensure(ctx, docker, version)
+	if err != nil {
+		return nil, fmt.Errorf("tp's volume plugin: %w", err)
+	}
+	ep, err := src.MountEndpoint(ctx, ic.Info.GetId())
+	if err != nil {
+		return nil, fmt.Errorf("mounts of intercept %s: %w", ic.Name(), statusError(err))
+	}
+	ic.docker = docker
+	for i := range picked {
+		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{
+			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: map[string]string{LabelNamespace: ic.Namespace()},
+			Options: volumes.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
+		})
+		if err != nil {
+			_ = ic.RemoveVolumes(context.WithoutCancel(ctx))
+			return nil, err
+		}
+		picked[i].Name = name
+	}
+	ic.volumes = picked
+	return picked, nil
+}
+
+// Volumes are the volumes CreateVolumes made.
+func (ic *Intercept) Volumes() []Volume { return ic.volumes }
+
+// RemoveVolumes removes the intercept's volumes (all of them, by label: also
+// those of an earlier, crashed run of the same intercept id).
+func (ic *Intercept) RemoveVolumes(ctx context.Context) error {
+	if ic.docker == nil {
+		return nil
+	}
+	return volumes.RemoveVolumes(ctx, ic.docker, map[string]string{volumes.LabelIntercept: ic.Info.GetId()})
+}
+
+// VolumeFlags are docker run's -v flags for vols.
+func VolumeFlags(vols []Volume) []string {
+	var flags []string
+	for _, v := range vols {
+		spec := v.Name + ":" + v.Path
+		if v.ReadOnly {
+			spec += ":ro"
+		}
+		flags = append(flags, "-v", spec)
+	}
+	return flags
+}
+
+// LabelNamespace is the intercept's namespace on its volumes, so that
+// RemoveStaleVolumes asks the right namespace whether it still exists.
+const LabelNamespace = "tp.run/namespace"
+
+// RemoveStaleVolumes removes the connection's tp volumes whose intercept no
+// longer exists (asking the daemon, per namespace): what `tp leave` from
+// another shell, a crashed CLI, or an intercept ended elsewhere left. A
+// volume still in use by a container stays (Docker refuses) and is tried
+// again next time. When the daemon cannot answer it removes nothing.
+func RemoveStaleVolumes(ctx context.Context, docker client.APIClient, d Daemon, connection string) error {
+	vols, err := volumes.ListVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
+	if err != nil || len(vols) == 0 {
+		return err
+	}
+	live := map[string]bool{}
+	asked := map[string]bool{}
+	var errs []error
+	for _, v := range vols {
+		ns := v.Labels[LabelNamespace]
+		if !asked[ns] {
+			asked[ns] = true
+			resp, err := d.ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: ns})
+			if err != nil {
+				return nil // no answer is no proof that an intercept is gone
+			}
+			for _, w := range resp.GetWorkloads() {
+				for _, ic := range w.GetIntercepts() {
+					live[ic.GetId()] = true
+				}
+			}
+		}
+		if live[v.Labels[volumes.LabelIntercept]] {
+			continue
+		}
+		if err := docker.VolumeRemove(ctx, v.Name, true); err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
+			errs = append(errs, fmt.Errorf("remove stale volume %s: %w", v.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveConnectionVolumes removes every tp volume of a connection: `tp quit`.
+func RemoveConnectionVolumes(ctx context.Context, docker client.APIClient, connection string) error {
+	return volumes.RemoveVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,244 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+)
+
+// The echo example's mounts (examples/echo/k8s/echo.yaml) and the
+// ServiceAccount token nested inside the /var emptyDir.
+var mountedFiles = []string{
+	"/etc/echo/secret/API_TOKEN",
+	"/etc/echo/config/GREETING",
+	"/var/run/secrets/kubernetes.io/serviceaccount/token",
+	"/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+}
+
+// tpVolumes lists the tp volumes on the Docker engine, and the FUSE mounts
+// of tp's plugin in the host's mount table.
+func tpVolumes(t *testing.T) (vols, fuse []string) {
+	t.Helper()
+	out, err := docker("volume", "ls", "-q", "--filter", "label=tp.run/volume")
+	if err != nil {
+		t.Fatalf("docker volume ls: %v\n%s", err, out)
+	}
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && (f[2] == "fuse.tp" || strings.HasPrefix(f[0], "tp:")) {
+			fuse = append(fuse, f[1])
+		}
+	}
+	return lines(out), fuse
+}
+
+// waitNoVolumes waits until no tp volume and no FUSE mount of tp's plugin remain.
+func waitNoVolumes(t *testing.T, after string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		vols, fuse := tpVolumes(t)
+		if len(vols) == 0 && len(fuse) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: tp volumes %q and FUSE mounts %q remain", after, vols, fuse)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// TestInterceptMountsVolumes: `tp intercept --docker-run` mounts the app
+// container's volumes at their paths in the local container (a Debian
+// image with coreutils): the Secret's and ConfigMap's files and the
+// ServiceAccount token (nested in an emptyDir) are byte-identical to the
+// pod's; a file written to the emptyDir is read by the app in the pod; a
+// write to the read-only Secret mount fails. After the container exits no tp
+// volume and no FUSE mount remains. Then --mount-path and --mount-readonly,
+// and --mount-volumes without --docker-run, which tp leave cleans up.
+func TestInterceptMountsVolumes(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "mounts")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "mv-"+rand.String(4), "-n", ns)
+	waitNoVolumes(t, "the start")
+
+	marker := "written-by-the-local-container-" + rand.String(6)
+	script := "set -u; echo POD=$TP_POD; sha256sum " + strings.Join(mountedFiles, " ") +
+		"; echo " + marker + " > /var/from-local.txt && echo WROTE-EMPTYDIR" +
+		"; if echo x > /etc/echo/secret/new 2>/dev/null; then echo WROTE-SECRET; else echo SECRET-REFUSED; fi"
+	out, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", debianImage, "sh", "-c", script)
+	if err != nil {
+		t.Fatalf("tp intercept --docker-run: %v\n%s", err, out)
+	}
+	t.Logf("tp intercept --docker-run:\n%s", out)
+	pod := ""
+	local := map[string]string{}
+	for _, l := range lines(out) {
+		if p, ok := strings.CutPrefix(l, "POD="); ok {
+			pod = p
+		}
+		if f := strings.Fields(l); len(f) == 2 && len(f[0]) == 64 {
+			local[f[1]] = f[0]
+		}
+	}
+	if pod == "" {
+		t.Fatalf("the container printed no POD=\n%s", out)
+	}
+	for _, f := range mountedFiles {
+		want := sha(c.kubectlCat(t, ns, pod, "echo", f))
+		if local[f] != want {
+			t.Errorf("%s: sha256 %q in the local container, %s in pod %s", f, local[f], want, pod)
+		}
+	}
+	if !strings.Contains(out, "WROTE-EMPTYDIR") {
+		t.Errorf("writing to the emptyDir /var failed:\n%s", out)
+	} else if got := strings.TrimSpace(string(c.kubectlCat(t, ns, pod, "echo", "/var/from-local.txt"))); got != marker {
+		t.Errorf("the app reads /var/from-local.txt as %q, want %q", got, marker)
+	}
+	if !strings.Contains(out, "SECRET-REFUSED") {
+		t.Errorf("a write to the read-only Secret mount did not fail:\n%s", out)
+	}
+	waitNoVolumes(t, "the --docker-run container exited")
+
+	// --mount-path picks one mount, --mount-readonly makes the emptyDir read-only.
+	out, err = tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--mount-path", "/var", "--mount-readonly", "--docker-run", "--", debianImage, "sh", "-c",
+		"ls /etc/echo/config 2>/dev/null && echo CONFIG-MOUNTED; cat /var/from-local.txt; if echo y > /var/ro-test 2>/dev/null; then echo WROTE-RO; fi")
+	if err != nil {
+		t.Fatalf("tp intercept --mount-path /var --mount-readonly: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "CONFIG-MOUNTED") || strings.Contains(out, "WROTE-RO") || !strings.Contains(out, marker) {
+		t.Errorf("--mount-path /var --mount-readonly: want only /var, read-only, with the earlier file:\n%s", out)
+	}
+	if out, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--mount-path", "/nope", "--docker-run", "--", debianImage, "true"); err == nil || !strings.Contains(out, "/etc/echo/config") {
+		t.Errorf("--mount-path /nope: %v\n%s\nwant an error that lists the app's mounts", err, out)
+	}
+	waitNoVolumes(t, "the --mount-path runs")
+
+	// --mount-volumes: volumes for the user's own docker run; tp leave removes them.
+	out, err = tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--mount-volumes", "-o", "json")
+	if err != nil {
+		t.Fatalf("tp intercept --mount-volumes: %v\n%s", err, out)
+	}
+	var res struct {
+		Volumes []struct{ Name, Path string } `json:"volumes"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Volumes) != 3 {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v, want 3 volumes\n%s", err, out)
+	}
+	for _, v := range res.Volumes {
+		if v.Path == "/etc/echo/config" {
+			got, err := docker("run", "--rm", "-v", v.Name+":/cfg:ro", debianImage, "cat", "/cfg/GREETING")
+			if err != nil || got != "hello-from-configmap" {
+				t.Errorf("docker run -v %s: %v %q, want the ConfigMap's GREETING", v.Name, err, got)
+			}
+		}
+	}
+	if st := tpOK(t, "status", "--name", conn.name); !strings.Contains(st, "/etc/echo/config") {
+		t.Errorf("tp status does not show the volumes:\n%s", st)
+	}
+	tpOK(t, "leave", "echo", "--name", conn.name, "-n", ns)
+	waitNoVolumes(t, "tp leave")
+}
+
+// TestInterceptMountsAfterCtrlC: Ctrl-C of a --docker-run that reads its
+// mounts, then the same intercept again: the mount works (the incumbent's
+// #3652). Then the agent's pod is deleted while the container reads a
+// mounted file: the read fails within 10 s and the container stops
+// normally; tp quit leaves no volume.
+func TestInterceptMountsAfterCtrlC(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "mountsig")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "ms-"+rand.String(4), "-n", ns)
+
+	reader := "while true; do if cat /etc/echo/config/GREETING >/dev/null 2>&1; then echo READ-OK; else echo READ-FAILED; exit 3; fi; sleep 0.2; done"
+	start := func() (*exec.Cmd, *strings.Builder, chan error) {
+		cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+			"--docker-run", "--", debianImage, "sh", "-c", reader)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		return cmd, &out, done
+	}
+	waitOutput := func(out *strings.Builder, done chan error, want string, timeout time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for !strings.Contains(out.String(), want) {
+			select {
+			case err := <-done:
+				t.Fatalf("tp intercept ended (%v) before %q:\n%s", err, want, out.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q within %s:\n%s", want, timeout, out.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	for round := 1; round <= 2; round++ {
+		cmd, out, done := start()
+		waitOutput(out, done, "READ-OK", 90*time.Second)
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: tp intercept did not end after Ctrl-C:\n%s", round, out.String())
+		}
+		waitNoVolumes(t, "Ctrl-C")
+	}
+
+	// The agent's pod deleted while the container reads.
+	cmd, out, done := start()
+	waitOutput(out, done, "READ-OK", 90*time.Second)
+	pods, err := c.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	for _, p := range pods.Items {
+		if err := c.client.CoreV1().Pods(ns).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-done:
+		if !strings.Contains(out.String(), "READ-FAILED") {
+			t.Errorf("tp intercept ended without a failed read:\n%s", out.String())
+		}
+		t.Logf("the container's read failed and it stopped %.1f s after the pod was deleted", time.Since(deleted).Seconds())
+		if took := time.Since(deleted); took > 15*time.Second {
+			t.Errorf("the read failed only %s after the pod was deleted, want within 10 s (plus the container's stop)", took)
+		}
+	case <-time.After(40 * time.Second):
+		_ = cmd.Process.Signal(os.Interrupt)
+		t.Fatalf("reads of the deleted pod's mount did not fail:\n%s", out.String())
+	}
+	waitNoVolumes(t, "the container stopped")
+}
