@@ -143,8 +143,8 @@ func TestInterceptMountsVolumes(t *testing.T) {
 	var res struct {
 		Volumes []struct{ Name, Path string } `json:"volumes"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Volumes) != 3 {
-		t.Fatalf("tp intercept --mount-volumes -o json: %v, want 3 volumes\n%s", err, out)
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Volumes) != 4 {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v, want 4 volumes (Secret, ConfigMap, emptyDir, ServiceAccount token)\n%s", err, out)
 	}
 	for _, v := range res.Volumes {
 		if v.Path == "/etc/echo/config" {
