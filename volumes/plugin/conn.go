@@ -12,10 +12,9 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
-)
 
-// HandshakeVersion is the version of the mount handshake that this plugin speaks.
-const HandshakeVersion = 1
+	"github.com/tp-run/tp/daemoncontainer"
+)
 
 // ErrRefused is wrapped by the error of a handshake that the daemon answered
 // with ERR.
@@ -25,7 +24,8 @@ var ErrRefused = errors.New("the daemon refused the mount")
 // stalled; the FUSE layer turns it into EIO.
 var ErrBroken = errors.New("the mount's connection to the daemon is broken")
 
-// Handshake presents token on c: it writes "TP-MOUNT 1 <token>\n" and reads
+// Handshake presents token on c: it writes daemoncontainer.MountHello
+// ("TP-MOUNT 1 <token>\n", the daemon's side of it) and reads
 // the daemon's answer line, "OK" (the connection then carries SFTP) or
 // "ERR <reason>" (an error wrapping ErrRefused with the reason). It reads no
 // byte past the answer's newline.
@@ -34,13 +34,14 @@ func Handshake(c net.Conn, token string, timeout time.Duration) error {
 		return err
 	}
 	defer c.SetDeadline(time.Time{}) //nolint:errcheck // best effort; the caller sets its own
-	if _, err := fmt.Fprintf(c, "TP-MOUNT %d %s\n", HandshakeVersion, token); err != nil {
+	if _, err := io.WriteString(c, daemoncontainer.MountHello(token)); err != nil {
 		return fmt.Errorf("mount handshake: %w", err)
 	}
-	line, err := readLine(c, 512)
+	line, err := daemoncontainer.ReadMountLine(c)
 	if err != nil {
 		return fmt.Errorf("mount handshake: no answer from the daemon: %w", err)
 	}
+	line = strings.TrimSuffix(line, "\r")
 	switch {
 	case line == "OK":
 		return nil
@@ -50,23 +51,6 @@ func Handshake(c net.Conn, token string, timeout time.Duration) error {
 	default:
 		return fmt.Errorf("mount handshake: unexpected answer %q (is %s tp's mount port?)", line, c.RemoteAddr())
 	}
-}
-
-// readLine reads up to a newline, one byte at a time so that nothing after it
-// is consumed.
-func readLine(c net.Conn, max int) (string, error) {
-	var b []byte
-	one := make([]byte, 1)
-	for len(b) < max {
-		if _, err := c.Read(one); err != nil {
-			return "", err
-		}
-		if one[0] == '\n' {
-			return strings.TrimSuffix(string(b), "\r"), nil
-		}
-		b = append(b, one[0])
-	}
-	return "", fmt.Errorf("answer longer than %d bytes", max)
 }
 
 // Conn is an SFTP session to the agent's export through the daemon, whose
