@@ -241,4 +241,63 @@ func TestInterceptMountsAfterCtrlC(t *testing.T) {
 		t.Fatalf("reads of the deleted pod's mount did not fail:\n%s", out.String())
 	}
 	waitNoVolumes(t, "the container stopped")
+
+	// The next intercept mounts the new pod's files.
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	got, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", debianImage, "sh", "-c", "echo POD=$TP_POD; cat /etc/echo/config/GREETING")
+	if err != nil || !strings.Contains(got, "hello-from-configmap") {
+		t.Fatalf("the intercept after the pod's deletion: %v\n%s\nwant the new pod's GREETING", err, got)
+	}
+	for _, p := range pods.Items {
+		if strings.Contains(got, "POD="+p.Name) {
+			t.Errorf("the new intercept mounted the deleted pod %s:\n%s", p.Name, got)
+		}
+	}
+	waitNoVolumes(t, "the intercept after the deletion")
+}
+
+// TestInterceptMountsTwoConnections: two connections hold personal
+// intercepts of one workload; each --docker-run mounts the pod's volumes on
+// its own, and one ending leaves the other's mount working.
+func TestInterceptMountsTwoConnections(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "mounts2")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	a := connect(t, "m2a-"+rand.String(4), "-n", ns)
+	b := connect(t, "m2b-"+rand.String(4), "-n", ns)
+
+	reader := "while true; do cat /etc/echo/config/GREETING >/dev/null 2>&1 && echo READ-OK || { echo READ-FAILED; exit 3; }; sleep 0.3; done"
+	cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", a.name, "--service", "echo", "--port", "8080:http",
+		"--http-header", "x-dev=a", "--docker-run", "--", debianImage, "sh", "-c", reader)
+	var outA strings.Builder
+	cmd.Stdout, cmd.Stderr = &outA, &outA
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		<-done
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(outA.String(), "READ-OK") {
+		if time.Now().After(deadline) {
+			t.Fatalf("connection a never read its mount:\n%s", outA.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	outB, err := tp(t, "intercept", "echo", "--name", b.name, "--service", "echo", "--port", "8080:http",
+		"--http-header", "x-dev=b", "--docker-run", "--", debianImage, "cat", "/etc/echo/secret/API_TOKEN")
+	if err != nil || !strings.Contains(outB, "s3cr3t-from-secret") {
+		t.Fatalf("connection b's intercept with mounts: %v\n%s", err, outB)
+	}
+	// b has left; a still reads.
+	n := strings.Count(outA.String(), "READ-OK")
+	time.Sleep(2 * time.Second)
+	if strings.Contains(outA.String(), "READ-FAILED") || strings.Count(outA.String(), "READ-OK") <= n {
+		t.Errorf("connection a's mount stopped working after b left:\n%s", outA.String())
+	}
 }
