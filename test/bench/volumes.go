@@ -66,11 +66,13 @@ func (b *bench) volumes(ctx context.Context) {
 	}
 	c := b.containerName("volumes")
 	b.phase(ctx, "volumes/mount-ready", func(ctx context.Context) error {
+		plainName := b.containerName("plain")
 		t0 := time.Now()
-		if out, err := docker(ctx, time.Minute, "run", "--rm", debianImage, "true"); err != nil {
+		if out, err := docker(ctx, time.Minute, "run", "-d", "--name", plainName, debianImage, "sleep", "infinity"); err != nil {
 			return fmt.Errorf("docker run: %w\n%s", err, out)
 		}
 		plain := time.Since(t0)
+		_, _ = docker(ctx, time.Minute, "rm", "-f", plainName)
 		t0 = time.Now()
 		if out, err := docker(ctx, time.Minute, "run", "-d", "--name", c, "-v", vol+":/var", debianImage, "sleep", "infinity"); err != nil {
 			return fmt.Errorf("docker run -v %s: %w\n%s", vol, err, out)
