@@ -159,6 +159,14 @@ func TestInterceptMountsVolumes(t *testing.T) {
 	}
 	tpOK(t, "leave", "echo", "--name", conn.name, "-n", ns)
 	waitNoVolumes(t, "tp leave")
+
+	// tp quit removes the volumes of the connection's intercepts too.
+	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--mount-volumes")
+	if vols, _ := tpVolumes(t); len(vols) == 0 {
+		t.Fatal("--mount-volumes made no volume")
+	}
+	tpOK(t, "quit", "--name", conn.name)
+	waitNoVolumes(t, "tp quit")
 }
 
 // TestInterceptMountsAfterCtrlC: Ctrl-C of a --docker-run that reads its
