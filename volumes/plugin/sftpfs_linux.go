@@ -146,6 +146,11 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	n.r.changed()
 	p := n.remote()
 	h, _ := f.(*handle)
+	if h != nil {
+		if e := h.send(ctx); e != 0 { // a truncate after the gathered writes
+			return e
+		}
+	}
 	e := n.do(ctx, func(c *sftp.Client) error {
 		if m, ok := in.GetMode(); ok {
 			if err := c.Chmod(p, os.FileMode(m&0o777)|fileModeExtra(m)); err != nil {
@@ -436,14 +441,54 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 type handle struct {
 	r *remoteFS
 	f *sftp.File
+
+	// Sequential writes are gathered up to writeBehind bytes and sent as
+	// one WriteAt: programs write in small pieces (8 KB), and each FUSE
+	// write would otherwise be one SFTP round trip through the tunnel. They
+	// are sent before a write elsewhere, a read, a truncate, an fsync, and
+	// on close (FUSE flush), which reports a failed send.
+	mu   sync.Mutex
+	wbuf []byte // unsent bytes, for offset woff
+	woff int64
 }
+
+// writeBehind is how much of a sequential write the plugin holds before
+// sending it.
+const writeBehind = 1 << 20
 
 var (
 	_ fs.FileReader   = (*handle)(nil)
 	_ fs.FileWriter   = (*handle)(nil)
+	_ fs.FileFlusher  = (*handle)(nil)
 	_ fs.FileFsyncer  = (*handle)(nil)
 	_ fs.FileReleaser = (*handle)(nil)
 )
+
+// sendLocked writes the gathered bytes; h.mu is held.
+func (h *handle) sendLocked(ctx context.Context) syscall.Errno {
+	if len(h.wbuf) == 0 {
+		return 0
+	}
+	buf, off := h.wbuf, h.woff
+	h.wbuf = nil // the operation owns buf: one that timed out may still read it
+	var n int
+	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) { n, err = h.f.WriteAt(buf, off); return }))
+	if e == 0 && n < len(buf) {
+		e = syscall.EIO
+	}
+	return e
+}
+
+// send writes what is gathered.
+func (h *handle) send(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sendLocked(ctx)
+}
+
+// Flush is close(2) of a descriptor of the file: what is gathered goes out,
+// and its error is close's.
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.send(ctx) }
 
 // The buffers of reads and writes are the operation's own, not go-fuse's:
 // an operation that timed out may still touch its buffer until the
@@ -451,6 +496,9 @@ var (
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if e := h.send(ctx); e != 0 { // read what was written
+		return nil, e
+	}
 	bp := bufPool.Get().(*[]byte)
 	buf := (*bp)[:0]
 	if cap(buf) < len(dest) {
@@ -479,13 +527,29 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, syscall.EROFS
 	}
 	h.r.changed()
-	buf := append([]byte(nil), data...)
-	var n int
-	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) { n, err = h.f.WriteAt(buf, off); return }))
-	return uint32(n), e
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.wbuf) > 0 && off != h.woff+int64(len(h.wbuf)) {
+		if e := h.sendLocked(ctx); e != 0 {
+			return 0, e
+		}
+	}
+	if len(h.wbuf) == 0 {
+		h.woff = off
+	}
+	h.wbuf = append(h.wbuf, data...)
+	if len(h.wbuf) >= writeBehind {
+		if e := h.sendLocked(ctx); e != 0 {
+			return 0, e
+		}
+	}
+	return uint32(len(data)), 0
 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if e := h.send(ctx); e != 0 {
+		return e
+	}
 	if !h.r.fsync || h.r.readOnly {
 		return 0
 	}
@@ -501,6 +565,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	// Not the request's context: the kernel does not wait for a release.
+	_ = h.send(context.Background()) // a flush came first (close); this is for mmap's writes
 	_ = h.r.conn.Do(context.Background(), func(*sftp.Client) error { return h.f.Close() })
 	return 0
 }
