@@ -1,6 +1,7 @@
 package compose
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -29,13 +30,13 @@ func Config(ctx context.Context, o LoadOptions, w io.Writer) error {
 		_, err = w.Write(b)
 		return err
 	}
-	t, err := Transform(p, plan, daemoncontainer.ContainerName(firstNonEmpty(plan.Connection.Name, daemoncontainer.DefaultName)))
+	t, err := Transform(p, plan, daemoncontainer.ContainerName(cmp.Or(plan.Connection.Name, daemoncontainer.DefaultName)))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "# tp: connection %q\n", firstNonEmpty(plan.Connection.Name, daemoncontainer.DefaultName))
+	fmt.Fprintf(w, "# tp: connection %q\n", cmp.Or(plan.Connection.Name, daemoncontainer.DefaultName))
 	for _, pc := range t.Publish {
-		fmt.Fprintf(w, "# tp: the daemon container publishes %s:%s->%d/%s\n", firstNonEmpty(pc.HostIP, "0.0.0.0"), pc.Published, pc.Target, firstNonEmpty(pc.Protocol, "tcp"))
+		fmt.Fprintf(w, "# tp: the daemon container publishes %s:%s->%d/%s\n", cmp.Or(pc.HostIP, "0.0.0.0"), pc.Published, pc.Target, cmp.Or(pc.Protocol, "tcp"))
 	}
 	for _, name := range sortedKeys(t.Replaced) {
 		fmt.Fprintf(w, "# tp: service %s is not started: its name is the cluster's service %s\n", name, t.Replaced[name])

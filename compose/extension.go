@@ -1,6 +1,7 @@
 package compose
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"os"
@@ -305,11 +306,11 @@ func checkJoinedPorts(p *types.Project, plan *Plan) error {
 		svc := p.Services[name]
 		var ports []string
 		for _, pc := range svc.Ports {
-			ports = append(ports, fmt.Sprintf("%d/%s", pc.Target, firstNonEmpty(pc.Protocol, "tcp")))
+			ports = append(ports, fmt.Sprintf("%d/%s", pc.Target, cmp.Or(pc.Protocol, "tcp")))
 		}
 		for _, e := range svc.Expose {
 			port, proto, _ := strings.Cut(e, "/")
-			ports = append(ports, port+"/"+firstNonEmpty(proto, "tcp"))
+			ports = append(ports, port+"/"+cmp.Or(proto, "tcp"))
 		}
 		for _, port := range ports {
 			if other, dup := owner[port]; dup && other != name {
@@ -382,15 +383,6 @@ func fileWith(files []string, service, key string) string {
 		}
 	}
 	return found
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // hasNetworks says whether the service lists networks of its own (the

@@ -1,6 +1,7 @@
 package compose
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,7 +67,7 @@ func load(ctx context.Context, lo LoadOptions) (*project, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := firstNonEmpty(plan.Connection.Name, daemoncontainer.DefaultName)
+	name := cmp.Or(plan.Connection.Name, daemoncontainer.DefaultName)
 	t, err := Transform(p, plan, daemoncontainer.ContainerName(name))
 	if err != nil {
 		return nil, err
@@ -260,13 +261,19 @@ func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
 		return err
 	}
 	defer docker.Close()
+	info, err := docker.ContainerInspect(ctx, daemonID)
+	if err != nil {
+		return fmt.Errorf("inspect the daemon container %s: %w", p.daemon, err)
+	}
 	for _, key := range slices.Sorted(maps.Keys(p.Project.Networks)) {
 		n := p.Project.Networks[key]
 		if n.External || n.Name == "" {
 			continue
 		}
-		err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{})
-		if err != nil && !strings.Contains(err.Error(), "already exists") {
+		if _, joined := info.NetworkSettings.Networks[n.Name]; joined {
+			continue // up twice
+		}
+		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{}); err != nil {
 			return fmt.Errorf("join the daemon container %s to network %s: %w", p.daemon, n.Name, err)
 		}
 	}

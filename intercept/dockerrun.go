@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -125,7 +126,7 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 		}
 		// Stop the container by name (works with -t too, where the CLI
 		// does not proxy signals); without one, as Ctrl-C does.
-		if cname := firstNonEmpty(name, FlagValue(r.Args, "--name")); cname != "" {
+		if cname := cmp.Or(name, FlagValue(r.Args, "--name")); cname != "" {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 			_ = exec.CommandContext(sctx, "docker", "stop", "--time", "5", cname).Run()
 			cancel()
@@ -211,15 +212,6 @@ func FlagValue(args []string, flag string) string {
 		}
 		if !hasValue && !dockerBoolFlags[name] {
 			i++ // the flag's value
-		}
-	}
-	return ""
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
 		}
 	}
 	return ""

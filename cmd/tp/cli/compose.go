@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"io"
 
@@ -101,7 +102,7 @@ func composeConnect(streams genericiooptions.IOStreams) compose.ConnectFunc {
 			kubeArgs = append(kubeArgs, "--context="+conn.Context)
 		}
 		_, err := daemoncontainer.Connect(ctx, daemoncontainer.ConnectOptions{
-			Name: conn.Name, Kube: kube, ManagerNamespace: firstNonEmpty(conn.ManagerNamespace, defaultManagerNamespace),
+			Name: conn.Name, Kube: kube, ManagerNamespace: cmp.Or(conn.ManagerNamespace, defaultManagerNamespace),
 			Image: version.Image(), Version: version.Version, LogLevel: "info", Publish: publish, Progress: streams.ErrOut,
 			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs),
 		})

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -278,7 +279,7 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 					fmt.Fprintf(w, "Published:         %s\n", strings.Join(v.Published, ", "))
 				}
 				for _, vol := range v.Volumes {
-					fmt.Fprintf(w, "Volume:            %s -> %s (intercept %s, %s)\n", vol.Name, vol.Path, vol.Intercept, firstNonEmpty(vol.Mountpoint, "not mounted"))
+					fmt.Fprintf(w, "Volume:            %s -> %s (intercept %s, %s)\n", vol.Name, vol.Path, vol.Intercept, cmp.Or(vol.Mountpoint, "not mounted"))
 				}
 				fmt.Fprintf(w, "Open flows:        %d\n", v.OpenFlows)
 				if f := v.Flows; f != nil {

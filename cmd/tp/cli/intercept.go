@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -273,16 +274,7 @@ func describeIntercept(info *managerv1.InterceptInfo) string {
 		kind += ")"
 	}
 	return fmt.Sprintf("service %s port %s (%d) -> container port %d, %s", info.GetServiceName(),
-		firstNonEmpty(info.GetServicePortName(), strconv.Itoa(int(info.GetServicePort()))), info.GetServicePort(), info.GetContainerPort(), kind)
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
+		cmp.Or(info.GetServicePortName(), strconv.Itoa(int(info.GetServicePort()))), info.GetServicePort(), info.GetContainerPort(), kind)
 }
 
 // cleanupVolumes removes the connection's volumes whose intercepts are gone
