@@ -14,7 +14,6 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/cli/cli/command"
-	cliflags "github.com/docker/cli/cli/flags"
 	composeapi "github.com/docker/compose/v5/pkg/api"
 	composesvc "github.com/docker/compose/v5/pkg/compose"
 	"github.com/docker/docker/api/types/network"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
+	"github.com/tp-run/tp/internal/dockerengine"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -47,6 +47,8 @@ type UpOptions struct {
 	Services []string
 	// Connect starts the connection when it is not running.
 	Connect ConnectFunc
+	// Engine is the Docker engine of the connection and the services.
+	Engine *dockerengine.Engine
 }
 
 // project is a loaded, planned and transformed project with what running
@@ -122,12 +124,14 @@ func interceptName(projectName, service string, ports []string, i int) string {
 	return name
 }
 
-func newComposeService(s Streams) (composeapi.Compose, error) {
+func newComposeService(s Streams, engine *dockerengine.Engine) (composeapi.Compose, error) {
 	cli, err := command.NewDockerCli(command.WithOutputStream(s.Out), command.WithErrorStream(s.ErrOut), command.WithInputStream(s.In))
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	if err := cli.Initialize(cliflags.NewClientOptions()); err != nil {
+	// The docker CLI's options that picked tp's engine, so that compose
+	// resolves the same one.
+	if err := cli.Initialize(engine.ClientOptions()); err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	return composesvc.NewComposeService(cli, composesvc.WithStreams(s.Out, s.ErrOut, s.In))
@@ -153,7 +157,7 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 			return err
 		}
 	}
-	d, err := daemoncontainer.DialConnection(ctx, p.connection)
+	d, err := daemoncontainer.DialConnection(ctx, o.Engine, p.connection)
 	if err != nil {
 		return err
 	}
@@ -173,7 +177,7 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		leaveAll()
 		return err
 	}
-	svc, err := newComposeService(s)
+	svc, err := newComposeService(s, o.Engine)
 	if err != nil {
 		leaveAll()
 		return err
@@ -183,7 +187,7 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		leaveAll()
 		return fmt.Errorf("compose create: %w", err)
 	}
-	if err := p.joinNetworks(ctx, d.Connection.ContainerID); err != nil {
+	if err := p.joinNetworks(ctx, d.Docker(), d.Connection.ContainerID); err != nil {
 		leaveAll()
 		return err
 	}
@@ -255,12 +259,7 @@ func (p *project) addEnv(service string, env map[string]string) {
 }
 
 // joinNetworks connects the daemon container to the project's networks.
-func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
-	docker, err := daemoncontainer.NewDockerClient(ctx)
-	if err != nil {
-		return err
-	}
-	defer docker.Close()
+func (p *project) joinNetworks(ctx context.Context, docker dockerclient.APIClient, daemonID string) error {
 	info, err := docker.ContainerInspect(ctx, daemonID)
 	if err != nil {
 		return fmt.Errorf("inspect the daemon container %s: %w", p.daemon, err)
@@ -294,6 +293,8 @@ func (p *project) leaveNetworks(ctx context.Context, docker dockerclient.APIClie
 type DownOptions struct {
 	// Volumes (-v) also removes the project's named volumes.
 	Volumes bool
+	// Engine is the Docker engine of the connection and the services.
+	Engine *dockerengine.Engine
 }
 
 // Down stops and removes the project's containers and networks (as docker
@@ -303,13 +304,13 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	if err != nil {
 		return err
 	}
-	docker, err := daemoncontainer.NewDockerClient(ctx)
+	docker, err := o.Engine.Client(ctx)
 	if err != nil {
 		return err
 	}
 	defer docker.Close()
 	p.leaveNetworks(ctx, docker)
-	svc, err := newComposeService(s)
+	svc, err := newComposeService(s, o.Engine)
 	if err != nil {
 		return err
 	}
@@ -318,7 +319,7 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	if downErr != nil {
 		downErr = fmt.Errorf("compose down: %w", downErr)
 	}
-	d, err := daemoncontainer.DialConnection(ctx, p.connection)
+	d, err := daemoncontainer.DialConnection(ctx, o.Engine, p.connection)
 	if errors.Is(err, daemoncontainer.ErrNotConnected) {
 		return downErr // no connection: no intercepts to leave
 	}

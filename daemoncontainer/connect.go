@@ -23,6 +23,7 @@ import (
 
 	"github.com/tp-run/tp/charts"
 	"github.com/tp-run/tp/daemoncontainer/kubeconfig"
+	"github.com/tp-run/tp/internal/dockerengine"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 )
 
@@ -48,6 +49,8 @@ type ConnectOptions struct {
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// Engine is the Docker engine of the daemon container.
+	Engine *dockerengine.Engine
 	// Kubeauth starts the host relay for exec credential plugins; see
 	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
 	Kubeauth func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
@@ -94,7 +97,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		return nil, fmt.Errorf("kubeconfig namespace: %w", err)
 	}
 
-	docker, err := NewDockerClient(ctx)
+	if o.Engine == nil {
+		return nil, errors.New("connect: no Docker engine")
+	}
+	docker, err := o.Engine.Client(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -353,9 +359,13 @@ func (c *Client) Close() error {
 	return c.docker.Close()
 }
 
-// DialConnection finds the connection named name and dials its daemon.
-func DialConnection(ctx context.Context, name string) (*Client, error) {
-	docker, err := NewDockerClient(ctx)
+// Docker is the client of the connection's Docker engine.
+func (c *Client) Docker() client.APIClient { return c.docker }
+
+// DialConnection finds the connection named name on the engine and dials
+// its daemon.
+func DialConnection(ctx context.Context, engine *dockerengine.Engine, name string) (*Client, error) {
+	docker, err := engine.Client(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -325,26 +325,13 @@ func logsTail(ctx context.Context, docker client.APIClient, id string, lines int
 	return strings.TrimSpace(buf.String())
 }
 
-// dockerHint adds what to do when the Docker engine cannot be reached.
+// dockerHint adds what to do when the Docker engine stops answering
+// (dockerengine.Engine.Client checked that it answered at first).
 func dockerHint(err error) error {
 	if client.IsErrConnectionFailed(err) {
-		return fmt.Errorf("%w: Docker is not running or not reachable; start Docker (Docker Desktop, or dockerd) or set DOCKER_HOST", err)
+		return fmt.Errorf("%w: Docker is not running or not reachable; start Docker (Docker Desktop, or dockerd), or pick the engine with --docker-context, DOCKER_CONTEXT or DOCKER_HOST", err)
 	}
 	return err
-}
-
-// NewDockerClient returns a Docker API client from the environment
-// (DOCKER_HOST etc.) that negotiates the API version with the engine.
-func NewDockerClient(ctx context.Context) (*client.Client, error) {
-	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return nil, fmt.Errorf("docker client: %w", err)
-	}
-	if _, err := c.Ping(ctx); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("docker: %w", dockerHint(err))
-	}
-	return c, nil
 }
 
 func currentUser() string {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -27,6 +28,10 @@ type DockerRun struct {
 	Args []string
 	// ExtraFlags go before Args (e.g. tp's own -v for the pod's volumes).
 	ExtraFlags []string
+	// Environ is the docker CLI's environment (default os.Environ()): the
+	// engine's DOCKER_CONTEXT or DOCKER_HOST (dockerengine.Engine.Environ),
+	// so that the container runs on the daemon container's engine.
+	Environ []string
 	// Stdin, Stdout and Stderr are the container's; Progress gets tp's
 	// messages while it runs.
 	Stdin          io.Reader
@@ -91,9 +96,17 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 	args = append(args, r.ExtraFlags...)
 	args = append(args, r.Args...)
 
-	cmd := exec.Command("docker", args...)
+	environ := r.Environ
+	if environ == nil {
+		environ = os.Environ()
+	}
+	docker := func(ctx context.Context, args ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, "docker", args...)
+		cmd.Env = slices.Clone(environ)
+		return cmd
+	}
+	cmd := docker(context.WithoutCancel(ctx), args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = r.Stdin, r.Stdout, r.Stderr
-	cmd.Env = os.Environ()
 	for _, k := range keys {
 		cmd.Env = append(cmd.Env, k+"="+env[k])
 	}
@@ -128,7 +141,7 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 		// does not proxy signals); without one, as Ctrl-C does.
 		if cname := cmp.Or(name, FlagValue(r.Args, "--name")); cname != "" {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-			_ = exec.CommandContext(sctx, "docker", "stop", "--time", "5", cname).Run()
+			_ = docker(sctx, "stop", "--time", "5", cname).Run()
 			cancel()
 		} else if runtime.GOOS != "windows" {
 			_ = cmd.Process.Signal(os.Interrupt)
@@ -136,7 +149,7 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 		waitErr = stopCLI()
 	}
 	if name != "" && !detached {
-		_ = exec.Command("docker", "rm", "-f", name).Run() // nothing may outlive the intercept
+		_ = docker(context.WithoutCancel(ctx), "rm", "-f", name).Run() // nothing may outlive the intercept
 	}
 	var exitErr *exec.ExitError
 	switch {

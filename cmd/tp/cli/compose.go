@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/internal/dockerengine"
 	"github.com/tp-run/tp/internal/version"
 )
 
@@ -24,7 +26,7 @@ func (f *composeFlags) loadOptions() compose.LoadOptions {
 	return compose.LoadOptions{Files: f.files, ProjectDirectory: f.projectDir, ProjectName: f.projectName, EnvFiles: f.envFiles, Profiles: f.profiles}
 }
 
-func newComposeCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newComposeCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var f composeFlags
 	cmd := &cobra.Command{
 		Use:   "compose [-f FILE]... COMMAND",
@@ -48,7 +50,7 @@ workload, reach the cluster, or are replaced by the cluster's own service.`,
 			return compose.Config(cmd.Context(), f.loadOptions(), streams.Out)
 		},
 	})
-	cmd.AddCommand(newComposeUpCommand(streams, &f), newComposeDownCommand(streams, &f))
+	cmd.AddCommand(newComposeUpCommand(streams, &f, docker), newComposeDownCommand(streams, &f, docker))
 	return cmd
 }
 
@@ -56,14 +58,18 @@ func composeStreams(streams genericiooptions.IOStreams) compose.Streams {
 	return compose.Streams{In: io.NopCloser(streams.In), Out: streams.Out, ErrOut: streams.ErrOut}
 }
 
-func newComposeUpCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+func newComposeUpCommand(streams genericiooptions.IOStreams, f *composeFlags, docker *dockerFlags) *cobra.Command {
 	var detach bool
 	cmd := &cobra.Command{
 		Use:   "up [SERVICE...]",
 		Short: "Connect, intercept, and run the project's services (foreground: Ctrl-C stops them and leaves the intercepts)",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			engine, err := docker.Engine()
+			if err != nil {
+				return err
+			}
 			return compose.Up(cmd.Context(), f.loadOptions(), compose.UpOptions{
-				Detach: detach, Services: args, Connect: composeConnect(streams),
+				Detach: detach, Services: args, Connect: composeConnect(streams, engine), Engine: engine,
 			}, composeStreams(streams))
 		},
 	}
@@ -71,14 +77,18 @@ func newComposeUpCommand(streams genericiooptions.IOStreams, f *composeFlags) *c
 	return cmd
 }
 
-func newComposeDownCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+func newComposeDownCommand(streams genericiooptions.IOStreams, f *composeFlags, docker *dockerFlags) *cobra.Command {
 	var volumes bool
 	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Stop and remove the project's containers and networks, and leave its intercepts",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return compose.Down(cmd.Context(), f.loadOptions(), compose.DownOptions{Volumes: volumes}, composeStreams(streams))
+			engine, err := docker.Engine()
+			if err != nil {
+				return err
+			}
+			return compose.Down(cmd.Context(), f.loadOptions(), compose.DownOptions{Volumes: volumes, Engine: engine}, composeStreams(streams))
 		},
 	}
 	cmd.Flags().BoolVarP(&volumes, "volumes", "v", false, "also remove the project's named volumes")
@@ -88,7 +98,7 @@ func newComposeDownCommand(streams genericiooptions.IOStreams, f *composeFlags) 
 // composeConnect connects as `tp connect` does, with the project's
 // x-tp.connection (context, namespace, manager namespace) and the joined
 // services' ports published on the daemon container.
-func composeConnect(streams genericiooptions.IOStreams) compose.ConnectFunc {
+func composeConnect(streams genericiooptions.IOStreams, engine *dockerengine.Engine) compose.ConnectFunc {
 	return func(ctx context.Context, conn compose.Connection, publish []string) error {
 		kube := genericclioptions.NewConfigFlags(true)
 		if conn.Context != "" {
@@ -104,7 +114,7 @@ func composeConnect(streams genericiooptions.IOStreams) compose.ConnectFunc {
 		_, err := daemoncontainer.Connect(ctx, daemoncontainer.ConnectOptions{
 			Name: conn.Name, Kube: kube, ManagerNamespace: cmp.Or(conn.ManagerNamespace, defaultManagerNamespace),
 			Image: version.Image(), Version: version.Version, LogLevel: "info", Publish: publish, Progress: streams.ErrOut,
-			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs),
+			Engine: engine, Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs, engine.Environ(os.Environ())),
 		})
 		return err
 	}

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/client"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -43,7 +45,7 @@ func kubeArgs(fs *pflag.FlagSet) []string {
 	return args
 }
 
-func newConnectCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var (
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
@@ -74,20 +76,25 @@ not changed: no root, routes or resolver settings.`,
 			progress = streams.Out
 		}
 		start := time.Now()
+		engine, err := docker.Engine()
+		if err != nil {
+			return err
+		}
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
-			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish,
-			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags())),
+			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine,
+			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 		})
 		if err != nil {
 			return err
 		}
 		v := statusView(st)
 		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
+		v.DockerContext, v.DockerHost = engine.Context, engine.Host
 		return printStructured(streams.Out, output, v, func(w io.Writer) error {
-			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s)\n",
-				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name))
+			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s, Docker %s)\n",
+				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name), engine)
 			fmt.Fprintf(w, "Join it with: docker run --network container:%s ...\n", daemoncontainer.ContainerName(name))
 			if len(v.Published) > 0 {
 				fmt.Fprintf(w, "Published on the host: %s\n", strings.Join(v.Published, ", "))
@@ -106,7 +113,7 @@ func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
 	}
 }
 
-func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
 	var name string
 	var all bool
 	cmd := &cobra.Command{
@@ -114,7 +121,7 @@ func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		Short: "End a connection: the daemon leaves the cluster and its container is removed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+			docker, err := dockerFlags.Client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -181,6 +188,10 @@ type statusJSON struct {
 	// Published are the ports the daemon container publishes on the host
 	// (docker -p specs, from tp connect --publish).
 	Published []string `json:"published,omitempty"`
+	// DockerContext and DockerHost name the Docker engine of the daemon
+	// container (the docker CLI's context and its endpoint).
+	DockerContext string `json:"dockerContext,omitempty"`
+	DockerHost    string `json:"dockerHost,omitempty"`
 	// Volumes are the connection's tp volumes: the intercepted pods' mounts.
 	Volumes []volumeJSON `json:"volumes,omitempty"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
@@ -225,14 +236,18 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 	return v
 }
 
-func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newStatusCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var name, output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the state of a connection: daemon, context, manager, cluster subnets, TUN routes, DNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d, err := daemoncontainer.DialConnection(cmd.Context(), name)
+			engine, err := docker.Engine()
+			if err != nil {
+				return err
+			}
+			d, err := daemoncontainer.DialConnection(cmd.Context(), engine, name)
 			if err != nil {
 				return err
 			}
@@ -245,9 +260,11 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			}
 			v := statusView(st)
 			v.Published = d.Connection.Publish
-			v.Volumes = connectionVolumes(ctx, d.Connection.Name)
+			v.Volumes = connectionVolumes(ctx, d.Docker(), d.Connection.Name)
+			v.DockerContext, v.DockerHost = engine.Context, engine.Host
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
+				fmt.Fprintf(w, "Docker engine:     context %s (%s)\n", v.DockerContext, v.DockerHost)
 				fmt.Fprintf(w, "State:             %s\n", v.State)
 				if v.LastError != "" {
 					fmt.Fprintf(w, "Last error:        %s\n", v.LastError)
@@ -307,12 +324,7 @@ type volumeJSON struct {
 
 // connectionVolumes lists the connection's tp volumes (nil when Docker
 // cannot say).
-func connectionVolumes(ctx context.Context, connection string) []volumeJSON {
-	docker, err := daemoncontainer.NewDockerClient(ctx)
-	if err != nil {
-		return nil
-	}
-	defer docker.Close()
+func connectionVolumes(ctx context.Context, docker client.APIClient, connection string) []volumeJSON {
 	vols, err := volumes.ListVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
 	if err != nil {
 		return nil

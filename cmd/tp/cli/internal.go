@@ -160,7 +160,7 @@ func envOr(key, def string) string {
 	return def
 }
 
-func newKubeauthCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newKubeauthCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "kubeauth", Short: "Relay exec credential plugins to the daemon container", Hidden: true}
 	var containerName, listen string
 	serve := &cobra.Command{
@@ -179,7 +179,7 @@ func newKubeauthCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		if kube.Context != nil && *kube.Context != "" {
 			contextName = *kube.Context
 		}
-		docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+		docker, err := dockerFlags.Client(cmd.Context())
 		if err != nil {
 			return err
 		}

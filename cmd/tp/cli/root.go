@@ -50,22 +50,24 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	root.SetIn(streams.In)
 	root.SetOut(streams.Out)
 	root.SetErr(streams.ErrOut)
+	docker := &dockerFlags{}
+	docker.addFlags(root)
 	root.AddCommand(
-		newConnectCommand(streams),
-		newStatusCommand(streams),
-		newQuitCommand(streams),
-		newListCommand(streams),
-		newInterceptCommand(streams),
-		newLeaveCommand(streams),
-		newComposeCommand(streams),
-		newUninstallCommand(streams),
+		newConnectCommand(streams, docker),
+		newStatusCommand(streams, docker),
+		newQuitCommand(streams, docker),
+		newListCommand(streams, docker),
+		newInterceptCommand(streams, docker),
+		newLeaveCommand(streams, docker),
+		newComposeCommand(streams, docker),
+		newUninstallCommand(streams, docker),
 		newHelmCommand(streams),
-		newVersionCommand(streams),
+		newVersionCommand(streams, docker),
 		newDaemonCommand(streams),
 		newManagerCommand(streams),
 		newAgentCommand(),
 		newAgentInitCommand(),
-		newKubeauthCommand(streams),
+		newKubeauthCommand(streams, docker),
 		newKubeauthPluginCommand(streams),
 		newVolumesCommand(),
 	)
