@@ -47,11 +47,18 @@ pid_of() {
 
 answers() { docker -H "$HOST" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+# wait_until WHAT SECONDS LOG COMMAND...: poll COMMAND; fail early when the
+# process started last ($launched) died.
+launched=
 wait_until() {
 	local what="$1" seconds="$2" log="$3"
 	shift 3
 	for _ in $(seq 1 $((seconds * 10))); do
 		"$@" && return 0
+		if [ -n "$launched" ] && ! kill -0 "$launched" 2>/dev/null; then
+			tail -n 20 "$log" >&2 || true
+			die "$what exited; see $log"
+		fi
 		sleep 0.1
 	done
 	tail -n 20 "$log" >&2 || true
@@ -64,7 +71,7 @@ start_bg() { # start_bg NAME LOG BINARY ARGS...: in its own session
 	log "starting $name"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$logf"
 	setsid nohup "$@" >>"$logf" 2>&1 </dev/null &
-	echo $! >"$EXEC/$name.pid"
+	launched=$!
 }
 
 stop() { # stop NAME BINARY
@@ -106,12 +113,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 EOF
 		rm -f "$CONTAINERD_SOCK"
 		start_bg containerd "$LOGS/containerd.log" containerd --config "$EXEC/containerd.toml"
+		echo "$launched" >"$EXEC/containerd.pid"
 	fi
 	wait_until containerd 30 "$LOGS/containerd.log" test -S "$CONTAINERD_SOCK"
 
 	if [ -z "$(pid_of dockerd dockerd)" ]; then
 		echo '{}' >"$EXEC/daemon.json" # not the main engine's /etc/docker/daemon.json
-		rm -f "$SOCK"
+		rm -f "$SOCK" "$EXEC/dockerd.pid"
 		start_bg dockerd "$LOGS/dockerd.log" dockerd \
 			--config-file "$EXEC/daemon.json" \
 			-H "$HOST" \
@@ -123,7 +131,7 @@ EOF
 			--host-gateway-ip "$BRIDGE_ADDR" \
 			--iptables=false --ip6tables=false --ip-masq=false \
 			--cgroup-parent /$NAME
-		# dockerd rewrites its pid file itself once it runs.
+		# dockerd writes its own pid file.
 	fi
 	wait_until dockerd 60 "$LOGS/dockerd.log" answers
 	log "up: $HOST (bridge $BRIDGE $BRIDGE_CIDR)"
