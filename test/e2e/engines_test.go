@@ -130,9 +130,11 @@ func TestSecondEngine(t *testing.T) {
 			t.Logf("tp connect: %s", strings.TrimSpace(out))
 			t.Cleanup(func() { _, _ = tpc("quit", "--name", name) })
 			container := "tp-" + name
-			if _, err := e.docker("inspect", container); err != nil {
-				t.Fatalf("no daemon container %s on the second engine", container)
+			id, err := e.docker("inspect", "-f", "{{.Id}}", container)
+			if err != nil {
+				t.Fatalf("no daemon container %s on the second engine: %v\n%s", container, err, id)
 			}
+			id = strings.TrimSpace(id)
 			var st struct{ DockerContext, DockerHost, State string }
 			out, err = tpc("status", "--name", name, "-o", "json")
 			if err := firstErr(err, json.Unmarshal([]byte(out), &st)); err != nil {
@@ -166,8 +168,8 @@ func TestSecondEngine(t *testing.T) {
 			case <-time.After(time.Second):
 			}
 			c.waitCopy(t, ns, "http://echo."+ns+"/engine2", "engine2", 90*time.Second)
-			if out, err := e.docker("inspect", "-f", "{{.HostConfig.NetworkMode}}", local); err != nil || strings.TrimSpace(out) != "container:"+container {
-				t.Errorf("--docker-run container %s on the second engine: %v %q, want network container:%s", local, err, out, container)
+			if out, err := e.docker("inspect", "-f", "{{.HostConfig.NetworkMode}}", local); err != nil || strings.TrimSpace(out) != "container:"+id {
+				t.Errorf("--docker-run container %s on the second engine: %v %q, want network container:%s (%s)", local, err, out, id, container)
 			}
 			vols, err := e.docker("volume", "ls", "-q", "--filter", "label=tp.run/connection="+name)
 			if err != nil || len(lines(vols)) == 0 {
