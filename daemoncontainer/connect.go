@@ -49,6 +49,9 @@ type ConnectOptions struct {
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// ManagerValues are chart values for installing the traffic-manager
+	// when it is missing (e.g. charts.ImageValues of the image flags).
+	ManagerValues map[string]any
 	// Engine is the Docker engine of the daemon container.
 	Engine *dockerengine.Engine
 	// Kubeauth starts the host relay for exec credential plugins; see
@@ -226,14 +229,19 @@ func checkCluster(ctx context.Context, getter genericclioptions.RESTClientGetter
 	}
 }
 
-// ensureManager installs the traffic-manager when it is missing.
+// ensureManager installs the traffic-manager when it is missing and waits
+// until it is ready; a manager whose image the cluster cannot pull fails at
+// once (charts.ImagePullError), not after the timeout.
 func ensureManager(ctx context.Context, o ConnectOptions) error {
 	rel, err := charts.Installed(ctx, o.Kube, o.ManagerNamespace, charts.DefaultReleaseName)
 	if err == nil {
 		if v := rel.Chart.Metadata.AppVersion; v != o.Version {
 			fmt.Fprintf(o.Progress, "Traffic-manager in namespace %s is version %s, this client is %s (run `tp helm upgrade` to align)\n", o.ManagerNamespace, v, o.Version)
 		}
-		return nil
+		if len(o.ManagerValues) > 0 {
+			fmt.Fprintf(o.Progress, "Traffic-manager installed already: the image flags apply to `tp helm upgrade --namespace %s`\n", o.ManagerNamespace)
+		}
+		return waitManager(ctx, o)
 	}
 	if apierrors.IsForbidden(err) {
 		// A developer on a shared cluster need not read the Helm release (its
@@ -245,9 +253,19 @@ func ensureManager(ctx context.Context, o ConnectOptions) error {
 		return fmt.Errorf("check the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
 	}
 	fmt.Fprintf(o.Progress, "Installing the traffic-manager %s in namespace %s\n", o.Version, o.ManagerNamespace)
-	_, err = charts.Install(ctx, o.Kube, charts.Options{Namespace: o.ManagerNamespace, Version: o.Version, Wait: true, Timeout: 2 * time.Minute})
+	// Not Helm's wait: it cannot tell an image the cluster cannot pull from
+	// a slow start.
+	_, err = charts.Install(ctx, o.Kube, charts.Options{Namespace: o.ManagerNamespace, Version: o.Version, Values: o.ManagerValues})
 	if err != nil {
 		return fmt.Errorf("install the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
+	}
+	return waitManager(ctx, o)
+}
+
+// waitManager waits for a ready traffic-manager pod, at most 2 minutes.
+func waitManager(ctx context.Context, o ConnectOptions) error {
+	if err := charts.WaitManager(ctx, o.Kube, o.ManagerNamespace, 2*time.Minute); err != nil {
+		return fmt.Errorf("connect: %w", err)
 	}
 	return nil
 }

@@ -50,6 +50,7 @@ func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) 
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
 		dnsServers, publish               []string
+		image                             imageFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -69,6 +70,7 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
+	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		progress := streams.ErrOut
@@ -83,7 +85,7 @@ not changed: no root, routes or resolver settings.`,
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
-			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine,
+			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine, ManagerValues: image.values(),
 			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 		})
 		if err != nil {
