@@ -195,6 +195,62 @@ func TestSecondEngine(t *testing.T) {
 			assertNothingOnMain(t, name, local, start)
 		})
 	}
+
+	// compose: the project's containers and the connection go to the
+	// engine of --docker-context, not to DOCKER_HOST's main engine.
+	t.Run("compose with --docker-context over DOCKER_HOST", func(t *testing.T) {
+		env := []string{"DOCKER_HOST=unix:///var/run/docker.sock", cfgEnv}
+		conn, project := "engc-"+rand.String(4), "tpe2eng"+rand.String(4)
+		file := filepath.Join(t.TempDir(), "compose.yaml")
+		yaml := fmt.Sprintf(`name: %s
+x-tp:
+  connection: {name: %s, namespace: %s}
+services:
+  echo:
+    image: %s
+    command: ["serve"]
+    environment: {ECHO_COPY: compose-engine2}
+    x-tp:
+      intercept: {workload: echo, service: echo, ports: ["8080:http"]}
+`, project, conn, ns, echoImage)
+		if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		composeTP := func(args ...string) (string, error) {
+			return tpEnv(t, env, append(append([]string{"compose", "-f", file}, args...), "--docker-context", contextName)...)
+		}
+		start := time.Now()
+		t.Cleanup(func() {
+			_, _ = composeTP("down")
+			_, _ = tpEnv(t, env, "quit", "--name", conn, "--docker-context", contextName)
+		})
+		if out, err := composeTP("up", "-d"); err != nil {
+			t.Fatalf("tp compose up -d: %v\n%s", err, out)
+		}
+		c.waitCopy(t, ns, "http://echo."+ns+"/compose-engine2", "compose-engine2", 90*time.Second)
+		byProject := "label=com.docker.compose.project=" + project
+		if out, err := e.docker("ps", "-q", "--filter", byProject); err != nil || len(lines(out)) != 1 {
+			t.Errorf("compose containers of %s on the second engine: %v %q, want one", project, err, out)
+		}
+		if out, err := docker("ps", "-aq", "--filter", byProject); err != nil || len(lines(out)) > 0 {
+			t.Errorf("compose containers of %s on the main engine: %v %q, want none", project, err, out)
+		}
+		if out, err := composeTP("down"); err != nil {
+			t.Fatalf("tp compose down: %v\n%s", err, out)
+		}
+		if out, err := e.docker("ps", "-aq", "--filter", byProject); err != nil || len(lines(out)) > 0 {
+			t.Errorf("compose containers of %s on the second engine after down: %v %q", project, err, out)
+		}
+		if out, err := tpEnv(t, env, "quit", "--name", conn, "--docker-context", contextName); err != nil || !strings.Contains(out, "Disconnected") {
+			t.Fatalf("tp quit: %v\n%s", err, out)
+		}
+		out, err := docker("events", "--since", fmt.Sprint(start.Unix()), "--until", fmt.Sprint(time.Now().Unix()),
+			"--format", "{{.Type}} {{.Action}} {{.Actor.ID}}", "--filter", byProject)
+		if err != nil || len(lines(out)) > 0 {
+			t.Errorf("main engine events of project %s: %v %q, want none", project, err, out)
+		}
+		assertNothingOnMain(t, conn, "no-such-container-"+conn, start)
+	})
 }
 
 // assertNothingOnMain fails when the main engine has, or had since start, a
