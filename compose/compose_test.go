@@ -170,16 +170,15 @@ func TestConfigWithoutExtensionIsComposes(t *testing.T) {
 		".env":                  "TAG=2\n",
 	})
 	var out strings.Builder
-	if err := Config(context.Background(), o, &out); err != nil {
+	if err := Config(context.Background(), o, ConfigOptions{}, &out); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Load(context.Background(), o)
+	want, err := dockerComposeConfig(t, "--project-directory", o.ProjectDirectory, "config")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := p.MarshalYAML()
-	if out.String() != string(want) {
-		t.Errorf("config:\n%s\nwant compose-go's:\n%s", out.String(), want)
+	if out.String() != want {
+		t.Errorf("config:\n%s\nwant docker compose's:\n%s", out.String(), want)
 	}
 	for _, s := range []string{"image: nginx:2", "A: \"1\""} {
 		if !strings.Contains(out.String(), s) {

@@ -40,15 +40,22 @@ workload, reach the cluster, or are replaced by the cluster's own service.`,
 	pf.StringArrayVar(&f.envFiles, "env-file", nil, "environment file for interpolation (repeatable; default: .env of the project directory)")
 	pf.StringArrayVar(&f.profiles, "profile", nil, "profile to enable (repeatable; default: COMPOSE_PROFILES)")
 
-	cmd.AddCommand(&cobra.Command{
-		Use:   "config",
+	cmd.AddCommand(newComposeConfigCommand(streams, &f), newComposeUpCommand(streams, &f), newComposeDownCommand(streams, &f))
+	return cmd
+}
+
+func newComposeConfigCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+	var o compose.ConfigOptions
+	cmd := &cobra.Command{
+		Use:   "config [SERVICE...]",
 		Short: "Print the project as tp runs it (without x-tp: what docker compose config prints)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return compose.Config(cmd.Context(), f.loadOptions(), streams.Out)
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lo := f.loadOptions()
+			lo.Services = args
+			return compose.Config(cmd.Context(), lo, o, streams.Out)
 		},
-	})
-	cmd.AddCommand(newComposeUpCommand(streams, &f), newComposeDownCommand(streams, &f))
+	}
+	cmd.Flags().StringVar(&o.Format, "format", "yaml", "yaml or json")
 	return cmd
 }
 
