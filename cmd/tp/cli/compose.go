@@ -3,7 +3,11 @@ package cli
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -40,7 +44,8 @@ workload, reach the cluster, or are replaced by the cluster's own service.`,
 	pf.StringArrayVar(&f.envFiles, "env-file", nil, "environment file for interpolation (repeatable; default: .env of the project directory)")
 	pf.StringArrayVar(&f.profiles, "profile", nil, "profile to enable (repeatable; default: COMPOSE_PROFILES)")
 
-	cmd.AddCommand(newComposeConfigCommand(streams, &f), newComposeUpCommand(streams, &f), newComposeDownCommand(streams, &f))
+	cmd.AddCommand(newComposeConfigCommand(streams, &f), newComposeUpCommand(streams, &f), newComposeDownCommand(streams, &f),
+		newComposeStopCommand(streams, &f), newComposePsCommand(streams, &f), newComposeLogsCommand(streams, &f))
 	return cmd
 }
 
@@ -64,17 +69,113 @@ func composeStreams(streams genericiooptions.IOStreams) compose.Streams {
 }
 
 func newComposeUpCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
-	var detach bool
+	var detach, build bool
 	cmd := &cobra.Command{
 		Use:   "up [SERVICE...]",
 		Short: "Connect, intercept, and run the project's services (foreground: Ctrl-C stops them and leaves the intercepts)",
+		Long: `Connect (when the connection is not running), create the intercepts, build missing images,
+and run the project's services, or SERVICEs and their dependencies.
+
+In the foreground the services' logs follow; Ctrl-C stops the services and leaves the
+intercepts (the cluster's pods answer again); the containers and the connection stay for the
+next up. With -d the services and intercepts stay until tp compose down, which also quits the
+connection when up started it. Running up again converges: unchanged containers and
+intercepts stay.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return compose.Up(cmd.Context(), f.loadOptions(), compose.UpOptions{
-				Detach: detach, Services: args, Connect: composeConnect(streams),
+			lo := f.loadOptions()
+			lo.Services = args
+			return compose.Up(cmd.Context(), lo, compose.UpOptions{
+				Detach: detach, Build: build, Connect: composeConnect(streams),
 			}, composeStreams(streams))
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; the intercepts stay until tp compose down")
+	cmd.Flags().BoolVar(&build, "build", false, "build the images of services with a build section before starting them (default: only missing ones)")
+	return cmd
+}
+
+func newComposeStopCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+	var timeout int
+	cmd := &cobra.Command{
+		Use:   "stop [SERVICE...]",
+		Short: "Stop the services and leave their intercepts (as Ctrl-C of a foreground up); up starts them again",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o := compose.StopOptions{Services: args}
+			if cmd.Flags().Changed("timeout") {
+				d := time.Duration(timeout) * time.Second
+				o.Timeout = &d
+			}
+			return compose.Stop(cmd.Context(), f.loadOptions(), o, composeStreams(streams))
+		},
+	}
+	cmd.Flags().IntVarP(&timeout, "timeout", "t", 10, "seconds to wait for a container to stop before killing it")
+	return cmd
+}
+
+func newComposeLogsCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+	var o compose.LogsOptions
+	cmd := &cobra.Command{
+		Use:   "logs [SERVICE...]",
+		Short: "Show the services' logs",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Services = args
+			return compose.Logs(cmd.Context(), f.loadOptions(), o, composeStreams(streams))
+		},
+	}
+	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "follow the logs")
+	cmd.Flags().StringVarP(&o.Tail, "tail", "n", "all", "lines from the end of each container's log")
+	cmd.Flags().BoolVarP(&o.Timestamps, "timestamps", "t", false, "show timestamps")
+	return cmd
+}
+
+func newComposePsCommand(streams genericiooptions.IOStreams, f *composeFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "ps [SERVICE...]",
+		Short: "List the project's services: their containers, tp role and intercepts' state",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			states, err := compose.Ps(cmd.Context(), f.loadOptions(), compose.PsOptions{Services: args}, composeStreams(streams))
+			if err != nil {
+				return err
+			}
+			if states == nil {
+				states = []compose.ServiceState{}
+			}
+			return printStructured(streams.Out, output, states, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SERVICE\tROLE\tCONTAINER\tSTATUS\tPORTS\tINTERCEPT")
+				for _, st := range states {
+					role := st.Role
+					if st.ClusterService != "" {
+						role += " " + st.ClusterService
+					}
+					container, state := "-", "not created"
+					if st.Role == string(compose.RoleUseCluster) {
+						state = "not started: the cluster's service " + st.ClusterService
+					}
+					if len(st.Containers) > 0 {
+						var names, states []string
+						for _, c := range st.Containers {
+							names = append(names, c.Name)
+							states = append(states, c.Status)
+						}
+						container, state = strings.Join(names, ","), strings.Join(states, ",")
+					}
+					var ics []string
+					for _, ic := range st.Intercepts {
+						desc := fmt.Sprintf("%s (%s %s) %s", ic.Name, ic.Workload, ic.Port, ic.State)
+						if len(ic.Headers) > 0 || ic.PathPrefix != "" {
+							desc += " personal"
+						}
+						ics = append(ics, desc)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", st.Service, role, container, state, cmp.Or(strings.Join(st.Ports, ", "), "-"), cmp.Or(strings.Join(ics, "; "), "-"))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	outputFlag(cmd, &output)
 	return cmd
 }
 
@@ -82,7 +183,7 @@ func newComposeDownCommand(streams genericiooptions.IOStreams, f *composeFlags) 
 	var volumes bool
 	cmd := &cobra.Command{
 		Use:   "down",
-		Short: "Stop and remove the project's containers and networks, and leave its intercepts",
+		Short: "Remove the project's containers and networks, leave its intercepts, and quit the connection when up started it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return compose.Down(cmd.Context(), f.loadOptions(), compose.DownOptions{Volumes: volumes}, composeStreams(streams))
