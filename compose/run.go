@@ -85,7 +85,6 @@ func load(ctx context.Context, svc composeapi.Compose, lo LoadOptions) (*project
 			composeapi.ConfigFilesLabel: strings.Join(t.Project.ComposeFiles, ","),
 			composeapi.OneoffLabel:      "False",
 			LabelProject:                t.Project.Name,
-			LabelConnection:             conn,
 		}
 		if len(lo.EnvFiles) > 0 {
 			s.CustomLabels[composeapi.EnvironmentFileLabel] = strings.Join(lo.EnvFiles, ",")
@@ -162,13 +161,11 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		return err
 	}
 	defer docker.Close()
-	startsConnection, err := p.startsConnection(ctx, docker)
-	if err != nil {
-		return err
-	}
-	p.setLabel(LabelStartedConnection, strconv.FormatBool(startsConnection))
 	// Undo what this up did when it fails before the services exist.
-	var created []*intercept.Intercept
+	var (
+		created          []*intercept.Intercept
+		startsConnection bool
+	)
 	fail := func(err error) error {
 		leave(ctx, created, s.ErrOut)
 		if startsConnection && !p.hasContainers(ctx, docker) {
@@ -178,22 +175,28 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		}
 		return err
 	}
-	if o.Connect != nil {
-		conn := p.plan.Connection
-		conn.Name = p.connection
-		if err := o.Connect(ctx, conn, p.publishSpecs()); err != nil {
+	// A project without roles is docker compose's: no connection.
+	var d *daemoncontainer.Client
+	if len(p.plan.Roles) > 0 {
+		if startsConnection, err = p.startsConnection(ctx, docker); err != nil {
+			return err
+		}
+		p.setLabel(LabelConnection, p.connection)
+		p.setLabel(LabelStartedConnection, strconv.FormatBool(startsConnection))
+		if o.Connect != nil {
+			conn := p.plan.Connection
+			conn.Name = p.connection
+			if err := o.Connect(ctx, conn, p.publishSpecs()); err != nil {
+				return fail(err)
+			}
+		}
+		if d, err = daemoncontainer.DialConnection(ctx, p.connection); err != nil {
 			return fail(err)
 		}
-	}
-	d, err := daemoncontainer.DialConnection(ctx, p.connection)
-	if err != nil {
-		return fail(err)
-	}
-	defer d.Close()
-
-	created, err = p.intercept(ctx, d, s.ErrOut)
-	if err != nil {
-		return fail(err)
+		defer d.Close()
+		if created, err = p.intercept(ctx, d, s.ErrOut); err != nil {
+			return fail(err)
+		}
 	}
 	if o.Build {
 		for name, sc := range p.Project.Services {
@@ -211,28 +214,34 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 	if err := svc.Create(ctx, p.Project, create); err != nil {
 		return fail(fmt.Errorf("compose create: %w", err))
 	}
-	if err := p.joinNetworks(ctx, d.Connection.ContainerID); err != nil {
-		leave(ctx, created, s.ErrOut)
-		return err
-	}
-	if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
-		leave(ctx, created, s.ErrOut)
-		return err
+	if d != nil {
+		if err := p.joinNetworks(ctx, d.Connection.ContainerID); err != nil {
+			leave(ctx, created, s.ErrOut)
+			return err
+		}
+		if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
+			leave(ctx, created, s.ErrOut)
+			return err
+		}
 	}
 	start := composeapi.StartOptions{Project: p.Project, Services: services}
 	if !o.Detach {
 		start.Attach = &printer{out: s.Out, errOut: s.ErrOut}
 	}
-	err = svc.Up(ctx, p.Project, composeapi.UpOptions{Create: create, Start: start})
-	if o.Detach && err == nil {
+	again := create
+	again.Build = nil // built by Create above
+	err = svc.Up(ctx, p.Project, composeapi.UpOptions{Create: again, Start: start})
+	if o.Detach && err == nil && len(created) > 0 {
 		fmt.Fprintf(s.ErrOut, "Project %s is up; its intercepts stay until: tp compose down\n", p.Project.Name)
-		return nil
 	}
-	if !o.Detach {
-		// Ctrl-C: compose stopped the services; the cluster's own pods
-		// take the traffic again. The containers and the connection stay
-		// for the next up, until tp compose down.
-		leave(ctx, created, s.ErrOut)
+	if o.Detach {
+		return err
+	}
+	// Ctrl-C: compose stopped the services; the cluster's own pods take
+	// the traffic again. The containers and the connection stay for the
+	// next up, until tp compose down.
+	leave(ctx, created, s.ErrOut)
+	if len(created) > 0 {
 		fmt.Fprintf(s.ErrOut, "Stopped project %s and left its intercepts; remove its containers (and the connection, when up started it) with: tp compose down\n", p.Project.Name)
 	}
 	return err

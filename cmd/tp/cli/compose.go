@@ -37,7 +37,10 @@ func newComposeCommand(streams genericiooptions.IOStreams) *cobra.Command {
 profiles and interpolation) and run it with tp: services with an x-tp extension intercept a
 workload, reach the cluster, or are replaced by the cluster's own service.`,
 	}
-	pf := cmd.PersistentFlags()
+	// As docker compose's: flags of the compose command itself, before the
+	// subcommand (tp compose -f FILE logs -f), which the root's
+	// TraverseChildren parses.
+	pf := cmd.Flags()
 	pf.StringArrayVarP(&f.files, "file", "f", nil, "compose file (repeatable; default: COMPOSE_FILE, else compose.yaml, docker-compose.yml, ... and their overrides)")
 	pf.StringVarP(&f.projectName, "project-name", "p", "", "project name (default: COMPOSE_PROJECT_NAME, the files' name, the directory's name)")
 	pf.StringVar(&f.projectDir, "project-directory", "", "project directory (default: the first file's)")
