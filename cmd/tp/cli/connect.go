@@ -17,6 +17,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
+	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/version"
@@ -117,7 +118,7 @@ func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
 
 func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
 	var name string
-	var all bool
+	var all, force bool
 	cmd := &cobra.Command{
 		Use:   "quit",
 		Short: "End a connection: the daemon leaves the cluster and its container is removed",
@@ -139,6 +140,32 @@ func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags
 					names = append(names, c.Name)
 				}
 			}
+			// A compose project whose services run joined to a connection
+			// would lose their network and intercepts: refuse (all of
+			// them before quitting any), unless --force.
+			var inUse []error
+			for _, n := range names {
+				uses, err := compose.ProjectsUsing(cmd.Context(), docker, n)
+				if err != nil {
+					return err
+				}
+				for _, u := range uses {
+					switch {
+					case len(u.Running) > 0 && !force:
+						inUse = append(inUse, fmt.Errorf("connection %s is used by compose project %s (running: %s): take it down first with `%s` (it quits the connection when its up started it), or quit anyway with tp quit --force",
+							daemoncontainer.ContainerName(n), u.Name, strings.Join(u.Running, ", "), u.DownCommand()))
+					case len(u.Running) > 0:
+						fmt.Fprintf(streams.ErrOut, "tp: warning: the running services %s of compose project %s lose the connection %s; remove them with `%s`\n",
+							strings.Join(u.Running, ", "), u.Name, daemoncontainer.ContainerName(n), u.DownCommand())
+					default:
+						fmt.Fprintf(streams.ErrOut, "tp: compose project %s has stopped containers joined to %s: tp compose up connects again, `%s` removes them\n",
+							u.Name, daemoncontainer.ContainerName(n), u.DownCommand())
+					}
+				}
+			}
+			if len(inUse) > 0 {
+				return errors.Join(inUse...)
+			}
 			for _, n := range names {
 				err := daemoncontainer.Quit(cmd.Context(), docker, n)
 				if errors.Is(err, daemoncontainer.ErrNotConnected) {
@@ -159,6 +186,7 @@ func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags
 	}
 	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name")
 	cmd.Flags().BoolVar(&all, "all", false, "end every connection")
+	cmd.Flags().BoolVar(&force, "force", false, "quit even when running compose services use the connection (they lose their network and intercepts)")
 	return cmd
 }
 

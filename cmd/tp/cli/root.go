@@ -46,6 +46,9 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		Short:         "Run one service of a Kubernetes app in a local container, the rest in the cluster",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Parse each command's flags before its subcommand: tp compose
+		// -f FILE logs -f (compose's -f is the file, logs' is --follow).
+		TraverseChildren: true,
 	}
 	root.SetIn(streams.In)
 	root.SetOut(streams.Out)
