@@ -254,7 +254,8 @@ func (p *project) addEnv(service string, env map[string]string) {
 	p.Project.Services[service] = s
 }
 
-// joinNetworks connects the daemon container to the project's networks.
+// joinNetworks connects the daemon container to the project's networks,
+// with the joined services' names as its aliases there.
 func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
 	docker, err := daemoncontainer.NewDockerClient(ctx)
 	if err != nil {
@@ -273,7 +274,9 @@ func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
 		if _, joined := info.NetworkSettings.Networks[n.Name]; joined {
 			continue // up twice
 		}
-		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{}); err != nil {
+		// The joined services' names are the daemon container's aliases:
+		// Docker's DNS gives local services its address for them.
+		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{Aliases: p.Joined}); err != nil {
 			return fmt.Errorf("join the daemon container %s to network %s: %w", p.daemon, n.Name, err)
 		}
 	}
