@@ -2,7 +2,7 @@
 // whose parts are one binary each in the same image (tp-shop:dev).
 //
 //	shop frontend   the web front: GET / asks the API for the orders (PROPAGATE_HEADERS go along)
-//	shop api        the API: orders in PostgreSQL (DB_HOST, DB_USER, DB_PASSWORD, DB_NAME)
+//	shop api        the API: orders in PostgreSQL (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)
 //	shop worker     polls SOURCE_URL every WORKER_EVERY and logs each answer
 //	shop mailer     a local-only helper the API notifies (GET /send); its answers name it
 //	shop get URL    GET URL, print the body (exit 1 on failure): for tests and debugging
@@ -159,8 +159,12 @@ func frontend() http.Handler {
 // api serves the orders from PostgreSQL. It connects lazily, so that it
 // starts before the database answers and says why it cannot reach it.
 func api(ctx context.Context) (http.Handler, error) {
-	dsn := fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable connect_timeout=5",
-		env("DB_HOST", "db"), env("DB_PORT", "5432"), env("DB_USER", "shop"), os.Getenv("DB_PASSWORD"), env("DB_NAME", "postgres"))
+	// libpq's variables: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
+	dsn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=5",
+		env("PGHOST", "db"), env("PGPORT", "5432"), env("PGUSER", "shop"), env("PGDATABASE", "postgres"))
+	if os.Getenv("PGPASSWORD") == "" {
+		log.Print("api: PGPASSWORD is not set: the database will refuse the connection")
+	}
 	db, err := sql.Open("postgres", dsn)
 	if err != nil {
 		return nil, err
