@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,8 +55,9 @@ type UpOptions struct {
 type project struct {
 	*Transformed
 	plan       *Plan
-	connection string // the connection's name
-	daemon     string // its container
+	connection string         // the connection's name
+	daemon     string         // its container
+	cluster    []netip.Prefix // the cluster's ranges the daemon routes (set by avoidCluster)
 }
 
 func load(ctx context.Context, lo LoadOptions) (*project, error) {
@@ -178,6 +180,10 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		leaveAll()
 		return err
 	}
+	if err := p.avoidCluster(ctx, d, s.ErrOut); err != nil {
+		leaveAll()
+		return err
+	}
 	create := composeapi.CreateOptions{Services: o.Services, Recreate: composeapi.RecreateDiverged, RecreateDependencies: composeapi.RecreateDiverged}
 	if err := svc.Create(ctx, p.Project, create); err != nil {
 		leaveAll()
@@ -265,6 +271,9 @@ func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
 	info, err := docker.ContainerInspect(ctx, daemonID)
 	if err != nil {
 		return fmt.Errorf("inspect the daemon container %s: %w", p.daemon, err)
+	}
+	if err := p.checkSubnets(ctx, docker, p.cluster); err != nil {
+		return err
 	}
 	for _, key := range slices.Sorted(maps.Keys(p.Project.Networks)) {
 		n := p.Project.Networks[key]
