@@ -11,13 +11,12 @@ import (
 
 const dockerIP = "172.18.0.5"
 
-// dockerFixture is a server with a fake Docker DNS (dockerHandle answers
-// it), an upstream that answers every A question with upstreamIP and a
+// dockerFixture is a server with a Docker DNS at dockerAddr, an upstream that answers every A question with upstreamIP and a
 // cluster that answers with clusterIP.
 type dockerFixture struct {
-	srv              *Server
-	cluster          *fakeExchanger
-	docker, upstream atomic.Int64 // questions each got
+	srv      *Server
+	cluster  *fakeExchanger
+	upstream atomic.Int64 // questions the upstream got
 }
 
 func newDockerFixture(t *testing.T, dockerAddr string, clock *fakeClock) *dockerFixture {
