@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,7 +167,9 @@ func (e *shopEnv) checkLocal(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		logs, _ := docker("logs", e.project+"-worker-1")
-		if strings.Contains(logs, `"service":"frontend","copy":"cluster"`) {
+		if slices.ContainsFunc(lines(logs), func(l string) bool {
+			return strings.Contains(l, `"copy":"cluster"`) && strings.Contains(l, `"service":"frontend"`)
+		}) {
 			break
 		}
 		if time.Now().After(deadline) {
