@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,9 +58,10 @@ type UpOptions struct {
 type project struct {
 	*Transformed
 	plan       *Plan
-	connection string // the connection's name
-	daemon     string // its container
-	engine     *dockerengine.Engine
+	connection string              // the connection's name
+	daemon     string              // its container
+	engine     *dockerengine.Engine // the engine the project runs on
+	cluster    []netip.Prefix      // the cluster's ranges the daemon routes (set by avoidCluster)
 }
 
 func load(ctx context.Context, svc composeapi.Compose, lo LoadOptions) (*project, error) {
@@ -219,6 +221,9 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		Build:    &composeapi.BuildOptions{Services: p.Project.ServiceNames(), Deps: true, Progress: "plain", Out: s.ErrOut},
 		Services: services, Recreate: composeapi.RecreateDiverged, RecreateDependencies: composeapi.RecreateDiverged,
 	}
+	if err := p.avoidCluster(ctx, d, docker, s.ErrOut); err != nil {
+		return fail(err)
+	}
 	if err := svc.Create(ctx, p.Project, create); err != nil {
 		return fail(fmt.Errorf("compose create: %w", err))
 	}
@@ -314,11 +319,15 @@ func (p *project) addEnv(service string, env map[string]string) {
 	p.Project.Services[service] = s
 }
 
-// joinNetworks connects the daemon container to the project's networks.
+// joinNetworks connects the daemon container to the project's networks,
+// with the joined services' names as its aliases there.
 func (p *project) joinNetworks(ctx context.Context, docker dockerclient.APIClient, daemonID string) error {
 	info, err := docker.ContainerInspect(ctx, daemonID)
 	if err != nil {
 		return fmt.Errorf("inspect the daemon container %s: %w", p.daemon, err)
+	}
+	if err := p.checkSubnets(ctx, docker, p.cluster); err != nil {
+		return err
 	}
 	for _, key := range slices.Sorted(maps.Keys(p.Project.Networks)) {
 		n := p.Project.Networks[key]
@@ -328,7 +337,9 @@ func (p *project) joinNetworks(ctx context.Context, docker dockerclient.APIClien
 		if _, joined := info.NetworkSettings.Networks[n.Name]; joined {
 			continue // up twice
 		}
-		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{}); err != nil {
+		// The joined services' names are the daemon container's aliases:
+		// Docker's DNS gives local services its address for them.
+		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{Aliases: p.Joined}); err != nil {
 			return fmt.Errorf("join the daemon container %s to network %s: %w", p.daemon, n.Name, err)
 		}
 	}

@@ -158,6 +158,7 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 		ListenAddr: d.cfg.DNSAddr, ClusterDomain: domain, ClusterPrefixes: routes,
 		Cluster:   viaTunnel,
 		Upstreams: orig.Upstreams(), SearchDomains: orig.Search, Logger: log.With("component", "dns"),
+		DockerDNS: dns.DefaultDockerDNS, // the compose projects' names, once the container joins their networks
 	})
 	if err != nil {
 		return err
