@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/docker/client"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
 
@@ -33,7 +34,23 @@ type DockerRun struct {
 	Stdout, Stderr io.Writer
 	Progress       io.Writer
 	PollInterval   time.Duration // default PollInterval
+	// Engine, when set, lets the container outlive a restart of the Docker
+	// engine: when docker run ends because the engine went away,
+	// RunContainer waits for the engine and the daemon container to come
+	// back (its restart policy) and runs the container again; the intercept
+	// stays all along. Nil: RunContainer returns when docker run does.
+	Engine client.APIClient
+	// EngineWait bounds that wait; default EngineWait.
+	EngineWait time.Duration
+	// Remount, if set, is called before the container runs again after an
+	// engine restart and returns ExtraFlags anew: tp's volumes are created
+	// again, as the daemon container's address may have changed.
+	Remount func(ctx context.Context) ([]string, error)
 }
+
+// EngineWait is how long RunContainer waits for a Docker engine that went
+// away to come back.
+const EngineWait = 5 * time.Minute
 
 // RunContainer runs "docker run --rm --network container:NAME" with the
 // pod's environment and waits for it. Ctrl-C (ctx) stops the container;
@@ -58,13 +75,81 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		}
 		watched <- err
 	}()
-	code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+	for {
+		code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+		if r.Engine == nil || detached || ctx.Err() != nil || isClosed(ended) || engineUp(ctx, r.Engine) {
+			break
+		}
+		fmt.Fprintf(r.Progress, "The Docker engine went away; intercept %s stays: waiting up to %s for Docker and %s to come back, then the container runs again\n",
+			ic.Name(), cmp.Or(r.EngineWait, EngineWait), r.NetworkContainer)
+		if werr := waitEngine(ctx, ended, r.Engine, r.NetworkContainer, cmp.Or(r.EngineWait, EngineWait)); werr != nil {
+			if ctx.Err() == nil && !isClosed(ended) {
+				err = werr
+			}
+			break
+		}
+		if r.Remount != nil {
+			flags, rerr := r.Remount(ctx)
+			if rerr != nil {
+				err = fmt.Errorf("after Docker restarted: %w", rerr)
+				break
+			}
+			r.ExtraFlags = flags
+		}
+		fmt.Fprintf(r.Progress, "Docker and %s are back; running the container of intercept %s again\n", r.NetworkContainer, ic.Name())
+	}
 	stopWatch()
 	werr := <-watched
 	if errors.Is(werr, ErrEnded) && !(detached && err == nil) {
 		return code, detached, werr
 	}
 	return code, detached, err
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// engineUp says whether the Docker engine answers (within 2 s).
+func engineUp(ctx context.Context, engine client.APIClient) bool {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := engine.Ping(pctx)
+	return err == nil
+}
+
+// waitEngine waits until the engine answers and the daemon container
+// networkContainer runs again, for at most wait; ctx (Ctrl-C) and ended
+// stop it early.
+func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APIClient, networkContainer string, wait time.Duration) error {
+	deadline := time.After(wait)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ended:
+			return ErrEnded
+		case <-deadline:
+			if !engineUp(ctx, engine) {
+				return fmt.Errorf("the Docker engine did not come back within %s; start Docker, then run tp intercept again", wait)
+			}
+			return fmt.Errorf("the daemon container %s did not come back within %s after Docker restarted (see docker logs %s; tp connect starts it again)", networkContainer, wait, networkContainer)
+		case <-tick.C:
+		}
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		info, err := engine.ContainerInspect(ictx, networkContainer)
+		cancel()
+		if err == nil && info.State != nil && info.State.Running {
+			return nil
+		}
+	}
 }
 
 // dockerRun runs the container in r.NetworkContainer's network namespace
