@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
@@ -76,8 +78,24 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		watched <- err
 	}()
 	for {
+		var away <-chan struct{}
+		ectx, stopEvents := context.WithCancel(ctx)
+		if r.Engine != nil {
+			away = daemonGoesAway(ectx, r.Engine, r.NetworkContainer)
+		}
 		code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
-		if r.Engine == nil || detached || ctx.Err() != nil || isClosed(ended) || engineUp(ctx, r.Engine) {
+		wentAway := false
+		if away != nil && !detached && ctx.Err() == nil && !isClosed(ended) {
+			// The daemon container's kill comes with the engine's shutdown,
+			// as ours does; give its event a moment to arrive.
+			select {
+			case <-away:
+				wentAway = true
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		stopEvents()
+		if !wentAway {
 			break
 		}
 		fmt.Fprintf(r.Progress, "The Docker engine went away; intercept %s stays: waiting up to %s for Docker and %s to come back, then the container runs again\n",
@@ -115,6 +133,36 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
+// daemonGoesAway follows the engine's events about the daemon container
+// networkContainer: the channel closes when it is killed, stopped or dies,
+// or when the events stream breaks (the engine went away). Its containers
+// then lost their network; it comes back by its restart policy.
+func daemonGoesAway(ctx context.Context, engine client.APIClient, networkContainer string) <-chan struct{} {
+	gone := make(chan struct{})
+	msgs, errs := engine.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", networkContainer))})
+	go func() { // ends with ctx (RunContainer cancels it after each run) or the stream
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m := <-msgs:
+				switch m.Action {
+				case events.ActionKill, events.ActionDie, events.ActionStop:
+					close(gone)
+					return
+				}
+			case <-errs:
+				if ctx.Err() == nil {
+					close(gone)
+				}
+				return
+			}
+		}
+	}()
+	return gone
+}
+
 // engineUp says whether the Docker engine answers (within 2 s).
 func engineUp(ctx context.Context, engine client.APIClient) bool {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -123,13 +171,20 @@ func engineUp(ctx context.Context, engine client.APIClient) bool {
 	return err == nil
 }
 
+// stoppedByHand is how long waitEngine waits for a daemon container that
+// stopped while the engine kept running (docker stop, docker kill: the
+// restart policy does not bring it back).
+const stoppedByHand = 30 * time.Second
+
 // waitEngine waits until the engine answers and the daemon container
 // networkContainer runs again, for at most wait; ctx (Ctrl-C) and ended
 // stop it early.
 func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APIClient, networkContainer string, wait time.Duration) error {
+	start := time.Now()
 	deadline := time.After(wait)
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	engineWasDown := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,11 +198,18 @@ func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APICli
 			return fmt.Errorf("the daemon container %s did not come back within %s after Docker restarted (see docker logs %s; tp connect starts it again)", networkContainer, wait, networkContainer)
 		case <-tick.C:
 		}
+		if !engineUp(ctx, engine) {
+			engineWasDown = true
+			continue
+		}
 		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		info, err := engine.ContainerInspect(ictx, networkContainer)
 		cancel()
 		if err == nil && info.State != nil && info.State.Running {
 			return nil
+		}
+		if !engineWasDown && time.Since(start) > stoppedByHand {
+			return fmt.Errorf("the daemon container %s stopped (docker stop or kill?) and Docker did not start it again: run tp connect, then tp intercept again", networkContainer)
 		}
 	}
 }
