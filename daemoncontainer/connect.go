@@ -45,6 +45,11 @@ type ConnectOptions struct {
 	// -p specs ([HOST_IP:][HOST_PORT:]PORT[/PROTO]): a container joined to
 	// its network namespace cannot publish ports itself.
 	Publish []string
+	// MemoryOnly keeps the kubeconfig in the daemon's memory only: nothing
+	// of it is on disk, and the connection does not survive a restart of
+	// the container (Docker's restart policy is off). By default the daemon
+	// keeps it in its container's layer (StateDir).
+	MemoryOnly bool
 	// Timeout for the whole connect, including a first manager install.
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
@@ -176,7 +181,8 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, exposed: exposed, bindings: bindings})
+		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
+		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
 		return nil, err
@@ -371,14 +377,14 @@ type Client struct {
 	cc         *grpc.ClientConn
 }
 
+// Docker is the Docker engine of the connection.
+func (c *Client) Docker() client.APIClient { return c.docker }
+
 // Close releases the client.
 func (c *Client) Close() error {
 	c.cc.Close()
 	return c.docker.Close()
 }
-
-// Docker is the client of the connection's Docker engine.
-func (c *Client) Docker() client.APIClient { return c.docker }
 
 // DialConnection finds the connection named name on the engine and dials
 // its daemon.

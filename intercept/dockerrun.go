@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
 
@@ -38,7 +41,23 @@ type DockerRun struct {
 	Stdout, Stderr io.Writer
 	Progress       io.Writer
 	PollInterval   time.Duration // default PollInterval
+	// Engine, when set, lets the container outlive a restart of the Docker
+	// engine: when docker run ends because the engine went away,
+	// RunContainer waits for the engine and the daemon container to come
+	// back (its restart policy) and runs the container again; the intercept
+	// stays all along. Nil: RunContainer returns when docker run does.
+	Engine client.APIClient
+	// EngineWait bounds that wait; default EngineWait.
+	EngineWait time.Duration
+	// Remount, if set, is called before the container runs again after an
+	// engine restart and returns ExtraFlags anew: tp's volumes are created
+	// again, as the daemon container's address may have changed.
+	Remount func(ctx context.Context) ([]string, error)
 }
+
+// EngineWait is how long RunContainer waits for a Docker engine that went
+// away to come back.
+const EngineWait = 5 * time.Minute
 
 // RunContainer runs "docker run --rm --network container:NAME" with the
 // pod's environment and waits for it. Ctrl-C (ctx) stops the container;
@@ -63,13 +82,141 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		}
 		watched <- err
 	}()
-	code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+	for {
+		var away <-chan struct{}
+		ectx, stopEvents := context.WithCancel(ctx)
+		if r.Engine != nil {
+			away = daemonGoesAway(ectx, r.Engine, r.NetworkContainer)
+		}
+		code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+		wentAway := false
+		if away != nil && !detached && ctx.Err() == nil && !isClosed(ended) {
+			// The daemon container's kill comes with the engine's shutdown,
+			// as ours does; give its event a moment to arrive.
+			select {
+			case <-away:
+				wentAway = true
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		stopEvents()
+		if !wentAway {
+			break
+		}
+		fmt.Fprintf(r.Progress, "The Docker engine went away; intercept %s stays: waiting up to %s for Docker and %s to come back, then the container runs again\n",
+			ic.Name(), cmp.Or(r.EngineWait, EngineWait), r.NetworkContainer)
+		if werr := waitEngine(ctx, ended, r.Engine, r.NetworkContainer, cmp.Or(r.EngineWait, EngineWait)); werr != nil {
+			if ctx.Err() == nil && !isClosed(ended) {
+				err = werr
+			}
+			break
+		}
+		if r.Remount != nil {
+			flags, rerr := r.Remount(ctx)
+			if rerr != nil {
+				err = fmt.Errorf("after Docker restarted: %w", rerr)
+				break
+			}
+			r.ExtraFlags = flags
+		}
+		fmt.Fprintf(r.Progress, "Docker and %s are back; running the container of intercept %s again\n", r.NetworkContainer, ic.Name())
+	}
 	stopWatch()
 	werr := <-watched
 	if errors.Is(werr, ErrEnded) && !(detached && err == nil) {
 		return code, detached, werr
 	}
 	return code, detached, err
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// daemonGoesAway follows the engine's events about the daemon container
+// networkContainer: the channel closes when it is killed, stopped or dies,
+// or when the events stream breaks (the engine went away). Its containers
+// then lost their network; it comes back by its restart policy.
+func daemonGoesAway(ctx context.Context, engine client.APIClient, networkContainer string) <-chan struct{} {
+	gone := make(chan struct{})
+	msgs, errs := engine.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", networkContainer))})
+	go func() { // ends with ctx (RunContainer cancels it after each run) or the stream
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m := <-msgs:
+				switch m.Action {
+				case events.ActionKill, events.ActionDie, events.ActionStop:
+					close(gone)
+					return
+				}
+			case <-errs:
+				if ctx.Err() == nil {
+					close(gone)
+				}
+				return
+			}
+		}
+	}()
+	return gone
+}
+
+// engineUp says whether the Docker engine answers (within 2 s).
+func engineUp(ctx context.Context, engine client.APIClient) bool {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := engine.Ping(pctx)
+	return err == nil
+}
+
+// stoppedByHand is how long waitEngine waits for a daemon container that
+// stopped while the engine kept running (docker stop, docker kill: the
+// restart policy does not bring it back).
+const stoppedByHand = 30 * time.Second
+
+// waitEngine waits until the engine answers and the daemon container
+// networkContainer runs again, for at most wait; ctx (Ctrl-C) and ended
+// stop it early.
+func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APIClient, networkContainer string, wait time.Duration) error {
+	start := time.Now()
+	deadline := time.After(wait)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	engineWasDown := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ended:
+			return ErrEnded
+		case <-deadline:
+			if !engineUp(ctx, engine) {
+				return fmt.Errorf("the Docker engine did not come back within %s; start Docker, then run tp intercept again", wait)
+			}
+			return fmt.Errorf("the daemon container %s did not come back within %s after Docker restarted (see docker logs %s; tp connect starts it again)", networkContainer, wait, networkContainer)
+		case <-tick.C:
+		}
+		if !engineUp(ctx, engine) {
+			engineWasDown = true
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		info, err := engine.ContainerInspect(ictx, networkContainer)
+		cancel()
+		if err == nil && info.State != nil && info.State.Running {
+			return nil
+		}
+		if !engineWasDown && time.Since(start) > stoppedByHand {
+			return fmt.Errorf("the daemon container %s stopped (docker stop or kill?) and Docker did not start it again: run tp connect, then tp intercept again", networkContainer)
+		}
+	}
 }
 
 // dockerRun runs the container in r.NetworkContainer's network namespace

@@ -52,6 +52,7 @@ func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) 
 		timeout                           time.Duration
 		dnsServers, publish               []string
 		image                             imageFlags
+		keepKubeconfig                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -70,6 +71,7 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
+	cmd.Flags().BoolVar(&keepKubeconfig, "keep-kubeconfig", true, "keep the kubeconfig in the daemon container's own layer, so that the connection and its intercepts come back by themselves after a Docker restart; false keeps it in the daemon's memory only (a Docker restart then ends the connection)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
 	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
@@ -87,7 +89,8 @@ not changed: no root, routes or resolver settings.`,
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
 			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine, ManagerValues: image.values(),
-			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
+			MemoryOnly: !keepKubeconfig,
+			Kubeauth:   daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 		})
 		if err != nil {
 			return err

@@ -210,6 +210,17 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 	code, detached, err := ic.RunContainer(ctx, intercept.DockerRun{
 		NetworkContainer: d.Connection.ContainerName, Args: dockerArgs, ExtraFlags: intercept.VolumeFlags(vols), Environ: environ,
 		Stdin: streams.In, Stdout: streams.Out, Stderr: streams.ErrOut, Progress: streams.ErrOut,
+		Engine: d.Docker(),
+		Remount: func(ctx context.Context) ([]string, error) {
+			if len(vols) == 0 {
+				return nil, nil
+			}
+			if err := ic.RemoveVolumes(ctx); err != nil {
+				return nil, err
+			}
+			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+			return intercept.VolumeFlags(vols), err
+		},
 	})
 	switch {
 	case detached && err == nil:
