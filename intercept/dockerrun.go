@@ -112,7 +112,7 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 			break
 		}
 		if r.Remount != nil {
-			flags, rerr := r.Remount(ctx)
+			flags, rerr := remount(ctx, r, ic.Name())
 			if rerr != nil {
 				err = fmt.Errorf("after Docker restarted: %w", rerr)
 				break
@@ -127,6 +127,29 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		return code, detached, werr
 	}
 	return code, detached, err
+}
+
+// RemountWait is how long RunContainer retries Remount after the engine
+// came back: the daemon in the container that runs again answers its API
+// some seconds after Docker reports the container running, and the CLI's
+// connections to it redial with a backoff.
+const RemountWait = time.Minute
+
+// remount calls r.Remount until it succeeds or RemountWait has passed.
+func remount(ctx context.Context, r DockerRun, intercept string) ([]string, error) {
+	deadline := time.Now().Add(RemountWait)
+	for {
+		flags, err := r.Remount(ctx)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return flags, err
+		}
+		fmt.Fprintf(r.Progress, "tp: intercept %s: the volumes cannot be mounted again yet (%v); retrying\n", intercept, err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func isClosed(c <-chan struct{}) bool {
