@@ -58,10 +58,10 @@ type UpOptions struct {
 type project struct {
 	*Transformed
 	plan       *Plan
-	connection string              // the connection's name
-	daemon     string              // its container
+	connection string               // the connection's name
+	daemon     string               // its container
 	engine     *dockerengine.Engine // the engine the project runs on
-	cluster    []netip.Prefix      // the cluster's ranges the daemon routes (set by avoidCluster)
+	cluster    []netip.Prefix       // the cluster's ranges the daemon routes (set by avoidCluster)
 }
 
 func load(ctx context.Context, svc composeapi.Compose, lo LoadOptions) (*project, error) {
