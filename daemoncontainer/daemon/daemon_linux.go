@@ -277,7 +277,7 @@ func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.Sta
 		info := proto.CloneOf(d.dnsInfo)
 		st := d.dns.Stats()
 		info.Queries, info.CacheHits = st.Queries, st.CacheHits
-		info.ClusterForwards, info.UpstreamForwards, info.Failures = st.ClusterForwards, st.UpstreamForwards, st.Failures
+		info.ClusterForwards, info.UpstreamForwards, info.DockerForwards, info.Failures = st.ClusterForwards, st.UpstreamForwards, st.DockerForwards, st.Failures
 		s.Dns = info
 	}
 	if d.stack != nil {

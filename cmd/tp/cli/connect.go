@@ -240,6 +240,7 @@ type dnsJSON struct {
 	CacheHits        uint64   `json:"cacheHits"`
 	ClusterForwards  uint64   `json:"clusterForwards"`
 	UpstreamForwards uint64   `json:"upstreamForwards"`
+	DockerForwards   uint64   `json:"dockerForwards"`
 	Failures         uint64   `json:"failures"`
 }
 
@@ -264,7 +265,7 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 	}
 	if d := st.GetDns(); d != nil {
 		v.DNS = &dnsJSON{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(),
-			d.GetQueries(), d.GetCacheHits(), d.GetClusterForwards(), d.GetUpstreamForwards(), d.GetFailures()}
+			d.GetQueries(), d.GetCacheHits(), d.GetClusterForwards(), d.GetUpstreamForwards(), d.GetDockerForwards(), d.GetFailures()}
 	}
 	return v
 }

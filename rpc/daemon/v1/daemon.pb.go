@@ -289,10 +289,14 @@ type DNSStatus struct {
 	Queries          uint64                 `protobuf:"varint,5,opt,name=queries,proto3" json:"queries,omitempty"`
 	CacheHits        uint64                 `protobuf:"varint,6,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
 	ClusterForwards  uint64                 `protobuf:"varint,7,opt,name=cluster_forwards,json=clusterForwards,proto3" json:"cluster_forwards,omitempty"`
-	UpstreamForwards uint64                 `protobuf:"varint,8,opt,name=upstream_forwards,json=upstreamForwards,proto3" json:"upstream_forwards,omitempty"`
+	UpstreamForwards uint64                 `protobuf:"varint,8,opt,name=upstream_forwards,json=upstreamForwards,proto3" json:"upstream_forwards,omitempty"` // exchanges with the original resolvers
 	Failures         uint64                 `protobuf:"varint,9,opt,name=failures,proto3" json:"failures,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Exchanges of names outside the cluster with Docker's embedded DNS first
+	// (then the original resolvers), once the daemon container is on a
+	// user-defined network.
+	DockerForwards uint64 `protobuf:"varint,10,opt,name=docker_forwards,json=dockerForwards,proto3" json:"docker_forwards,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DNSStatus) Reset() {
@@ -384,6 +388,13 @@ func (x *DNSStatus) GetUpstreamForwards() uint64 {
 func (x *DNSStatus) GetFailures() uint64 {
 	if x != nil {
 		return x.Failures
+	}
+	return 0
+}
+
+func (x *DNSStatus) GetDockerForwards() uint64 {
+	if x != nil {
+		return x.DockerForwards
 	}
 	return 0
 }
@@ -810,7 +821,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x0eSubnetConflict\x12\x16\n" +
 	"\x06subnet\x18\x01 \x01(\tR\x06subnet\x12%\n" +
 	"\x0econflicts_with\x18\x02 \x01(\tR\rconflictsWith\x12\x1c\n" +
-	"\tinterface\x18\x03 \x01(\tR\tinterface\"\xbc\x02\n" +
+	"\tinterface\x18\x03 \x01(\tR\tinterface\"\xe5\x02\n" +
 	"\tDNSStatus\x12%\n" +
 	"\x0elisten_address\x18\x01 \x01(\tR\rlistenAddress\x12%\n" +
 	"\x0ecluster_domain\x18\x02 \x01(\tR\rclusterDomain\x12\x16\n" +
@@ -821,7 +832,9 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"cache_hits\x18\x06 \x01(\x04R\tcacheHits\x12)\n" +
 	"\x10cluster_forwards\x18\a \x01(\x04R\x0fclusterForwards\x12+\n" +
 	"\x11upstream_forwards\x18\b \x01(\x04R\x10upstreamForwards\x12\x1a\n" +
-	"\bfailures\x18\t \x01(\x04R\bfailures\"\xc1\x06\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\x12'\n" +
+	"\x0fdocker_forwards\x18\n" +
+	" \x01(\x04R\x0edockerForwards\"\xc1\x06\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
