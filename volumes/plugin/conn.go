@@ -92,7 +92,7 @@ func NewConn(nc net.Conn, token string, timeout time.Duration) (*Conn, error) {
 		return nil, err
 	}
 	client, err := sftp.NewClientPipe(nc, nc,
-		sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64))
+		sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64), sftp.MaxPacketUnchecked(128<<10))
 	if err != nil {
 		return nil, fmt.Errorf("start SFTP on the mount connection: %w", err)
 	}
