@@ -29,12 +29,14 @@ define image
 	docker build -q $(foreach t,$(1),-t $(t)) $(CACHE)/image/$(3) >/dev/null
 endef
 
-image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev, tp-debian:dev (debootstrap, cached)
+image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev, tp-shop:dev, tp-debian:dev and tp-postgres:dev (debootstrap, cached)
 	$(call image,tp:$(TAG) tp:dev,./cmd/tp,tp,Dockerfile)
 	$(call image,tp-echo:dev,./examples/echo,echo,examples/echo/Dockerfile)
 	$(call image,tp-probe:dev,./test/probe,probe,test/probe/Dockerfile)
+	$(call image,tp-shop:dev,./examples/shop,shop,examples/shop/Dockerfile)
 	hack/images/debian.sh
-	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev tp-debian:dev"
+	hack/images/postgres.sh
+	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev tp-shop:dev tp-debian:dev tp-postgres:dev"
 
 deps: ## install Debian packages and start dockerd when needed (idempotent)
 	@hack/install-deps.sh
@@ -71,7 +73,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
 
 e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
 	go test -tags docker -count=1 -v -run 'TestPlugin$$' ./volumes/
-	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev tp-shop:dev tp-postgres:dev
 	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m ./test/e2e/...
 
 # e2e-run runs some e2e tests (RUN=regexp) against the cluster that is already
@@ -85,7 +87,7 @@ e2e-run: ## e2e tests matching RUN=regexp on the running cluster (serialized acr
 
 .PHONY: e2e-run-locked
 e2e-run-locked: build image
-	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev tp-shop:dev tp-postgres:dev
 	TP_BIN=$(CURDIR)/bin/tp go test -tags e2e -count=1 -v -timeout 40m -run '$(RUN)' ./test/e2e/...
 
 lint: ## go vet and staticcheck (pinned)
@@ -101,7 +103,7 @@ demo: build cluster-up image ## fresh machine to tp's main job: cluster, example
 	hack/demo.sh
 
 bench: build cluster-up image ## measure tp against kubectl port-forward on the local cluster (table + bench-results.json)
-	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev
+	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev tp-shop:dev tp-postgres:dev
 	go run ./test/bench -tp bin/tp -out bench-results.json
 
 # bench-faults runs the e2e fault suite (TestFault*, serialized like e2e-run)

@@ -37,9 +37,32 @@ func TestParsePlanRefuses(t *testing.T) {
 		{"networks", "services: {api: {image: a, networks: [back], x-tp: {connect: true}}}\nnetworks: {back: {}}", "x-tp.connect", "networks"},
 		{"no ports", `services: {api: {image: a, x-tp: {intercept: {workload: api}}}}`, "x-tp.intercept.ports", "at least one"},
 		{"use-cluster without name", `services: {db: {image: a, x-tp: {use-cluster: ""}}}`, "x-tp.use-cluster", "name of the cluster's service"},
-		{"bad mounts", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: [rel/path]}}}}`, "x-tp.intercept", "not absolute"},
+		{"bad mounts", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: [rel/path]}}}}`, "x-tp.intercept.mounts", "not absolute"},
 		{"same port", `services: {a: {image: a, ports: ["80:80"], x-tp: {connect: true}}, b: {image: b, expose: ["80"], x-tp: {connect: true}}}`, "ports", "also published or exposed by a"},
 		{"top-level unknown", "x-tp: {connection: {nam: dev}}\nservices: {a: {image: a}}", "x-tp.connection", "unknown key nam"},
+		{"top-level unknown key", "x-tp: {connexion: {name: dev}}\nservices: {a: {image: a}}", "x-tp", "unknown key connexion"},
+		{"top-level not a mapping", "x-tp: dev\nservices: {a: {image: a}}", "x-tp", "want a mapping"},
+		{"connection not a mapping", "x-tp: {connection: dev}\nservices: {a: {image: a}}", "x-tp.connection", "want a mapping"},
+		{"connection name not a string", "x-tp: {connection: {name: [a]}}\nservices: {a: {image: a}}", "x-tp.connection.name", "want a string, got a list"},
+		{"service x-tp not a mapping", `services: {api: {image: a, x-tp: intercept}}`, "x-tp", "want a mapping"},
+		{"no role", `services: {api: {image: a, x-tp: {}}}`, "x-tp", "exactly one role"},
+		{"three roles", `services: {api: {image: a, x-tp: {connect: true, ingest: {}, use-cluster: api}}}`, "x-tp", "got connect, ingest, use-cluster"},
+		{"connect false", `services: {api: {image: a, x-tp: {connect: false}}}`, "x-tp.connect", "want true"},
+		{"connect not a bool", `services: {api: {image: a, x-tp: {connect: "yes"}}}`, "x-tp.connect", "want true"},
+		{"intercept not a mapping", `services: {api: {image: a, x-tp: {intercept: true}}}`, "x-tp.intercept", "want a mapping"},
+		{"ports not a list", `services: {api: {image: a, x-tp: {intercept: {ports: {a: 1}}}}}`, "x-tp.intercept.ports", "want a list of strings, got a mapping"},
+		{"bad local port", `services: {api: {image: a, x-tp: {intercept: {ports: ["http:8080"]}}}}`, "x-tp.intercept.ports", `"http:8080": want LOCAL[:SVCPORT]`},
+		{"local port zero", `services: {api: {image: a, x-tp: {intercept: {ports: ["0:http"]}}}}`, "x-tp.intercept.ports", "LOCAL a port number"},
+		{"local port twice", `services: {api: {image: a, x-tp: {intercept: {ports: ["8080:http", "8080:grpc"]}}}}`, "x-tp.intercept.ports", "local port 8080 is given twice"},
+		{"headers not a map", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], headers: [x-dev]}}}}`, "x-tp.intercept.headers", "want a mapping of strings, got a list"},
+		{"path-prefix relative", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], path-prefix: api}}}}`, "x-tp.intercept.path-prefix", "must start with /"},
+		{"env not a bool", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], env: "all"}}}}`, "x-tp.intercept.env", "want true or false, got a string"},
+		{"mounts not a bool or list", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: "yes"}}}}`, "x-tp.intercept.mounts", "want true, false or a list of paths"},
+		{"ingest unknown key", `services: {t: {image: a, x-tp: {ingest: {workload: api, ports: ["1"]}}}}`, "x-tp.ingest", "unknown key ports"},
+		{"ingest with network_mode", `services: {t: {image: a, network_mode: none, x-tp: {ingest: {workload: api}}}}`, "x-tp.ingest", "network_mode"},
+		{"intercept with networks", "services: {api: {image: a, networks: [back], x-tp: {intercept: {ports: [\"1\"]}}}}\nnetworks: {back: {}}", "x-tp.intercept", "remove networks"},
+		{"use-cluster not a string", `services: {db: {image: a, x-tp: {use-cluster: {name: pg}}}}`, "x-tp.use-cluster", "name of the cluster's service"},
+		{"same published port", `services: {a: {image: a, ports: ["80:80"], x-tp: {connect: true}}, b: {image: b, ports: ["8080:80"], x-tp: {intercept: {ports: ["1"]}}}}`, "ports", "port 80/tcp is also published or exposed by a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,16 +193,15 @@ func TestConfigWithoutExtensionIsComposes(t *testing.T) {
 		".env":                  "TAG=2\n",
 	})
 	var out strings.Builder
-	if err := Config(context.Background(), o, &out); err != nil {
+	if err := Config(context.Background(), o, ConfigOptions{}, &out); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Load(context.Background(), o)
+	want, err := dockerComposeConfig(t, "--project-directory", o.ProjectDirectory, "config")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := p.MarshalYAML()
-	if out.String() != string(want) {
-		t.Errorf("config:\n%s\nwant compose-go's:\n%s", out.String(), want)
+	if out.String() != want {
+		t.Errorf("config:\n%s\nwant docker compose's:\n%s", out.String(), want)
 	}
 	for _, s := range []string{"image: nginx:2", "A: \"1\""} {
 		if !strings.Contains(out.String(), s) {

@@ -2,15 +2,19 @@ package compose
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/types"
 	"gopkg.in/yaml.v3"
+
+	"github.com/tp-run/tp/intercept"
 )
 
 // Extension is the name of tp's compose extension, at the top level (the
@@ -100,7 +104,7 @@ type Mounts struct {
 func (m *Mounts) UnmarshalYAML(n *yaml.Node) error {
 	m.Set = true
 	var b bool
-	if err := n.Decode(&b); err == nil {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!bool" && n.Decode(&b) == nil {
 		m.All = b
 		return nil
 	}
@@ -189,6 +193,7 @@ func ParsePlan(p *types.Project) (*Plan, error) {
 			if cm, err = asMap(m["connection"]); err == nil {
 				if err = checkKeys(cm, knownKeys["x-tp.connection"]); err == nil {
 					err = decode(cm, &plan.Connection)
+					key += subKey(err)
 				}
 			}
 		}
@@ -261,13 +266,24 @@ func parseRole(service string, raw any) (Role, string, error) {
 				err = decode(im, r)
 			}
 			if err != nil {
-				return Role{}, key, err
+				return Role{}, key + subKey(err), err
 			}
 			if r.Workload == "" {
 				r.Workload = service
 			}
 			if len(r.Ports) == 0 {
 				return Role{}, key + ".ports", fmt.Errorf(`want at least one LOCAL[:SVCPORT], e.g. ports: ["8080:http"]`)
+			}
+			locals := map[int32]bool{}
+			for _, port := range r.Ports {
+				local, _, err := intercept.ParsePort(port)
+				if err != nil {
+					return Role{}, key + ".ports", fmt.Errorf("%q: want LOCAL[:SVCPORT], LOCAL a port number, SVCPORT a service port name or number", port)
+				}
+				if locals[local] {
+					return Role{}, key + ".ports", fmt.Errorf("local port %d is given twice: each intercept needs its own", local)
+				}
+				locals[local] = true
 			}
 			if r.PathPrefix != "" && !strings.HasPrefix(r.PathPrefix, "/") {
 				return Role{}, key + ".path-prefix", fmt.Errorf("%q must start with /", r.PathPrefix)
@@ -283,7 +299,7 @@ func parseRole(service string, raw any) (Role, string, error) {
 				err = decode(im, r)
 			}
 			if err != nil {
-				return Role{}, key, err
+				return Role{}, key + subKey(err), err
 			}
 			if r.Workload == "" {
 				r.Workload = service
@@ -346,16 +362,58 @@ func checkKeys(m map[string]any, known []string) error {
 }
 
 // decode turns a loaded extension map into v (through YAML, so the
-// struct's yaml tags and Unmarshalers apply).
+// struct's yaml tags and Unmarshalers apply), one key at a time so that an
+// error names its key (a *fieldError).
 func decode(m map[string]any, v any) error {
-	b, err := yaml.Marshal(m)
-	if err != nil {
-		return err
-	}
-	if err := yaml.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		b, err := yaml.Marshal(map[string]any{k: m[k]})
+		if err != nil {
+			return &fieldError{key: k, msg: err.Error()}
+		}
+		if err := yaml.Unmarshal(b, v); err != nil {
+			return &fieldError{key: k, msg: yamlMessage(err)}
+		}
 	}
 	return nil
+}
+
+// fieldError is a value of the wrong type under key.
+type fieldError struct{ key, msg string }
+
+func (e *fieldError) Error() string { return e.msg }
+
+// subKey is ".KEY" of a fieldError, else "".
+func subKey(err error) string {
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		return "." + fe.key
+	}
+	return ""
+}
+
+var (
+	yamlLine      = regexp.MustCompile(`^line \d+: `)
+	yamlUnmarshal = regexp.MustCompile(`cannot unmarshal !!(\w+)(?: ` + "`" + `[^` + "`" + `]*` + "`" + `)? into (\S+)`)
+	yamlKindNames = map[string]string{"seq": "a list", "map": "a mapping", "str": "a string", "int": "a number", "float": "a number", "bool": "true or false", "null": "nothing"}
+	yamlTypeNames = map[string]string{"string": "a string", "bool": "true or false", "[]string": "a list of strings", "map[string]string": "a mapping of strings"}
+)
+
+// yamlMessage says what a YAML type error wants, without the line numbers
+// of the re-encoded map (they are not the user's file's).
+func yamlMessage(err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) || len(te.Errors) == 0 {
+		return strings.TrimPrefix(err.Error(), "yaml: ")
+	}
+	msg := yamlLine.ReplaceAllString(te.Errors[0], "")
+	if m := yamlUnmarshal.FindStringSubmatch(msg); m != nil {
+		want := yamlTypeNames[m[2]]
+		if want == "" {
+			want = m[2]
+		}
+		return fmt.Sprintf("want %s, got %s", want, cmp.Or(yamlKindNames[m[1]], m[1]))
+	}
+	return msg
 }
 
 // fileWith is the last of files (later files override earlier ones) whose

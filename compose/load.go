@@ -10,9 +10,13 @@ package compose
 import (
 	"context"
 	"fmt"
+	"io"
+	"strings"
 
-	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	composeapi "github.com/docker/compose/v5/pkg/api"
+
+	"github.com/tp-run/tp/internal/dockerengine"
 )
 
 // LoadOptions are docker compose's project flags.
@@ -30,27 +34,32 @@ type LoadOptions struct {
 	EnvFiles []string
 	// Profiles are --profile (default: COMPOSE_PROFILES).
 	Profiles []string
+	// Services narrow the project to these and their dependencies (empty:
+	// all), as docker compose's SERVICE arguments do.
+	Services []string
+	// Engine is the Docker engine the project runs on (tp's: the docker
+	// CLI's choice, or --docker-context).
+	Engine *dockerengine.Engine
 }
 
-// Load loads the project as docker compose does: the same file discovery,
-// override files, .env and --env-file, COMPOSE_* variables, profiles,
-// interpolation and merge rules (!reset, !override), since both use
-// compose-go.
+// Load loads the project as docker compose does, with the compose
+// library's own loader (LoadProject): the same file discovery, override
+// files, .env and --env-file, COMPOSE_* variables, profiles, interpolation,
+// merge rules (!reset, !override), includes and extends, and the same
+// narrowing to Services and their dependencies.
 func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
-	opts, err := cli.NewProjectOptions(o.Files,
-		cli.WithWorkingDirectory(o.ProjectDirectory),
-		cli.WithOsEnv,
-		cli.WithEnvFiles(o.EnvFiles...),
-		cli.WithDotEnv,
-		cli.WithConfigFileEnv,
-		cli.WithDefaultConfigPath,
-		cli.WithDefaultProfiles(o.Profiles...),
-		cli.WithName(o.ProjectName),
-	)
+	svc, err := newComposeService(Streams{In: io.NopCloser(strings.NewReader("")), Out: io.Discard, ErrOut: io.Discard}, o.Engine)
 	if err != nil {
-		return nil, fmt.Errorf("compose project: %w", err)
+		return nil, err
 	}
-	p, err := opts.LoadProject(ctx)
+	return loadWith(ctx, svc, o)
+}
+
+func loadWith(ctx context.Context, svc composeapi.Compose, o LoadOptions) (*types.Project, error) {
+	p, err := svc.LoadProject(ctx, composeapi.ProjectLoadOptions{
+		ProjectName: o.ProjectName, ConfigPaths: o.Files, WorkingDir: o.ProjectDirectory,
+		EnvFiles: o.EnvFiles, Profiles: o.Profiles, Services: o.Services,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("compose project: %w", err)
 	}

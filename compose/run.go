@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,7 +25,9 @@ import (
 
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
+	"github.com/tp-run/tp/internal/dockerengine"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
+	"github.com/tp-run/tp/volumes"
 )
 
 // Streams are where compose and tp write, and compose's stdin.
@@ -43,8 +46,9 @@ type UpOptions struct {
 	// Detach (-d) returns once the services run; the intercepts stay
 	// until `tp compose down`.
 	Detach bool
-	// Services limits up to these services (and their dependencies).
-	Services []string
+	// Build builds the images of services with a build section before
+	// starting them (--build); without it only missing images are built.
+	Build bool
 	// Connect starts the connection when it is not running.
 	Connect ConnectFunc
 }
@@ -54,12 +58,14 @@ type UpOptions struct {
 type project struct {
 	*Transformed
 	plan       *Plan
-	connection string // the connection's name
-	daemon     string // its container
+	connection string              // the connection's name
+	daemon     string              // its container
+	engine     *dockerengine.Engine // the engine the project runs on
+	cluster    []netip.Prefix      // the cluster's ranges the daemon routes (set by avoidCluster)
 }
 
-func load(ctx context.Context, lo LoadOptions) (*project, error) {
-	p, err := Load(ctx, lo)
+func load(ctx context.Context, svc composeapi.Compose, lo LoadOptions) (*project, error) {
+	p, err := loadWith(ctx, svc, lo)
 	if err != nil {
 		return nil, err
 	}
@@ -67,8 +73,8 @@ func load(ctx context.Context, lo LoadOptions) (*project, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := cmp.Or(plan.Connection.Name, daemoncontainer.DefaultName)
-	t, err := Transform(p, plan, daemoncontainer.ContainerName(name))
+	conn := cmp.Or(plan.Connection.Name, daemoncontainer.DefaultName)
+	t, err := Transform(p, plan, daemoncontainer.ContainerName(conn))
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +95,7 @@ func load(ctx context.Context, lo LoadOptions) (*project, error) {
 		}
 		t.Project.Services[name] = s
 	}
-	return &project{Transformed: t, plan: plan, connection: name, daemon: daemoncontainer.ContainerName(name)}, nil
+	return &project{Transformed: t, plan: plan, connection: conn, daemon: daemoncontainer.ContainerName(conn), engine: lo.Engine}, nil
 }
 
 // publishSpecs are the daemon container's -p specs for the joined services' ports.
@@ -122,12 +128,18 @@ func interceptName(projectName, service string, ports []string, i int) string {
 	return name
 }
 
-func newComposeService(s Streams) (composeapi.Compose, error) {
+func newComposeService(s Streams, engine *dockerengine.Engine) (composeapi.Compose, error) {
 	cli, err := command.NewDockerCli(command.WithOutputStream(s.Out), command.WithErrorStream(s.ErrOut), command.WithInputStream(s.In))
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	if err := cli.Initialize(cliflags.NewClientOptions()); err != nil {
+	// The docker CLI's options that picked tp's engine, so that compose
+	// resolves the same one (nil: the docker CLI's own choice).
+	opts := cliflags.NewClientOptions()
+	if engine != nil {
+		opts = engine.ClientOptions()
+	}
+	if err := cli.Initialize(opts); err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	return composesvc.NewComposeService(cli, composesvc.WithStreams(s.Out, s.ErrOut, s.In))
@@ -135,75 +147,128 @@ func newComposeService(s Streams) (composeapi.Compose, error) {
 
 // Up runs the project: it connects (publishing the joined services' ports
 // on the daemon container), creates the intercepts and gives their
-// services the pod's environment (compose's own wins), creates the
-// containers, joins the daemon container to the project's networks (so
-// local services reach joined ones by IP), and starts them. In the
-// foreground it streams the logs until Ctrl-C, then stops the services and
-// leaves the intercepts; with Detach both stay. Up twice is harmless:
-// intercepts this project holds already are reused.
+// services the pod's environment (compose's own wins), builds missing
+// images (all of them with Build), creates the containers, joins the
+// daemon container to the project's networks (so local services reach
+// joined ones by IP), and starts them. In the foreground it streams the
+// logs until Ctrl-C, then stops the services and leaves the intercepts;
+// with Detach both stay. Up twice is harmless: intercepts this project
+// holds already are reused, unchanged containers stay.
+//
+// The project's containers record whether this up (or an earlier one of
+// the project) started the connection, so that Down quits it.
 func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
-	p, err := load(ctx, lo)
+	svc, err := newComposeService(s, lo.Engine)
 	if err != nil {
 		return err
 	}
-	if o.Connect != nil {
-		conn := p.plan.Connection
-		conn.Name = p.connection
-		if err := o.Connect(ctx, conn, p.publishSpecs()); err != nil {
+	p, err := load(ctx, svc, lo)
+	if err != nil {
+		return err
+	}
+	docker, err := lo.Engine.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	// Undo what this up did when it fails before the services exist.
+	var (
+		created          []*intercept.Intercept
+		startsConnection bool
+	)
+	fail := func(err error) error {
+		leave(ctx, created, s.ErrOut)
+		if startsConnection && !p.hasContainers(ctx, docker) {
+			if qerr := daemoncontainer.Quit(context.WithoutCancel(ctx), docker, p.connection); qerr == nil {
+				fmt.Fprintf(s.ErrOut, "Disconnected %s (this up had started it)\n", p.daemon)
+			}
+		}
+		return err
+	}
+	// A project without roles is docker compose's: no connection.
+	var d *daemoncontainer.Client
+	if len(p.plan.Roles) > 0 {
+		if startsConnection, err = p.startsConnection(ctx, docker); err != nil {
 			return err
 		}
+		p.setLabel(LabelConnection, p.connection)
+		p.setLabel(LabelStartedConnection, strconv.FormatBool(startsConnection))
+		if o.Connect != nil {
+			conn := p.plan.Connection
+			conn.Name = p.connection
+			if err := o.Connect(ctx, conn, p.publishSpecs()); err != nil {
+				return fail(err)
+			}
+		}
+		if d, err = daemoncontainer.DialConnection(ctx, lo.Engine, p.connection); err != nil {
+			return fail(err)
+		}
+		defer d.Close()
+		if created, err = p.intercept(ctx, d, s.ErrOut); err != nil {
+			return fail(err)
+		}
 	}
-	d, err := daemoncontainer.DialConnection(ctx, p.connection)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-
-	created, err := p.intercept(ctx, d, s.ErrOut)
-	leaveAll := func() {
-		for _, ic := range created {
-			if err := ic.Leave(ctx); err != nil {
-				fmt.Fprintf(s.ErrOut, "tp: %v\n", err)
-			} else {
-				fmt.Fprintf(s.ErrOut, "Left intercept %s\n", ic.Name())
+	if o.Build {
+		for name, sc := range p.Project.Services {
+			if sc.Build != nil {
+				sc.PullPolicy = types.PullPolicyBuild
+				p.Project.Services[name] = sc
 			}
 		}
 	}
-	if err != nil {
-		leaveAll()
-		return err
+	services := slices.DeleteFunc(slices.Clone(lo.Services), func(name string) bool { _, replaced := p.Replaced[name]; return replaced })
+	create := composeapi.CreateOptions{
+		Build:    &composeapi.BuildOptions{Services: p.Project.ServiceNames(), Deps: true, Progress: "plain", Out: s.ErrOut},
+		Services: services, Recreate: composeapi.RecreateDiverged, RecreateDependencies: composeapi.RecreateDiverged,
 	}
-	svc, err := newComposeService(s)
-	if err != nil {
-		leaveAll()
-		return err
+	if err := p.avoidCluster(ctx, d, docker, s.ErrOut); err != nil {
+		return fail(err)
 	}
-	create := composeapi.CreateOptions{Services: o.Services, Recreate: composeapi.RecreateDiverged, RecreateDependencies: composeapi.RecreateDiverged}
 	if err := svc.Create(ctx, p.Project, create); err != nil {
-		leaveAll()
-		return fmt.Errorf("compose create: %w", err)
+		return fail(fmt.Errorf("compose create: %w", err))
 	}
-	if err := p.joinNetworks(ctx, d.Connection.ContainerID); err != nil {
-		leaveAll()
-		return err
+	if d != nil {
+		if err := p.joinNetworks(ctx, docker, d.Connection.ContainerID); err != nil {
+			leave(ctx, created, s.ErrOut)
+			return err
+		}
+		if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
+			leave(ctx, created, s.ErrOut)
+			return err
+		}
 	}
-	if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
-		leaveAll()
-		return err
-	}
-	start := composeapi.StartOptions{Project: p.Project, Services: o.Services}
+	start := composeapi.StartOptions{Project: p.Project, Services: services}
 	if !o.Detach {
 		start.Attach = &printer{out: s.Out, errOut: s.ErrOut}
 	}
-	err = svc.Up(ctx, p.Project, composeapi.UpOptions{Create: create, Start: start})
-	if o.Detach && err == nil {
+	again := create
+	again.Build = nil // built by Create above
+	err = svc.Up(ctx, p.Project, composeapi.UpOptions{Create: again, Start: start})
+	if o.Detach && err == nil && len(created) > 0 {
 		fmt.Fprintf(s.ErrOut, "Project %s is up; its intercepts stay until: tp compose down\n", p.Project.Name)
-		return nil
 	}
-	if !o.Detach {
-		leaveAll()
+	if o.Detach {
+		return err
+	}
+	// Ctrl-C: compose stopped the services; the cluster's own pods take
+	// the traffic again. The containers and the connection stay for the
+	// next up, until tp compose down.
+	leave(ctx, created, s.ErrOut)
+	if len(created) > 0 {
+		fmt.Fprintf(s.ErrOut, "Stopped project %s and left its intercepts; remove its containers (and the connection, when up started it) with: tp compose down\n", p.Project.Name)
 	}
 	return err
+}
+
+// leave leaves the intercepts (even when ctx is cancelled: Ctrl-C).
+func leave(ctx context.Context, ics []*intercept.Intercept, progress io.Writer) {
+	for _, ic := range ics {
+		if err := ic.Leave(ctx); err != nil {
+			fmt.Fprintf(progress, "tp: %v\n", err)
+		} else {
+			fmt.Fprintf(progress, "Left intercept %s\n", ic.Name())
+		}
+	}
 }
 
 // intercept creates the project's intercepts (or finds those it holds
@@ -254,16 +319,15 @@ func (p *project) addEnv(service string, env map[string]string) {
 	p.Project.Services[service] = s
 }
 
-// joinNetworks connects the daemon container to the project's networks.
-func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
-	docker, err := daemoncontainer.NewDockerClient(ctx)
-	if err != nil {
-		return err
-	}
-	defer docker.Close()
+// joinNetworks connects the daemon container to the project's networks,
+// with the joined services' names as its aliases there.
+func (p *project) joinNetworks(ctx context.Context, docker dockerclient.APIClient, daemonID string) error {
 	info, err := docker.ContainerInspect(ctx, daemonID)
 	if err != nil {
 		return fmt.Errorf("inspect the daemon container %s: %w", p.daemon, err)
+	}
+	if err := p.checkSubnets(ctx, docker, p.cluster); err != nil {
+		return err
 	}
 	for _, key := range slices.Sorted(maps.Keys(p.Project.Networks)) {
 		n := p.Project.Networks[key]
@@ -273,7 +337,9 @@ func (p *project) joinNetworks(ctx context.Context, daemonID string) error {
 		if _, joined := info.NetworkSettings.Networks[n.Name]; joined {
 			continue // up twice
 		}
-		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{}); err != nil {
+		// The joined services' names are the daemon container's aliases:
+		// Docker's DNS gives local services its address for them.
+		if err := docker.NetworkConnect(ctx, n.Name, daemonID, &network.EndpointSettings{Aliases: p.Joined}); err != nil {
 			return fmt.Errorf("join the daemon container %s to network %s: %w", p.daemon, n.Name, err)
 		}
 	}
@@ -297,39 +363,60 @@ type DownOptions struct {
 }
 
 // Down stops and removes the project's containers and networks (as docker
-// compose down does) and leaves every intercept the project holds.
+// compose down does), leaves every intercept the project holds, removes
+// tp's volumes of the project, and quits the connection when the
+// project's up started it and no other compose project uses it.
 func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
-	p, err := load(ctx, lo)
+	svc, err := newComposeService(s, lo.Engine)
 	if err != nil {
 		return err
 	}
-	docker, err := daemoncontainer.NewDockerClient(ctx)
+	p, err := load(ctx, svc, lo)
+	if err != nil {
+		return err
+	}
+	docker, err := lo.Engine.Client(ctx)
 	if err != nil {
 		return err
 	}
 	defer docker.Close()
-	p.leaveNetworks(ctx, docker)
-	svc, err := newComposeService(s)
+	startedConnection, err := p.startedConnection(ctx, docker)
 	if err != nil {
 		return err
 	}
+	p.leaveNetworks(ctx, docker)
 	timeout := 10 * time.Second
 	downErr := svc.Down(ctx, p.Project.Name, composeapi.DownOptions{Project: p.Project, RemoveOrphans: true, Volumes: o.Volumes, Timeout: &timeout})
 	if downErr != nil {
 		downErr = fmt.Errorf("compose down: %w", downErr)
 	}
-	d, err := daemoncontainer.DialConnection(ctx, p.connection)
-	if errors.Is(err, daemoncontainer.ErrNotConnected) {
-		return downErr // no connection: no intercepts to leave
+	errs := []error{downErr}
+	d, err := daemoncontainer.DialConnection(ctx, lo.Engine, p.connection)
+	switch {
+	case errors.Is(err, daemoncontainer.ErrNotConnected):
+		// no connection: no intercepts to leave
+	case err != nil:
+		errs = append(errs, err)
+	default:
+		errs = append(errs, p.leaveIntercepts(ctx, d, nil, s.ErrOut))
+		d.Close()
 	}
-	if err != nil {
-		return errors.Join(downErr, err)
+	if err := volumes.RemoveVolumes(ctx, docker, map[string]string{LabelProject: p.Project.Name}); err != nil {
+		errs = append(errs, fmt.Errorf("remove tp's volumes of project %s: %w", p.Project.Name, err))
 	}
-	defer d.Close()
+	if startedConnection && downErr == nil {
+		errs = append(errs, p.quitConnection(ctx, docker, s.ErrOut))
+	}
+	return errors.Join(errs...)
+}
+
+// leaveIntercepts ends the intercepts of services (all of the project's
+// when nil), by name: up ran in another process.
+func (p *project) leaveIntercepts(ctx context.Context, d *daemoncontainer.Client, services []string, progress io.Writer) error {
 	var errs []error
 	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
 		r := p.plan.Roles[service].Intercept
-		if r == nil {
+		if r == nil || (services != nil && !slices.Contains(services, service)) {
 			continue
 		}
 		for i := range r.Ports {
@@ -337,14 +424,14 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 			_, err := d.RemoveIntercept(ctx, &managerv1.RemoveInterceptRequest{Name: name, Namespace: p.plan.Connection.Namespace})
 			switch status.Code(err) {
 			case codes.OK:
-				fmt.Fprintf(s.ErrOut, "Left intercept %s\n", name)
+				fmt.Fprintf(progress, "Left intercept %s\n", name)
 			case codes.NotFound:
 			default:
 				errs = append(errs, fmt.Errorf("leave %s: %s", name, status.Convert(err).Message()))
 			}
 		}
 	}
-	return errors.Join(append([]error{downErr}, errs...)...)
+	return errors.Join(errs...)
 }
 
 // printer writes the services' logs as docker compose does, a prefix each.

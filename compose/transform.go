@@ -21,6 +21,10 @@ type Transformed struct {
 	// Publish are the joined services' ports: joined containers cannot
 	// publish ports, so the daemon container publishes them.
 	Publish []types.ServicePortConfig
+	// Joined are the services that join the daemon container's network
+	// namespace (sorted): the daemon container has their names as aliases
+	// on the project's networks, so local services reach them by name.
+	Joined []string
 	// Replaced are the use-cluster services, which compose does not start:
 	// service name -> the cluster's service its name resolves to.
 	Replaced map[string]string
@@ -95,6 +99,7 @@ func Transform(p *types.Project, plan *Plan, daemonContainer string) (*Transform
 			continue
 		}
 		s := p.Services[name]
+		t.Joined = append(t.Joined, name)
 		t.Publish = append(t.Publish, s.Ports...)
 		if len(s.Expose) > 0 {
 			t.Notes = append(t.Notes, fmt.Sprintf("service %s: expose dropped (it shares the daemon container's network namespace)", name))

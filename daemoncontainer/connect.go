@@ -23,6 +23,7 @@ import (
 
 	"github.com/tp-run/tp/charts"
 	"github.com/tp-run/tp/daemoncontainer/kubeconfig"
+	"github.com/tp-run/tp/internal/dockerengine"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 )
 
@@ -44,10 +45,20 @@ type ConnectOptions struct {
 	// -p specs ([HOST_IP:][HOST_PORT:]PORT[/PROTO]): a container joined to
 	// its network namespace cannot publish ports itself.
 	Publish []string
+	// MemoryOnly keeps the kubeconfig in the daemon's memory only: nothing
+	// of it is on disk, and the connection does not survive a restart of
+	// the container (Docker's restart policy is off). By default the daemon
+	// keeps it in its container's layer (StateDir).
+	MemoryOnly bool
 	// Timeout for the whole connect, including a first manager install.
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// ManagerValues are chart values for installing the traffic-manager
+	// when it is missing (e.g. charts.ImageValues of the image flags).
+	ManagerValues map[string]any
+	// Engine is the Docker engine of the daemon container.
+	Engine *dockerengine.Engine
 	// Kubeauth starts the host relay for exec credential plugins; see
 	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
 	Kubeauth func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
@@ -94,7 +105,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		return nil, fmt.Errorf("kubeconfig namespace: %w", err)
 	}
 
-	docker, err := NewDockerClient(ctx)
+	if o.Engine == nil {
+		return nil, errors.New("connect: no Docker engine")
+	}
+	docker, err := o.Engine.Client(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +181,8 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, exposed: exposed, bindings: bindings})
+		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
+		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
 		return nil, err
@@ -220,14 +235,19 @@ func checkCluster(ctx context.Context, getter genericclioptions.RESTClientGetter
 	}
 }
 
-// ensureManager installs the traffic-manager when it is missing.
+// ensureManager installs the traffic-manager when it is missing and waits
+// until it is ready; a manager whose image the cluster cannot pull fails at
+// once (charts.ImagePullError), not after the timeout.
 func ensureManager(ctx context.Context, o ConnectOptions) error {
 	rel, err := charts.Installed(ctx, o.Kube, o.ManagerNamespace, charts.DefaultReleaseName)
 	if err == nil {
 		if v := rel.Chart.Metadata.AppVersion; v != o.Version {
 			fmt.Fprintf(o.Progress, "Traffic-manager in namespace %s is version %s, this client is %s (run `tp helm upgrade` to align)\n", o.ManagerNamespace, v, o.Version)
 		}
-		return nil
+		if len(o.ManagerValues) > 0 {
+			fmt.Fprintf(o.Progress, "Traffic-manager installed already: the image flags apply to `tp helm upgrade --namespace %s`\n", o.ManagerNamespace)
+		}
+		return waitManager(ctx, o)
 	}
 	if apierrors.IsForbidden(err) {
 		// A developer on a shared cluster need not read the Helm release (its
@@ -239,9 +259,19 @@ func ensureManager(ctx context.Context, o ConnectOptions) error {
 		return fmt.Errorf("check the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
 	}
 	fmt.Fprintf(o.Progress, "Installing the traffic-manager %s in namespace %s\n", o.Version, o.ManagerNamespace)
-	_, err = charts.Install(ctx, o.Kube, charts.Options{Namespace: o.ManagerNamespace, Version: o.Version, Wait: true, Timeout: 2 * time.Minute})
+	// Not Helm's wait: it cannot tell an image the cluster cannot pull from
+	// a slow start.
+	_, err = charts.Install(ctx, o.Kube, charts.Options{Namespace: o.ManagerNamespace, Version: o.Version, Values: o.ManagerValues})
 	if err != nil {
 		return fmt.Errorf("install the traffic-manager in namespace %s: %w", o.ManagerNamespace, err)
+	}
+	return waitManager(ctx, o)
+}
+
+// waitManager waits for a ready traffic-manager pod, at most 2 minutes.
+func waitManager(ctx context.Context, o ConnectOptions) error {
+	if err := charts.WaitManager(ctx, o.Kube, o.ManagerNamespace, 2*time.Minute); err != nil {
+		return fmt.Errorf("connect: %w", err)
 	}
 	return nil
 }
@@ -347,15 +377,19 @@ type Client struct {
 	cc         *grpc.ClientConn
 }
 
+// Docker is the Docker engine of the connection.
+func (c *Client) Docker() client.APIClient { return c.docker }
+
 // Close releases the client.
 func (c *Client) Close() error {
 	c.cc.Close()
 	return c.docker.Close()
 }
 
-// DialConnection finds the connection named name and dials its daemon.
-func DialConnection(ctx context.Context, name string) (*Client, error) {
-	docker, err := NewDockerClient(ctx)
+// DialConnection finds the connection named name on the engine and dials
+// its daemon.
+func DialConnection(ctx context.Context, engine *dockerengine.Engine, name string) (*Client, error) {
+	docker, err := engine.Client(ctx)
 	if err != nil {
 		return nil, err
 	}

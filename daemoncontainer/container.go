@@ -49,11 +49,20 @@ const (
 )
 
 // KubeconfigFromStdin is the daemon's --kubeconfig: `tp connect` writes the
-// kubeconfig to the daemon's stdin, and the daemon keeps it in memory. It is
-// never a file in the container's writable layer (there is none: the root
-// filesystem is read-only), a volume or a host file; it is gone with the
-// daemon process.
+// kubeconfig to the daemon's stdin. The daemon keeps it in its state
+// directory (StateDir) in the container's own writable layer, so that it
+// connects again by itself when Docker restarts the container (an engine
+// restart, a crash); it is never a volume or a host file, and it is gone
+// with the container.
 const KubeconfigFromStdin = "-"
+
+// StateDir is the daemon's state directory in its container (daemon.State):
+// kubeconfig, session and mount tokens, root's, mode 0600.
+const StateDir = "/var/lib/tp"
+
+// RestartPolicy brings the daemon container back with the Docker engine
+// (and after a crash), unless `tp quit` or the user stopped it.
+const RestartPolicy = container.RestartPolicyUnlessStopped
 
 // Capabilities is the daemon container's whole capability set: Docker's
 // defaults are all dropped. NET_ADMIN creates the TUN device and sets its
@@ -174,6 +183,8 @@ type createOptions struct {
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
+	// MemoryOnly: no state dir and no restart policy (ConnectOptions).
+	MemoryOnly bool
 	// exposed and bindings are Connection.Publish parsed (ParsePublish).
 	exposed  nat.PortSet
 	bindings nat.PortMap
@@ -212,13 +223,17 @@ func containerConfig(o createOptions) *container.Config {
 	if len(o.Publish) > 0 {
 		labels[LabelPublish] = strings.Join(o.Publish, ",")
 	}
+	stateDir := StateDir
+	if o.MemoryOnly {
+		stateDir = ""
+	}
 	return &container.Config{
 		ExposedPorts: o.exposed,
 		Image:        o.Image,
 		Cmd: []string{"daemon", "run",
 			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
 			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigFromStdin,
-			"--log-level", o.LogLevel},
+			"--state-dir", stateDir, "--log-level", o.LogLevel},
 		Labels: labels,
 		// Who owns this connection's intercepts, as others see it in tp list.
 		Env:       []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
@@ -228,19 +243,26 @@ func containerConfig(o createOptions) *container.Config {
 
 // hostConfig is what the daemon container may do: NET_ADMIN and the TUN
 // device, nothing more (see Capabilities), no new privileges (no setuid or
-// file capabilities), a read-only root filesystem with one small tmpfs
-// (RunDir), and no mounts or volumes.
+// file capabilities), one small tmpfs for its socket (RunDir), and no
+// mounts or volumes. Its root filesystem (the tp binary, FROM scratch) is
+// writable: the daemon keeps its state there (StateDir) and points the
+// resolv.conf it shares with the joined containers at its DNS server, which
+// Docker writes anew at every start of the container (RestartPolicy).
 func hostConfig(o createOptions) *container.HostConfig {
+	restart := container.RestartPolicy{Name: RestartPolicy}
+	if o.MemoryOnly {
+		restart = container.RestartPolicy{Name: container.RestartPolicyDisabled}
+	}
 	return &container.HostConfig{
-		CapDrop:        []string{"ALL"},
-		CapAdd:         Capabilities,
-		SecurityOpt:    []string{"no-new-privileges"},
-		ReadonlyRootfs: true,
-		Tmpfs:          map[string]string{RunDir: "rw,noexec,nosuid,nodev,size=1m,mode=0700"},
-		Sysctls:        map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
-		DNS:            o.DNS,
-		ExtraHosts:     []string{"host.docker.internal:host-gateway"},
-		PortBindings:   o.bindings,
+		CapDrop:       []string{"ALL"},
+		CapAdd:        Capabilities,
+		SecurityOpt:   []string{"no-new-privileges"},
+		RestartPolicy: restart,
+		Tmpfs:         map[string]string{RunDir: "rw,noexec,nosuid,nodev,size=1m,mode=0700"},
+		Sysctls:       map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
+		DNS:           o.DNS,
+		ExtraHosts:    []string{"host.docker.internal:host-gateway"},
+		PortBindings:  o.bindings,
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",
 		}}},
@@ -300,8 +322,9 @@ func handKubeconfig(stdin types.HijackedResponse, data []byte) error {
 	return nil
 }
 
-// remove stops the daemon container (the daemon departs from the manager on
-// SIGTERM) and removes it.
+// remove stops the daemon container and removes it. The daemon does not
+// depart on SIGTERM (a restart would resume the session): Quit asks it to
+// first.
 func remove(ctx context.Context, docker client.APIClient, id string) error {
 	timeout := 5
 	if err := docker.ContainerStop(ctx, id, container.StopOptions{Timeout: &timeout}); err != nil && !cerrdefs.IsNotFound(err) {
@@ -325,26 +348,13 @@ func logsTail(ctx context.Context, docker client.APIClient, id string, lines int
 	return strings.TrimSpace(buf.String())
 }
 
-// dockerHint adds what to do when the Docker engine cannot be reached.
+// dockerHint adds what to do when the Docker engine stops answering
+// (dockerengine.Engine.Client checked that it answered at first).
 func dockerHint(err error) error {
 	if client.IsErrConnectionFailed(err) {
-		return fmt.Errorf("%w: Docker is not running or not reachable; start Docker (Docker Desktop, or dockerd) or set DOCKER_HOST", err)
+		return fmt.Errorf("%w: Docker is not running or not reachable; start Docker (Docker Desktop, or dockerd), or pick the engine with --docker-context, DOCKER_CONTEXT or DOCKER_HOST", err)
 	}
 	return err
-}
-
-// NewDockerClient returns a Docker API client from the environment
-// (DOCKER_HOST etc.) that negotiates the API version with the engine.
-func NewDockerClient(ctx context.Context) (*client.Client, error) {
-	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return nil, fmt.Errorf("docker client: %w", err)
-	}
-	if _, err := c.Ping(ctx); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("docker: %w", dockerHint(err))
-	}
-	return c, nil
 }
 
 func currentUser() string {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/docker/docker/api/types/container"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 )
 
@@ -55,8 +56,11 @@ func TestHostConfigHardening(t *testing.T) {
 	if !slices.Contains(h.SecurityOpt, "no-new-privileges") {
 		t.Errorf("SecurityOpt = %q, want no-new-privileges", h.SecurityOpt)
 	}
-	if !h.ReadonlyRootfs {
-		t.Error("root filesystem is writable, want read-only")
+	if h.RestartPolicy.Name != RestartPolicy {
+		t.Errorf("restart policy %q, want %q (the connection comes back with the engine)", h.RestartPolicy.Name, RestartPolicy)
+	}
+	if m := hostConfig(createOptions{MemoryOnly: true}); m.RestartPolicy.Name != container.RestartPolicyDisabled {
+		t.Errorf("memory-only: restart policy %q, want none (a restart has no kubeconfig)", m.RestartPolicy.Name)
 	}
 	if got := slices.Collect(maps.Keys(h.Tmpfs)); !slices.Equal(got, []string{RunDir}) {
 		t.Errorf("tmpfs mounts at %q, want only %s", got, RunDir)
@@ -102,6 +106,13 @@ func TestContainerConfigKubeconfigOnStdin(t *testing.T) {
 	}
 	if c.Labels[LabelKubeconfig] != "/home/u/kc" || c.Labels[LabelContext] != "ctx" {
 		t.Errorf("labels %v, want the kubeconfig path and context of the connection", c.Labels)
+	}
+	if i := slices.Index(c.Cmd, "--state-dir"); i < 0 || c.Cmd[i+1] != StateDir {
+		t.Errorf("command %q, want --state-dir %s (the connection survives a restart)", c.Cmd, StateDir)
+	}
+	o.MemoryOnly = true
+	if c := containerConfig(o); slices.Index(c.Cmd, "--state-dir") < 0 || c.Cmd[slices.Index(c.Cmd, "--state-dir")+1] != "" {
+		t.Errorf("memory-only command %q, want --state-dir \"\" (nothing kept)", c.Cmd)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -30,6 +31,12 @@ const DaemonSocket = "/run/tp/daemon.sock"
 func DialDaemon(docker client.APIClient, containerID string) (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///tp-daemon",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Redial within a second or two once the daemon is back (a Docker
+		// restart, a restarted container), not after gRPC's default backoff
+		// of up to two minutes: the dial is a local docker exec.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second,
+		}, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			return dialExec(ctx, docker, containerID, []string{"/tp", "daemon", "proxy"})
 		}))

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,8 +46,9 @@ const KubeauthEnvSecret = kubeauth.EnvSecret
 // StartKubeauthProcess returns a ConnectOptions.Kubeauth that runs the relay
 // as `<this executable> kubeauth serve`, with kubeArgs (the kubectl-style
 // flags of the connect command) so that it loads the same kubeconfig, and the
-// connection's context.
-func StartKubeauthProcess(kubeArgs []string) func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
+// connection's context; environ is its environment (the engine's
+// DOCKER_CONTEXT or DOCKER_HOST, so that it watches the same engine).
+func StartKubeauthProcess(kubeArgs, environ []string) func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
 	return func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
 		self, err := os.Executable()
 		if err != nil {
@@ -58,7 +60,7 @@ func StartKubeauthProcess(kubeArgs []string) func(ctx context.Context, container
 		// context changes meanwhile (the last --context wins).
 		args = append(args, "--context="+contextName)
 		cmd := exec.Command(self, args...)
-		cmd.Env = append(os.Environ(), KubeauthEnvSecret+"="+secret)
+		cmd.Env = append(slices.Clone(environ), KubeauthEnvSecret+"="+secret)
 		detach(cmd)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {

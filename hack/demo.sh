@@ -15,7 +15,7 @@ TAG=$(bin/tp version -o json | sed -n 's/.*"client": "\(.*\)".*/\1/p' | tr -c 'A
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Loading images into the cluster"
-hack/cluster/load.sh "tp:$TAG" tp-echo:dev tp-probe:dev
+hack/cluster/load.sh "tp:$TAG" tp-echo:dev tp-probe:dev tp-shop:dev tp-postgres:dev
 
 step "Deploying the example app (examples/echo) in namespace $NS"
 kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS"
@@ -69,5 +69,31 @@ step "tp leave echo: the cluster's copy answers again"
 $TP leave echo -n "$NS"
 docker rm -f tp-demo-local >/dev/null
 in_cluster http "http://echo.$NS/hello"
+
+step "tp compose: the shop example (examples/shop), half local and half in the cluster"
+SHOP_NS=${DEMO_SHOP_NAMESPACE:-shop}
+kubectl get namespace "$SHOP_NS" >/dev/null 2>&1 || kubectl create namespace "$SHOP_NS"
+kubectl -n "$SHOP_NS" apply -f examples/shop/k8s/shop.yaml
+for d in db api frontend; do kubectl -n "$SHOP_NS" rollout status "deployment/$d" --timeout=180s; done
+NS=$SHOP_NS # in_cluster runs its probe there
+echo "Before: the cluster's frontend gets the cluster's API:"
+in_cluster http "http://frontend.$SHOP_NS/"
+export SHOP_NAMESPACE=$SHOP_NS SHOP_API_PORT=${DEMO_SHOP_PORT:-8081}
+shop() { $TP compose -f examples/shop/compose.yaml "$@"; }
+shop config | head -20
+shop up -d
+echo "The cluster's frontend now gets the local API, which reads the cluster's PostgreSQL with the pod's Secret:"
+in_cluster http "http://frontend.$SHOP_NS/"
+echo "The API's port, published on the host:"
+curl -s "http://127.0.0.1:$SHOP_API_PORT/orders"; echo
+echo "The local API reaches the local mailer by its compose name, and the mailer the API:"
+curl -s "http://127.0.0.1:$SHOP_API_PORT/mailer"; echo
+docker exec shop-mailer-1 /shop get http://api:8080/healthz
+echo "The worker (connect) reaches the cluster's frontend:"
+sleep 3; docker logs --tail 2 shop-worker-1
+shop down
+echo "After down, the cluster's API answers its frontend again:"
+in_cluster http "http://frontend.$SHOP_NS/"
+$TP quit --name shop >/dev/null 2>&1 || true
 
 step "Done. Disconnect with: $TP quit"

@@ -18,6 +18,9 @@ const ImagePlaceholder = "IMAGE"
 type DockerBuild struct {
 	Dir  string
 	Opts []string
+	// Environ is the docker CLI's environment (default os.Environ()); see
+	// DockerRun.Environ.
+	Environ []string
 }
 
 // Build runs the build and returns the image's ID; the build's output goes
@@ -34,6 +37,7 @@ func (b DockerBuild) Build(ctx context.Context) (string, error) {
 	args = append(args, b.Dir)
 	var out, errOut bytes.Buffer
 	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = b.Environ // nil: this process's
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("docker build %s: %w\n%s", b.Dir, err, strings.TrimSpace(errOut.String()))

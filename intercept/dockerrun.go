@@ -9,10 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
 
@@ -27,13 +31,33 @@ type DockerRun struct {
 	Args []string
 	// ExtraFlags go before Args (e.g. tp's own -v for the pod's volumes).
 	ExtraFlags []string
+	// Environ is the docker CLI's environment (default os.Environ()): the
+	// engine's DOCKER_CONTEXT or DOCKER_HOST (dockerengine.Engine.Environ),
+	// so that the container runs on the daemon container's engine.
+	Environ []string
 	// Stdin, Stdout and Stderr are the container's; Progress gets tp's
 	// messages while it runs.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Progress       io.Writer
 	PollInterval   time.Duration // default PollInterval
+	// Engine, when set, lets the container outlive a restart of the Docker
+	// engine: when docker run ends because the engine went away,
+	// RunContainer waits for the engine and the daemon container to come
+	// back (its restart policy) and runs the container again; the intercept
+	// stays all along. Nil: RunContainer returns when docker run does.
+	Engine client.APIClient
+	// EngineWait bounds that wait; default EngineWait.
+	EngineWait time.Duration
+	// Remount, if set, is called before the container runs again after an
+	// engine restart and returns ExtraFlags anew: tp's volumes are created
+	// again, as the daemon container's address may have changed.
+	Remount func(ctx context.Context) ([]string, error)
 }
+
+// EngineWait is how long RunContainer waits for a Docker engine that went
+// away to come back.
+const EngineWait = 5 * time.Minute
 
 // RunContainer runs "docker run --rm --network container:NAME" with the
 // pod's environment and waits for it. Ctrl-C (ctx) stops the container;
@@ -58,13 +82,164 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		}
 		watched <- err
 	}()
-	code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+	for {
+		var away <-chan struct{}
+		ectx, stopEvents := context.WithCancel(ctx)
+		if r.Engine != nil {
+			away = daemonGoesAway(ectx, r.Engine, r.NetworkContainer)
+		}
+		code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+		wentAway := false
+		if away != nil && !detached && ctx.Err() == nil && !isClosed(ended) {
+			// The daemon container's kill comes with the engine's shutdown,
+			// as ours does; give its event a moment to arrive.
+			select {
+			case <-away:
+				wentAway = true
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		stopEvents()
+		if !wentAway {
+			break
+		}
+		fmt.Fprintf(r.Progress, "The Docker engine went away; intercept %s stays: waiting up to %s for Docker and %s to come back, then the container runs again\n",
+			ic.Name(), cmp.Or(r.EngineWait, EngineWait), r.NetworkContainer)
+		if werr := waitEngine(ctx, ended, r.Engine, r.NetworkContainer, cmp.Or(r.EngineWait, EngineWait)); werr != nil {
+			if ctx.Err() == nil && !isClosed(ended) {
+				err = werr
+			}
+			break
+		}
+		if r.Remount != nil {
+			flags, rerr := remount(ctx, r, ic.Name())
+			if rerr != nil {
+				err = fmt.Errorf("after Docker restarted: %w", rerr)
+				break
+			}
+			r.ExtraFlags = flags
+		}
+		fmt.Fprintf(r.Progress, "Docker and %s are back; running the container of intercept %s again\n", r.NetworkContainer, ic.Name())
+	}
 	stopWatch()
 	werr := <-watched
 	if errors.Is(werr, ErrEnded) && !(detached && err == nil) {
 		return code, detached, werr
 	}
 	return code, detached, err
+}
+
+// RemountWait is how long RunContainer retries Remount after the engine
+// came back: the daemon in the container that runs again answers its API
+// some seconds after Docker reports the container running, and the CLI's
+// connections to it redial with a backoff.
+const RemountWait = time.Minute
+
+// remount calls r.Remount until it succeeds or RemountWait has passed.
+func remount(ctx context.Context, r DockerRun, intercept string) ([]string, error) {
+	deadline := time.Now().Add(RemountWait)
+	for {
+		flags, err := r.Remount(ctx)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return flags, err
+		}
+		fmt.Fprintf(r.Progress, "tp: intercept %s: the volumes cannot be mounted again yet (%v); retrying\n", intercept, err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// daemonGoesAway follows the engine's events about the daemon container
+// networkContainer: the channel closes when it is killed, stopped or dies,
+// or when the events stream breaks (the engine went away). Its containers
+// then lost their network; it comes back by its restart policy.
+func daemonGoesAway(ctx context.Context, engine client.APIClient, networkContainer string) <-chan struct{} {
+	gone := make(chan struct{})
+	msgs, errs := engine.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", networkContainer))})
+	go func() { // ends with ctx (RunContainer cancels it after each run) or the stream
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m := <-msgs:
+				switch m.Action {
+				case events.ActionKill, events.ActionDie, events.ActionStop:
+					close(gone)
+					return
+				}
+			case <-errs:
+				if ctx.Err() == nil {
+					close(gone)
+				}
+				return
+			}
+		}
+	}()
+	return gone
+}
+
+// engineUp says whether the Docker engine answers (within 2 s).
+func engineUp(ctx context.Context, engine client.APIClient) bool {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := engine.Ping(pctx)
+	return err == nil
+}
+
+// stoppedByHand is how long waitEngine waits for a daemon container that
+// stopped while the engine kept running (docker stop, docker kill: the
+// restart policy does not bring it back).
+const stoppedByHand = 30 * time.Second
+
+// waitEngine waits until the engine answers and the daemon container
+// networkContainer runs again, for at most wait; ctx (Ctrl-C) and ended
+// stop it early.
+func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APIClient, networkContainer string, wait time.Duration) error {
+	start := time.Now()
+	deadline := time.After(wait)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	engineWasDown := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ended:
+			return ErrEnded
+		case <-deadline:
+			if !engineUp(ctx, engine) {
+				return fmt.Errorf("the Docker engine did not come back within %s; start Docker, then run tp intercept again", wait)
+			}
+			return fmt.Errorf("the daemon container %s did not come back within %s after Docker restarted (see docker logs %s; tp connect starts it again)", networkContainer, wait, networkContainer)
+		case <-tick.C:
+		}
+		if !engineUp(ctx, engine) {
+			engineWasDown = true
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		info, err := engine.ContainerInspect(ictx, networkContainer)
+		cancel()
+		if err == nil && info.State != nil && info.State.Running {
+			return nil
+		}
+		if !engineWasDown && time.Since(start) > stoppedByHand {
+			return fmt.Errorf("the daemon container %s stopped (docker stop or kill?) and Docker did not start it again: run tp connect, then tp intercept again", networkContainer)
+		}
+	}
 }
 
 // dockerRun runs the container in r.NetworkContainer's network namespace
@@ -91,9 +266,17 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 	args = append(args, r.ExtraFlags...)
 	args = append(args, r.Args...)
 
-	cmd := exec.Command("docker", args...)
+	environ := r.Environ
+	if environ == nil {
+		environ = os.Environ()
+	}
+	docker := func(ctx context.Context, args ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, "docker", args...)
+		cmd.Env = slices.Clone(environ)
+		return cmd
+	}
+	cmd := docker(context.WithoutCancel(ctx), args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = r.Stdin, r.Stdout, r.Stderr
-	cmd.Env = os.Environ()
 	for _, k := range keys {
 		cmd.Env = append(cmd.Env, k+"="+env[k])
 	}
@@ -128,7 +311,7 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 		// does not proxy signals); without one, as Ctrl-C does.
 		if cname := cmp.Or(name, FlagValue(r.Args, "--name")); cname != "" {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-			_ = exec.CommandContext(sctx, "docker", "stop", "--time", "5", cname).Run()
+			_ = docker(sctx, "stop", "--time", "5", cname).Run()
 			cancel()
 		} else if runtime.GOOS != "windows" {
 			_ = cmd.Process.Signal(os.Interrupt)
@@ -136,7 +319,7 @@ func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, intercep
 		waitErr = stopCLI()
 	}
 	if name != "" && !detached {
-		_ = exec.Command("docker", "rm", "-f", name).Run() // nothing may outlive the intercept
+		_ = docker(context.WithoutCancel(ctx), "rm", "-f", name).Run() // nothing may outlive the intercept
 	}
 	var exitErr *exec.ExitError
 	switch {

@@ -78,6 +78,15 @@ type connector struct {
 	// newSession, if set, is called for every session taken (resumed: the
 	// previous one was taken up again, with its intercepts).
 	newSession func(resumed bool)
+	// savedSession is the session a previous start of this container held
+	// (State): the first connect resumes it, so that a daemon restarted by
+	// Docker keeps its intercepts.
+	savedSession string
+	// depart says the daemon ends the connection (Quit): the session is
+	// given up at the manager. Without it (SIGTERM from `docker stop` or an
+	// engine shutdown) the session stays for the next start to resume, and
+	// expires after its TTL if none comes.
+	depart atomic.Bool
 }
 
 func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
@@ -184,6 +193,9 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 		c.newSession(resumed)
 	}
 	log := c.log.With("session", sessionid.Public(sess.GetSessionId()), "managerPod", pod)
+	if err := c.cfg.State.saveSession(sess.GetSessionId()); err != nil {
+		log.Warn("cannot save the session: a restart of the daemon container will not resume it", "error", err)
+	}
 	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))
 	defer c.dialer.Store(nil)
 	c.mu.Lock()
@@ -207,11 +219,14 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	}
 
 	defer func() { // leave nicely when we are the ones ending the session
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && c.depart.Load() {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			defer cancel()
 			_, _ = client.Depart(dctx, &managerv1.SessionRef{SessionId: sess.GetSessionId()})
 			log.Info("departed from traffic-manager")
+		} else if ctx.Err() != nil {
+			log.Info("stopping without departing: the session stays for the container's next start (or expires after its TTL)",
+				"ttl", sess.GetTtl().AsDuration())
 		}
 	}()
 	g, gctx := errgroup.WithContext(ctx)
@@ -232,16 +247,19 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 // the manager no longer has it (expired or removed: its intercepts ended).
 func (c *connector) takeSession(ctx context.Context, client managerv1.ManagerClient, info *managerv1.ClientInfo) (sess *managerv1.SessionInfo, resumed bool, err error) {
 	c.mu.Lock()
-	prev := c.session
+	prevID := c.session.GetSessionId()
 	c.mu.Unlock()
-	if prev != nil {
-		sess, err := client.ResumeSession(ctx, &managerv1.ResumeSessionRequest{SessionId: prev.GetSessionId(), Client: info})
+	if prevID == "" {
+		prevID = c.savedSession
+	}
+	if prevID != "" {
+		sess, err := client.ResumeSession(ctx, &managerv1.ResumeSessionRequest{SessionId: prevID, Client: info})
 		switch status.Code(err) {
 		case codes.OK:
 			return sess, true, nil
 		case codes.NotFound:
 			c.log.Warn("the traffic-manager no longer has the session (it expired or was removed); its intercepts ended; arriving anew",
-				"session", sessionid.Public(prev.GetSessionId()), "error", status.Convert(err).Message())
+				"session", sessionid.Public(prevID), "error", status.Convert(err).Message())
 		case codes.FailedPrecondition:
 			return nil, false, permanent(errors.New(status.Convert(err).Message()))
 		default:

@@ -44,6 +44,10 @@ func Run(ctx context.Context, cfg Config) error {
 	defer quit()
 	d := &daemon{cfg: cfg, conn: newConnector(cfg, rc, kc, log), quit: quit, apiServer: rc.Host}
 	d.mounts = newMounts(log.With("component", "mounts"), d.conn.dialMount)
+	d.mounts.state = cfg.State
+	if err := d.restore(log); err != nil {
+		return err
+	}
 	// A session that had to arrive anew lost its intercepts, and so the
 	// tokens of their mounts.
 	d.conn.newSession = func(resumed bool) {
@@ -158,6 +162,7 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 		ListenAddr: d.cfg.DNSAddr, ClusterDomain: domain, ClusterPrefixes: routes,
 		Cluster:   viaTunnel,
 		Upstreams: orig.Upstreams(), SearchDomains: orig.Search, Logger: log.With("component", "dns"),
+		DockerDNS: dns.DefaultDockerDNS, // the compose projects' names, once the container joins their networks
 	})
 	if err != nil {
 		return err
@@ -181,9 +186,16 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 			return nil
 		case <-srv.Ready():
 		}
-		// Status shows DNS once it answers: then `tp connect` points the
-		// shared resolv.conf at it (PointResolvConf; the daemon's own root
-		// filesystem, resolv.conf included, is read-only).
+		// The containers joined to this one share its resolv.conf: point it
+		// at the DNS server. Docker writes the file anew at every start of
+		// the container, so after a restart nobody else would. (`tp connect`
+		// also points it, with a writer container, for a daemon container
+		// whose root filesystem is read-only.)
+		if ns, err := netip.ParseAddrPort(d.cfg.DNSAddr); err == nil {
+			if err := PointResolvConf(d.cfg.ResolvConf, ns.Addr(), d.cfg.Namespace, domain); err != nil {
+				log.Info("cannot point resolv.conf at the DNS server; tp connect does", "error", err)
+			}
+		}
 		d.mu.Lock()
 		d.dnsInfo = &daemonv1.DNSStatus{ListenAddress: d.cfg.DNSAddr, ClusterDomain: domain,
 			Search: searchList(orig, d.cfg.Namespace, domain), Upstreams: orig.Upstreams()}
@@ -280,9 +292,14 @@ func (d *daemon) Status(context.Context, *daemonv1.StatusRequest) (*daemonv1.Sta
 	return s, nil
 }
 
-// Quit implements daemonv1.DaemonServer: depart and stop.
+// Quit implements daemonv1.DaemonServer: depart and stop. The state goes
+// first, so that nothing takes the connection up again.
 func (d *daemon) Quit(context.Context, *daemonv1.QuitRequest) (*daemonv1.QuitResponse, error) {
 	d.cfg.Log.Info("quit requested by the CLI", "connection", d.cfg.Connection)
+	if err := d.cfg.State.Forget(); err != nil {
+		d.cfg.Log.Warn("cannot remove the daemon's state", "error", err)
+	}
+	d.conn.depart.Store(true)
 	d.quit()
 	return &daemonv1.QuitResponse{}, nil
 }

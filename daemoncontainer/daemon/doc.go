@@ -23,7 +23,7 @@ type Config struct {
 	// ManagerNamespace is where the traffic-manager runs.
 	ManagerNamespace string
 	// KubeconfigData is the kubeconfig handed in by the CLI on stdin (see
-	// ReadKubeconfig), kept in memory only.
+	// ReadKubeconfig), or saved by a previous start of the container (State).
 	KubeconfigData []byte
 	// Kubeconfig is a kubeconfig file, read when KubeconfigData is nil.
 	Kubeconfig string
@@ -40,6 +40,9 @@ type Config struct {
 	// MountAddr is where the daemon serves its intercepts' volume mounts;
 	// default ":9022" (daemoncontainer.MountPort, all interfaces).
 	MountAddr string
+	// State is where the daemon keeps what a restart of its container needs
+	// (kubeconfig, session, mount tokens); a zero State keeps nothing.
+	State State
 	// Heartbeat overrides the session heartbeat interval (default TTL/3).
 	Heartbeat time.Duration
 	Log       *slog.Logger

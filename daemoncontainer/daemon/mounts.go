@@ -49,6 +49,9 @@ type mounts struct {
 	// dial opens the flow of a mount (pairing id mount/...).
 	dial func(ctx context.Context, pairingID string) (tunnel.Conn, error)
 
+	// state keeps owned and the tokens for the container's next start.
+	state State
+
 	mu sync.Mutex
 	// owned are the intercepts this daemon created, id by namespace/name.
 	owned  map[string]string
@@ -66,6 +69,32 @@ func (m *mounts) created(info *managerv1.InterceptInfo) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.owned[interceptKey(info.GetSpec().GetNamespace(), info.GetSpec().GetName())] = info.GetId()
+	m.saveLocked()
+}
+
+// restore takes up the intercepts and tokens of the container's previous
+// start (its session was saved with them).
+func (m *mounts) restore(saved savedMounts) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for key, id := range saved.Owned {
+		m.owned[key] = id
+	}
+	for id, tok := range saved.Tokens {
+		m.grants[id] = &mountGrant{token: tok, conns: map[net.Conn]struct{}{}}
+	}
+}
+
+// saveLocked writes owned and the tokens to the state (m.mu held). A
+// failure only costs the mounts after a restart of the container.
+func (m *mounts) saveLocked() {
+	v := savedMounts{Owned: m.owned, Tokens: make(map[string]string, len(m.grants))}
+	for id, g := range m.grants {
+		v.Tokens[id] = g.token
+	}
+	if err := m.state.saveMounts(v); err != nil {
+		m.log.Warn("cannot save the mount tokens: after a restart of the daemon container, tp's volumes will not mount", "error", err)
+	}
 }
 
 // token returns the token of an intercept this daemon owns, minting it the
@@ -89,6 +118,7 @@ func (m *mounts) token(interceptID string) (string, error) {
 	}
 	g := &mountGrant{token: hex.EncodeToString(b), conns: map[net.Conn]struct{}{}}
 	m.grants[interceptID] = g
+	m.saveLocked()
 	m.log.Info("mount token minted", "intercept", interceptID)
 	return g.token, nil
 }
@@ -102,6 +132,7 @@ func (m *mounts) removed(namespace, name string) {
 	if id, ok := m.owned[key]; ok {
 		delete(m.owned, key)
 		m.forgetLocked(id)
+		m.saveLocked()
 	}
 }
 
@@ -113,6 +144,7 @@ func (m *mounts) sessionEnded() {
 		delete(m.owned, key)
 		m.forgetLocked(id)
 	}
+	m.saveLocked()
 }
 
 func (m *mounts) forgetLocked(id string) {

@@ -40,18 +40,22 @@ func TestTakeSession(t *testing.T) {
 	for _, tt := range []struct {
 		name        string
 		prev        *managerv1.SessionInfo
+		saved       string // State's session of the container's previous start
 		resumeErr   error
 		wantID      string
 		wantResumed bool
 		wantErr     codes.Code
 	}{
-		{"first connect arrives", nil, nil, "new", false, codes.OK},
-		{"reconnect resumes", &managerv1.SessionInfo{SessionId: "old"}, nil, "old", true, codes.OK},
-		{"a session the manager lost: arrive anew", &managerv1.SessionInfo{SessionId: "old"}, status.Error(codes.NotFound, "unknown"), "new", false, codes.OK},
-		{"the manager fails: retry, do not arrive", &managerv1.SessionInfo{SessionId: "old"}, status.Error(codes.Unavailable, "down"), "", false, codes.Unavailable},
+		{"first connect arrives", nil, "", nil, "new", false, codes.OK},
+		{"reconnect resumes", &managerv1.SessionInfo{SessionId: "old"}, "", nil, "old", true, codes.OK},
+		{"a session the manager lost: arrive anew", &managerv1.SessionInfo{SessionId: "old"}, "", status.Error(codes.NotFound, "unknown"), "new", false, codes.OK},
+		{"the manager fails: retry, do not arrive", &managerv1.SessionInfo{SessionId: "old"}, "", status.Error(codes.Unavailable, "down"), "", false, codes.Unavailable},
+		{"a restarted container resumes its saved session", nil, "saved", nil, "saved", true, codes.OK},
+		{"a saved session the manager lost: arrive anew", nil, "saved", status.Error(codes.NotFound, "unknown"), "new", false, codes.OK},
+		{"this process's session wins over the saved one", &managerv1.SessionInfo{SessionId: "old"}, "saved", nil, "old", true, codes.OK},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &connector{log: slog.New(slog.NewTextHandler(io.Discard, nil)), session: tt.prev}
+			c := &connector{log: slog.New(slog.NewTextHandler(io.Discard, nil)), session: tt.prev, savedSession: tt.saved}
 			m := &sessionManager{resumeErr: tt.resumeErr}
 			sess, resumed, err := c.takeSession(context.Background(), m, &managerv1.ClientInfo{})
 			if got := status.Code(err); got != tt.wantErr {

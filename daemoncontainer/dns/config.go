@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,6 +56,12 @@ type Config struct {
 	// [ResolvConf.Upstreams]). Without upstreams, names outside the cluster
 	// are answered SERVFAIL.
 	Upstreams []string
+	// DockerDNS is the "ip:port" of Docker's embedded DNS server
+	// ([DefaultDockerDNS]); names outside the cluster are asked there first
+	// (see docker.go): a container joined to the daemon container then
+	// reaches the services of the compose projects the daemon container has
+	// joined by their names. Empty: Docker's DNS is not asked.
+	DockerDNS string
 	// SearchDomains are the original search domains (see [ResolvConf]).
 	// "<x>.<ClusterDomain>.<search domain>" is answered NXDOMAIN locally.
 	SearchDomains []string
@@ -76,6 +83,7 @@ type config struct {
 	prefixes      []netip.Prefix
 	cluster       Exchanger
 	upstreams     []string
+	docker        string   // "" without Docker's DNS
 	search        []string // lower-case FQDNs, outside the cluster domain
 	logger        *slog.Logger
 	cacheSize     int
@@ -132,6 +140,21 @@ func (c Config) validate() (config, error) {
 			return invalid("upstream %s is this server's own address; it would forward to itself (pass the resolvers of the original resolv.conf)", u)
 		}
 		out.upstreams = append(out.upstreams, ap.String())
+	}
+
+	if c.DockerDNS != "" {
+		ap, err := netip.ParseAddrPort(c.DockerDNS)
+		if err != nil {
+			return invalid("DockerDNS %q is not an ip:port: %v", c.DockerDNS, err)
+		}
+		if loops(out.listen, ap) {
+			return invalid("DockerDNS %s is this server's own address; it would forward to itself", c.DockerDNS)
+		}
+		out.docker = ap.String()
+		// A resolv.conf read after Docker rewrote it names Docker's DNS:
+		// it is asked first anyway, and as an upstream its forwards back
+		// to this server would go round.
+		out.upstreams = slices.DeleteFunc(out.upstreams, func(u string) bool { return u == out.docker })
 	}
 
 	for _, s := range c.SearchDomains {

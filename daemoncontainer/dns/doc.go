@@ -16,8 +16,12 @@
 //     answered NXDOMAIN locally: they are the search-list expansions of a
 //     cluster name and exist nowhere, so asking the original resolvers would
 //     only leak the name and add latency;
-//   - every other name goes to the original resolvers of the container (UDP,
-//     TCP on truncation), so public names are never hijacked.
+//   - every other name goes to Docker's embedded DNS server first when it
+//     answers (the daemon container is on a user-defined network, e.g. a
+//     compose project's: it knows the project's service names), then to the
+//     original resolvers of the container (UDP, TCP on truncation), so public
+//     names are never hijacked (see docker.go for the order, the loop Docker
+//     can make and the cache lifetime of Docker's names).
 //
 // Every forward has a deadline and ends in SERVFAIL when it fails, so a client
 // never hangs. Answers are cached by question and DO/CD bits, honouring the

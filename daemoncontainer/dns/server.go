@@ -40,6 +40,8 @@ type Server struct {
 	cache    *cache
 	flight   flight
 	upstream Exchanger // nil without upstreams
+	local    Exchanger // Docker's DNS, then upstream; nil without Docker's DNS
+	pending  *pending  // the questions in flight to Docker's DNS
 	log      *slog.Logger
 	now      func() time.Time
 
@@ -62,6 +64,7 @@ type Server struct {
 	stats struct {
 		queries, cacheHits, clusterForwards, upstreamForwards atomic.Uint64
 		coalesced, failures, stale, synthesized               atomic.Uint64
+		dockerForwards, looped                                atomic.Uint64
 	}
 }
 
@@ -71,6 +74,8 @@ type Stats struct {
 	CacheHits        uint64 // questions answered from the cache
 	ClusterForwards  uint64 // exchanges with the cluster
 	UpstreamForwards uint64 // exchanges with the original resolvers
+	DockerForwards   uint64 // exchanges with Docker's DNS first (then the original resolvers)
+	Looped           uint64 // questions of this server that Docker's DNS forwarded back to it
 	Coalesced        uint64 // questions that waited for an identical question's forward
 	Failures         uint64 // questions whose forward failed (answered SERVFAIL or stale)
 	Stale            uint64 // expired answers served because their forward failed
@@ -95,6 +100,11 @@ func NewServer(cfg Config) (*Server, error) {
 	s.router.Store(&router{clusterDomain: c.clusterDomain, prefixes: c.prefixes, search: c.search})
 	if len(c.upstreams) > 0 {
 		s.upstream = newForwarder(c.upstreams)
+	}
+	if c.docker != "" {
+		s.pending = &pending{}
+		s.local = &dockerFirst{docker: newForwarder([]string{c.docker}), upstream: s.upstream,
+			stagger: dockerStagger, pending: s.pending}
 	}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	return s, nil
@@ -133,6 +143,8 @@ func (s *Server) Stats() Stats {
 		CacheHits:        s.stats.cacheHits.Load(),
 		ClusterForwards:  s.stats.clusterForwards.Load(),
 		UpstreamForwards: s.stats.upstreamForwards.Load(),
+		DockerForwards:   s.stats.dockerForwards.Load(),
+		Looped:           s.stats.looped.Load(),
 		Coalesced:        s.stats.coalesced.Load(),
 		Failures:         s.stats.failures.Load(),
 		Stale:            s.stats.stale.Load(),
@@ -162,7 +174,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.addrMu.Unlock()
 	close(s.ready)
 	s.log.Info("DNS server listening", "addr", pc.LocalAddr(), "clusterDomain", s.cfg.clusterDomain,
-		"clusterPrefixes", s.cfg.prefixes, "upstreams", s.cfg.upstreams)
+		"clusterPrefixes", s.cfg.prefixes, "upstreams", s.cfg.upstreams, "dockerDNS", s.cfg.docker)
 
 	udp := &dns.Server{PacketConn: pc, Handler: s, UDPSize: dns.DefaultMsgSize}
 	tcp := &dns.Server{
@@ -264,6 +276,15 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		cd:     req.CheckingDisabled,
 	}
 
+	if s.pending != nil && s.pending.has(pendingKey{id: req.Id, name: key.name}) {
+		// Docker's DNS forwards our own question back to us (it recorded
+		// this server as the container's resolver): the original resolvers
+		// answer it, outside the flight of the question that waits for it.
+		s.stats.looped.Add(1)
+		s.answerLooped(w, req, key)
+		return
+	}
+
 	now := s.now()
 	cached, fresh := s.cache.get(key, now)
 	if fresh {
@@ -284,6 +305,9 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		ex, forwards = s.cfg.cluster, &s.stats.clusterForwards
 	default:
 		ex, forwards = s.upstream, &s.stats.upstreamForwards
+		if s.local != nil {
+			ex, forwards = s.local, &s.stats.dockerForwards
+		}
 	}
 
 	a, shared, err := s.flight.do(key, func() (*answer, error) {
@@ -304,6 +328,24 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 			s.writeAnswer(w, req, cached, now, true)
 			return
 		}
+		s.writeRcode(w, req, dns.RcodeServerFailure)
+		return
+	}
+	s.writeAnswer(w, req, a, s.now(), false)
+}
+
+// answerLooped answers a question Docker's DNS forwarded back to this server
+// from the original resolvers.
+func (s *Server) answerLooped(w dns.ResponseWriter, req *dns.Msg, key cacheKey) {
+	if s.upstream == nil {
+		s.writeRcode(w, req, dns.RcodeServerFailure)
+		return
+	}
+	s.stats.upstreamForwards.Add(1)
+	a, err := s.resolve(key, s.upstream)
+	if err != nil {
+		s.stats.failures.Add(1)
+		s.logFailure(routeUpstream, key, err)
 		s.writeRcode(w, req, dns.RcodeServerFailure)
 		return
 	}
@@ -346,6 +388,9 @@ func (s *Server) resolve(key cacheKey, ex Exchanger) (*answer, error) {
 	now := s.now()
 	a := &answer{msg: norm, at: now, expires: now}
 	if ttl, ok := cacheTTL(norm); ok {
+		if s.local != nil && singleLabel(key.name) {
+			ttl = min(ttl, dockerTTL) // Docker's names follow the containers
+		}
 		a.expires = now.Add(ttl)
 		s.cache.put(key, a)
 	}

@@ -3,9 +3,13 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -530,19 +534,12 @@ func TestFaultHelmUpgrade(t *testing.T) {
 
 // TestFaultDockerRestarted: the Docker engine is stopped and started again
 // (as hack/install-deps.sh starts it). The daemon container must come back
-// by itself, `tp status` must not claim a connection it does not have, and
-// the joined load container (restart policy unless-stopped) must work
-// again once Docker restarted it.
-//
-// Not passing yet (issue 10): the daemon holds the kubeconfig in memory only
-// and has no restart policy, so after an engine restart the connection is
-// gone until `tp connect` (README, "After a Docker restart"). The test runs
-// only when TP_FAULTS_DOCKER=1 asks for it, so that the suite stays green and
-// the gap stays visible.
+// by itself (restart policy; its kubeconfig, session and mount tokens in its
+// state dir), resume its session so that the intercept stays, `tp status`
+// must say it is connected, `tp intercept --docker-run` must run its
+// container again, and the joined load container (restart policy
+// unless-stopped) must work again once Docker restarted it.
 func TestFaultDockerRestarted(t *testing.T) {
-	if os.Getenv("TP_FAULTS_DOCKER") != "1" {
-		t.Skip("docker-restart: a daemon container that survives a Docker engine restart is not built yet (issue 10); TP_FAULTS_DOCKER=1 runs it")
-	}
 	r := newFaultRig(t, "docker-restart")
 	t.Cleanup(func() { ensureDocker(t) })
 	r.run(func() {
@@ -567,6 +564,39 @@ func TestFaultDockerRestarted(t *testing.T) {
 	if err != nil || st.State != "connected" {
 		t.Errorf("tp status after the Docker restart: %v, state %q, want connected\n%s", err, st.State, out)
 	}
+	// What carried the connection across: root's files, owner-only, in the
+	// container's own layer.
+	modes := stateModes(t, r.conn.container)
+	for name, want := range map[string]os.FileMode{"tp": 0o700, "tp/kubeconfig": 0o600, "tp/session.json": 0o600} {
+		if got, ok := modes[name]; !ok || got != want {
+			t.Errorf("daemon state %s: mode %v (present %v), want %v; all: %v", name, got, ok, want, modes)
+		}
+	}
+}
+
+// stateModes lists the daemon container's state dir (docker cp, as a tar):
+// the permission bits by path, for entries owned by root.
+func stateModes(t *testing.T, container string) map[string]os.FileMode {
+	t.Helper()
+	out, err := exec.Command("docker", "cp", container+":/var/lib/tp", "-").Output()
+	if err != nil {
+		t.Fatalf("docker cp %s:/var/lib/tp: %v", container, err)
+	}
+	modes := map[string]os.FileMode{}
+	tr := tar.NewReader(bytes.NewReader(out))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read the state dir's tar: %v", err)
+		}
+		if h.Uid == 0 && h.Gid == 0 {
+			modes[strings.TrimSuffix(h.Name, "/")] = h.FileInfo().Mode().Perm()
+		}
+	}
+	return modes
 }
 
 func mustDocker(t *testing.T, args ...string) string {

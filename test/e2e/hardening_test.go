@@ -38,7 +38,7 @@ type daemonInspect struct {
 	ResolvConfPath string
 	State          struct{ Pid int }
 	HostConfig     struct {
-		ReadonlyRootfs  bool
+		RestartPolicy   struct{ Name string }
 		SecurityOpt     []string
 		CapAdd, CapDrop []string
 		Tmpfs           map[string]string
@@ -151,18 +151,20 @@ func containsAny(b []byte, secrets []string) bool {
 }
 
 // TestDaemonContainerHardening: the daemon container runs with NET_ADMIN as
-// its only capability, no new privileges and a read-only root filesystem,
-// and still connects (a joined container reaches the cluster by name, so the
-// TUN device, the DNS server on port 53 and the shared resolv.conf work).
-// After the container is killed, no trace of the kubeconfig's credentials is
-// on disk: not in its writable layer, not in its exported filesystem, not in
-// the engine's files of the container.
+// its only capability and no new privileges, and still connects (a joined
+// container reaches the cluster by name, so the TUN device, the DNS server
+// on port 53 and the shared resolv.conf work). Connected with
+// --keep-kubeconfig=false, after the container is killed no trace of the
+// kubeconfig's credentials is on disk: not in its writable layer, not in its
+// exported filesystem, not in the engine's files of the container. (By
+// default the daemon keeps it in its state dir, to come back after a Docker
+// restart: TestDaemonStateFiles, TestFaultDockerRestarted.)
 func TestDaemonContainerHardening(t *testing.T) {
 	c := newCluster(t)
 	ns := c.namespace(t, "hardening")
 	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
 	c.waitDeployment(t, ns, "echo", 2*time.Minute)
-	conn := connect(t, "hard-"+rand.String(4), "-n", ns)
+	conn := connect(t, "hard-"+rand.String(4), "-n", ns, "--keep-kubeconfig=false")
 	if out, err := conn.probeEventually("http", "http://echo/"); err != nil {
 		t.Fatalf("joined container never reached the echo service: %v\n%s", err, out)
 	}
@@ -172,8 +174,8 @@ func TestDaemonContainerHardening(t *testing.T) {
 
 	info := inspectDaemon(t, conn.container)
 	hc := info.HostConfig
-	if !hc.ReadonlyRootfs {
-		t.Errorf("ReadonlyRootfs = false, want a read-only root filesystem")
+	if hc.RestartPolicy.Name != "no" && hc.RestartPolicy.Name != "" {
+		t.Errorf("restart policy %q with --keep-kubeconfig=false, want none (a restarted daemon would have no kubeconfig)", hc.RestartPolicy.Name)
 	}
 	if !slices.Contains(hc.SecurityOpt, "no-new-privileges") && !slices.Contains(hc.SecurityOpt, "no-new-privileges:true") {
 		t.Errorf("SecurityOpt = %q, want no-new-privileges", hc.SecurityOpt)
@@ -206,8 +208,10 @@ func TestDaemonContainerHardening(t *testing.T) {
 		t.Errorf("NoNewPrivs = %q, want 1", st["NoNewPrivs"])
 	}
 	// No kubeconfig file in the container while it runs either.
-	if out, err := docker("cp", conn.container+":/etc/tp/kubeconfig", "-"); err == nil {
-		t.Errorf("the daemon container has a kubeconfig file /etc/tp/kubeconfig:\n%.200s", out)
+	for _, f := range []string{"/etc/tp/kubeconfig", "/var/lib/tp/kubeconfig"} {
+		if out, err := docker("cp", conn.container+":"+f, "-"); err == nil {
+			t.Errorf("the daemon container has a kubeconfig file %s:\n%.200s", f, out)
+		}
 	}
 
 	// Crash: the kubeconfig must not survive on disk.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/internal/dockerengine"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -98,7 +99,11 @@ func TestMountSFTP(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := daemoncontainer.DialConnection(ctx, conn.name)
+	engine, err := dockerengine.Resolve(dockerengine.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemoncontainer.DialConnection(ctx, engine, conn.name)
 	if err != nil {
 		t.Fatal(err)
 	}

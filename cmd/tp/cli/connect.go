@@ -6,15 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/client"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
+	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/version"
@@ -43,11 +46,13 @@ func kubeArgs(fs *pflag.FlagSet) []string {
 	return args
 }
 
-func newConnectCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var (
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
 		dnsServers, publish               []string
+		image                             imageFlags
+		keepKubeconfig                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -66,7 +71,9 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "give up connecting after this long")
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
+	cmd.Flags().BoolVar(&keepKubeconfig, "keep-kubeconfig", true, "keep the kubeconfig in the daemon container's own layer, so that the connection and its intercepts come back by themselves after a Docker restart; false keeps it in the daemon's memory only (a Docker restart then ends the connection)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
+	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		progress := streams.ErrOut
@@ -74,20 +81,26 @@ not changed: no root, routes or resolver settings.`,
 			progress = streams.Out
 		}
 		start := time.Now()
+		engine, err := docker.Engine()
+		if err != nil {
+			return err
+		}
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
-			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish,
-			Kubeauth: daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags())),
+			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine, ManagerValues: image.values(),
+			MemoryOnly: !keepKubeconfig,
+			Kubeauth:   daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 		})
 		if err != nil {
 			return err
 		}
 		v := statusView(st)
 		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
+		v.DockerContext, v.DockerHost = engine.Context, engine.Host
 		return printStructured(streams.Out, output, v, func(w io.Writer) error {
-			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s)\n",
-				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name))
+			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s, Docker %s)\n",
+				st.GetContext(), st.GetNamespace(), time.Since(start).Round(time.Millisecond), daemoncontainer.ContainerName(name), engine)
 			fmt.Fprintf(w, "Join it with: docker run --network container:%s ...\n", daemoncontainer.ContainerName(name))
 			if len(v.Published) > 0 {
 				fmt.Fprintf(w, "Published on the host: %s\n", strings.Join(v.Published, ", "))
@@ -106,15 +119,15 @@ func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
 	}
 }
 
-func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
 	var name string
-	var all bool
+	var all, force bool
 	cmd := &cobra.Command{
 		Use:   "quit",
 		Short: "End a connection: the daemon leaves the cluster and its container is removed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+			docker, err := dockerFlags.Client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -129,6 +142,32 @@ func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				for _, c := range conns {
 					names = append(names, c.Name)
 				}
+			}
+			// A compose project whose services run joined to a connection
+			// would lose their network and intercepts: refuse (all of
+			// them before quitting any), unless --force.
+			var inUse []error
+			for _, n := range names {
+				uses, err := compose.ProjectsUsing(cmd.Context(), docker, n)
+				if err != nil {
+					return err
+				}
+				for _, u := range uses {
+					switch {
+					case len(u.Running) > 0 && !force:
+						inUse = append(inUse, fmt.Errorf("connection %s is used by compose project %s (running: %s): take it down first with `%s` (it quits the connection when its up started it), or quit anyway with tp quit --force",
+							daemoncontainer.ContainerName(n), u.Name, strings.Join(u.Running, ", "), u.DownCommand()))
+					case len(u.Running) > 0:
+						fmt.Fprintf(streams.ErrOut, "tp: warning: the running services %s of compose project %s lose the connection %s; remove them with `%s`\n",
+							strings.Join(u.Running, ", "), u.Name, daemoncontainer.ContainerName(n), u.DownCommand())
+					default:
+						fmt.Fprintf(streams.ErrOut, "tp: compose project %s has stopped containers joined to %s: tp compose up connects again, `%s` removes them\n",
+							u.Name, daemoncontainer.ContainerName(n), u.DownCommand())
+					}
+				}
+			}
+			if len(inUse) > 0 {
+				return errors.Join(inUse...)
 			}
 			for _, n := range names {
 				err := daemoncontainer.Quit(cmd.Context(), docker, n)
@@ -150,6 +189,7 @@ func newQuitCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", daemoncontainer.DefaultName, "connection name")
 	cmd.Flags().BoolVar(&all, "all", false, "end every connection")
+	cmd.Flags().BoolVar(&force, "force", false, "quit even when running compose services use the connection (they lose their network and intercepts)")
 	return cmd
 }
 
@@ -181,6 +221,10 @@ type statusJSON struct {
 	// Published are the ports the daemon container publishes on the host
 	// (docker -p specs, from tp connect --publish).
 	Published []string `json:"published,omitempty"`
+	// DockerContext and DockerHost name the Docker engine of the daemon
+	// container (the docker CLI's context and its endpoint).
+	DockerContext string `json:"dockerContext,omitempty"`
+	DockerHost    string `json:"dockerHost,omitempty"`
 	// Volumes are the connection's tp volumes: the intercepted pods' mounts.
 	Volumes []volumeJSON `json:"volumes,omitempty"`
 	// Flows are the netstack's counters (the protobuf message's JSON form).
@@ -225,14 +269,18 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 	return v
 }
 
-func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newStatusCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var name, output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the state of a connection: daemon, context, manager, cluster subnets, TUN routes, DNS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d, err := daemoncontainer.DialConnection(cmd.Context(), name)
+			engine, err := docker.Engine()
+			if err != nil {
+				return err
+			}
+			d, err := daemoncontainer.DialConnection(cmd.Context(), engine, name)
 			if err != nil {
 				return err
 			}
@@ -245,9 +293,11 @@ func newStatusCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			}
 			v := statusView(st)
 			v.Published = d.Connection.Publish
-			v.Volumes = connectionVolumes(ctx, d.Connection.Name)
+			v.Volumes = connectionVolumes(ctx, d.Docker(), d.Connection.Name)
+			v.DockerContext, v.DockerHost = engine.Context, engine.Host
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
+				fmt.Fprintf(w, "Docker engine:     context %s (%s)\n", v.DockerContext, v.DockerHost)
 				fmt.Fprintf(w, "State:             %s\n", v.State)
 				if v.LastError != "" {
 					fmt.Fprintf(w, "Last error:        %s\n", v.LastError)
@@ -307,12 +357,7 @@ type volumeJSON struct {
 
 // connectionVolumes lists the connection's tp volumes (nil when Docker
 // cannot say).
-func connectionVolumes(ctx context.Context, connection string) []volumeJSON {
-	docker, err := daemoncontainer.NewDockerClient(ctx)
-	if err != nil {
-		return nil
-	}
-	defer docker.Close()
+func connectionVolumes(ctx context.Context, docker client.APIClient, connection string) []volumeJSON {
 	vols, err := volumes.ListVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
 	if err != nil {
 		return nil

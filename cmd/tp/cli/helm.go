@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/release"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
@@ -31,6 +32,25 @@ type helmFlags struct {
 	valueFiles, set, setString []string
 	timeout                    time.Duration
 	noWait, reuseValues        bool
+	image                      imageFlags
+}
+
+// imageFlags name the traffic-manager's image for clusters that cannot
+// pull tp:<version> (the chart's image.registry, image.tag and
+// imagePullSecrets).
+type imageFlags struct {
+	registry, tag string
+	pullSecrets   []string
+}
+
+func (f *imageFlags) addFlags(cmd *cobra.Command, when string) {
+	cmd.Flags().StringVar(&f.registry, "image-registry", "", "registry of the traffic-manager's (and agents') image"+when+", e.g. ghcr.io/me: the image is REGISTRY/tp:TAG (chart value image.registry)")
+	cmd.Flags().StringVar(&f.tag, "image-tag", "", "tag of that image (default: this tp's version; chart value image.tag)")
+	cmd.Flags().StringArrayVar(&f.pullSecrets, "image-pull-secret", nil, "Secret in the manager's namespace with the registry's credentials (repeatable; chart value imagePullSecrets)")
+}
+
+func (f *imageFlags) values() map[string]any {
+	return charts.ImageValues(f.registry, f.tag, f.pullSecrets)
 }
 
 func newHelmInstallCommand(streams genericiooptions.IOStreams, use, short string, action func(context.Context, genericclioptions.RESTClientGetter, charts.Options) (*release.Release, error)) *cobra.Command {
@@ -42,6 +62,7 @@ func newHelmInstallCommand(streams genericiooptions.IOStreams, use, short string
 	cmd.Flags().StringArrayVar(&f.setString, "set-string", nil, "set a string value: key=value (repeatable)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long to wait for the traffic-manager to be ready")
 	cmd.Flags().BoolVar(&f.noWait, "no-wait", false, "do not wait for the traffic-manager to be ready")
+	f.image.addFlags(cmd, "")
 	if use == "upgrade" {
 		cmd.Flags().BoolVar(&f.reuseValues, "reuse-values", false, "start from the installed release's values")
 	}
@@ -50,6 +71,7 @@ func newHelmInstallCommand(streams genericiooptions.IOStreams, use, short string
 		if err != nil {
 			return err
 		}
+		vals = chartutil.MergeTables(f.image.values(), vals) // the image flags win over --set
 		ns := managerNamespace(kube.Namespace)
 		rel, err := action(cmd.Context(), kube, charts.Options{
 			Namespace: ns, Values: vals, Version: version.Version,

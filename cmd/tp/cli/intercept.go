@@ -52,7 +52,7 @@ func parseHeaders(entries []string) (map[string]string, error) {
 	return h, nil
 }
 
-func newInterceptCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newInterceptCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var f interceptFlags
 	cmd := &cobra.Command{
 		Use:   "intercept WORKLOAD --port LOCAL[:SVCPORT] [--docker-run -- [docker run flags] IMAGE [ARGS...] | --docker-build DIR -- [docker run flags] IMAGE [ARGS...]]",
@@ -115,12 +115,12 @@ intercept when the container exits and exits with its code. Ctrl-C ends both.`,
 		if len(f.dockerBuildOpts) > 0 && f.dockerBuild == "" {
 			return errors.New("--docker-build-opt needs --docker-build DIR")
 		}
-		return runIntercept(cmd.Context(), streams, workload, f, dockerArgs)
+		return runIntercept(cmd.Context(), streams, docker, workload, f, dockerArgs)
 	}
 	return cmd
 }
 
-func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workload string, f interceptFlags, dockerArgs []string) error {
+func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docker *dockerFlags, workload string, f interceptFlags, dockerArgs []string) error {
 	local, svcPort, err := intercept.ParsePort(f.port)
 	if err != nil {
 		return err
@@ -135,7 +135,11 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	if f.envFile != "" && !slices.Contains(intercept.EnvSyntaxes, f.envSyntax) {
 		return fmt.Errorf("unknown --env-syntax %q: use one of %s", f.envSyntax, strings.Join(intercept.EnvSyntaxes, ", "))
 	}
-	d, err := daemoncontainer.DialConnection(ctx, f.connection)
+	environ, err := docker.Environ() // the docker CLI's: the daemon container's engine
+	if err != nil {
+		return err
+	}
+	d, err := docker.Dial(ctx, f.connection)
 	if err != nil {
 		return err
 	}
@@ -145,7 +149,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 			return err
 		}
 		fmt.Fprintf(streams.ErrOut, "Building %s\n", f.dockerBuild)
-		image, err := intercept.DockerBuild{Dir: f.dockerBuild, Opts: f.dockerBuildOpts}.Build(ctx)
+		image, err := intercept.DockerBuild{Dir: f.dockerBuild, Opts: f.dockerBuildOpts, Environ: environ}.Build(ctx)
 		if err != nil {
 			return err
 		}
@@ -165,13 +169,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	info, ns := ic.Info, ic.Namespace()
 	var vols []intercept.Volume
 	if (f.dockerRun && f.mount) || f.mountVolumes {
-		docker, err := daemoncontainer.NewDockerClient(ctx)
-		if err != nil {
-			_ = ic.Leave(ctx)
-			return err
-		}
-		defer docker.Close()
-		vols, err = ic.CreateVolumes(ctx, docker, d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+		vols, err = ic.CreateVolumes(ctx, d.Docker(), d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
 		if err != nil {
 			if lerr := ic.Leave(ctx); lerr != nil {
 				fmt.Fprintf(streams.ErrOut, "tp: %v\n", lerr)
@@ -210,8 +208,19 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, workl
 	fmt.Fprintf(streams.ErrOut, "Intercepted %s/%s in %s: %s\n", ns, workload, took, describeIntercept(info))
 	printRouting(streams.ErrOut, streams.ErrOut, info)
 	code, detached, err := ic.RunContainer(ctx, intercept.DockerRun{
-		NetworkContainer: d.Connection.ContainerName, Args: dockerArgs, ExtraFlags: intercept.VolumeFlags(vols),
+		NetworkContainer: d.Connection.ContainerName, Args: dockerArgs, ExtraFlags: intercept.VolumeFlags(vols), Environ: environ,
 		Stdin: streams.In, Stdout: streams.Out, Stderr: streams.ErrOut, Progress: streams.ErrOut,
+		Engine: d.Docker(),
+		Remount: func(ctx context.Context) ([]string, error) {
+			if len(vols) == 0 {
+				return nil, nil
+			}
+			if err := ic.RemoveVolumes(ctx); err != nil {
+				return nil, err
+			}
+			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+			return intercept.VolumeFlags(vols), err
+		},
 	})
 	switch {
 	case detached && err == nil:
@@ -281,12 +290,7 @@ func describeIntercept(info *managerv1.InterceptInfo) string {
 // (a crashed CLI or daemon, tp leave from another shell); a failure is only
 // a warning.
 func cleanupVolumes(ctx context.Context, streams genericiooptions.IOStreams, d *daemoncontainer.Client) {
-	docker, err := daemoncontainer.NewDockerClient(ctx)
-	if err != nil {
-		return
-	}
-	defer docker.Close()
-	if err := intercept.RemoveStaleVolumes(ctx, docker, d, d.Connection.Name); err != nil {
+	if err := intercept.RemoveStaleVolumes(ctx, d.Docker(), d, d.Connection.Name); err != nil {
 		fmt.Fprintf(streams.ErrOut, "tp: warning: %v\n", err)
 	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -39,7 +40,7 @@ func newLogger(level string, w *os.File) (*slog.Logger, error) {
 func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd := &cobra.Command{Use: "daemon", Short: "Run the daemon (inside its container)", Hidden: true}
 	var cfg daemon.Config
-	var logLevel string
+	var logLevel, stateDir string
 	run := &cobra.Command{
 		Use:  "run",
 		Args: cobra.NoArgs,
@@ -49,8 +50,9 @@ func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 				return err
 			}
 			cfg.Log, cfg.Version = log, version.Version
+			cfg.State = daemon.State{Dir: stateDir}
 			if cfg.Kubeconfig == daemoncontainer.KubeconfigFromStdin {
-				if cfg.KubeconfigData, err = daemon.ReadKubeconfig(os.Stdin, time.Minute); err != nil {
+				if cfg.KubeconfigData, err = daemonKubeconfig(cfg.State, log); err != nil {
 					return err
 				}
 			}
@@ -63,6 +65,7 @@ func newDaemonCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	run.Flags().StringVar(&cfg.ManagerNamespace, "manager-namespace", defaultManagerNamespace, "traffic-manager namespace")
 	run.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", daemoncontainer.KubeconfigFromStdin, "kubeconfig path, - for stdin (kept in memory)")
 	run.Flags().StringVar(&logLevel, "log-level", "info", "log level")
+	run.Flags().StringVar(&stateDir, "state-dir", "", "where to keep what a restart of the container needs (kubeconfig, session); empty: nothing is kept")
 	proxy := &cobra.Command{
 		Use:  "proxy",
 		Args: cobra.NoArgs,
@@ -160,7 +163,7 @@ func envOr(key, def string) string {
 	return def
 }
 
-func newKubeauthCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newKubeauthCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "kubeauth", Short: "Relay exec credential plugins to the daemon container", Hidden: true}
 	var containerName, listen string
 	serve := &cobra.Command{
@@ -179,7 +182,7 @@ func newKubeauthCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		if kube.Context != nil && *kube.Context != "" {
 			contextName = *kube.Context
 		}
-		docker, err := daemoncontainer.NewDockerClient(cmd.Context())
+		docker, err := dockerFlags.Client(cmd.Context())
 		if err != nil {
 			return err
 		}
@@ -279,4 +282,25 @@ func newVolumesCommand() *cobra.Command {
 	run.Flags().StringVar(&logLevel, "log-level", envOr("TP_LOG_LEVEL", "info"), "log level")
 	cmd.AddCommand(run)
 	return cmd
+}
+
+// daemonKubeconfig is the kubeconfig of the daemon container: the one a
+// previous start saved when Docker restarted the container, else the one
+// `tp connect` writes to stdin, which is then saved for the next start.
+func daemonKubeconfig(state daemon.State, log *slog.Logger) ([]byte, error) {
+	data, err := state.Kubeconfig()
+	switch {
+	case err == nil:
+		log.Info("restarted by Docker: taking up the connection with the kubeconfig tp connect handed the first start", "stateDir", state.Dir)
+		return data, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("daemon state: %w", err)
+	}
+	if data, err = daemon.ReadKubeconfig(os.Stdin, time.Minute); err != nil {
+		return nil, err
+	}
+	if err := state.SaveKubeconfig(data); err != nil {
+		log.Warn("cannot save the kubeconfig: the connection will not survive a restart of the daemon container", "error", err)
+	}
+	return data, nil
 }

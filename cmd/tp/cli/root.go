@@ -46,26 +46,31 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		Short:         "Run one service of a Kubernetes app in a local container, the rest in the cluster",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Parse each command's flags before its subcommand: tp compose
+		// -f FILE logs -f (compose's -f is the file, logs' is --follow).
+		TraverseChildren: true,
 	}
 	root.SetIn(streams.In)
 	root.SetOut(streams.Out)
 	root.SetErr(streams.ErrOut)
+	docker := &dockerFlags{}
+	docker.addFlags(root)
 	root.AddCommand(
-		newConnectCommand(streams),
-		newStatusCommand(streams),
-		newQuitCommand(streams),
-		newListCommand(streams),
-		newInterceptCommand(streams),
-		newLeaveCommand(streams),
-		newComposeCommand(streams),
-		newUninstallCommand(streams),
+		newConnectCommand(streams, docker),
+		newStatusCommand(streams, docker),
+		newQuitCommand(streams, docker),
+		newListCommand(streams, docker),
+		newInterceptCommand(streams, docker),
+		newLeaveCommand(streams, docker),
+		newComposeCommand(streams, docker),
+		newUninstallCommand(streams, docker),
 		newHelmCommand(streams),
-		newVersionCommand(streams),
+		newVersionCommand(streams, docker),
 		newDaemonCommand(streams),
 		newManagerCommand(streams),
 		newAgentCommand(),
 		newAgentInitCommand(),
-		newKubeauthCommand(streams),
+		newKubeauthCommand(streams, docker),
 		newKubeauthPluginCommand(streams),
 		newVolumesCommand(),
 	)

@@ -20,7 +20,7 @@ type versionInfo struct {
 	Manager string `json:"manager,omitempty"`
 }
 
-func newVersionCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newVersionCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var output, name string
 	cmd := &cobra.Command{
 		Use:   "version",
@@ -31,7 +31,7 @@ func newVersionCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			// The daemon and manager versions, when connected; version never fails for them.
 			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
 			defer cancel()
-			if d, err := daemoncontainer.DialConnection(ctx, name); err == nil {
+			if d, err := docker.Dial(ctx, name); err == nil {
 				if st, err := d.Status(ctx, &daemonv1.StatusRequest{}); err == nil {
 					info.Daemon, info.Manager = st.GetVersion(), st.GetManagerVersion()
 				}

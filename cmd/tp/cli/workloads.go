@@ -28,7 +28,7 @@ func grpcMessage(err error) error {
 	return err
 }
 
-func newLeaveCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newLeaveCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var connection, namespace string
 	var force bool
 	cmd := &cobra.Command{
@@ -41,7 +41,7 @@ that is in your way, see tp list). That needs the right to patch the
 intercepted workload, checked by the API server with your own credentials.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := daemoncontainer.DialConnection(cmd.Context(), connection)
+			d, err := docker.Dial(cmd.Context(), connection)
 			if err != nil {
 				return err
 			}
@@ -104,14 +104,14 @@ func interceptView(i *managerv1.InterceptInfo) interceptJSON {
 	return v
 }
 
-func newListCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newListCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var connection, namespace, output string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List interceptable workloads, their agents and intercepts (owner, state, last seen)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d, err := daemoncontainer.DialConnection(cmd.Context(), connection)
+			d, err := docker.Dial(cmd.Context(), connection)
 			if err != nil {
 				return err
 			}
@@ -163,7 +163,7 @@ func newListCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	return cmd
 }
 
-func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
+func newUninstallCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *cobra.Command {
 	var (
 		connection, namespace, agent string
 		allAgents, everything        bool
@@ -191,7 +191,7 @@ func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		if kube.Namespace != nil {
 			namespace = *kube.Namespace
 		}
-		d, err := daemoncontainer.DialConnection(cmd.Context(), connection)
+		d, err := docker.Dial(cmd.Context(), connection)
 		if err != nil {
 			return err
 		}
@@ -233,12 +233,7 @@ func newUninstallCommand(streams genericiooptions.IOStreams) *cobra.Command {
 			return err
 		}
 		fmt.Fprintf(streams.Out, "Traffic-manager uninstalled from namespace %s\n", mns)
-		docker, err := daemoncontainer.NewDockerClient(ctx)
-		if err != nil {
-			return err
-		}
-		defer docker.Close()
-		return daemoncontainer.Quit(ctx, docker, connection)
+		return daemoncontainer.Quit(ctx, d.Docker(), connection)
 	}
 	return cmd
 }
