@@ -25,8 +25,10 @@ import (
 //   - Chunks are never older than raMaxAge when served (the attribute
 //     timeout's bound on staleness), nor fetched before the latest write,
 //     truncate or O_TRUNC open of the file through this mount (gen).
-//   - A mount holds at most raBudget bytes ahead of its readers (chunks a
-//     read waits for are not counted: a read never waits for the budget).
+//   - A mount holds at most raBudget bytes ahead of its readers, counting
+//     the dropped chunks whose fetches are still running (they fill their
+//     buffers all the same); chunks a read waits for are not counted: a
+//     read never waits for the budget.
 //   - Every fetch is one remote read bounded by the connection's deadline;
 //     a read waiting for a chunk returns when it arrives, fails, or the
 //     request is interrupted. The fetches end by themselves (at the latest
@@ -63,8 +65,12 @@ type readAhead struct {
 type chunk struct {
 	off   int64
 	size  int
-	ahead bool // counted in the budget
+	ahead bool // counted in the budget until dropped and fetched
 	epoch uint64
+
+	// Under readAhead.mu: the chunk's bytes go back to the budget when both
+	// are true.
+	dropped, fetched bool
 
 	done chan struct{}
 	buf  []byte // after done: buf[:n] are the file's bytes at off
@@ -165,7 +171,7 @@ func (ra *readAhead) plan(off, end int64, gen uint64) []*chunk {
 	// Behind the reader.
 	i := 0
 	for i < len(ra.chunks) && ra.chunks[i].end() <= ra.next-raBehind {
-		ra.release(ra.chunks[i])
+		ra.releaseLocked(ra.chunks[i])
 		i++
 	}
 	ra.chunks = ra.chunks[i:]
@@ -181,13 +187,15 @@ func (ra *readAhead) startLocked(off int64, size int, ahead bool) {
 		defer ra.wg.Done()
 		n, err := ra.fetch(c.buf, c.off)
 		c.n, c.err, c.at = n, err, ra.now()
-		if err == nil && n < size {
-			ra.mu.Lock()
-			if c.epoch == ra.epoch && (ra.eof < 0 || c.off+int64(n) < ra.eof) {
-				ra.eof = c.off + int64(n)
-			}
-			ra.mu.Unlock()
+		ra.mu.Lock()
+		if err == nil && n < size && c.epoch == ra.epoch && (ra.eof < 0 || c.off+int64(n) < ra.eof) {
+			ra.eof = c.off + int64(n)
 		}
+		c.fetched = true
+		if c.dropped {
+			ra.unbudgetLocked(c)
+		}
+		ra.mu.Unlock()
 		close(c.done)
 	}()
 }
@@ -214,15 +222,25 @@ func (ra *readAhead) staleLocked() bool {
 	return false
 }
 
-func (ra *readAhead) release(c *chunk) {
+// releaseLocked takes c out of the chunks held: its bytes go back to the
+// budget now, or when its fetch ends.
+func (ra *readAhead) releaseLocked(c *chunk) {
+	c.dropped = true
+	if c.fetched {
+		ra.unbudgetLocked(c)
+	}
+}
+
+func (ra *readAhead) unbudgetLocked(c *chunk) {
 	if c.ahead {
 		ra.budget.Add(raChunk)
+		c.ahead = false
 	}
 }
 
 func (ra *readAhead) dropLocked() {
 	for _, c := range ra.chunks {
-		ra.release(c)
+		ra.releaseLocked(c)
 	}
 	ra.chunks, ra.eof = nil, -1
 	ra.epoch++

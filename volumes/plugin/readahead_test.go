@@ -19,6 +19,7 @@ type remoteFile struct {
 	data    []byte
 	fetches []span
 	hold    chan struct{} // non-nil: fetches wait for it to close
+	holds   func(off int64) bool // non-nil: only the fetches at the offsets it names wait
 	fail    error
 }
 
@@ -36,6 +37,9 @@ func (f *remoteFile) fetch(buf []byte, off int64) (int, error) {
 	f.mu.Lock()
 	f.fetches = append(f.fetches, span{off, int64(len(buf))})
 	hold, fail := f.hold, f.fail
+	if f.holds != nil && !f.holds(off) {
+		hold = nil
+	}
 	f.mu.Unlock()
 	if hold != nil {
 		<-hold
@@ -355,6 +359,38 @@ func TestReadAheadBudget(t *testing.T) {
 		end, _ := extent(f.fetched())
 		if end > off+2*raChunk {
 			t.Fatalf("fetches reach %d, more than the budget of 2 chunks past %d", end, off)
+		}
+	}
+}
+
+// TestReadAheadBudgetHeldByDroppedFetches: a window dropped while its
+// fetches run keeps its bytes in the budget until they end (they fill their
+// buffers all the same), so that seeking readers cannot hold more than the
+// budget in memory.
+func TestReadAheadBudgetHeldByDroppedFetches(t *testing.T) {
+	f := newRemoteFile(64 << 20)
+	ra, b := testReadAhead(t, f, raBudget)
+	hold := make(chan struct{})
+	f.mu.Lock()
+	f.hold, f.holds = hold, func(off int64) bool { return off >= 256*kb && off < 16<<20 }
+	f.mu.Unlock()
+	read(t, ra, f, 0, 128*kb, 0)
+	read(t, ra, f, 128*kb, 128*kb, 0) // the window ahead of it waits for hold
+	windowed := raBudget - b.Load()
+	if windowed == 0 {
+		t.Fatal("the sequential reads hold no budget: no window was fetched")
+	}
+	read(t, ra, f, 40<<20, 4*kb, 0) // drops the window, whose fetches still run
+	if got := raBudget - b.Load(); got != windowed {
+		t.Errorf("budget held after the seek: %d bytes, want %d (the window's fetches still run)", got, windowed)
+	}
+	f.mu.Lock()
+	close(hold)
+	f.hold, f.holds = nil, nil
+	f.mu.Unlock()
+	for deadline := time.Now().Add(5 * time.Second); b.Load() != raBudget; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("budget %d after the dropped fetches ended, want %d", b.Load(), raBudget)
 		}
 	}
 }

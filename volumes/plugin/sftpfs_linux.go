@@ -57,7 +57,8 @@ type node struct {
 
 	// size is the file's size as the kernel last heard it from this node
 	// (attributes, writes); dataGen counts the writes and truncates of the
-	// file through this mount, which make what was read ahead stale.
+	// file through this mount, each once the server has it: what was read
+	// ahead before is stale.
 	size    atomic.Int64
 	dataGen atomic.Uint64
 
@@ -109,7 +110,6 @@ func (n *node) inode(ctx context.Context, name string, fi os.FileInfo) *fs.Inode
 
 // grew notes a write up to end through this mount.
 func (n *node) grew(end int64) {
-	n.dataGen.Add(1)
 	for {
 		cur := n.size.Load()
 		if end <= cur || n.size.CompareAndSwap(cur, end) {
@@ -211,13 +211,13 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			}
 		}
 		if size, ok := in.GetSize(); ok {
-			n.dataGen.Add(1)
 			var err error
 			if h != nil {
 				err = h.f.Truncate(int64(size))
 			} else {
 				err = c.Truncate(p, int64(size))
 			}
+			n.dataGen.Add(1) // also after a failure: the server may have truncated
 			if err != nil {
 				return err
 			}
@@ -264,11 +264,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	if flags&syscall.O_TRUNC != 0 {
 		n.r.changed()
-		n.dataGen.Add(1)
 	}
 	p := n.remote()
 	var f *sftp.File
-	if e := n.do(ctx, func(c *sftp.Client) (err error) { f, err = c.OpenFile(p, openFlags(flags)); return }); e != 0 {
+	e := n.do(ctx, func(c *sftp.Client) (err error) { f, err = c.OpenFile(p, openFlags(flags)); return })
+	if flags&syscall.O_TRUNC != 0 {
+		n.dataGen.Add(1) // also after a failure: the server may have truncated
+	}
+	if e != 0 {
 		return nil, 0, e
 	}
 	if flags&syscall.O_TRUNC != 0 {
@@ -304,7 +307,11 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	fillAttr(fi, &out.Attr)
 	ch := n.inode(ctx, name, fi)
-	return ch, newHandle(ch.Operations().(*node), f), 0, 0
+	cn := ch.Operations().(*node)
+	if flags&syscall.O_TRUNC != 0 {
+		cn.dataGen.Add(1) // a file that existed: its other handles' read-ahead is stale
+	}
+	return ch, newHandle(cn, f), 0, 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -489,11 +496,6 @@ type handle struct {
 // sending it.
 const writeBehind = 1 << 20
 
-// sftpPacket is the most a single SFTP read or write request carries
-// (pkg/sftp's default, which every server takes); longer reads and writes
-// are split into concurrent requests of it.
-const sftpPacket = 128 << 10
-
 func newHandle(n *node, f *sftp.File) *handle {
 	h := &handle{r: n.r, n: n, f: f}
 	h.ra = newReadAhead(h.fetch, n.r.budget)
@@ -543,7 +545,13 @@ func (h *handle) sendLocked(ctx context.Context) syscall.Errno {
 	buf, off := h.wbuf, h.woff
 	h.wbuf = nil // the operation owns buf: one that timed out may still read it
 	var n int
-	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) { n, err = h.f.WriteAt(buf, off); return }))
+	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) {
+		n, err = h.f.WriteAt(buf, off)
+		// Once the server has the bytes (or some, after a failure): the
+		// file's other handles read again what they read ahead.
+		h.n.dataGen.Add(1)
+		return
+	}))
 	if e == 0 && n < len(buf) {
 		e = syscall.EIO
 	}
