@@ -18,7 +18,7 @@ type remoteFile struct {
 	mu      sync.Mutex
 	data    []byte
 	fetches []span
-	hold    chan struct{} // non-nil: fetches wait for it to close
+	hold    chan struct{}        // non-nil: fetches wait for it to close
 	holds   func(off int64) bool // non-nil: only the fetches at the offsets it names wait
 	fail    error
 }
