@@ -66,6 +66,7 @@ type options struct {
 	connectRuns   int
 	inboundBytes  int64
 	skipIntercept bool
+	only          string
 	faults        string
 }
 
@@ -90,6 +91,7 @@ func main() {
 	flag.IntVar(&o.connectRuns, "connect-runs", 3, "tp quit + tp connect runs for the connect time")
 	flag.Int64Var(&o.inboundBytes, "inbound-bytes", 1<<30, "bytes of the inbound bulk run (in-cluster client)")
 	flag.BoolVar(&o.skipIntercept, "skip-intercept", false, "skip the intercept measurements")
+	flag.StringVar(&o.only, "only", "", `"volumes": connect and measure only the volumes section (quicker, for work on the plugin)`)
 	flag.StringVar(&o.faults, "faults", "", "print the e2e fault suite's results in this file (TP_FAULTS_OUT) as a Markdown table and exit")
 	flag.Parse()
 

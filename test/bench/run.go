@@ -94,6 +94,15 @@ func run(ctx context.Context, o options) error {
 	if err := b.connect(ctx); err != nil {
 		return err
 	}
+	switch o.only {
+	case "":
+	case "volumes":
+		b.volumes(ctx)
+		b.res.Machine.LoadAvgEnd = loadAvg()
+		return nil
+	default:
+		return fmt.Errorf("-only %q: the only section is volumes", o.only)
+	}
 	b.sideBySide(ctx)
 	if o.skipIntercept {
 		b.res.Intercept.Skipped = "-skip-intercept"

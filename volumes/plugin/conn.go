@@ -53,6 +53,11 @@ func Handshake(c net.Conn, token string, timeout time.Duration) error {
 	}
 }
 
+// sftpPacket is the most a single SFTP read or write request carries (the
+// agent's export answers up to 256 KiB, OpenSSH's sftp-server about as
+// much); longer reads and writes are split into concurrent requests of it.
+const sftpPacket = 128 << 10
+
 // Conn is an SFTP session to the agent's export through the daemon, whose
 // every operation has a deadline. When one operation stalls past it, the
 // connection is closed, so that every other operation fails at once too.
@@ -92,7 +97,7 @@ func NewConn(nc net.Conn, token string, timeout time.Duration) (*Conn, error) {
 		return nil, err
 	}
 	client, err := sftp.NewClientPipe(nc, nc,
-		sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64))
+		sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64), sftp.MaxPacketUnchecked(sftpPacket))
 	if err != nil {
 		return nil, fmt.Errorf("start SFTP on the mount connection: %w", err)
 	}

@@ -32,13 +32,15 @@ type remoteFS struct {
 	// gen counts the changes made through this mount; a listing cached
 	// before the latest change answers no lookup.
 	gen atomic.Uint64
+	// budget is what the mount's open files may still read ahead.
+	budget *atomic.Int64
 
 	posixRename, fsync, statvfs, hardlink bool
 }
 
 func newRemoteFS(c *Conn, root string, readOnly bool) *remoteFS {
 	return &remoteFS{
-		conn: c, root: root, readOnly: readOnly,
+		conn: c, root: root, readOnly: readOnly, budget: newBudget(),
 		posixRename: c.HasExtension("posix-rename@openssh.com"),
 		fsync:       c.HasExtension("fsync@openssh.com"),
 		statvfs:     c.HasExtension("statvfs@openssh.com"),
@@ -52,6 +54,13 @@ func (r *remoteFS) changed() { r.gen.Add(1) }
 type node struct {
 	fs.Inode
 	r *remoteFS
+
+	// size is the file's size as the kernel last heard it from this node
+	// (attributes, writes); dataGen counts the writes and truncates of the
+	// file through this mount, each once the server has it: what was read
+	// ahead before is stale.
+	size    atomic.Int64
+	dataGen atomic.Uint64
 
 	mu      sync.Mutex
 	listed  time.Time
@@ -84,14 +93,29 @@ func (n *node) do(ctx context.Context, op func(*sftp.Client) error) syscall.Errn
 	return toErrno(n.r.conn.Do(ctx, op))
 }
 
-// inode returns the inode for a child: the known one while its type holds,
-// so that its number stays the same across lookups.
+// inode returns the inode for a child whose attributes are fi (which the
+// caller answers the kernel): the known one while its type holds, so that
+// its number stays the same across lookups.
 func (n *node) inode(ctx context.Context, name string, fi os.FileInfo) *fs.Inode {
 	mode := posixMode(fi.Mode()) & syscall.S_IFMT
-	if ch := n.GetChild(name); ch != nil && ch.StableAttr().Mode == mode {
-		return ch
+	ch := n.GetChild(name)
+	if ch == nil || ch.StableAttr().Mode != mode {
+		ch = n.NewInode(ctx, &node{r: n.r}, fs.StableAttr{Mode: mode})
 	}
-	return n.NewInode(ctx, &node{r: n.r}, fs.StableAttr{Mode: mode})
+	if cn, ok := ch.Operations().(*node); ok {
+		cn.size.Store(fi.Size())
+	}
+	return ch
+}
+
+// grew notes a write up to end through this mount.
+func (n *node) grew(end int64) {
+	for {
+		cur := n.size.Load()
+		if end <= cur || n.size.CompareAndSwap(cur, end) {
+			return
+		}
+	}
 }
 
 func (n *node) cached(name string) os.FileInfo {
@@ -136,6 +160,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		return e
 	}
 	fillAttr(fi, &out.Attr)
+	n.size.Store(fi.Size())
 	return 0
 }
 
@@ -192,6 +217,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			} else {
 				err = c.Truncate(p, int64(size))
 			}
+			n.dataGen.Add(1) // also after a failure: the server may have truncated
 			if err != nil {
 				return err
 			}
@@ -241,10 +267,17 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	p := n.remote()
 	var f *sftp.File
-	if e := n.do(ctx, func(c *sftp.Client) (err error) { f, err = c.OpenFile(p, openFlags(flags)); return }); e != 0 {
+	e := n.do(ctx, func(c *sftp.Client) (err error) { f, err = c.OpenFile(p, openFlags(flags)); return })
+	if flags&syscall.O_TRUNC != 0 {
+		n.dataGen.Add(1) // also after a failure: the server may have truncated
+	}
+	if e != 0 {
 		return nil, 0, e
 	}
-	return &handle{r: n.r, f: f}, 0, 0
+	if flags&syscall.O_TRUNC != 0 {
+		n.size.Store(0)
+	}
+	return newHandle(n, f), 0, 0
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -273,7 +306,12 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, e
 	}
 	fillAttr(fi, &out.Attr)
-	return n.inode(ctx, name, fi), &handle{r: n.r, f: f}, 0, 0
+	ch := n.inode(ctx, name, fi)
+	cn := ch.Operations().(*node)
+	if flags&syscall.O_TRUNC != 0 {
+		cn.dataGen.Add(1) // a file that existed: its other handles' read-ahead is stale
+	}
+	return ch, newHandle(cn, f), 0, 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -439,8 +477,10 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 
 // handle is an open remote file.
 type handle struct {
-	r *remoteFS
-	f *sftp.File
+	r  *remoteFS
+	n  *node
+	f  *sftp.File
+	ra *readAhead
 
 	// Sequential writes are gathered up to writeBehind bytes and sent as
 	// one WriteAt: programs write in small pieces (8 KB), and each FUSE
@@ -455,6 +495,39 @@ type handle struct {
 // writeBehind is how much of a sequential write the plugin holds before
 // sending it.
 const writeBehind = 1 << 20
+
+func newHandle(n *node, f *sftp.File) *handle {
+	h := &handle{r: n.r, n: n, f: f}
+	h.ra = newReadAhead(h.fetch, n.r.budget)
+	return h
+}
+
+// fetch is one read of the remote file for the read-ahead: len(buf) bytes
+// at off, fewer only at the end of the file, in one round trip.
+func (h *handle) fetch(buf []byte, off int64) (int, error) {
+	// pkg/sftp's ReadAt asks again after a short answer to a read of one
+	// packet (a second round trip to learn of the end of a small file),
+	// not to a read of several: each of those is one request whose short
+	// answer is the end. So a read that may reach the end asks for more
+	// than a packet. (A read known to end before it is one request: a
+	// server answers it in full.)
+	b := buf
+	if len(buf) <= sftpPacket && off+int64(len(buf)) >= h.n.size.Load() {
+		b = make([]byte, sftpPacket+1)
+	}
+	var n int
+	err := h.r.conn.Do(context.Background(), func(*sftp.Client) (err error) {
+		n, err = h.f.ReadAt(b, off)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return copy(buf, b[:n]), nil
+}
 
 var (
 	_ fs.FileReader   = (*handle)(nil)
@@ -472,7 +545,13 @@ func (h *handle) sendLocked(ctx context.Context) syscall.Errno {
 	buf, off := h.wbuf, h.woff
 	h.wbuf = nil // the operation owns buf: one that timed out may still read it
 	var n int
-	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) { n, err = h.f.WriteAt(buf, off); return }))
+	e := toErrno(h.r.conn.Do(ctx, func(*sftp.Client) (err error) {
+		n, err = h.f.WriteAt(buf, off)
+		// Once the server has the bytes (or some, after a failure): the
+		// file's other handles read again what they read ahead.
+		h.n.dataGen.Add(1)
+		return
+	}))
 	if e == 0 && n < len(buf) {
 		e = syscall.EIO
 	}
@@ -490,35 +569,17 @@ func (h *handle) send(ctx context.Context) syscall.Errno {
 // and its error is close's.
 func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.send(ctx) }
 
-// The buffers of reads and writes are the operation's own, not go-fuse's:
-// an operation that timed out may still touch its buffer until the
-// connection's close ends it.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
-
+// Read answers from the read-ahead, whose fetches read into buffers of
+// their own, not go-fuse's: a fetch that timed out may still touch its
+// buffer until the connection's close ends it.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if e := h.send(ctx); e != 0 { // read what was written
 		return nil, e
 	}
-	bp := bufPool.Get().(*[]byte)
-	buf := (*bp)[:0]
-	if cap(buf) < len(dest) {
-		buf = make([]byte, len(dest))
-	}
-	buf = buf[:len(dest)]
-	var n int
-	err := h.r.conn.Do(ctx, func(*sftp.Client) (err error) {
-		n, err = h.f.ReadAt(buf, off)
-		if errors.Is(err, io.EOF) {
-			err = nil
-		}
-		return err
-	})
+	n, err := h.ra.ReadAt(ctx, dest, off, h.n.dataGen.Load())
 	if err != nil {
-		return nil, toErrno(err) // buf may still be in use: not returned to the pool
+		return nil, toErrno(err)
 	}
-	copy(dest, buf[:n])
-	*bp = buf
-	bufPool.Put(bp)
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
@@ -527,6 +588,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, syscall.EROFS
 	}
 	h.r.changed()
+	h.n.grew(off + int64(len(data)))
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.wbuf) > 0 && off != h.woff+int64(len(h.wbuf)) {
@@ -561,6 +623,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.ra.Close() // its fetches end within the connection's deadline
 	if h.r.conn.Err() != nil {
 		return 0
 	}

@@ -3,6 +3,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -451,5 +452,59 @@ func TestFUSECloseBusy(t *testing.T) {
 	}
 	if _, err := f.Read(make([]byte, 4)); err == nil {
 		t.Error("a read of a file of the unmounted volume succeeded, want an error")
+	}
+}
+
+// TestReadAheadAfterOtherHandlesWrite: what a handle read ahead while
+// another handle of the file held a write unsent (write-behind) is not
+// served once that write is sent (close): the change counts from when the
+// server has the bytes.
+func TestReadAheadAfterOtherHandlesWrite(t *testing.T) {
+	s := mounttest.NewServer(t, "tok")
+	export := t.TempDir()
+	p := filepath.Join(export, "f")
+	const size = 2 << 20
+	if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := Dial(ctx, s.Addr(), "tok", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := &node{r: newRemoteFS(c, export, false)}
+	n.size.Store(size)
+	open := func() *handle {
+		var f *sftp.File
+		if err := c.Do(ctx, func(cl *sftp.Client) (err error) { f, err = cl.OpenFile(p, os.O_RDWR); return }); err != nil {
+			t.Fatal(err)
+		}
+		h := newHandle(n, f)
+		t.Cleanup(func() { h.Release(ctx) })
+		return h
+	}
+	writer, reader := open(), open()
+	readAt := func(off int64) []byte {
+		t.Helper()
+		buf := make([]byte, 128<<10)
+		res, e := reader.Read(ctx, buf, off)
+		if e != 0 {
+			t.Fatalf("read at %d: %v", off, e)
+		}
+		b, _ := res.Bytes(buf)
+		return b
+	}
+	if _, e := writer.Write(ctx, bytes.Repeat([]byte("x"), 4096), 512<<10); e != 0 { // held: write-behind
+		t.Fatal(e)
+	}
+	readAt(0)
+	readAt(128 << 10) // sequential: the window ahead reads the old bytes at 512 KiB
+	waitIdle(t, reader.ra)
+	if e := writer.Flush(ctx); e != 0 {
+		t.Fatal(e)
+	}
+	if got := readAt(512 << 10); !bytes.Equal(got[:4096], bytes.Repeat([]byte("x"), 4096)) {
+		t.Errorf("read after the other handle's close: got %q..., want the written x's", got[:8])
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pkg/sftp"
 )
@@ -26,7 +28,16 @@ type Server struct {
 	mu      sync.Mutex
 	conns   []net.Conn
 	stalled chan struct{} // closed: reads go on; open: reads block
+	latency time.Duration // added to every answer of the connections made after SetLatency
 	wg      sync.WaitGroup
+}
+
+// SetLatency delays every answer of the connections accepted from now on by
+// d (a round trip of the tunnel), without limiting their throughput.
+func (s *Server) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency = d
 }
 
 // NewServer listens on 127.0.0.1 and serves the host's files until the
@@ -84,22 +95,98 @@ func (s *Server) serve(c net.Conn) {
 		return
 	}
 	fmt.Fprintf(c, "OK\n")
+	var w io.WriteCloser = c
+	s.mu.Lock()
+	latency := s.latency
+	s.mu.Unlock()
+	if latency > 0 {
+		d := newDelayedWriter(c, latency)
+		defer d.wait()
+		w = d
+	}
 	rwc := struct {
 		io.Reader
 		io.WriteCloser
-	}{&gatedReader{r: br, s: s}, c}
+	}{&gatedReader{r: br, s: s}, w}
 	if s.handlers != nil {
 		rs := sftp.NewRequestServer(rwc, *s.handlers)
 		_ = rs.Serve()
 		rs.Close()
 		return
 	}
-	srv, err := sftp.NewServer(rwc)
+	srv, err := sftp.NewServer(rwc, sftp.WithMaxTxPacket(256<<10)) // as the agent's export answers
 	if err != nil {
 		return
 	}
 	_ = srv.Serve()
 	srv.Close()
+}
+
+// delayedWriter writes what it is given to w latency later, in order: a
+// link with that one-way delay and no bandwidth limit.
+type delayedWriter struct {
+	w       io.WriteCloser
+	latency time.Duration
+	q       chan delayed
+	done    chan struct{}
+
+	mu     sync.Mutex
+	closed bool
+}
+
+type delayed struct {
+	at time.Time
+	b  []byte
+}
+
+func newDelayedWriter(w io.WriteCloser, latency time.Duration) *delayedWriter {
+	d := &delayedWriter{w: w, latency: latency, q: make(chan delayed, 4096), done: make(chan struct{})}
+	go d.pump()
+	return d
+}
+
+func (d *delayedWriter) pump() {
+	defer close(d.done)
+	for m := range d.q {
+		time.Sleep(time.Until(m.at))
+		if _, err := d.w.Write(m.b); err != nil {
+			for range d.q { // drain until Close
+			}
+			return
+		}
+	}
+}
+
+func (d *delayedWriter) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, net.ErrClosed
+	}
+	d.q <- delayed{time.Now().Add(d.latency), slices.Clone(p)}
+	return len(p), nil
+}
+
+// Close closes the connection at once (what is queued is lost, as on a cut link).
+func (d *delayedWriter) Close() error {
+	err := d.w.Close()
+	d.stop()
+	return err
+}
+
+func (d *delayedWriter) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.closed = true
+		close(d.q)
+	}
+}
+
+// wait ends the queue and waits for the pump.
+func (d *delayedWriter) wait() {
+	d.stop()
+	<-d.done
 }
 
 // gatedReader blocks reads while the server is stalled.
