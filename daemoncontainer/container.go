@@ -27,6 +27,8 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
+
+	"github.com/tp-run/tp/daemoncontainer/wire"
 )
 
 // Labels on the daemon container. They are the connection's record.
@@ -48,13 +50,12 @@ const (
 	LabelPublish = "run.tp.publish"
 )
 
-// KubeconfigFromStdin is the daemon's --kubeconfig: `tp connect` writes the
-// kubeconfig to the daemon's stdin. The daemon keeps it in its state
+// The daemon's --kubeconfig is wire.KubeconfigFromStdin: `tp connect` writes
+// the kubeconfig to the daemon's stdin. The daemon keeps it in its state
 // directory (StateDir) in the container's own writable layer, so that it
 // connects again by itself when Docker restarts the container (an engine
 // restart, a crash); it is never a volume or a host file, and it is gone
 // with the container.
-const KubeconfigFromStdin = "-"
 
 // StateDir is the daemon's state directory in its container (daemon.State):
 // kubeconfig, session and mount tokens, root's, mode 0600.
@@ -80,7 +81,7 @@ var Capabilities = []string{"NET_ADMIN"}
 const RunDir = "/run/tp"
 
 // DefaultName is the connection name used when --name is not given.
-const DefaultName = "default"
+const DefaultName = wire.DefaultConnection
 
 // ContainerName maps a connection name to its container: "tp" for the default
 // connection, "tp-NAME" otherwise.
@@ -232,7 +233,7 @@ func containerConfig(o createOptions) *container.Config {
 		Image:        o.Image,
 		Cmd: []string{"daemon", "run",
 			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
-			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", KubeconfigFromStdin,
+			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", wire.KubeconfigFromStdin,
 			"--state-dir", stateDir, "--log-level", o.LogLevel},
 		Labels: labels,
 		// Who owns this connection's intercepts, as others see it in tp list.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+
+	"github.com/tp-run/tp/daemoncontainer/wire"
 )
 
 func TestContainerName(t *testing.T) {
@@ -97,8 +99,8 @@ func TestContainerConfigKubeconfigOnStdin(t *testing.T) {
 			c.OpenStdin, c.StdinOnce, c.AttachStdin, c.Tty)
 	}
 	i := slices.Index(c.Cmd, "--kubeconfig")
-	if i < 0 || i+1 >= len(c.Cmd) || c.Cmd[i+1] != KubeconfigFromStdin {
-		t.Errorf("command %q, want --kubeconfig %s", c.Cmd, KubeconfigFromStdin)
+	if i < 0 || i+1 >= len(c.Cmd) || c.Cmd[i+1] != wire.KubeconfigFromStdin {
+		t.Errorf("command %q, want --kubeconfig %s", c.Cmd, wire.KubeconfigFromStdin)
 	}
 	everything := strings.Join(c.Cmd, " ") + strings.Join(c.Env, " ") + strings.Join(slices.Collect(maps.Values(c.Labels)), " ")
 	if strings.Contains(everything, "c2VjcmV0") {

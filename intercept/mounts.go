@@ -13,6 +13,7 @@ import (
 	"github.com/tp-run/tp/daemoncontainer"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // MountOptions says which of the pod's mounts go into local containers.
@@ -80,7 +81,7 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 	for i := range picked {
 		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{
 			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: map[string]string{LabelNamespace: ic.Namespace()},
-			Options: volumes.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
+			Options: driveropts.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
 		})
 		if err != nil {
 			_ = ic.RemoveVolumes(context.WithoutCancel(ctx))

@@ -17,6 +17,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
+
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // PluginRepository is the name of tp's managed volume plugin, tagged with
@@ -275,7 +277,7 @@ func pluginConfig(imageID string) ([]byte, error) {
 		},
 		Interface:       pluginIface{Types: []string{"docker.volumedriver/1.0"}, Socket: pluginSocket},
 		Network:         pluginNet{Type: "host"},
-		PropagatedMount: PropagatedMount,
+		PropagatedMount: driveropts.PropagatedMount,
 		Linux: pluginLinux{
 			Capabilities: []string{"CAP_SYS_ADMIN"},
 			Devices:      []pluginDevice{{Path: "/dev/fuse"}},
@@ -296,7 +298,7 @@ func writePluginTar(w io.Writer, config []byte, size int64, bin io.Reader) error
 		return err
 	}
 	for _, d := range []string{"rootfs/", "rootfs/dev/", "rootfs/proc/", "rootfs/sys/", "rootfs/tmp/", "rootfs/etc/",
-		"rootfs/run/", "rootfs/run/docker/", "rootfs/run/docker/plugins/", "rootfs/mnt/", "rootfs" + PropagatedMount + "/",
+		"rootfs/run/", "rootfs/run/docker/", "rootfs/run/docker/plugins/", "rootfs/mnt/", "rootfs" + driveropts.PropagatedMount + "/",
 		"rootfs/var/", "rootfs/var/lib/", "rootfs/var/lib/tp-volumes/"} {
 		if err := tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}); err != nil {
 			return err

@@ -14,6 +14,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
+
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // Spec is a tp volume to create.
@@ -24,7 +26,7 @@ type Spec struct {
 	// LabelIntercept), so that RemoveVolumes finds it.
 	Connection, Intercept string
 	// Options say what to mount and how to reach it.
-	Options
+	driveropts.Options
 	// Labels are more labels for the volume.
 	Labels map[string]string
 }

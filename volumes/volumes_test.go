@@ -10,14 +10,6 @@ import (
 	"testing"
 )
 
-func TestOptionsRoundTrip(t *testing.T) {
-	o := Options{Addr: "172.17.0.3:9022", Token: "00ff", Path: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true}
-	got, err := ParseOptions(o.Map())
-	if err != nil || got != o {
-		t.Errorf("ParseOptions(Map()) = %+v, %v; want %+v", got, err, o)
-	}
-}
-
 func TestPluginName(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"v1.2.3", "tp-volumes:v1.2.3"}, {"", "tp-volumes:dev"}, {"v1-3-gabc+dirty", "tp-volumes:v1-3-gabc-dirty"},

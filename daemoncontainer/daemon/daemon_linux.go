@@ -19,10 +19,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/daemoncontainer/dns"
 	"github.com/tp-run/tp/daemoncontainer/netstack"
 	"github.com/tp-run/tp/daemoncontainer/tun"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func withDefaults(cfg Config) Config {
 	if cfg.Socket == "" {
-		cfg.Socket = daemoncontainer.DaemonSocket
+		cfg.Socket = wire.DaemonSocket
 	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
@@ -95,7 +95,7 @@ func withDefaults(cfg Config) Config {
 		cfg.DNSAddr = "127.0.0.1:53"
 	}
 	if cfg.MountAddr == "" {
-		cfg.MountAddr = fmt.Sprintf(":%d", daemoncontainer.MountPort)
+		cfg.MountAddr = fmt.Sprintf(":%d", wire.MountPort)
 	}
 	return cfg
 }

@@ -4,7 +4,7 @@
 // subnets into a TUN device whose flows the netstack carries through the
 // tunnel, serves cluster DNS to every container joined to its network
 // namespace, and serves the CLI's API on a unix socket (see
-// daemoncontainer.DaemonSocket). It reconnects by itself when the
+// wire.DaemonSocket). It reconnects by itself when the
 // port-forward or the manager goes away.
 package daemon
 
@@ -28,7 +28,7 @@ type Config struct {
 	// Kubeconfig is a kubeconfig file, read when KubeconfigData is nil.
 	Kubeconfig string
 	Version    string
-	// Socket is the API's unix socket; default daemoncontainer.DaemonSocket.
+	// Socket is the API's unix socket; default wire.DaemonSocket.
 	Socket string
 	// ResolvConf holds the original resolvers (read once; `tp connect`
 	// rewrites it afterwards, see PointResolvConf); default /etc/resolv.conf.
@@ -38,7 +38,7 @@ type Config struct {
 	// DNSAddr is where the DNS server listens; default 127.0.0.1:53.
 	DNSAddr string
 	// MountAddr is where the daemon serves its intercepts' volume mounts;
-	// default ":9022" (daemoncontainer.MountPort, all interfaces).
+	// default ":9022" (wire.MountPort, all interfaces).
 	MountAddr string
 	// State is where the daemon keeps what a restart of its container needs
 	// (kubeconfig, session, mount tokens); a zero State keeps nothing.

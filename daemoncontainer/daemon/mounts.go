@@ -19,14 +19,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
 
 // The daemon's half of volume mounts (docs/intercepts.md, "Volumes"). It
-// listens on daemoncontainer.MountPort in its network namespace; a client
+// listens on wire.MountPort in its network namespace; a client
 // (tp's Docker volume plugin, which reaches the daemon container's address
 // from the Docker host) authenticates with the token OpenMount minted for
 // one of this daemon's intercepts, and its connection is spliced to a
@@ -230,7 +230,7 @@ func (m *mounts) handle(ctx context.Context, c net.Conn) {
 		reason = strings.ReplaceAll(fmt.Sprintf(reason, args...), "\n", " ")
 		_, _ = io.WriteString(c, "ERR "+reason+"\n")
 	}
-	line, err := daemoncontainer.ReadMountLine(c)
+	line, err := wire.ReadMountLine(c)
 	if err != nil {
 		log.Warn("mount refused: no handshake", "error", err)
 		return
@@ -239,11 +239,11 @@ func (m *mounts) handle(ctx context.Context, c net.Conn) {
 	switch {
 	case word != "TP-MOUNT":
 		log.Warn("mount refused: not a tp mount handshake")
-		refuse("expected %q", daemoncontainer.MountProtocol+" <token>")
+		refuse("expected %q", wire.MountProtocol+" <token>")
 		return
 	case version != "1":
 		log.Warn("mount refused: protocol version", "version", version)
-		refuse("mount protocol version %q is not supported; this daemon speaks %q (use the tp of the daemon's version)", version, daemoncontainer.MountProtocol)
+		refuse("mount protocol version %q is not supported; this daemon speaks %q (use the tp of the daemon's version)", version, wire.MountProtocol)
 		return
 	}
 	id, ok := m.lookup(tok)
@@ -303,7 +303,7 @@ func (d *daemon) OpenMount(_ context.Context, req *daemonv1.OpenMountRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	return &daemonv1.OpenMountResponse{Port: daemoncontainer.MountPort, Token: tok}, nil
+	return &daemonv1.OpenMountResponse{Port: wire.MountPort, Token: tok}, nil
 }
 
 // dialMount opens a mount flow through the connection's tunnel.

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -82,7 +82,7 @@ func dialMount(t *testing.T, addr, token string) (net.Conn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return daemoncontainer.DialMount(ctx, addr, token)
+	return wire.DialMount(ctx, addr, token)
 }
 
 func TestMountTokens(t *testing.T) {
@@ -119,7 +119,7 @@ func TestMountHandshake(t *testing.T) {
 	tok := b.intercept(t, "ic-1", "shop", "echo")
 
 	for name, hello := range map[string]string{
-		"wrong token":      daemoncontainer.MountHello(strings.Repeat("0", 64)),
+		"wrong token":      wire.MountHello(strings.Repeat("0", 64)),
 		"empty token":      "TP-MOUNT 1 \n",
 		"other version":    "TP-MOUNT 2 " + tok + "\n",
 		"not a handshake":  "SSH-2.0-OpenSSH_9.6\r\n",
@@ -131,7 +131,7 @@ func TestMountHandshake(t *testing.T) {
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		io.WriteString(c, hello)
-		line, err := daemoncontainer.ReadMountLine(c)
+		line, err := wire.ReadMountLine(c)
 		if err != nil || !strings.HasPrefix(line, "ERR ") {
 			t.Errorf("%s: got %q, %v, want ERR <reason>", name, line, err)
 		}
@@ -140,7 +140,7 @@ func TestMountHandshake(t *testing.T) {
 		}
 		c.Close()
 	}
-	if _, err := dialMount(t, b.addr, "bad"); !errors.Is(err, daemoncontainer.ErrMountRefused) {
+	if _, err := dialMount(t, b.addr, "bad"); !errors.Is(err, wire.ErrMountRefused) {
 		t.Errorf("DialMount with a wrong token: got %v, want ErrMountRefused", err)
 	}
 	b.mu.Lock()
@@ -183,7 +183,7 @@ func TestMountHandshake(t *testing.T) {
 	if _, err := c.Read(buf); err == nil {
 		t.Error("mount still open after the intercept was removed")
 	}
-	if _, err := dialMount(t, b.addr, tok); !errors.Is(err, daemoncontainer.ErrMountRefused) {
+	if _, err := dialMount(t, b.addr, tok); !errors.Is(err, wire.ErrMountRefused) {
 		t.Errorf("DialMount with the removed intercept's token: got %v, want ErrMountRefused", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 	"github.com/tp-run/tp/internal/dockerengine"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -113,19 +114,19 @@ func TestMountSFTP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("MountEndpoint: %v", err)
 	}
-	if ep.Addr.Port() != daemoncontainer.MountPort || len(ep.Token) != 64 {
-		t.Errorf("mount endpoint %v, token of %d chars; want port %d and 32 bytes of hex", ep.Addr, len(ep.Token), daemoncontainer.MountPort)
+	if ep.Addr.Port() != wire.MountPort || len(ep.Token) != 64 {
+		t.Errorf("mount endpoint %v, token of %d chars; want port %d and 32 bytes of hex", ep.Addr, len(ep.Token), wire.MountPort)
 	}
 	t.Logf("mount endpoint %s (daemon container %s)", ep.Addr, conn.container)
 
 	// A wrong token: ERR, no session.
 	wrong := strings.Repeat("ab", 32)
-	if _, err := daemoncontainer.DialMount(ctx, ep.Addr.String(), wrong); !errors.Is(err, daemoncontainer.ErrMountRefused) {
+	if _, err := wire.DialMount(ctx, ep.Addr.String(), wrong); !errors.Is(err, wire.ErrMountRefused) {
 		t.Errorf("DialMount with a wrong token: got %v, want ErrMountRefused", err)
 	}
 
 	start := time.Now()
-	mc, err := daemoncontainer.DialMount(ctx, ep.Addr.String(), ep.Token)
+	mc, err := wire.DialMount(ctx, ep.Addr.String(), ep.Token)
 	if err != nil {
 		t.Fatalf("DialMount: %v", err)
 	}
@@ -204,7 +205,7 @@ func TestMountSFTP(t *testing.T) {
 
 	// The mount ends with the intercept.
 	tpOK(t, "leave", "echo", "--name", conn.name)
-	if _, err := daemoncontainer.DialMount(ctx, ep.Addr.String(), ep.Token); !errors.Is(err, daemoncontainer.ErrMountRefused) {
+	if _, err := wire.DialMount(ctx, ep.Addr.String(), ep.Token); !errors.Is(err, wire.ErrMountRefused) {
 		t.Errorf("DialMount after tp leave: got %v, want ErrMountRefused (token forgotten)", err)
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/pkg/sftp"
 
-	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 )
 
 // ErrRefused is wrapped by the error of a handshake that the daemon answered
@@ -24,7 +24,7 @@ var ErrRefused = errors.New("the daemon refused the mount")
 // stalled; the FUSE layer turns it into EIO.
 var ErrBroken = errors.New("the mount's connection to the daemon is broken")
 
-// Handshake presents token on c: it writes daemoncontainer.MountHello
+// Handshake presents token on c: it writes wire.MountHello
 // ("TP-MOUNT 1 <token>\n", the daemon's side of it) and reads
 // the daemon's answer line, "OK" (the connection then carries SFTP) or
 // "ERR <reason>" (an error wrapping ErrRefused with the reason). It reads no
@@ -34,10 +34,10 @@ func Handshake(c net.Conn, token string, timeout time.Duration) error {
 		return err
 	}
 	defer c.SetDeadline(time.Time{}) //nolint:errcheck // best effort; the caller sets its own
-	if _, err := io.WriteString(c, daemoncontainer.MountHello(token)); err != nil {
+	if _, err := io.WriteString(c, wire.MountHello(token)); err != nil {
 		return fmt.Errorf("mount handshake: %w", err)
 	}
-	line, err := daemoncontainer.ReadMountLine(c)
+	line, err := wire.ReadMountLine(c)
 	if err != nil {
 		return fmt.Errorf("mount handshake: no answer from the daemon: %w", err)
 	}

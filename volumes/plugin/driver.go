@@ -29,7 +29,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // Where the plugin works inside its rootfs. Docker mounts the directory of
@@ -37,7 +37,7 @@ import (
 // Docker sees; the state file stays in the plugin's rootfs across restarts.
 const (
 	SocketPath = "/run/docker/plugins/tp.sock"
-	MountRoot  = volumes.PropagatedMount
+	MountRoot  = driveropts.PropagatedMount
 	StatePath  = "/var/lib/tp-volumes/state.json"
 	// OpTimeout bounds every filesystem operation and the mount handshake:
 	// a stalled connection fails reads within 10 s, with some margin.
@@ -53,7 +53,7 @@ type Mounted interface {
 }
 
 // MountFunc mounts the volume with options o at dir.
-type MountFunc func(ctx context.Context, dir string, o volumes.Options, timeout time.Duration) (Mounted, error)
+type MountFunc func(ctx context.Context, dir string, o driveropts.Options, timeout time.Duration) (Mounted, error)
 
 // Config is the driver's.
 type Config struct {
@@ -78,7 +78,7 @@ type volume struct {
 	name    string
 	raw     map[string]string
 	created time.Time
-	opts    volumes.Options
+	opts    driveropts.Options
 
 	mu  sync.Mutex // serializes mount, unmount and remove
 	ids map[string]bool
@@ -146,7 +146,7 @@ func (d *Driver) load() error {
 		return nil
 	}
 	for _, sv := range st.Volumes {
-		o, err := volumes.ParseOptions(sv.Options)
+		o, err := driveropts.Parse(sv.Options)
 		if err != nil {
 			d.cfg.Log.Warn("dropping a volume of the state file", "volume", sv.Name, "err", err)
 			continue
@@ -185,7 +185,7 @@ func (d *Driver) Create(name string, raw map[string]string) error {
 	if !validName.MatchString(name) {
 		return fmt.Errorf("volume name %q: use letters, digits, '_', '.' and '-'", name)
 	}
-	o, err := volumes.ParseOptions(raw)
+	o, err := driveropts.Parse(raw)
 	if err != nil {
 		return err
 	}

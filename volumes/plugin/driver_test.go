@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // fakeMounts records the driver's mounts instead of making them.
@@ -43,7 +43,7 @@ func (m *fakeMount) Err() error {
 	return m.broken
 }
 
-func (f *fakeMounts) mount(_ context.Context, dir string, _ volumes.Options, _ time.Duration) (Mounted, error) {
+func (f *fakeMounts) mount(_ context.Context, dir string, _ driveropts.Options, _ time.Duration) (Mounted, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {

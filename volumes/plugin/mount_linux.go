@@ -14,7 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/pkg/sftp"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 // fuseMount is one live FUSE mount of an SFTP path.
@@ -27,7 +27,7 @@ type fuseMount struct {
 // MountFUSE dials the daemon's mount port, presents the token and mounts the
 // SFTP path at dir (an existing directory), read-only when o.ReadOnly. Every
 // FUSE operation is bounded by timeout.
-func MountFUSE(ctx context.Context, dir string, o volumes.Options, timeout time.Duration) (Mounted, error) {
+func MountFUSE(ctx context.Context, dir string, o driveropts.Options, timeout time.Duration) (Mounted, error) {
 	conn, err := Dial(ctx, o.Addr, o.Token, timeout)
 	if err != nil {
 		return nil, err

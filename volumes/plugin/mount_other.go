@@ -7,13 +7,13 @@ import (
 	"errors"
 	"time"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 )
 
 var errLinuxOnly = errors.New("the tp volume plugin runs inside Docker's Linux host or VM only")
 
 // MountFUSE fails: FUSE mounts happen inside Docker's Linux host or VM.
-func MountFUSE(context.Context, string, volumes.Options, time.Duration) (Mounted, error) {
+func MountFUSE(context.Context, string, driveropts.Options, time.Duration) (Mounted, error) {
 	return nil, errLinuxOnly
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
 
@@ -123,7 +123,7 @@ func benchMount(b *testing.B, s *mounttest.Server, export string) string {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	m, err := MountFUSE(b.Context(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: export}, 10*time.Second)
+	m, err := MountFUSE(b.Context(), dir, driveropts.Options{Addr: s.Addr(), Token: "tok", Path: export}, 10*time.Second)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/pkg/sftp"
 
-	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
 
@@ -35,7 +35,7 @@ func mountTest(t *testing.T, s *mounttest.Server, export string, ro bool, timeou
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: export, ReadOnly: ro}, timeout)
+	m, err := MountFUSE(context.Background(), dir, driveropts.Options{Addr: s.Addr(), Token: "tok", Path: export, ReadOnly: ro}, timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,11 +359,11 @@ func TestMountErrors(t *testing.T) {
 	writeFile(t, filepath.Join(export, "file"), "x")
 	dir := t.TempDir()
 	for _, p := range []string{filepath.Join(export, "file"), filepath.Join(export, "missing")} {
-		if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: p}, time.Second); err == nil {
+		if _, err := MountFUSE(context.Background(), dir, driveropts.Options{Addr: s.Addr(), Token: "tok", Path: p}, time.Second); err == nil {
 			t.Errorf("mount of %s succeeded, want an error", p)
 		}
 	}
-	if _, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "bad", Path: export}, time.Second); !errors.Is(err, ErrRefused) {
+	if _, err := MountFUSE(context.Background(), dir, driveropts.Options{Addr: s.Addr(), Token: "bad", Path: export}, time.Second); !errors.Is(err, ErrRefused) {
 		t.Errorf("mount with a wrong token = %v, want ErrRefused", err)
 	}
 }
@@ -431,7 +431,7 @@ func TestFUSECloseBusy(t *testing.T) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m, err := MountFUSE(context.Background(), dir, volumes.Options{Addr: s.Addr(), Token: "tok", Path: export}, 5*time.Second)
+	m, err := MountFUSE(context.Background(), dir, driveropts.Options{Addr: s.Addr(), Token: "tok", Path: export}, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
+	"github.com/tp-run/tp/cmd/tp/roles"
 	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
@@ -26,7 +27,7 @@ import (
 )
 
 // defaultManagerNamespace is where the traffic-manager lives unless told otherwise.
-const defaultManagerNamespace = "tp"
+const defaultManagerNamespace = roles.DefaultManagerNamespace
 
 // kubeFlags are kubectl's --kubeconfig, --context, --namespace/-n, ...
 func kubeFlags(cmd *cobra.Command) *genericclioptions.ConfigFlags {

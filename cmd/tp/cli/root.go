@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/tp-run/tp/cmd/tp/roles"
 )
 
 // ExitError carries a process exit code through cobra (e.g. the exit code of
@@ -66,13 +68,8 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newUninstallCommand(streams, docker),
 		newHelmCommand(streams),
 		newVersionCommand(streams, docker),
-		newDaemonCommand(streams),
-		newManagerCommand(streams),
-		newAgentCommand(),
-		newAgentInitCommand(),
 		newKubeauthCommand(streams, docker),
-		newKubeauthPluginCommand(streams),
-		newVolumesCommand(),
 	)
+	root.AddCommand(roles.Commands(streams.In, streams.Out)...)
 	return root
 }
