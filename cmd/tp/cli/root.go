@@ -73,6 +73,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newKubeauthCommand(streams, docker),
 		newKubeauthPluginCommand(streams),
 		newVolumesCommand(),
+		newImageCommand(streams, docker),
 	)
 	return root
 }
