@@ -9,6 +9,9 @@
 #
 #   hack/registry.sh up     start it (idempotent; installs the package when missing)
 #   hack/registry.sh down   stop it (idempotent); the stored images stay
+#   hack/registry.sh gc     garbage-collect the storage: blobs of deleted or
+#                           untagged manifests go (it stops the registry
+#                           meanwhile and starts it again when it ran)
 #   hack/registry.sh addr   print its address (127.0.0.1:5000)
 #
 # It listens on 127.0.0.1 only, without authentication: nothing outside this
@@ -132,9 +135,21 @@ up() {
 	die "docker-registry does not answer on $ADDR after 10s; see $LOGF"
 }
 
+# gc: the registry's garbage collection must not run beside the registry.
+gc() {
+	[ "$(id -u)" -eq 0 ] || die "must run as root; try: sudo $0 gc"
+	[ -f "$CONF" ] || return 0
+	local was_running=
+	[ -z "$(pid)" ] || was_running=1
+	stop
+	"$BIN" garbage-collect --delete-untagged "$CONF" >>"$LOGF" 2>&1 || die "garbage-collect failed; see $LOGF"
+	[ -z "$was_running" ] || up
+}
+
 case "${1:-}" in
 up) up ;;
 down) stop ;;
+gc) gc ;;
 addr) echo "$ADDR" ;;
-*) die "usage: $0 up|down|addr" ;;
+*) die "usage: $0 up|down|gc|addr" ;;
 esac

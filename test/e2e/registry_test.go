@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -81,9 +82,25 @@ func TestConnectFromRegistry(t *testing.T) {
 	}
 	out := run(t, 5*time.Minute, "make", "-C", root, "--no-print-directory", "image-push", "REGISTRY="+testRegistry, "VERSION="+v)
 	t.Logf("make image-push REGISTRY=%s:\n%s", testRegistry, out)
-	if !strings.Contains(out, ref+"@sha256:") {
+	_, digest, ok := strings.Cut(out, ref+"@")
+	if !ok || !strings.HasPrefix(digest, "sha256:") {
 		t.Fatalf("make image-push did not report pushing %s:\n%s", ref, out)
 	}
+	digest = strings.Fields(digest)[0]
+	t.Cleanup(func() {
+		// This run's manifest goes from the registry (and its layer with
+		// the garbage collection), its tag from Docker.
+		req, _ := http.NewRequest(http.MethodDelete, "http://"+testRegistry+"/v2/tp/manifests/"+digest, nil)
+		if resp, err := http.DefaultClient.Do(req); err != nil {
+			t.Logf("delete %s@%s from the registry: %v", ref, digest, err)
+		} else if resp.Body.Close(); resp.StatusCode != http.StatusAccepted {
+			t.Logf("delete %s@%s from the registry: %s", ref, digest, resp.Status)
+		}
+		if out, err := exec.Command(filepath.Join(root, "hack", "registry.sh"), "gc").CombinedOutput(); err != nil {
+			t.Logf("hack/registry.sh gc: %v\n%s", err, out)
+		}
+		_, _ = docker("rmi", ref)
+	})
 
 	// The shared manager (namespace tp) goes, so that connect installs it
 	// with the registry's image; afterwards it is reinstalled as before.
