@@ -96,7 +96,7 @@ For a cluster that pulls from a registry, push the image there instead
 			if err != nil {
 				return err
 			}
-			if _, _, err := cli.ImageInspectWithRaw(cmd.Context(), image); err != nil {
+			if _, err := cli.ImageInspect(cmd.Context(), image); err != nil {
 				return fmt.Errorf("the Docker engine has no image %s (%v): build it (make image) or pull it first", image, err)
 			}
 			env, err := docker.Environ()
