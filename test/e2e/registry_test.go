@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -111,6 +112,22 @@ func TestConnectFromRegistry(t *testing.T) {
 		}
 		_, _ = ctrK8s("images", "rm", ref)
 	})
+	// Nor the content under another name: the image make e2e-run loaded
+	// (tp:TAG) goes from containerd while no pod runs it, so the node must
+	// fetch the manifest, the config and the layers from the registry (but
+	// a layer another loaded image shares, as tp's CA bundle, which
+	// containerd keeps once). It is loaded again for the tests after this one.
+	loaded := "docker.io/library/" + version.Image()
+	t.Cleanup(func() {
+		if out, err := exec.Command(filepath.Join(root, "hack", "cluster", "load.sh"), version.Image()).CombinedOutput(); err != nil {
+			t.Errorf("load %s into the cluster again: %v\n%s", version.Image(), err, out)
+		}
+	})
+	c.waitNoPods(t, "tp", time.Minute)
+	if out, err := ctrK8s("images", "rm", "--sync", loaded); err != nil && !strings.Contains(out, "not found") {
+		t.Fatalf("remove %s from containerd: %v\n%s", loaded, err, out)
+	}
+	logStart := fileSize(t, registryLog)
 
 	ns := c.echoNamespace(t, "registry")
 	name := "reg-" + rand.String(4)
@@ -135,6 +152,11 @@ func TestConnectFromRegistry(t *testing.T) {
 		t.Fatalf("traffic-manager pod %s runs image %s, want %s", mgr.Name, got, ref)
 	}
 	c.waitPulled(t, "tp", mgr.Name, ref)
+	if blobs := registryBlobGets(t, logStart); len(blobs) < 2 {
+		t.Errorf("the node fetched %d blobs from the registry (%v), want the config and at least tp's layer", len(blobs), blobs)
+	} else {
+		t.Logf("the node fetched %d blobs from the registry: %v", len(blobs), blobs)
+	}
 	if out, err := ctrK8s("images", "ls", "-q", "name=="+ref); err != nil || strings.TrimSpace(out) != ref {
 		t.Errorf("containerd's images named %s after the pull: %q (%v)", ref, out, err)
 	}
@@ -164,6 +186,50 @@ func TestConnectFromRegistry(t *testing.T) {
 	}
 	tpOK(t, "leave", "echo", "--name", name)
 	c.waitCopy(t, ns, "http://echo."+ns+"/after-leave", "cluster", 30*time.Second)
+}
+
+// registryLog is hack/registry.sh's log: the registry's access log.
+const registryLog = "/var/log/tp-registry.log"
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// registryBlobGets are the blobs (digests) containerd fetched from the test
+// registry, by its access log from offset on.
+func registryBlobGets(t *testing.T, offset int64) []string {
+	t.Helper()
+	b, err := os.ReadFile(registryLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blobs []string
+	for _, l := range lines(string(b[offset:])) {
+		// 127.0.0.1 - - [date] "GET /v2/tp/blobs/sha256:... HTTP/1.1" 200 N "" "containerd/1.6.20~ds1"
+		if _, rest, ok := strings.Cut(l, `"GET /v2/tp/blobs/`); ok && strings.Contains(l, `"containerd/`) && strings.Contains(rest, `" 200 `) {
+			blobs = append(blobs, strings.Fields(rest)[0])
+		}
+	}
+	return blobs
+}
+
+// waitNoPods waits until namespace ns has no pods (a deleted Deployment's).
+func (c *cluster) waitNoPods(t *testing.T, ns string, timeout time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(500 * time.Millisecond) {
+		pods, err := c.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err == nil && len(pods.Items) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("namespace %s still has pods after %v: %v", ns, timeout, err)
+		}
+	}
 }
 
 // waitPulled waits (10 s) for the kubelet's events saying it pulled image
