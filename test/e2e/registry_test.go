@@ -124,8 +124,12 @@ func TestConnectFromRegistry(t *testing.T) {
 		}
 	})
 	c.waitNoPods(t, "tp", time.Minute)
-	if out, err := ctrK8s("images", "rm", "--sync", loaded); err != nil && !strings.Contains(out, "not found") {
-		t.Fatalf("remove %s from containerd: %v\n%s", loaded, err, out)
+	// The CRI names each image by its ID (the config's digest) too.
+	id := strings.TrimSpace(run(t, time.Minute, "docker", "image", "inspect", "-f", "{{.Id}}", version.Image()))
+	for _, name := range []string{loaded, id} {
+		if out, err := ctrK8s("images", "rm", "--sync", name); err != nil && !strings.Contains(out, "not found") {
+			t.Fatalf("remove %s from containerd: %v\n%s", name, err, out)
+		}
 	}
 	logStart := fileSize(t, registryLog)
 
