@@ -11,7 +11,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench bench-faults clean
+.PHONY: help build image image-push registry-up deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench bench-faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,21 +22,41 @@ build: ## build bin/tp for linux/amd64 and cross-compile windows/amd64 and darwi
 	GOOS=darwin GOARCH=arm64 $(GOBUILD) -o bin/tp-darwin-arm64 ./cmd/tp
 
 # image builds one FROM-scratch image from a static binary; $(1)=tag(s) $(2)=package $(3)=binary name $(4)=Dockerfile
+# $(5)=more files for the build context (optional)
 define image
 	rm -rf $(CACHE)/image/$(3) && mkdir -p $(CACHE)/image/$(3)
 	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(CACHE)/image/$(3)/$(3) $(2)
 	cp $(4) $(CACHE)/image/$(3)/Dockerfile
+	$(if $(5),cp $(5) $(CACHE)/image/$(3)/)
 	docker build -q $(foreach t,$(1),-t $(t)) $(CACHE)/image/$(3) >/dev/null
 endef
 
 image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev, tp-shop:dev, tp-debian:dev and tp-postgres:dev (debootstrap, cached)
-	$(call image,tp:$(TAG) tp:dev,./cmd/tp,tp,Dockerfile)
+	$(call image,tp:$(TAG) tp:dev,./cmd/tp-image,tp,Dockerfile,$(CA_BUNDLE))
 	$(call image,tp-echo:dev,./examples/echo,echo,examples/echo/Dockerfile)
 	$(call image,tp-probe:dev,./test/probe,probe,test/probe/Dockerfile)
 	$(call image,tp-shop:dev,./examples/shop,shop,examples/shop/Dockerfile)
 	hack/images/debian.sh
 	hack/images/postgres.sh
 	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev tp-shop:dev tp-debian:dev tp-postgres:dev"
+
+# The host's (Debian's ca-certificates) CA bundle goes into tp's FROM-scratch
+# image, at the path Go's crypto/x509 reads on Linux, so that the manager and
+# the daemon verify TLS endpoints (an API server behind a public CA, a proxy).
+CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+
+# image-push tags tp:<version> as REGISTRY/tp:<version> and pushes it, for a
+# cluster that cannot use this machine's images: then
+# `tp connect --image-registry REGISTRY` (or `tp helm install --image-registry
+# REGISTRY`). The test bed's own registry is 127.0.0.1:5000 (make registry-up).
+REGISTRY ?=
+image-push: ## build tp:<version> and push it as REGISTRY/tp:<version>: make image-push REGISTRY=host[:port][/path]
+	@[ -n '$(REGISTRY)' ] || { echo 'usage: make image-push REGISTRY=host[:port][/path], e.g. ghcr.io/me or 127.0.0.1:5000 (make registry-up)' >&2; exit 2; }
+	$(call image,tp:$(TAG),./cmd/tp,tp,Dockerfile,$(CA_BUNDLE))
+	hack/image-push.sh '$(REGISTRY)' tp:$(TAG)
+
+registry-up: ## start the test bed's image registry on 127.0.0.1:5000 (Debian's docker-registry; idempotent)
+	hack/registry.sh up
 
 deps: ## install Debian packages and start dockerd when needed (idempotent)
 	@hack/install-deps.sh

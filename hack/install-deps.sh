@@ -5,7 +5,7 @@
 # when `docker info` fails.
 set -euo pipefail
 
-PACKAGES=(docker.io containerd containernetworking-plugins iptables conntrack openssl socat iproute2 protobuf-compiler debootstrap)
+PACKAGES=(ca-certificates docker.io containerd containernetworking-plugins iptables conntrack openssl socat iproute2 protobuf-compiler debootstrap)
 DOCKERD_LOG=/var/log/tp-dockerd.log
 CLUSTER_SOCK=/run/containerd/containerd.sock
 

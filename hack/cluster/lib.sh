@@ -31,6 +31,10 @@ CNI_BRIDGE=tpcni0
 CNI_NETWORK=tp-pods
 CONTAINERD_SOCK=/run/containerd/containerd.sock
 PAUSE_IMAGE=registry.k8s.io/pause:3.6
+# The test bed's image registry (hack/registry.sh) and the directory of
+# containerd's per-registry hosts.toml files (its CRI registry config_path).
+TP_REGISTRY=127.0.0.1:5000
+TP_REGISTRY_HOSTS="$TP_CONF/certs.d"
 COREDNS_IMAGE=registry.k8s.io/coredns/coredns:$COREDNS_VERSION
 NETCHECK_IMAGE=tp-cluster/netcheck:v1
 EXEC_TOKEN=tp-exec-plugin-test-token

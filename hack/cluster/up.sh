@@ -265,6 +265,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$TP_DATA/cni/net.d"
+  # Per-registry hosts.toml files, read at each pull (no restart when they
+  # change): the test bed's registry (hack/registry.sh) below.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$TP_REGISTRY_HOSTS"
+EOF
+	# The test bed's registry (hack/registry.sh: Debian's docker-registry on
+	# $TP_REGISTRY, plain HTTP), for images pushed with `make image-push
+	# REGISTRY=$TP_REGISTRY`. No restart of containerd when this changes.
+	mkdir -p "$TP_REGISTRY_HOSTS/$TP_REGISTRY"
+	write_conf "$TP_REGISTRY_HOSTS/$TP_REGISTRY/hosts.toml" <<EOF
+# The test bed's registry (hack/registry.sh), plain HTTP on 127.0.0.1 only.
+server = "http://$TP_REGISTRY"
+
+[host."http://$TP_REGISTRY"]
+  capabilities = ["pull", "resolve"]
 EOF
 	# A socket hidden by install-deps.sh while dockerd started (interrupted run).
 	[ -S "$CONTAINERD_SOCK.hidden-from-dockerd" ] && [ ! -e "$CONTAINERD_SOCK" ] &&

@@ -69,6 +69,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 		newHelmCommand(streams),
 		newVersionCommand(streams, docker),
 		newKubeauthCommand(streams, docker),
+		newImageCommand(streams, docker),
 	)
 	root.AddCommand(roles.Commands(streams.In, streams.Out)...)
 	return root
