@@ -52,7 +52,7 @@ CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
 REGISTRY ?=
 image-push: ## build tp:<version> and push it as REGISTRY/tp:<version>: make image-push REGISTRY=host[:port][/path]
 	@[ -n '$(REGISTRY)' ] || { echo 'usage: make image-push REGISTRY=host[:port][/path], e.g. ghcr.io/me or 127.0.0.1:5000 (make registry-up)' >&2; exit 2; }
-	$(call image,tp:$(TAG),./cmd/tp,tp,Dockerfile,$(CA_BUNDLE))
+	$(call image,tp:$(TAG),./cmd/tp-image,tp,Dockerfile,$(CA_BUNDLE))
 	hack/image-push.sh '$(REGISTRY)' tp:$(TAG)
 
 registry-up: ## start the test bed's image registry on 127.0.0.1:5000 (Debian's docker-registry; idempotent)
