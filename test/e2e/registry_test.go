@@ -156,8 +156,12 @@ func TestConnectFromRegistry(t *testing.T) {
 		t.Fatalf("traffic-manager pod %s runs image %s, want %s", mgr.Name, got, ref)
 	}
 	c.waitPulled(t, "tp", mgr.Name, ref)
-	if blobs := registryBlobGets(t, logStart); len(blobs) < 2 {
-		t.Errorf("the node fetched %d blobs from the registry (%v), want the config and at least tp's layer", len(blobs), blobs)
+	// containerd fetches what it has not got: at least the image's config
+	// (its name and ID were removed above). tp's layer too, unless an
+	// image still on the node shares it (an agent of an earlier test whose
+	// namespace is still terminating runs tp:TAG).
+	if blobs := registryBlobGets(t, logStart); len(blobs) < 1 {
+		t.Errorf("the node fetched no blob from the registry, want at least the image's config")
 	} else {
 		t.Logf("the node fetched %d blobs from the registry: %v", len(blobs), blobs)
 	}
