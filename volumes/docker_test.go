@@ -30,6 +30,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/tp-run/tp/volumes"
+	"github.com/tp-run/tp/volumes/driveropts"
 	"github.com/tp-run/tp/volumes/internal/mounttest"
 )
 
@@ -147,7 +148,7 @@ func fuseMounts(t *testing.T) []string {
 	return out
 }
 
-func create2(t *testing.T, docker client.APIClient, driver, conn string, o volumes.Options) string {
+func create2(t *testing.T, docker client.APIClient, driver, conn string, o driveropts.Options) string {
 	t.Helper()
 	name, err := volumes.CreateVolume(context.Background(), docker, volumes.Spec{Driver: driver, Connection: conn, Intercept: "itest", Options: o})
 	if err != nil {
@@ -212,10 +213,10 @@ func TestPlugin(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(export, "hello.txt"), []byte("hello from the pod\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	create := func(o volumes.Options) string { t.Helper(); return create2(t, docker, driver, conn, o) }
-	rw := create(volumes.Options{Addr: srv.Addr(), Token: token, Path: export})
-	ro := create(volumes.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
-	wrong := create(volumes.Options{Addr: srv.Addr(), Token: "wrong", Path: export})
+	create := func(o driveropts.Options) string { t.Helper(); return create2(t, docker, driver, conn, o) }
+	rw := create(driveropts.Options{Addr: srv.Addr(), Token: token, Path: export})
+	ro := create(driveropts.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
+	wrong := create(driveropts.Options{Addr: srv.Addr(), Token: "wrong", Path: export})
 
 	t.Run("BadOptions", func(t *testing.T) {
 		_, err := docker.VolumeCreate(ctx, volume.CreateOptions{Name: "tp-" + conn + "-bad", Driver: driver,
@@ -280,7 +281,7 @@ func TestPlugin(t *testing.T) {
 	})
 	t.Run("ServerStallsMidRead", func(t *testing.T) {
 		stalling := mounttest.NewServer(t, token)
-		v := create(volumes.Options{Addr: stalling.Addr(), Token: token, Path: export, ReadOnly: true})
+		v := create(driveropts.Options{Addr: stalling.Addr(), Token: token, Path: export, ReadOnly: true})
 		cid := start(t, docker, v, "readloop", "/data/hello.txt")
 		waitFor(t, 20*time.Second, "a first read", func() bool { return strings.Contains(logs(t, docker, cid), "ok 19") })
 		stalling.Stall()
@@ -353,7 +354,7 @@ func TestPlugin(t *testing.T) {
 			t.Fatal(err)
 		}
 		// In use by a volume: an upgrade keeps it.
-		v := create2(t, docker, oldDriver, conn, volumes.Options{Addr: srv.Addr(), Token: token, Path: export})
+		v := create2(t, docker, oldDriver, conn, driveropts.Options{Addr: srv.Addr(), Token: token, Path: export})
 		if _, err := volumes.Ensure(ctx, docker, testVersion); err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +408,7 @@ func TestPlugin(t *testing.T) {
 			t.Fatalf("plugin %s not back after Ensure", driver)
 		}
 		srv2 := mounttest.NewServer(t, token)
-		v := create(volumes.Options{Addr: srv2.Addr(), Token: token, Path: export})
+		v := create(driveropts.Options{Addr: srv2.Addr(), Token: token, Path: export})
 		if code, out := run(t, docker, v, "cat", "/data/hello.txt"); code != 0 || out != "hello from the pod\n" {
 			t.Errorf("cat through the recreated plugin = %d %q", code, out)
 		}
@@ -444,7 +445,7 @@ func TestPluginBench(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	v := create2(t, docker, driver, conn, volumes.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
+	v := create2(t, docker, driver, conn, driveropts.Options{Addr: srv.Addr(), Token: token, Path: export, ReadOnly: true})
 	for _, args := range [][]string{{"read", "/data/big"}, {"walk", "/data/tree"}, {"smallreads", "/data/tree"}} {
 		code, out := run(t, docker, v, append([]string{"fsbench"}, args...)...)
 		if code != 0 {
