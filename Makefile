@@ -125,7 +125,7 @@ demo: build cluster-up image ## fresh machine to tp's main job: cluster, example
 
 bench: build cluster-up image ## measure tp against kubectl port-forward on the local cluster (table + bench-results.json)
 	hack/cluster/load.sh tp:$(TAG) tp-echo:dev tp-probe:dev tp-shop:dev tp-postgres:dev
-	go run ./test/bench -tp bin/tp -out bench-results.json
+	go run ./test/bench -tp bin/tp -out bench-results.json $(BENCH_FLAGS)
 
 # bench-faults runs the e2e fault suite (TestFault*, serialized like e2e-run)
 # and prints its recovery table, also when a fault test failed (the exit status

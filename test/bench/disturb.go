@@ -114,7 +114,9 @@ func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func
 			if err != nil {
 				return err
 			}
+			stopProfile := b.profile(ctx, name)
 			err = fn(ctx)
+			stopProfile()
 			if ctx.Err() != nil { // interrupted or out of time: nothing to retry
 				return errors.Join(err, context.Cause(ctx))
 			}

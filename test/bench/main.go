@@ -68,6 +68,7 @@ type options struct {
 	skipIntercept bool
 	only          string
 	faults        string
+	profileDir    string
 }
 
 func main() {
@@ -93,6 +94,7 @@ func main() {
 	flag.BoolVar(&o.skipIntercept, "skip-intercept", false, "skip the intercept measurements")
 	flag.StringVar(&o.only, "only", "", `"volumes": connect and measure only the volumes section (quicker, for work on the plugin)`)
 	flag.StringVar(&o.faults, "faults", "", "print the e2e fault suite's results in this file (TP_FAULTS_OUT) as a Markdown table and exit")
+	flag.StringVar(&o.profileDir, "profile", "", "record perf CPU profiles of the daemon, manager and agents during tp's bulk and latency phases into this directory (needs perf: Debian's linux-perf)")
 	flag.Parse()
 
 	if o.faults != "" {

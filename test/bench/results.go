@@ -121,8 +121,10 @@ type results struct {
 	// under them (the shared traffic-manager replaced, the daemon
 	// reconnected) or they failed.
 	Retries []string `json:"retries,omitempty"`
-	Notes   []string `json:"notes,omitempty"`
-	Errors  []string `json:"errors,omitempty"`
+	// Profiles are the top symbols per tp process by phase (-profile).
+	Profiles map[string][]string `json:"profiles,omitempty"`
+	Notes    []string            `json:"notes,omitempty"`
+	Errors   []string            `json:"errors,omitempty"`
 }
 
 type machine struct {
@@ -407,6 +409,12 @@ func (b *bench) report() {
 	for _, k := range slices.Sorted(maps.Keys(r.Probes)) {
 		if p := r.Probes[k]; p.TimedOut || len(p.Errors) > 0 {
 			fmt.Printf("note %s: %s\n", k, p.summary())
+		}
+	}
+	for _, phase := range slices.Sorted(maps.Keys(r.Profiles)) {
+		fmt.Printf("profile %s (perf, self time):\n", phase)
+		for _, l := range r.Profiles[phase] {
+			fmt.Println("  " + l)
 		}
 	}
 	for _, d := range r.Retries {

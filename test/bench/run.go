@@ -88,6 +88,11 @@ func run(ctx context.Context, o options) error {
 	if err := b.preflight(ctx); err != nil {
 		return err
 	}
+	if o.profileDir != "" {
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			return fmt.Errorf("-profile: %w", err)
+		}
+	}
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
