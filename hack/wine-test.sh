@@ -108,6 +108,12 @@ else
 	log "warning: $at has changed; t.TempDir cleanups may fail under Wine 8"
 fi
 
+# Wine maps / to drive Z:. compose's parity test reads compose-go's fixtures
+# from the module cache, which it finds with `go list` elsewhere.
+winpath() { printf 'Z:%s' "${1//\//\\}"; }
+TP_COMPOSE_GO_DIR=$(winpath "$(go list -m -f '{{.Dir}}' github.com/compose-spec/compose-go/v2)")
+export TP_COMPOSE_GO_DIR
+
 start=$SECONDS
 failed=()
 passed=0
@@ -131,7 +137,7 @@ for pkg in "${PACKAGES[@]}"; do
 	else
 		failed+=("$pkg")
 		printf 'FAIL %-32s %3ds\n' "$pkg" "$((SECONDS - pkgstart))"
-		grep -E -e '--- FAIL|^\s+\S+_test\.go:[0-9]+:|panic:|^FAIL' "$out" | head -n 40 >&2 || tail -n 40 "$out" >&2
+		grep -E -e '--- FAIL|^\s+\S+_test\.go:[0-9]+:|panic:|^FAIL' "$out" | cut -c1-300 | head -n 40 >&2 || tail -n 40 "$out" >&2
 		echo "(full output: $out)" >&2
 	fi
 done
