@@ -5,34 +5,20 @@
 # a Windows machine. Installs wine64 with apt-get when it is missing; headless
 # (no X server is needed: the test binaries are console programs).
 #
-# Usage: hack/wine-test.sh [PACKAGE...]   (default: HOST_PACKAGES below)
+# Usage: hack/wine-test.sh [PACKAGE...]   (default: hack/host-packages.txt)
 # Env:   WINE_TIMEOUT  per package, for the test binary (default 180s)
 #        WINE_CACHE    where the prefix, shims and binaries live (default .cache/wine)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-# The packages whose code runs on the user's machine: the CLI and the host
-# halves of the daemon container, kubeconfig, kubeauth relay, intercept
-# (--docker-run, env files), compose, volumes and engine discovery. Not the
-# in-container roles (daemon, dns, netstack, tun, manager, agent, tunnel,
-# volumes/plugin), which are Linux-only. cmd/tp's only test runs `go list` on
-# the build machine. Packages without tests (daemoncontainer/wire,
-# internal/kube) are compiled through the packages that import them.
-HOST_PACKAGES=(
-	./cmd/tp/cli
-	./charts
-	./compose
-	./daemoncontainer
-	./daemoncontainer/kubeauth
-	./daemoncontainer/kubeconfig
-	./intercept
-	./internal/dockerengine
-	./internal/sessionid
-	./internal/version
-	./volumes
-	./volumes/driveropts
-)
+# hack/host-packages.txt lists the packages. cmd/tp's only test runs `go list`
+# on the build machine, so it is left to the Linux run.
+HOST_PACKAGES=()
+while read -r pkg; do
+	case $pkg in '' | '#'* | ./cmd/tp) continue ;; esac
+	HOST_PACKAGES+=("$pkg")
+done <hack/host-packages.txt
 [ "$#" -gt 0 ] && PACKAGES=("$@") || PACKAGES=("${HOST_PACKAGES[@]}")
 TIMEOUT=${WINE_TIMEOUT:-180}
 CACHE=${WINE_CACHE:-$PWD/.cache/wine}
