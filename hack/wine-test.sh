@@ -106,7 +106,7 @@ passed=0
 for pkg in "${PACKAGES[@]}"; do
 	name=$(echo "${pkg#./}" | tr / _)
 	exe=$CACHE/bin/$name.exe
-	if ! GOOS=windows GOARCH=amd64 CGO_ENABLED=0 go test -c "${overlay[@]}" -o "$exe" "$pkg"; then
+	if ! GOOS=windows GOARCH=amd64 CGO_ENABLED=0 go test -c "${overlay[@]}" -o "$exe" "$pkg" >/dev/null; then
 		failed+=("$pkg (build)")
 		continue
 	fi
