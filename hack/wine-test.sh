@@ -2,8 +2,10 @@
 # Runs the unit tests of tp's host-side packages as windows/amd64 test binaries
 # under Debian's Wine (make unit-windows), so that the Windows CLI's code paths
 # (paths, npipe, %USERPROFILE%, file modes) are tested on every CI run, without
-# a Windows machine. Installs wine64 with apt-get when it is missing; headless
-# (no X server is needed: the test binaries are console programs).
+# a Windows machine. Installs wine64 and binutils-mingw-w64-x86-64 (for the
+# shim below) with apt-get when they are missing; idempotent, and quiet but for
+# one line per package. Headless: no X server is needed, the test binaries are
+# console programs and the prefix is created without the Mono/Gecko dialogs.
 #
 # Usage: hack/wine-test.sh [PACKAGE...]   (default: hack/host-packages.txt)
 # Env:   WINE_TIMEOUT  per package, for the test binary (default 180s)
@@ -39,8 +41,10 @@ if [ "${#need[@]}" -gt 0 ]; then
 	[ "$(id -u)" -eq 0 ] || die "${need[*]} missing: apt-get install ${need[*]} (as root), or run this script as root"
 	log "installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq || die "apt-get update failed"
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+	aptlog=$(mktemp)
+	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$aptlog" 2>&1 ||
+		{ tail -n 20 "$aptlog" >&2; die "apt-get install ${need[*]} failed"; }
+	rm -f "$aptlog"
 	WINE=$(find_wine)
 	[ -n "$WINE" ] || die "wine64 installed but no wine64 binary found"
 fi
