@@ -11,7 +11,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image image-push registry-up deps cluster-up cluster-down cluster-load test unit fuzz e2e e2e-run lint generate demo bench bench-faults clean
+.PHONY: help build image image-push registry-up deps cluster-up cluster-down cluster-load test unit unit-windows vet-darwin fuzz e2e e2e-run lint generate demo bench bench-faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,10 +70,20 @@ cluster-down: ## remove the local cluster: processes, iptables rules, bridges, m
 cluster-load: ## load images into the cluster: make cluster-load IMAGES="tp:dev tp-echo:dev"
 	hack/cluster/load.sh $(IMAGES)
 
-test: unit fuzz e2e ## all tests: unit tests with -race, a short fuzz run, then e2e tests on the local cluster
+test: unit unit-windows vet-darwin fuzz e2e ## all tests: unit tests with -race, the host side's under wine and vetted for macOS, a short fuzz run, then e2e tests on the local cluster
 
 unit: ## unit tests with the race detector
 	go test -race -count=1 ./...
+
+# The host-side packages (hack/host-packages.txt) are what the macOS and
+# Windows CLIs are built from.
+HOST_PACKAGES = $(shell grep -v '^\#' hack/host-packages.txt)
+
+unit-windows: ## the host-side packages' unit tests as windows/amd64 binaries under wine (installs wine64 when missing)
+	@hack/wine-test.sh
+
+vet-darwin: ## go vet the host-side packages (hack/host-packages.txt) for darwin/arm64, as bin/tp-darwin-arm64 is built
+	GOOS=darwin GOARCH=arm64 go vet $(HOST_PACKAGES)
 
 # fuzz runs every fuzz target (package:Target) for FUZZTIME, one after
 # another, with FUZZPARALLEL workers; docs/fuzzing.md has what each asserts.

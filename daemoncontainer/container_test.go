@@ -135,8 +135,9 @@ func TestResolverWriter(t *testing.T) {
 func TestKubeconfigPaths(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
-	t.Setenv("KUBECONFIG", "a"+string(filepath.ListSeparator)+"/x/b")
-	if got, want := kubeconfigPaths(genericclioptions.NewConfigFlags(true)), filepath.Join(dir, "a")+string(filepath.ListSeparator)+"/x/b"; got != want {
+	abs := filepath.Join(t.TempDir(), "b") // absolute on every OS: /x/b is not on Windows
+	t.Setenv("KUBECONFIG", "a"+string(filepath.ListSeparator)+abs)
+	if got, want := kubeconfigPaths(genericclioptions.NewConfigFlags(true)), filepath.Join(dir, "a")+string(filepath.ListSeparator)+abs; got != want {
 		t.Errorf("from $KUBECONFIG: %q, want %q", got, want)
 	}
 	f := genericclioptions.NewConfigFlags(true)

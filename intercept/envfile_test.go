@@ -37,7 +37,7 @@ func TestWriteEnv(t *testing.T) {
 func TestWriteEnvShRoundTrip(t *testing.T) {
 	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sh")
+		t.Skip("no sh on PATH (Windows) to source the sh syntax in")
 	}
 	env := map[string]string{"V": "multi\nline 'quoted' $dollar `tick`"}
 	var buf bytes.Buffer

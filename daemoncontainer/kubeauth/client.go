@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -63,7 +62,7 @@ func RunPlugin(ctx context.Context, relayURL, user, secret string, stdin io.Read
 	defer client.CloseIdleConnections()
 	resp, err := client.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
+		if errors.Is(err, errConnRefused) {
 			return fmt.Errorf("kubeauth relay at %s is not running (is `tp connect` still running on the host?): %w", relayURL, err)
 		}
 		return fmt.Errorf("kubeauth relay at %s: %w", relayURL, err)

@@ -369,7 +369,7 @@ func TestForContainerErrors(t *testing.T) {
 			raw.Clusters["k"].CertificateAuthorityData = nil
 			raw.Clusters["k"].CertificateAuthority = "/does/not/exist/ca.crt"
 			return raw
-		}, wantErr: os.ErrNotExist, wantText: []string{`cluster "k"`, "certificate-authority", "/does/not/exist/ca.crt"}},
+		}, wantErr: os.ErrNotExist, wantText: []string{`cluster "k"`, "certificate-authority", filepath.FromSlash("/does/not/exist/ca.crt")}},
 		{name: "missing token file", raw: func() clientcmdapi.Config {
 			return withUser(&clientcmdapi.AuthInfo{TokenFile: "/does/not/exist/token"})
 		}, wantErr: os.ErrNotExist, wantText: []string{`user "u"`, "tokenFile"}},

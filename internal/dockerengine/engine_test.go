@@ -25,6 +25,7 @@ import (
 	"github.com/docker/cli/cli/command"
 	dcontext "github.com/docker/cli/cli/context/docker"
 	"github.com/docker/cli/cli/context/store"
+	"github.com/docker/docker/client"
 )
 
 // cleanEnv clears every variable that picks an engine.
@@ -66,7 +67,7 @@ func TestResolveOrder(t *testing.T) {
 		wantHost           string
 		wantEnv            string
 	}{
-		{name: "nothing: the default socket", wantContext: "default", wantHost: "unix:///var/run/docker.sock", wantEnv: "DOCKER_HOST=unix:///var/run/docker.sock"},
+		{name: "nothing: the default socket", wantContext: "default", wantHost: client.DefaultDockerHost, wantEnv: "DOCKER_HOST=" + client.DefaultDockerHost},
 		{name: "config's current context", current: "a", wantContext: "a", wantHost: "unix:///run/a.sock", wantEnv: "DOCKER_CONTEXT=a"},
 		{name: "DOCKER_CONTEXT over the config", current: "a", dockCx: "b", wantContext: "b", wantHost: "unix:///run/b.sock", wantEnv: "DOCKER_CONTEXT=b"},
 		{name: "DOCKER_HOST over DOCKER_CONTEXT and the config", current: "a", dockCx: "b", dockerHost: "unix:///run/h.sock",
@@ -75,7 +76,7 @@ func TestResolveOrder(t *testing.T) {
 		{name: "DOCKER_HOST ssh", dockerHost: "ssh://dev@build.example.com", wantContext: "default", wantHost: "ssh://dev@build.example.com", wantEnv: "DOCKER_HOST=ssh://dev@build.example.com"},
 		{name: "--docker-context over DOCKER_HOST", flag: "a", dockerHost: "unix:///run/h.sock", dockCx: "b",
 			wantContext: "a", wantHost: "unix:///run/a.sock", wantEnv: "DOCKER_CONTEXT=a"},
-		{name: "--docker-context default over the config", flag: "default", current: "a", wantContext: "default", wantHost: "unix:///var/run/docker.sock", wantEnv: "DOCKER_HOST=unix:///var/run/docker.sock"},
+		{name: "--docker-context default over the config", flag: "default", current: "a", wantContext: "default", wantHost: client.DefaultDockerHost, wantEnv: "DOCKER_HOST=" + client.DefaultDockerHost},
 		{name: "ssh context", current: "remote", wantContext: "remote", wantHost: "ssh://dev@build.example.com", wantEnv: "DOCKER_CONTEXT=remote"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,17 +136,13 @@ func fakeEngine(t *testing.T, hits *[]string) http.Handler {
 // context names, not to DOCKER_HOST's.
 func TestClientTalksToTheContextsEngine(t *testing.T) {
 	cleanEnv(t)
-	sock := filepath.Join(t.TempDir(), "engine.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, host := listenEngine(t)
 	var hits []string
 	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: fakeEngine(t, &hits)}}
 	srv.Start()
 	defer srv.Close()
 	t.Setenv(EnvHost, "unix:///nonexistent/docker.sock")
-	e, err := Resolve(Options{Context: "second", ConfigDir: configDir(t, "", map[string]string{"second": "unix://" + sock})})
+	e, err := Resolve(Options{Context: "second", ConfigDir: configDir(t, "", map[string]string{"second": host})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,21 +43,28 @@ func TestImageLoadCommand(t *testing.T) {
 // the engine's environment (DOCKER_HOST), its output reaches the streams and
 // its failure is tp's; a tool not in PATH is named with where to get it.
 func TestRunLoadTool(t *testing.T) {
-	if runtime.GOOS == "windows" {
-		t.Skip("the stand-in tool is a shell script")
-	}
 	dir := t.TempDir()
 	record := filepath.Join(dir, "record")
-	script := "#!/bin/sh\necho \"$@\" >" + record + "\necho \"DOCKER_HOST=$DOCKER_HOST\" >>" + record +
-		"\necho loaded\n[ \"$5\" != fail ] || { echo boom >&2; exit 3; }\n"
-	if err := os.WriteFile(filepath.Join(dir, "kind"), []byte(script), 0o755); err != nil {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := ""
+	if runtime.GOOS == "windows" {
+		exe = ".exe"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kind"+exe), bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", dir)
 	var out, errOut strings.Builder
 	streams := genericiooptions.IOStreams{Out: &out, ErrOut: &errOut}
 	_, args, _ := localCluster{kind: "dev"}.command("tp:v1")
-	env := []string{"DOCKER_HOST=unix:///run/other.sock"}
+	env := []string{"DOCKER_HOST=unix:///run/other.sock", envFakeTool + "=" + record}
 	if err := runLoadTool(context.Background(), streams, "kind", args, env); err != nil {
 		t.Fatalf("runLoadTool: %v\n%s", err, errOut.String())
 	}
@@ -72,7 +79,7 @@ func TestRunLoadTool(t *testing.T) {
 	out.Reset()
 	errOut.Reset()
 	_, args, _ = localCluster{kind: "fail"}.command("tp:v1")
-	err := runLoadTool(context.Background(), streams, "kind", args, env)
+	err = runLoadTool(context.Background(), streams, "kind", args, env)
 	if err == nil || !strings.Contains(err.Error(), "kind load docker-image tp:v1 --name fail: exit status 3") || !strings.Contains(errOut.String(), "boom") {
 		t.Errorf("failing tool: err %v, stderr %q", err, errOut.String())
 	}
