@@ -24,7 +24,6 @@ import (
 // Docker may use the daemon, on Linux, macOS and Windows alike, and no joined
 // container (they share the network, not the filesystem) can reach it.
 
-
 // DialDaemon returns a gRPC client connection to the daemon in containerID.
 func DialDaemon(docker client.APIClient, containerID string) (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///tp-daemon",
