@@ -10,7 +10,6 @@
 // has the whole picture.
 package volumes
 
-
 // Labels that tp puts on its volumes, so that cleanup finds them.
 const (
 	// LabelManaged marks every volume tp created ("true").
@@ -22,4 +21,3 @@ const (
 	// LabelPath is the app container's mountPath that the volume mounts.
 	LabelPath = "tp.run/path"
 )
-
