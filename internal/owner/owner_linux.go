@@ -9,8 +9,8 @@ import (
 )
 
 // startTime is pid's start time in clock ticks after boot (field 22 of
-// /proc/PID/stat), and whether pid exists. A pid that may exist but whose
-// start time cannot be read gives "", true.
+// /proc/PID/stat), and whether pid exists (a zombie does not: it ended). A
+// pid that may exist but whose start time cannot be read gives "", true.
 func startTime(pid int) (string, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if errors.Is(err, fs.ErrNotExist) {
@@ -27,6 +27,9 @@ func startTime(pid int) (string, bool) {
 	f := bytes.Fields(b[i+1:])
 	if len(f) < 20 { // fields 3..22
 		return "", true
+	}
+	if string(f[0]) == "Z" { // a zombie: it ended, its parent has not reaped it yet
+		return "", false
 	}
 	return string(f[19]), true
 }

@@ -313,11 +313,14 @@ func TestInterceptMountsTwoConnections(t *testing.T) {
 // startMountReader starts `tp intercept --docker-run` of echo on conn whose
 // container reads the ConfigMap's mounted file in a loop (READ-OK, and
 // READ-FAILED then exit 3 when a read fails), and waits for its first read.
-func startMountReader(t *testing.T, conn connection) (*exec.Cmd, *strings.Builder, chan error) {
+// The intercept is personal (x-dev: header), so that one whose session
+// lingers in the traffic-manager after its daemon container was removed is
+// not in the way of the next.
+func startMountReader(t *testing.T, conn connection, header string) (*exec.Cmd, *strings.Builder, chan error) {
 	t.Helper()
 	reader := "while true; do if cat /etc/echo/config/GREETING >/dev/null 2>&1; then echo READ-OK; else echo READ-FAILED; exit 3; fi; sleep 0.2; done"
 	cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
-		"--docker-run", "--", debianImage, "sh", "-c", reader)
+		"--http-header", "x-dev="+header, "--docker-run", "--", debianImage, "sh", "-c", reader)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -404,7 +407,7 @@ func TestInterceptMountsAfterCrash(t *testing.T) {
 	conn := connect(t, "mc-"+rand.String(4), "-n", ns)
 	waitNoVolumes(t, "the start")
 
-	cmd, out, _ := startMountReader(t, conn)
+	cmd, out, _ := startMountReader(t, conn, "killed")
 	mountedNow(t, conn)
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -418,14 +421,14 @@ func TestInterceptMountsAfterCrash(t *testing.T) {
 	waitNoVolumes(t, "tp status after the CLI was killed")
 	t.Logf("the killed CLI's output:\n%s", out.String())
 	got, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
-		"--docker-run", "--", debianImage, "cat", "/etc/echo/config/GREETING")
+		"--http-header", "x-dev=killed", "--docker-run", "--", debianImage, "cat", "/etc/echo/config/GREETING")
 	if err != nil || !strings.Contains(got, "hello-from-configmap") {
 		t.Fatalf("the same intercept after the killed CLI: %v\n%s\nwant the ConfigMap's GREETING", err, got)
 	}
 	waitNoVolumes(t, "the intercept after the killed CLI")
 
 	// The daemon container removed under a live --docker-run.
-	_, out, done := startMountReader(t, conn)
+	_, out, done := startMountReader(t, conn, "daemon-removed")
 	mountedNow(t, conn)
 	if o, err := docker("rm", "-f", conn.container); err != nil {
 		t.Fatalf("docker rm -f %s: %v\n%s", conn.container, err, o)
@@ -443,7 +446,7 @@ func TestInterceptMountsAfterCrash(t *testing.T) {
 
 	// Both: the CLI killed, then its daemon container removed.
 	tpOK(t, "connect", "--name", conn.name, "-n", ns)
-	cmd, _, _ = startMountReader(t, conn)
+	cmd, _, _ = startMountReader(t, conn, "both")
 	mountedNow(t, conn)
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
