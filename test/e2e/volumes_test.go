@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
 
@@ -459,4 +461,81 @@ func TestInterceptMountsAfterCrash(t *testing.T) {
 	}
 	waitNoDockerRun(t, conn.name, "tp status after the CLI was killed and its daemon container removed")
 	waitNoVolumes(t, "tp status after the CLI was killed and its daemon container removed")
+}
+
+// kubectlExec runs args in container of pod and returns its output.
+func (c *cluster) kubectlExec(ns, pod, container string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", c.kubeconfig, "-n", ns, "exec", pod, "-c", container, "--"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// TestInterceptMountsFSGroup: the app runs as a non-root user with the
+// pod's securityContext.fsGroup; what the local container (root in it)
+// writes into the emptyDir through the mount is the fsGroup's, group
+// read-write, its directories setgid, as the kubelet makes them: the app
+// appends to the local container's file and creates files in its directory.
+func TestInterceptMountsFSGroup(t *testing.T) {
+	const appUID, fsGroup = 1000, 2000
+	c := newCluster(t)
+	ns := c.namespace(t, "mountfsg")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"securityContext":{"runAsUser":%d,"runAsGroup":%d,"fsGroup":%d}}}}}`, appUID, appUID, fsGroup)
+	if _, err := c.client.AppsV1().Deployments(ns).Patch(context.Background(), "echo", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "mf-"+rand.String(4), "-n", ns)
+
+	out, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", debianImage, "sh", "-c", "set -e; echo POD=$TP_POD; mkdir /var/fsg; echo from-local > /var/fsg/local.txt; echo WROTE")
+	if err != nil || !strings.Contains(out, "WROTE") {
+		t.Fatalf("tp intercept --docker-run writing to the emptyDir: %v\n%s", err, out)
+	}
+	pod := ""
+	for _, l := range lines(out) {
+		if p, ok := strings.CutPrefix(l, "POD="); ok {
+			pod = p
+		}
+	}
+	if pod == "" {
+		t.Fatalf("the container printed no POD=\n%s", out)
+	}
+	waitNoVolumes(t, "the --docker-run container exited")
+
+	// As the app: the group and modes, then writes of its own.
+	st, err := c.kubectlExec(ns, pod, "echo", "/echo", "stat", "/var/fsg", "/var/fsg/local.txt")
+	if err != nil {
+		t.Fatalf("stat in the app container: %v\n%s", err, st)
+	}
+	t.Logf("uid gid mode of /var/fsg and /var/fsg/local.txt in the app container:\n%s", st)
+	got := lines(st)
+	if len(got) != 2 {
+		t.Fatalf("stat printed %q, want two lines", got)
+	}
+	for i, want := range []struct {
+		path string
+		bits uint64 // that the mode must have
+	}{{"/var/fsg", 0o2070}, {"/var/fsg/local.txt", 0o060}} {
+		var uid, gid int
+		var mode uint64
+		if _, err := fmt.Sscanf(got[i], "%d %d %o", &uid, &gid, &mode); err != nil {
+			t.Fatalf("stat line %q: %v", got[i], err)
+		}
+		if gid != fsGroup || mode&want.bits != want.bits {
+			t.Errorf("%s: group %d, mode %o; want the fsGroup %d and mode bits %o (as the kubelet makes them)", want.path, gid, mode, fsGroup, want.bits)
+		}
+	}
+	if o, err := c.kubectlExec(ns, pod, "echo", "/echo", "append", "/var/fsg/local.txt", "from-app"); err != nil {
+		t.Errorf("the app (uid %d) appends to the local container's file: %v\n%s", appUID, err, o)
+	}
+	if o, err := c.kubectlExec(ns, pod, "echo", "/echo", "append", "/var/fsg/by-app.txt", "x"); err != nil {
+		t.Errorf("the app (uid %d) creates a file in the local container's directory: %v\n%s", appUID, err, o)
+	} else if o, _ := c.kubectlExec(ns, pod, "echo", "/echo", "stat", "/var/fsg/by-app.txt"); !strings.HasPrefix(o, fmt.Sprintf("%d %d ", appUID, fsGroup)) {
+		t.Errorf("the app's file: %q, want uid %d (the app runs as it) and group %d", o, appUID, fsGroup)
+	}
+	if got := string(c.kubectlCat(t, ns, pod, "echo", "/var/fsg/local.txt")); got != "from-local\nfrom-app\n" {
+		t.Errorf("/var/fsg/local.txt in the pod: %q, want the local container's line and the app's", got)
+	}
 }
