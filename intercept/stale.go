@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -103,15 +104,18 @@ func RemoveStale(ctx context.Context, docker client.APIClient, d Daemon, connect
 		}
 		return true
 	}
+	var removed []string
 	for _, c := range runs {
 		if !stale(c.Labels) {
 			continue
 		}
+		removed = append(removed, c.ID)
 		err := docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-		if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) { // conflict: its removal is in progress
+		if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) { // conflict: its removal (--rm) is in progress
 			errs = append(errs, fmt.Errorf("remove the --docker-run container %s that a killed tp left: %w", containerName(c), err))
 		}
 	}
+	waitRemoved(ctx, docker, removed)
 	var ours []*volume.Volume
 	for _, v := range vols {
 		if !stale(v.Labels) {
@@ -171,6 +175,28 @@ func liveIntercepts(ctx context.Context, d Daemon, vols []*volume.Volume, orphan
 		}
 	}
 	return live, nil
+}
+
+// removedWait bounds how long RemoveStale waits for the containers it
+// removed to be gone (the engine's own --rm removal may still be running),
+// so that their volumes are no longer in use.
+const removedWait = 10 * time.Second
+
+// waitRemoved waits until none of the containers ids exists, for at most
+// removedWait.
+func waitRemoved(ctx context.Context, docker client.APIClient, ids []string) {
+	deadline := time.Now().Add(removedWait)
+	for _, id := range ids {
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			if _, err := docker.ContainerInspect(ctx, id); cerrdefs.IsNotFound(err) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
 }
 
 func removeVolume(ctx context.Context, docker client.APIClient, name string) error {
