@@ -83,30 +83,52 @@ func RemoveStale(ctx context.Context, docker client.APIClient, d Daemon, connect
 	for _, c := range conns {
 		daemons[c.Name] = true
 	}
-	var errs []error
-	orphans := map[string]orphan{} // intercepts of killed CLIs, by id
-	stale := func(labels map[string]string) bool {
-		conn := labels[volumes.LabelConnection]
-		if !daemons[conn] {
-			return true
-		}
-		// A killed CLI's things go only with its intercept, which needs
-		// the connection's daemon: another connection's wait for a
-		// command of that connection.
-		if conn != connection || d == nil {
-			return false
-		}
-		if o, owned := owner.FromLabels(labels); !owned || !o.Gone() {
-			return false
-		}
-		if id := labels[volumes.LabelIntercept]; id != "" {
-			orphans[id] = orphan{name: labels[LabelInterceptName], namespace: labels[LabelNamespace]}
-		}
-		return true
+	// What goes: the things of connections without daemon container; with
+	// an answering daemon, of this connection, those of killed CLIs (with
+	// their intercepts) and volumes of intercepts that ended.
+	gone := func(labels map[string]string) bool { return !daemons[labels[volumes.LabelConnection]] }
+	killed := func(labels map[string]string) bool {
+		o, owned := owner.FromLabels(labels)
+		return labels[volumes.LabelConnection] == connection && owned && o.Gone()
 	}
+	orphans := map[string]orphan{} // intercepts of killed CLIs, by id
+	var ours []*volume.Volume      // this connection's other volumes
+	for _, c := range runs {
+		if !gone(c.Labels) && killed(c.Labels) {
+			orphans[c.Labels[volumes.LabelIntercept]] = orphanOf(c.Labels)
+		}
+	}
+	for _, v := range vols {
+		switch {
+		case gone(v.Labels):
+		case killed(v.Labels):
+			orphans[v.Labels[volumes.LabelIntercept]] = orphanOf(v.Labels)
+		case v.Labels[volumes.LabelConnection] == connection:
+			ours = append(ours, v)
+		}
+	}
+	var live map[string]bool
+	if d != nil && (len(orphans) > 0 || len(ours) > 0) {
+		var err error
+		if live, err = liveIntercepts(ctx, d, ours, orphans); err != nil {
+			// No answer is no proof that an intercept is gone, and a
+			// killed CLI's intercept could not be left: wait for one.
+			d = nil
+		}
+	}
+	if d == nil {
+		clear(orphans)
+		ours = nil
+	}
+	orphaned := func(labels map[string]string) bool {
+		_, ok := orphans[labels[volumes.LabelIntercept]]
+		return ok && killed(labels)
+	}
+
+	var errs []error
 	var removed []string
 	for _, c := range runs {
-		if !stale(c.Labels) {
+		if !gone(c.Labels) && !orphaned(c.Labels) {
 			continue
 		}
 		removed = append(removed, c.ID)
@@ -116,25 +138,13 @@ func RemoveStale(ctx context.Context, docker client.APIClient, d Daemon, connect
 		}
 	}
 	waitRemoved(ctx, docker, removed)
-	var ours []*volume.Volume
 	for _, v := range vols {
-		if !stale(v.Labels) {
-			if v.Labels[volumes.LabelConnection] == connection {
-				ours = append(ours, v)
-			}
-			continue
+		if gone(v.Labels) || orphaned(v.Labels) {
+			errs = append(errs, removeVolume(ctx, docker, v.Name))
 		}
-		errs = append(errs, removeVolume(ctx, docker, v.Name))
-	}
-	if d == nil {
-		return errors.Join(errs...)
-	}
-	live, err := liveIntercepts(ctx, d, ours, orphans)
-	if err != nil {
-		return errors.Join(errs...) // no answer is no proof that an intercept is gone
 	}
 	for _, v := range ours {
-		if _, orphaned := orphans[v.Labels[volumes.LabelIntercept]]; !orphaned && !live[v.Labels[volumes.LabelIntercept]] {
+		if !live[v.Labels[volumes.LabelIntercept]] {
 			errs = append(errs, removeVolume(ctx, docker, v.Name))
 		}
 	}
@@ -151,6 +161,10 @@ func RemoveStale(ctx context.Context, docker client.APIClient, d Daemon, connect
 
 // orphan is an intercept whose CLI was killed.
 type orphan struct{ name, namespace string }
+
+func orphanOf(labels map[string]string) orphan {
+	return orphan{name: labels[LabelInterceptName], namespace: labels[LabelNamespace]}
+}
 
 // liveIntercepts are the ids of the intercepts that exist in the namespaces
 // of vols and orphans.
