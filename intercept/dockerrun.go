@@ -129,7 +129,14 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 			// as ours does; give its event a moment to arrive.
 			select {
 			case <-away:
-				wentAway = true
+				// docker rm -f kills the daemon container before it
+				// removes it: the engine went away only if no removal follows.
+				select {
+				case <-stop:
+				case <-time.After(time.Second):
+					wentAway = true
+				}
+			case <-stop:
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
