@@ -196,3 +196,22 @@ func TestRemoveStale(t *testing.T) {
 		})
 	}
 }
+
+// TestLabels: what RemoveStale reads is what CreateVolumes and RunContainer
+// write: the connection, the intercept, and the owner only when owned.
+func TestLabels(t *testing.T) {
+	ic := &Intercept{Info: &managerv1.InterceptInfo{Id: "ic-1", Spec: &managerv1.InterceptSpec{Name: "echo", Namespace: "shop"}}, connection: "a"}
+	l := ic.labels(true)
+	if got := orphanOf(l); got != (orphan{name: "echo", namespace: "shop"}) {
+		t.Errorf("orphanOf(labels) = %+v, want echo in shop", got)
+	}
+	if l[volumes.LabelConnection] != "a" || l[volumes.LabelIntercept] != "ic-1" {
+		t.Errorf("labels %v: want connection a, intercept ic-1", l)
+	}
+	if o, ok := owner.FromLabels(l); !ok || o != owner.Self() {
+		t.Errorf("owner of owned labels: %+v, %v, want this process", o, ok)
+	}
+	if o, ok := owner.FromLabels(ic.labels(false)); ok {
+		t.Errorf("owner of unowned labels: %+v, want none", o)
+	}
+}
