@@ -142,8 +142,21 @@ func (e *export) openWrite(r *sftp.Request, flag int) (*os.File, error) {
 	if pf.Excl {
 		flag |= os.O_EXCL
 	}
+	created := false
+	if pf.Creat {
+		_, err := e.root.Lstat(rel(r.Filepath))
+		created = errors.Is(err, fs.ErrNotExist)
+	}
 	// No O_APPEND: the server writes at offsets (WriteAt), which it forbids.
-	return e.root.OpenFile(rel(r.Filepath), flag, newFileMode)
+	f, err := e.root.OpenFile(rel(r.Filepath), flag, newFileMode)
+	if err != nil || !created {
+		return f, err
+	}
+	if err := e.shareCreated(r.Filepath, f, false); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: give it the pod's fsGroup: %w", r.Filepath, err)
+	}
+	return f, nil
 }
 
 // Filecmd implements sftp.FileCmder.
@@ -183,7 +196,10 @@ func (e *export) Filecmd(r *sftp.Request) error {
 		if err := e.writable(r.Filepath); err != nil {
 			return err
 		}
-		return e.root.Mkdir(name, 0o755)
+		if err := e.root.Mkdir(name, 0o755); err != nil {
+			return err
+		}
+		return e.shareCreated(r.Filepath, nil, true)
 	case "Link":
 		if err := e.writable(r.Target); err != nil {
 			return err
@@ -217,7 +233,15 @@ func (e *export) setstat(name string, r *sftp.Request) error {
 		}
 	}
 	if flags.Permissions {
-		if err := e.root.Chmod(name, attrs.FileMode().Perm()); err != nil {
+		mode := attrs.FileMode().Perm()
+		if _, ok := e.fsGroup(r.Filepath); ok {
+			fi, err := e.root.Lstat(name)
+			if err != nil {
+				return err
+			}
+			mode = fsGroupMode(mode, fi.IsDir())
+		}
+		if err := e.root.Chmod(name, mode); err != nil {
 			return err
 		}
 	}

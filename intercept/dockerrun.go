@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
@@ -72,30 +75,68 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 	// While the container runs, watch that the intercept still exists: `tp
 	// leave` in another shell, the session TTL or an administrator may end
 	// it, and then the container must not go on as if it were intercepted.
+	// So must the daemon container: removed (docker rm -f, tp quit), its
+	// network and the volumes' mounts are gone for good.
 	wctx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stopWatch()
 	ended := make(chan struct{})
 	watched := make(chan error, 1)
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		err := ic.Watch(wctx, interval, r.Progress)
 		if errors.Is(err, ErrEnded) {
 			close(ended)
 		}
 		watched <- err
 	}()
+	destroyed := make(chan struct{})
+	if r.Engine != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if daemonDestroyed(wctx, r.Engine, r.NetworkContainer) {
+				close(destroyed)
+			}
+		}()
+	}
+	stop := make(chan struct{}) // the container must stop: ended or destroyed
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ended:
+		case <-destroyed:
+		case <-wctx.Done():
+			return
+		}
+		close(stop)
+	}()
+	labels := ic.labels(!(HasFlag(r.Args, "-d") || HasFlag(r.Args, "--detach"))) // -d: the container outlives this process
+	labels[LabelDockerRun] = "true"
 	for {
 		var away <-chan struct{}
 		ectx, stopEvents := context.WithCancel(ctx)
 		if r.Engine != nil {
 			away = daemonGoesAway(ectx, r.Engine, r.NetworkContainer)
 		}
-		code, detached, err = dockerRun(ctx, ended, r, ic.Name(), ic.Env())
+		code, detached, err = dockerRun(ctx, stop, r, ic.Name(), ic.Env(), labels)
 		wentAway := false
-		if away != nil && !detached && ctx.Err() == nil && !isClosed(ended) {
+		if away != nil && !detached && ctx.Err() == nil && !isClosed(stop) {
 			// The daemon container's kill comes with the engine's shutdown,
 			// as ours does; give its event a moment to arrive.
 			select {
 			case <-away:
-				wentAway = true
+				// docker rm -f kills the daemon container before it
+				// removes it: the engine went away only if no removal follows.
+				select {
+				case <-stop:
+				case <-time.After(time.Second):
+					wentAway = true
+				}
+			case <-stop:
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
@@ -105,8 +146,8 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 		}
 		fmt.Fprintf(r.Progress, "The Docker engine went away; intercept %s stays: waiting up to %s for Docker and %s to come back, then the container runs again\n",
 			ic.Name(), cmp.Or(r.EngineWait, EngineWait), r.NetworkContainer)
-		if werr := waitEngine(ctx, ended, r.Engine, r.NetworkContainer, cmp.Or(r.EngineWait, EngineWait)); werr != nil {
-			if ctx.Err() == nil && !isClosed(ended) {
+		if werr := waitEngine(ctx, stop, r.Engine, r.NetworkContainer, cmp.Or(r.EngineWait, EngineWait)); werr != nil {
+			if ctx.Err() == nil && !isClosed(stop) {
 				err = werr
 			}
 			break
@@ -123,10 +164,69 @@ func (ic *Intercept) RunContainer(ctx context.Context, r DockerRun) (code int, d
 	}
 	stopWatch()
 	werr := <-watched
-	if errors.Is(werr, ErrEnded) && !(detached && err == nil) {
+	if detached && err == nil {
+		return code, detached, nil
+	}
+	if isClosed(destroyed) {
+		return code, detached, &DaemonGoneError{Container: r.NetworkContainer}
+	}
+	if errors.Is(werr, ErrEnded) {
 		return code, detached, werr
 	}
 	return code, detached, err
+}
+
+// ErrDaemonGone says that the daemon container was removed while the
+// intercept's container ran.
+var ErrDaemonGone = errors.New("the daemon container was removed")
+
+// DaemonGoneError is ErrDaemonGone for one daemon container.
+type DaemonGoneError struct{ Container string }
+
+func (e *DaemonGoneError) Error() string {
+	return fmt.Sprintf("the daemon container %s was removed (docker rm, tp quit): the container lost its network and mounts and was stopped; run tp connect, then tp intercept again", e.Container)
+}
+
+func (e *DaemonGoneError) Is(target error) bool { return target == ErrDaemonGone }
+
+// daemonDestroyed follows the engine's events until the daemon container
+// networkContainer is removed (true) or ctx ends (false). When the event
+// stream breaks (the engine restarts) it subscribes again, and asks whether
+// the container still exists, since its removal may have gone unseen.
+func daemonDestroyed(ctx context.Context, engine client.APIClient, networkContainer string) bool {
+	for {
+		sctx, cancel := context.WithCancel(ctx)
+		msgs, errs := engine.Events(sctx, events.ListOptions{Filters: filters.NewArgs(
+			filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", networkContainer),
+			filters.Arg("event", string(events.ActionDestroy)))})
+		// Subscribed first, then asked: a removal is either seen or found.
+		ictx, icancel := context.WithTimeout(sctx, 5*time.Second)
+		_, err := engine.ContainerInspect(ictx, networkContainer)
+		icancel()
+		if cerrdefs.IsNotFound(err) {
+			cancel()
+			return true
+		}
+		destroyed, broken := false, false
+		for !destroyed && !broken && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case m := <-msgs:
+				destroyed = m.Action == events.ActionDestroy
+			case <-errs:
+				broken = true
+			}
+		}
+		cancel()
+		if destroyed {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second): // then subscribe again
+		}
+	}
 }
 
 // RemountWait is how long RunContainer retries Remount after the engine
@@ -243,9 +343,12 @@ func waitEngine(ctx context.Context, ended <-chan struct{}, engine client.APICli
 }
 
 // dockerRun runs the container in r.NetworkContainer's network namespace
-// with env. Ctrl-C stops the container, and so does closing ended.
-func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, interceptName string, env map[string]string) (code int, detached bool, err error) {
+// with env and labels. Ctrl-C stops the container, and so does closing ended.
+func dockerRun(ctx context.Context, ended <-chan struct{}, r DockerRun, interceptName string, env, labels map[string]string) (code int, detached bool, err error) {
 	args := []string{"run", "--rm", "--network", "container:" + r.NetworkContainer}
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		args = append(args, "--label", k+"="+labels[k])
+	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)

@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/client"
 )
 
@@ -64,5 +66,55 @@ func TestWaitEngine(t *testing.T) {
 	}
 	if engineUp(ctx, &fakeEngine{downPolls: 1}) {
 		t.Error("engineUp: true for an engine that does not answer")
+	}
+}
+
+// eventsEngine streams the events of msgs, breaks its stream once when
+// breakFirst, and says the daemon container exists unless gone (with
+// breakFirst: from the second subscription on).
+type eventsEngine struct {
+	client.APIClient
+	msgs       chan events.Message
+	breakFirst bool
+	gone       atomic.Bool
+	subscribed atomic.Int32
+}
+
+func (e *eventsEngine) Events(ctx context.Context, _ events.ListOptions) (<-chan events.Message, <-chan error) {
+	errs := make(chan error, 1)
+	if e.subscribed.Add(1) == 1 && e.breakFirst {
+		errs <- errors.New("unexpected EOF") // the engine restarts
+	}
+	return e.msgs, errs
+}
+
+func (e *eventsEngine) ContainerInspect(context.Context, string) (container.InspectResponse, error) {
+	if e.gone.Load() && (!e.breakFirst || e.subscribed.Load() > 1) {
+		return container.InspectResponse{}, cerrdefs.ErrNotFound
+	}
+	return container.InspectResponse{}, nil
+}
+
+// TestDaemonDestroyed: the removal of the daemon container is seen as an
+// event, or found when the event stream broke in between; Ctrl-C ends the
+// watch without one.
+func TestDaemonDestroyed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e := &eventsEngine{msgs: make(chan events.Message, 1)}
+	e.msgs <- events.Message{Action: events.ActionDestroy}
+	if !daemonDestroyed(ctx, e, "tp") {
+		t.Error("destroy event: daemonDestroyed = false, want true")
+	}
+	e = &eventsEngine{msgs: make(chan events.Message), breakFirst: true}
+	e.gone.Store(true) // removed while the stream was broken
+	if !daemonDestroyed(ctx, e, "tp") {
+		t.Error("removed while the stream broke: daemonDestroyed = false, want true")
+	}
+	e = &eventsEngine{msgs: make(chan events.Message)}
+	cctx, ccancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer ccancel()
+	if daemonDestroyed(cctx, e, "tp") {
+		t.Error("no removal: daemonDestroyed = true, want false when ctx ends")
 	}
 }

@@ -2,16 +2,13 @@ package intercept
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/client"
 
 	"github.com/tp-run/tp/daemoncontainer"
-	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/volumes"
 	"github.com/tp-run/tp/volumes/driveropts"
 )
@@ -26,6 +23,12 @@ type MountOptions struct {
 	// Paths, when set, picks these of the app container's mount paths
 	// (--mount-path, repeatable).
 	Paths []string
+	// Owned says that the volumes live as long as this process (the
+	// --docker-run CLI): they carry its owner labels, so that when it is
+	// killed the next tp command removes them and leaves the intercept
+	// (RemoveStale). Without it they live as long as the intercept
+	// (--mount-volumes: tp leave removes them).
+	Owned bool
 }
 
 // Volume is a Docker volume of tp's plugin that mounts one of the app
@@ -80,7 +83,7 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 	ic.docker = docker
 	for i := range picked {
 		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{
-			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: map[string]string{LabelNamespace: ic.Namespace()},
+			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: ic.labels(o.Owned),
 			Options: driveropts.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
 		})
 		if err != nil {
@@ -116,47 +119,6 @@ func VolumeFlags(vols []Volume) []string {
 		flags = append(flags, "-v", spec)
 	}
 	return flags
-}
-
-// LabelNamespace is the intercept's namespace on its volumes, so that
-// RemoveStaleVolumes asks the right namespace whether it still exists.
-const LabelNamespace = "tp.run/namespace"
-
-// RemoveStaleVolumes removes the connection's tp volumes whose intercept no
-// longer exists (asking the daemon, per namespace): what `tp leave` from
-// another shell, a crashed CLI, or an intercept ended elsewhere left. A
-// volume still in use by a container stays (Docker refuses) and is tried
-// again next time. When the daemon cannot answer it removes nothing.
-func RemoveStaleVolumes(ctx context.Context, docker client.APIClient, d Daemon, connection string) error {
-	vols, err := volumes.ListVolumes(ctx, docker, map[string]string{volumes.LabelConnection: connection})
-	if err != nil || len(vols) == 0 {
-		return err
-	}
-	live := map[string]bool{}
-	asked := map[string]bool{}
-	var errs []error
-	for _, v := range vols {
-		ns := v.Labels[LabelNamespace]
-		if !asked[ns] {
-			asked[ns] = true
-			resp, err := d.ListWorkloads(ctx, &managerv1.ListWorkloadsRequest{Namespace: ns})
-			if err != nil {
-				return nil // no answer is no proof that an intercept is gone
-			}
-			for _, w := range resp.GetWorkloads() {
-				for _, ic := range w.GetIntercepts() {
-					live[ic.GetId()] = true
-				}
-			}
-		}
-		if live[v.Labels[volumes.LabelIntercept]] {
-			continue
-		}
-		if err := docker.VolumeRemove(ctx, v.Name, true); err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
-			errs = append(errs, fmt.Errorf("remove stale volume %s: %w", v.Name, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // RemoveConnectionVolumes removes every tp volume of a connection: `tp quit`.

@@ -45,8 +45,16 @@ func main() {
 		err = get(args[1])
 	case "cat":
 		err = cat(args[1:])
+	case "stat":
+		err = stat(args[1:])
+	case "append":
+		if len(args) != 3 {
+			err = fmt.Errorf("usage: echo append FILE TEXT")
+			break
+		}
+		err = appendLine(args[1], args[2])
 	default:
-		err = fmt.Errorf("unknown command %q: use serve or get", args[0])
+		err = fmt.Errorf("unknown command %q: use serve, get, cat, stat or append", args[0])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
@@ -68,6 +76,37 @@ func cat(files []string) error {
 		}
 	}
 	return nil
+}
+
+// stat prints each file's "uid gid mode" (mode in octal, with the setgid
+// bit as 02000): what tests check of the files in the pod's volumes.
+func stat(files []string) error {
+	for _, name := range files {
+		fi, err := os.Lstat(name)
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner on this OS", name)
+		}
+		fmt.Printf("%d %d %o\n", st.Uid, st.Gid, st.Mode&0o7777)
+	}
+	return nil
+}
+
+// appendLine appends text and a newline to file, creating it (mode 0664
+// and the umask): a write as the app's user.
+func appendLine(file, text string) error {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o664)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(f, text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Reply is what every HTTP request gets back.

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 )
 
@@ -307,5 +309,236 @@ func TestInterceptMountsTwoConnections(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if strings.Contains(outA.String(), "READ-FAILED") || strings.Count(outA.String(), "READ-OK") <= n {
 		t.Errorf("connection a's mount stopped working after b left:\n%s", outA.String())
+	}
+}
+
+// startMountReader starts `tp intercept --docker-run` of echo on conn whose
+// container reads the ConfigMap's mounted file in a loop (READ-OK, and
+// READ-FAILED then exit 3 when a read fails), and waits for its first read.
+// The intercept is personal (x-dev: header), so that one whose session
+// lingers in the traffic-manager after its daemon container was removed is
+// not in the way of the next.
+func startMountReader(t *testing.T, conn connection, header string) (*exec.Cmd, *strings.Builder, chan error) {
+	t.Helper()
+	reader := "while true; do if cat /etc/echo/config/GREETING >/dev/null 2>&1; then echo READ-OK; else echo READ-FAILED; exit 3; fi; sleep 0.2; done"
+	cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--http-header", "x-dev="+header, "--docker-run", "--", debianImage, "sh", "-c", reader)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second): // the docker CLI child holds the output open
+		}
+	})
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "READ-OK") {
+		select {
+		case err := <-done:
+			t.Fatalf("tp intercept ended (%v) before its first read:\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no READ-OK within 90 s:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return cmd, &out, done
+}
+
+// dockerRunContainers are the --docker-run containers of connection, in any state.
+func dockerRunContainers(t *testing.T, connection string) []string {
+	t.Helper()
+	out, err := docker("ps", "-aq", "--filter", "label=tp.run/docker-run=true", "--filter", "label=tp.run/connection="+connection)
+	if err != nil {
+		t.Fatalf("docker ps: %v\n%s", err, out)
+	}
+	return lines(out)
+}
+
+// waitNoDockerRun waits until connection has no --docker-run container.
+func waitNoDockerRun(t *testing.T, connection, after string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cs := dockerRunContainers(t, connection)
+		if len(cs) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: --docker-run containers %q remain", after, cs)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// mountedNow checks that the reader's volumes and FUSE mounts exist: what
+// the cleanup must remove.
+func mountedNow(t *testing.T, conn connection) {
+	t.Helper()
+	vols, fuse := tpVolumes(t)
+	if len(vols) == 0 {
+		t.Fatalf("while the container reads: no tp volume")
+	}
+	if len(fuse) == 0 { // then "no FUSE mount remains" proves nothing
+		t.Errorf("while the container reads: no FUSE mount of tp's plugin in the host's mount table (volumes %q)", vols)
+	}
+	if cs := dockerRunContainers(t, conn.name); len(cs) != 1 {
+		t.Fatalf("while the container reads: --docker-run containers %q, want one", cs)
+	}
+}
+
+// TestInterceptMountsAfterCrash: what a killed CLI or a removed daemon
+// container leaves goes with the next tp command, and the same intercept
+// then mounts again.
+//   - The CLI of a --docker-run with mounts is killed (SIGKILL: no cleanup of
+//     its own); its container runs on. The next tp status removes the
+//     container, the volumes (and so the FUSE mounts) and leaves its
+//     intercept; the same intercept then mounts and reads again.
+//   - The daemon container is removed (docker rm -f) under a live
+//     --docker-run: the CLI stops the container, removes the volumes and
+//     says what happened.
+//   - Both: the CLI killed, then the daemon container removed; the next tp
+//     command (tp status, which finds no connection) removes everything.
+func TestInterceptMountsAfterCrash(t *testing.T) {
+	c := newCluster(t)
+	ns := c.echoNamespace(t, "mountcrash")
+	conn := connect(t, "mc-"+rand.String(4), "-n", ns)
+	waitNoVolumes(t, "the start")
+
+	cmd, out, _ := startMountReader(t, conn, "killed")
+	mountedNow(t, conn)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the killed CLI does nothing more; its container runs on
+	if cs := dockerRunContainers(t, conn.name); len(cs) != 1 {
+		t.Fatalf("after SIGKILL of the CLI: --docker-run containers %q, want the one left running", cs)
+	}
+	t.Logf("tp status after the CLI was killed:\n%s", tpOK(t, "status", "--name", conn.name))
+	waitNoDockerRun(t, conn.name, "tp status after the CLI was killed")
+	waitNoVolumes(t, "tp status after the CLI was killed")
+	t.Logf("the killed CLI's output:\n%s", out.String())
+	got, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--http-header", "x-dev=killed", "--docker-run", "--", debianImage, "cat", "/etc/echo/config/GREETING")
+	if err != nil || !strings.Contains(got, "hello-from-configmap") {
+		t.Fatalf("the same intercept after the killed CLI: %v\n%s\nwant the ConfigMap's GREETING", err, got)
+	}
+	waitNoVolumes(t, "the intercept after the killed CLI")
+
+	// The daemon container removed under a live --docker-run.
+	_, out, done := startMountReader(t, conn, "daemon-removed")
+	mountedNow(t, conn)
+	if o, err := docker("rm", "-f", conn.container); err != nil {
+		t.Fatalf("docker rm -f %s: %v\n%s", conn.container, err, o)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(out.String(), "was removed") {
+			t.Errorf("tp intercept after docker rm -f of its daemon container: %v, want an error that says so:\n%s", err, out.String())
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatalf("tp intercept did not end within 45 s of docker rm -f %s:\n%s", conn.container, out.String())
+	}
+	waitNoDockerRun(t, conn.name, "docker rm -f of the daemon container")
+	waitNoVolumes(t, "docker rm -f of the daemon container")
+
+	// Both: the CLI killed, then its daemon container removed.
+	tpOK(t, "connect", "--name", conn.name, "-n", ns)
+	cmd, _, _ = startMountReader(t, conn, "both")
+	mountedNow(t, conn)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := docker("rm", "-f", conn.container); err != nil {
+		t.Fatalf("docker rm -f %s: %v\n%s", conn.container, err, o)
+	}
+	if o, err := tp(t, "status", "--name", conn.name); err == nil {
+		t.Errorf("tp status of a removed daemon container succeeded:\n%s", o)
+	}
+	waitNoDockerRun(t, conn.name, "tp status after the CLI was killed and its daemon container removed")
+	waitNoVolumes(t, "tp status after the CLI was killed and its daemon container removed")
+}
+
+// kubectlExec runs args in container of pod and returns its output.
+func (c *cluster) kubectlExec(ns, pod, container string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", c.kubeconfig, "-n", ns, "exec", pod, "-c", container, "--"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// TestInterceptMountsFSGroup: the app runs as a non-root user with the
+// pod's securityContext.fsGroup; what the local container (root in it)
+// writes into the emptyDir through the mount is the fsGroup's, group
+// read-write, its directories setgid, as the kubelet makes them: the app
+// appends to the local container's file and creates files in its directory.
+func TestInterceptMountsFSGroup(t *testing.T) {
+	const appUID, fsGroup = 1000, 2000
+	c := newCluster(t)
+	ns := c.namespace(t, "mountfsg")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"securityContext":{"runAsUser":%d,"runAsGroup":%d,"fsGroup":%d}}}}}`, appUID, appUID, fsGroup)
+	if _, err := c.client.AppsV1().Deployments(ns).Patch(context.Background(), "echo", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "mf-"+rand.String(4), "-n", ns)
+
+	out, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", debianImage, "sh", "-c", "set -e; echo POD=$TP_POD; mkdir /var/fsg; echo from-local > /var/fsg/local.txt; echo WROTE")
+	if err != nil || !strings.Contains(out, "WROTE") {
+		t.Fatalf("tp intercept --docker-run writing to the emptyDir: %v\n%s", err, out)
+	}
+	pod := ""
+	for _, l := range lines(out) {
+		if p, ok := strings.CutPrefix(l, "POD="); ok {
+			pod = p
+		}
+	}
+	if pod == "" {
+		t.Fatalf("the container printed no POD=\n%s", out)
+	}
+	waitNoVolumes(t, "the --docker-run container exited")
+
+	// As the app: the group and modes, then writes of its own.
+	st, err := c.kubectlExec(ns, pod, "echo", "/echo", "stat", "/var/fsg", "/var/fsg/local.txt")
+	if err != nil {
+		t.Fatalf("stat in the app container: %v\n%s", err, st)
+	}
+	t.Logf("uid gid mode of /var/fsg and /var/fsg/local.txt in the app container:\n%s", st)
+	got := lines(st)
+	if len(got) != 2 {
+		t.Fatalf("stat printed %q, want two lines", got)
+	}
+	for i, want := range []struct {
+		path string
+		bits uint64 // that the mode must have
+	}{{"/var/fsg", 0o2070}, {"/var/fsg/local.txt", 0o060}} {
+		var uid, gid int
+		var mode uint64
+		if _, err := fmt.Sscanf(got[i], "%d %d %o", &uid, &gid, &mode); err != nil {
+			t.Fatalf("stat line %q: %v", got[i], err)
+		}
+		if gid != fsGroup || mode&want.bits != want.bits {
+			t.Errorf("%s: group %d, mode %o; want the fsGroup %d and mode bits %o (as the kubelet makes them)", want.path, gid, mode, fsGroup, want.bits)
+		}
+	}
+	if o, err := c.kubectlExec(ns, pod, "echo", "/echo", "append", "/var/fsg/local.txt", "from-app"); err != nil {
+		t.Errorf("the app (uid %d) appends to the local container's file: %v\n%s", appUID, err, o)
+	}
+	if o, err := c.kubectlExec(ns, pod, "echo", "/echo", "append", "/var/fsg/by-app.txt", "x"); err != nil {
+		t.Errorf("the app (uid %d) creates a file in the local container's directory: %v\n%s", appUID, err, o)
+	} else if o, _ := c.kubectlExec(ns, pod, "echo", "/echo", "stat", "/var/fsg/by-app.txt"); !strings.HasPrefix(o, fmt.Sprintf("%d %d ", appUID, fsGroup)) {
+		t.Errorf("the app's file: %q, want uid %d (the app runs as it) and group %d", o, appUID, fsGroup)
+	}
+	if got := string(c.kubectlCat(t, ns, pod, "echo", "/var/fsg/local.txt")); got != "from-local\nfrom-app\n" {
+		t.Errorf("/var/fsg/local.txt in the pod: %q, want the local container's line and the app's", got)
 	}
 }

@@ -86,6 +86,10 @@ not changed: no root, routes or resolver settings.`,
 		if err != nil {
 			return err
 		}
+		if cli, err := engine.Client(cmd.Context()); err == nil { // what a removed daemon container left
+			docker.removeStale(cmd.Context(), cli, nil, name)
+			cli.Close()
+		}
 		st, err := daemoncontainer.Connect(cmd.Context(), daemoncontainer.ConnectOptions{
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
@@ -95,6 +99,9 @@ not changed: no root, routes or resolver settings.`,
 		})
 		if err != nil {
 			return err
+		}
+		if d, err := docker.Dial(cmd.Context(), name); err == nil { // Dial cleans up what killed CLIs left
+			d.Close()
 		}
 		v := statusView(st)
 		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
@@ -172,16 +179,16 @@ func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags
 			}
 			for _, n := range names {
 				err := daemoncontainer.Quit(cmd.Context(), docker, n)
-				if errors.Is(err, daemoncontainer.ErrNotConnected) {
+				if err != nil && !errors.Is(err, daemoncontainer.ErrNotConnected) {
+					return err
+				}
+				// The daemon container is gone: its --docker-run containers
+				// (of killed CLIs) and volumes go too.
+				dockerFlags.removeStale(cmd.Context(), docker, nil, n)
+				if err != nil {
 					// Quitting what is not there leaves the wanted state: not an error.
 					fmt.Fprintf(streams.Out, "Not connected: no container %s\n", daemoncontainer.ContainerName(n))
 					continue
-				}
-				if err != nil {
-					return err
-				}
-				if err := intercept.RemoveConnectionVolumes(cmd.Context(), docker, n); err != nil {
-					fmt.Fprintf(streams.ErrOut, "tp: warning: %v\n", err)
 				}
 				fmt.Fprintf(streams.Out, "Disconnected %s\n", daemoncontainer.ContainerName(n))
 			}
@@ -282,7 +289,7 @@ func newStatusCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *
 			if err != nil {
 				return err
 			}
-			d, err := daemoncontainer.DialConnection(cmd.Context(), engine, name)
+			d, err := docker.Dial(cmd.Context(), name)
 			if err != nil {
 				return err
 			}

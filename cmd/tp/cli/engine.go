@@ -2,12 +2,16 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
+	"time"
 
 	"github.com/docker/docker/client"
 	"github.com/spf13/cobra"
 
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/dockerengine"
 )
 
@@ -17,6 +21,8 @@ import (
 type dockerFlags struct {
 	context string
 	engine  *dockerengine.Engine
+	// warn gets the warnings of the cleanup that resolving a connection does.
+	warn io.Writer
 }
 
 func (f *dockerFlags) addFlags(cmd *cobra.Command) {
@@ -56,10 +62,31 @@ func (f *dockerFlags) Environ() ([]string, error) {
 }
 
 // Dial finds the connection named name on the engine and dials its daemon.
+// First it removes what killed tp processes and removed daemon containers
+// left (intercept.RemoveStale), whether or not the connection answers.
 func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.Client, error) {
 	e, err := f.Engine()
 	if err != nil {
 		return nil, err
 	}
-	return daemoncontainer.DialConnection(ctx, e, name)
+	d, err := daemoncontainer.DialConnection(ctx, e, name)
+	if err != nil {
+		if docker, cerr := e.Client(ctx); cerr == nil {
+			f.removeStale(ctx, docker, nil, name)
+			docker.Close()
+		}
+		return nil, err
+	}
+	f.removeStale(ctx, d.Docker(), d, name)
+	return d, nil
+}
+
+// removeStale runs intercept.RemoveStale for connection name (d is its
+// daemon, nil when it does not answer) within 20 s; a failure is a warning.
+func (f *dockerFlags) removeStale(ctx context.Context, docker client.APIClient, d intercept.Daemon, name string) {
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := intercept.RemoveStale(sctx, docker, d, name); err != nil && f.warn != nil {
+		fmt.Fprintf(f.warn, "tp: warning: connection %s: cleaning up after a killed tp or a removed daemon container: %v\n", name, err)
+	}
 }

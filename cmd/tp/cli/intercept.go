@@ -158,7 +158,6 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 		}
 	}
 
-	cleanupVolumes(ctx, streams, d)
 	ic, err := intercept.Create(ctx, d, intercept.Options{
 		Connection: d.Connection.Name, Workload: workload, Namespace: f.namespace, Service: f.service, Container: f.container,
 		ServicePort: svcPort, LocalPort: local, Headers: headers, PathPrefix: f.pathPrefix, Timeout: f.timeout,
@@ -168,8 +167,12 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 	}
 	info, ns := ic.Info, ic.Namespace()
 	var vols []intercept.Volume
+	// The volumes of a --docker-run live as long as this process (unless
+	// its container is detached), those of --mount-volumes as the intercept.
+	mountOpts := intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths,
+		Owned: f.dockerRun && !intercept.HasFlag(dockerArgs, "-d") && !intercept.HasFlag(dockerArgs, "--detach")}
 	if (f.dockerRun && f.mount) || f.mountVolumes {
-		vols, err = ic.CreateVolumes(ctx, d.Docker(), d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+		vols, err = ic.CreateVolumes(ctx, d.Docker(), d, version.Version, mountOpts)
 		if err != nil {
 			if lerr := ic.Leave(ctx); lerr != nil {
 				fmt.Fprintf(streams.ErrOut, "tp: %v\n", lerr)
@@ -218,7 +221,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 			if err := ic.RemoveVolumes(ctx); err != nil {
 				return nil, err
 			}
-			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths})
+			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, mountOpts)
 			return intercept.VolumeFlags(vols), err
 		},
 	})
@@ -226,11 +229,13 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 	case detached && err == nil:
 		fmt.Fprintf(streams.ErrOut, "Container detached; the intercept stays until: tp leave %s -n %s\n", ic.Name(), ns)
 		return nil
-	case errors.Is(err, intercept.ErrEnded):
+	case errors.Is(err, intercept.ErrEnded), errors.Is(err, intercept.ErrDaemonGone):
 		if rerr := ic.RemoveVolumes(context.WithoutCancel(ctx)); rerr != nil {
 			fmt.Fprintf(streams.ErrOut, "tp: %v\n", rerr)
 		}
-		return err // nothing to leave: the intercept is gone already
+		// Nothing to leave: the intercept is gone already, or its daemon
+		// is (the traffic-manager ends its session's intercepts).
+		return err
 	}
 	leave()
 	if err != nil {
@@ -284,13 +289,4 @@ func describeIntercept(info *managerv1.InterceptInfo) string {
 	}
 	return fmt.Sprintf("service %s port %s (%d) -> container port %d, %s", info.GetServiceName(),
 		cmp.Or(info.GetServicePortName(), strconv.Itoa(int(info.GetServicePort()))), info.GetServicePort(), info.GetContainerPort(), kind)
-}
-
-// cleanupVolumes removes the connection's volumes whose intercepts are gone
-// (a crashed CLI or daemon, tp leave from another shell); a failure is only
-// a warning.
-func cleanupVolumes(ctx context.Context, streams genericiooptions.IOStreams, d *daemoncontainer.Client) {
-	if err := intercept.RemoveStaleVolumes(ctx, d.Docker(), d, d.Connection.Name); err != nil {
-		fmt.Fprintf(streams.ErrOut, "tp: warning: %v\n", err)
-	}
 }

@@ -55,7 +55,7 @@ func NewRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	root.SetIn(streams.In)
 	root.SetOut(streams.Out)
 	root.SetErr(streams.ErrOut)
-	docker := &dockerFlags{}
+	docker := &dockerFlags{warn: streams.ErrOut}
 	docker.addFlags(root)
 	root.AddCommand(
 		newConnectCommand(streams, docker),

@@ -52,7 +52,7 @@ intercepted workload, checked by the API server with your own credentials.`,
 				return fmt.Errorf("leave %s: %w", args[0], grpcMessage(err))
 			}
 			fmt.Fprintf(streams.Out, "Left intercept %s\n", args[0])
-			cleanupVolumes(ctx, streams, d)
+			docker.removeStale(ctx, d.Docker(), d, d.Connection.Name) // the volumes of the intercept left
 			return nil
 		},
 	}
