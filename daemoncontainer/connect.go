@@ -169,6 +169,11 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		kopts.Kubeauth, kubeauthPID = relay, pid
 	}
 	kopts.PublishedBy = publishedBy(ctx, docker)
+	kopts.NetworkOf = networkOf(ctx, docker)
+	kopts.LookupHost = lookupHost(ctx)
+	if isDockerDesktop(ctx, docker) {
+		kopts.EngineHosts = kubeconfig.DockerDesktopHosts
+	}
 	kc, err := kubeconfig.ForContainer(raw, contextName, kopts)
 	if err != nil {
 		return nil, err
@@ -181,7 +186,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
+		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
 		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)

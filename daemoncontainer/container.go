@@ -180,6 +180,9 @@ type createOptions struct {
 	// KubeconfigData is the container's kubeconfig (handed over on stdin).
 	KubeconfigData []byte
 	Networks       []string // extra Docker networks to join (e.g. a kind cluster's)
+	// ExtraHosts are --add-host entries beyond host.docker.internal (e.g.
+	// kubernetes.docker.internal:host-gateway, kubeconfig.Result).
+	ExtraHosts []string
 	LogLevel       string
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
@@ -262,7 +265,7 @@ func hostConfig(o createOptions) *container.HostConfig {
 		Tmpfs:         map[string]string{RunDir: "rw,noexec,nosuid,nodev,size=1m,mode=0700"},
 		Sysctls:       map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
 		DNS:           o.DNS,
-		ExtraHosts:    []string{"host.docker.internal:host-gateway"},
+		ExtraHosts:    append([]string{"host.docker.internal:host-gateway"}, o.ExtraHosts...),
 		PortBindings:  o.bindings,
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",

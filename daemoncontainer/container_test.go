@@ -260,3 +260,18 @@ func TestParsePublish(t *testing.T) {
 		}
 	}
 }
+
+// TestHostConfigExtraHosts: the daemon container resolves the host, and the
+// names the kubeconfig rewrite asks for.
+func TestHostConfigExtraHosts(t *testing.T) {
+	for _, tc := range []struct {
+		extra, want []string
+	}{
+		{nil, []string{"host.docker.internal:host-gateway"}},
+		{[]string{"kubernetes.docker.internal:host-gateway"}, []string{"host.docker.internal:host-gateway", "kubernetes.docker.internal:host-gateway"}},
+	} {
+		if got := hostConfig(createOptions{ExtraHosts: tc.extra}).ExtraHosts; !slices.Equal(got, tc.want) {
+			t.Errorf("extra hosts %q: got %q, want %q", tc.extra, got, tc.want)
+		}
+	}
+}

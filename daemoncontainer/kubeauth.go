@@ -195,3 +195,44 @@ func publishedBy(ctx context.Context, docker client.APIClient) func(hostPort int
 		return "", "", 0, false
 	}
 }
+
+// networkOf finds the Docker network (other than bridge and host) of the
+// container that has ip: minikube's docker driver on Linux writes its node
+// container's address into the kubeconfig.
+func networkOf(ctx context.Context, docker client.APIClient) func(ip string) (string, bool) {
+	return func(ip string) (string, bool) {
+		list, err := docker.ContainerList(ctx, container.ListOptions{})
+		if err != nil {
+			return "", false
+		}
+		for _, c := range list {
+			if c.NetworkSettings == nil {
+				continue
+			}
+			for name, nw := range c.NetworkSettings.Networks {
+				if nw != nil && name != "bridge" && name != "host" && (nw.IPAddress == ip || nw.GlobalIPv6Address == ip) {
+					return name, true
+				}
+			}
+		}
+		return "", false
+	}
+}
+
+// lookupHost resolves a name on the host, briefly: a kubeconfig server
+// named in /etc/hosts answers at once.
+func lookupHost(ctx context.Context) func(host string) ([]string, error) {
+	return func(host string) ([]string, error) {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return net.DefaultResolver.LookupHost(lctx, host)
+	}
+}
+
+// isDockerDesktop says whether the engine is Docker Desktop's, which
+// resolves kubernetes.docker.internal and host.docker.internal in every
+// container itself.
+func isDockerDesktop(ctx context.Context, docker client.APIClient) bool {
+	info, err := docker.Info(ctx)
+	return err == nil && strings.Contains(info.OperatingSystem, "Docker Desktop")
+}
