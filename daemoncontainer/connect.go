@@ -62,6 +62,11 @@ type ConnectOptions struct {
 	// Kubeauth starts the host relay for exec credential plugins; see
 	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
 	Kubeauth func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
+	// LoopbackForward starts the host forwarder for an API server that
+	// listens on the host's loopback only (see StartLoopbackForwardProcess)
+	// and returns its port and pid. Nil: such a server is unreachable from
+	// the daemon container.
+	LoopbackForward func(ctx context.Context, containerName, listenHost, target string) (port, pid int, err error)
 }
 
 // Connect starts the daemon container for a connection and waits until it is
@@ -169,6 +174,8 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		kopts.Kubeauth, kubeauthPID = relay, pid
 	}
 	kopts.PublishedBy = publishedBy(ctx, docker)
+	var forwardPID int
+	kopts.ForwardLoopback = forwardLoopback(ctx, docker, o.LoopbackForward, cname, &forwardPID)
 	kopts.NetworkOf = networkOf(ctx, docker)
 	kopts.LookupHost = lookupHost(ctx)
 	if isDockerDesktop(ctx, docker) {
@@ -176,7 +183,12 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	}
 	kc, err := kubeconfig.ForContainer(raw, contextName, kopts)
 	if err != nil {
+		killKubeauth(strconv.Itoa(kubeauthPID))
+		killKubeauth(strconv.Itoa(forwardPID))
 		return nil, err
+	}
+	for _, r := range kc.Rewrites {
+		fmt.Fprintf(o.Progress, "Kubeconfig for the daemon container: %s\n", r)
 	}
 
 	fmt.Fprintf(o.Progress, "Starting daemon container %s (%s)\n", cname, o.Image)
@@ -185,11 +197,15 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	if kubeauthPID != 0 {
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
+	if forwardPID != 0 {
+		conn.ForwardPID = strconv.Itoa(forwardPID)
+	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
 		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
 		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
+		killKubeauth(conn.ForwardPID)
 		return nil, err
 	}
 	st, err := waitConnected(ctx, docker, id)
@@ -202,6 +218,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		defer cancel()
 		_ = remove(rmCtx, docker, id)
 		killKubeauth(conn.KubeauthPID)
+		killKubeauth(conn.ForwardPID)
 		if logs != "" {
 			return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, logs)
 		}
@@ -338,6 +355,7 @@ func Quit(ctx context.Context, docker client.APIClient, name string) error {
 		}
 	}
 	killKubeauth(conn.KubeauthPID)
+	killKubeauth(conn.ForwardPID)
 	return remove(ctx, docker, conn.ContainerID)
 }
 

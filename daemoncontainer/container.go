@@ -39,6 +39,9 @@ const (
 	LabelManagerNamespace = "run.tp.manager-namespace"
 	LabelVersion          = "run.tp.version"
 	LabelKubeauthPID      = "run.tp.kubeauth-pid"
+	// LabelForwardPID is the pid of the host forwarder to an API server on
+	// the host's loopback (loopback.go).
+	LabelForwardPID = "run.tp.forward-pid"
 	// LabelKubeconfig is the kubeconfig file(s) on the host the connection
 	// was made with (--kubeconfig, else $KUBECONFIG; absent for the
 	// default): commands acting on the connection's cluster load it with
@@ -104,6 +107,7 @@ type Connection struct {
 	ManagerNamespace string
 	Version          string
 	KubeauthPID      string
+	ForwardPID       string
 	// Kubeconfig is the host's kubeconfig path(s) of the connection, "" for
 	// the default loading rules.
 	Kubeconfig string
@@ -123,6 +127,7 @@ func connectionFrom(id, name string, labels map[string]string, state string) Con
 		ManagerNamespace: labels[LabelManagerNamespace],
 		Version:          labels[LabelVersion],
 		KubeauthPID:      labels[LabelKubeauthPID],
+		ForwardPID:       labels[LabelForwardPID],
 		Kubeconfig:       labels[LabelKubeconfig],
 		Publish:          splitList(labels[LabelPublish]),
 	}
@@ -183,7 +188,7 @@ type createOptions struct {
 	// ExtraHosts are --add-host entries beyond host.docker.internal (e.g.
 	// kubernetes.docker.internal:host-gateway, kubeconfig.Result).
 	ExtraHosts []string
-	LogLevel       string
+	LogLevel   string
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
@@ -220,6 +225,9 @@ func containerConfig(o createOptions) *container.Config {
 	}
 	if o.KubeauthPID != "" {
 		labels[LabelKubeauthPID] = o.KubeauthPID
+	}
+	if o.ForwardPID != "" {
+		labels[LabelForwardPID] = o.ForwardPID
 	}
 	if o.Kubeconfig != "" {
 		labels[LabelKubeconfig] = o.Kubeconfig

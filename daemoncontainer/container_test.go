@@ -30,12 +30,12 @@ func TestContainerName(t *testing.T) {
 func TestLabelsRoundTrip(t *testing.T) {
 	labels := map[string]string{
 		LabelConnection: "a", LabelContext: "ctx", LabelNamespace: "ns",
-		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelKubeconfig: "/home/u/kc",
+		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelForwardPID: "43", LabelKubeconfig: "/home/u/kc",
 		LabelPublish: "127.0.0.1:8080:80,9090:90/udp",
 	}
 	got := connectionFrom("id1", "/tp-a", labels, "running")
 	want := Connection{Name: "a", ContainerName: "tp-a", ContainerID: "id1", Running: true, State: "running",
-		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", Kubeconfig: "/home/u/kc",
+		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", ForwardPID: "43", Kubeconfig: "/home/u/kc",
 		Publish: []string{"127.0.0.1:8080:80", "9090:90/udp"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("connectionFrom = %+v, want %+v", got, want)

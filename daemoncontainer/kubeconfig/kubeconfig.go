@@ -98,13 +98,13 @@ type Options struct {
 	// Kubeauth, when non-nil, describes the host relay for exec credential
 	// plugins. Without it, a user with an exec plugin is an error.
 	Kubeauth *KubeauthRelay
-	// ForwardLoopback, when non-nil, is asked for a loopback server that no
-	// container publishes which port of LoopbackHost reaches it: its own
+	// ForwardLoopback, when non-nil, is asked for a loopback server (host
+	// as the kubeconfig names it) that no container publishes which port of LoopbackHost reaches it: its own
 	// port when the server also listens where LoopbackHost leads (the
 	// docker bridge's gateway on Linux), else the port of a forwarder the
 	// caller started there (a server bound to the host's 127.0.0.1 only,
 	// Rancher Desktop's and `kubectl proxy`'s). Nil: the server's port.
-	ForwardLoopback func(hostPort int) (int, error)
+	ForwardLoopback func(host string, hostPort int) (int, error)
 	// NetworkOf, when non-nil, is asked for a server IP that is not
 	// loopback whether a container on a local Docker network has it
 	// (minikube's docker driver on Linux writes its node container's
@@ -310,7 +310,7 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		}
 	}
 	if !published && opts.ForwardLoopback != nil {
-		fwd, err := opts.ForwardLoopback(hostPort)
+		fwd, err := opts.ForwardLoopback(origHost, hostPort)
 		if err != nil {
 			return fmt.Errorf("reaching the loopback server %s from the daemon container: %w", c.Server, err)
 		}

@@ -48,7 +48,7 @@ func (e engine) options() kubeconfig.Options {
 			}
 			return nil, os.ErrNotExist
 		},
-		ForwardLoopback: func(hostPort int) (int, error) {
+		ForwardLoopback: func(_ string, hostPort int) (int, error) {
 			if p, ok := e.forwarded[hostPort]; ok {
 				return p, nil
 			}

@@ -90,8 +90,9 @@ not changed: no root, routes or resolver settings.`,
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
 			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine, ManagerValues: image.values(),
-			MemoryOnly: !keepKubeconfig,
-			Kubeauth:   daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
+			MemoryOnly:      !keepKubeconfig,
+			Kubeauth:        daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
+			LoopbackForward: daemoncontainer.StartLoopbackForwardProcess(engine.Environ(os.Environ())),
 		})
 		if err != nil {
 			return err
