@@ -67,6 +67,12 @@ type ConnectOptions struct {
 	// and returns its port and pid. Nil: such a server is unreachable from
 	// the daemon container.
 	LoopbackForward func(ctx context.Context, containerName, listenHost, target string) (port, pid int, err error)
+	// Environ is the user's environment: its HTTP(S)_PROXY and NO_PROXY
+	// reach the daemon container (ProxyEnv).
+	Environ []string
+	// CABundle is a PEM file of extra CA certificates the daemon trusts
+	// (a TLS-inspecting corporate proxy's), "" for none.
+	CABundle string
 }
 
 // Connect starts the daemon container for a connection and waits until it is
@@ -181,6 +187,13 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	if isDockerDesktop(ctx, docker) {
 		kopts.EngineHosts = kubeconfig.DockerDesktopHosts
 	}
+	var caBundle []byte
+	if o.CABundle != "" {
+		if caBundle, err = readCABundle(o.CABundle); err != nil {
+			killKubeauth(strconv.Itoa(kubeauthPID))
+			return nil, err
+		}
+	}
 	kc, err := kubeconfig.ForContainer(raw, contextName, kopts)
 	if err != nil {
 		killKubeauth(strconv.Itoa(kubeauthPID))
@@ -201,7 +214,9 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		conn.ForwardPID = strconv.Itoa(forwardPID)
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
+		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, CABundle: caBundle,
+		Env:      ProxyEnv(o.Environ, kubeconfig.DefaultLoopbackHost, kc.Direct),
+		LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
 		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)

@@ -188,7 +188,11 @@ type createOptions struct {
 	// ExtraHosts are --add-host entries beyond host.docker.internal (e.g.
 	// kubernetes.docker.internal:host-gateway, kubeconfig.Result).
 	ExtraHosts []string
-	LogLevel   string
+	// Env is more of the daemon's environment (the user's proxy, ProxyEnv).
+	Env []string
+	// CABundle is PEM of extra CA certificates, copied to CABundlePath.
+	CABundle []byte
+	LogLevel string
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
@@ -248,7 +252,7 @@ func containerConfig(o createOptions) *container.Config {
 			"--state-dir", stateDir, "--log-level", o.LogLevel},
 		Labels: labels,
 		// Who owns this connection's intercepts, as others see it in tp list.
-		Env:       []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
+		Env:       append([]string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()}, o.Env...),
 		OpenStdin: true, StdinOnce: true, AttachStdin: true,
 	}
 }
@@ -301,6 +305,11 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 			_ = docker.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true})
 		}
 	}()
+	if len(o.CABundle) > 0 {
+		if err := copyCABundle(ctx, docker, created.ID, o.CABundle); err != nil {
+			return "", err
+		}
+	}
 	for _, n := range o.Networks {
 		if err := docker.NetworkConnect(ctx, n, created.ID, nil); err != nil {
 			return "", fmt.Errorf("join daemon container to network %s: %w", n, err)

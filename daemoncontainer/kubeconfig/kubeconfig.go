@@ -156,6 +156,11 @@ type Result struct {
 	// the daemon container needs to resolve the servers it keeps, e.g.
 	// kubernetes.docker.internal:host-gateway.
 	ExtraHosts []string
+	// Direct are the servers' hosts that stand for the host's loopback or
+	// a local container: the user's HTTP(S)_PROXY must not be used for
+	// them (it never is for loopback on the host), so the caller adds them
+	// to the container's NO_PROXY.
+	Direct []string
 	// Rewrites are human-readable notes of what was changed, for logs.
 	Rewrites []string
 	// ExecUsers are the users whose exec plugin is relayed: the caller
@@ -286,6 +291,7 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		if opts.NetworkOf != nil {
 			if network, ok := opts.NetworkOf(origHost); ok {
 				res.join(network)
+				res.direct(origHost)
 				res.note("cluster %q: server %s is a container on network %q, which the daemon container joins", name, c.Server, network)
 			}
 		}
@@ -327,6 +333,7 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 			gw = opts.LoopbackHost
 		}
 		entry := strings.TrimSuffix(origHost, ".") + ":" + gw
+		res.direct(strings.TrimSuffix(origHost, "."))
 		if !slices.Contains(res.ExtraHosts, entry) {
 			res.ExtraHosts = append(res.ExtraHosts, entry)
 			res.note("cluster %q: %s resolves to the host's loopback: the daemon container resolves it to %s", name, origHost, gw)
@@ -334,6 +341,7 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		return nil
 	}
 	u.Host = joinHostPort(host, port)
+	res.direct(host)
 	if u.Host == joinHostPort(origHost, port) {
 		return nil
 	}
@@ -349,6 +357,12 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		res.note("cluster %q: tls-server-name %s (the name the certificate was verified against on the host)", name, origHost)
 	}
 	return nil
+}
+
+func (res *Result) direct(host string) {
+	if !slices.Contains(res.Direct, host) {
+		res.Direct = append(res.Direct, host)
+	}
 }
 
 func (res *Result) join(network string) {
@@ -451,8 +465,10 @@ func baseDir(origin string) string {
 	return dir
 }
 
-// isLoopback reports whether host names the host itself: a loopback or
+// IsLoopback reports whether host names the host itself: a loopback or
 // unspecified address, or localhost.
+func IsLoopback(host string) bool { return isLoopback(host) }
+
 func isLoopback(host string) bool {
 	h := strings.TrimSuffix(strings.ToLower(host), ".")
 	if h == "localhost" || strings.HasSuffix(h, ".localhost") {

@@ -117,38 +117,39 @@ func TestForContainerShapes(t *testing.T) {
 		wantNetworks   []string
 		wantExtraHosts []string
 		wantExecUsers  []string
+		wantDirect     []string // hosts the container reaches without a proxy
 	}{
 		{name: "kind: node container publishes 127.0.0.1:41727 -> 6443", file: "kind.yaml",
 			engine:     engine{published: node(41727, "kind", "172.18.0.2", 6443)},
-			wantServer: "https://172.18.0.2:6443", wantTLSName: "127.0.0.1", wantNetworks: []string{"kind"}},
+			wantServer: "https://172.18.0.2:6443", wantTLSName: "127.0.0.1", wantNetworks: []string{"kind"}, wantDirect: []string{"172.18.0.2"}},
 		{name: "minikube docker driver on macOS", file: "minikube-docker-macos.yaml",
 			engine:     engine{dockerDesktop: true, published: node(55031, "minikube", "192.168.49.2", 8443)},
-			wantServer: "https://192.168.49.2:8443", wantTLSName: "127.0.0.1", wantNetworks: []string{"minikube"}},
+			wantServer: "https://192.168.49.2:8443", wantTLSName: "127.0.0.1", wantNetworks: []string{"minikube"}, wantDirect: []string{"192.168.49.2"}},
 		{name: "minikube docker driver on Linux: the node's address", file: "minikube-docker-linux.yaml",
 			engine:     engine{containers: map[string]string{"192.168.49.2": "minikube"}},
-			wantServer: "https://192.168.49.2:8443", wantNetworks: []string{"minikube"}},
+			wantServer: "https://192.168.49.2:8443", wantNetworks: []string{"minikube"}, wantDirect: []string{"192.168.49.2"}},
 		{name: "k3d: serverlb publishes 0.0.0.0:38313 -> 6443", file: "k3d.yaml",
 			engine:     engine{published: node(38313, "k3d-dev", "172.19.0.3", 6443)},
-			wantServer: "https://172.19.0.3:6443", wantTLSName: "0.0.0.0", wantNetworks: []string{"k3d-dev"}},
+			wantServer: "https://172.19.0.3:6443", wantTLSName: "0.0.0.0", wantNetworks: []string{"k3d-dev"}, wantDirect: []string{"172.19.0.3"}},
 		{name: "k3d without its load balancer container running", file: "k3d.yaml", engine: linux,
-			wantServer: "https://host.docker.internal:38313", wantTLSName: "0.0.0.0"},
+			wantServer: "https://host.docker.internal:38313", wantTLSName: "0.0.0.0", wantDirect: []string{"host.docker.internal"}},
 		{name: "Docker Desktop's Kubernetes on Docker Desktop", file: "docker-desktop.yaml",
 			engine:     engine{dockerDesktop: true, hosts: map[string][]string{"kubernetes.docker.internal": {"127.0.0.1"}}},
 			wantServer: "https://kubernetes.docker.internal:6443"},
 		{name: "kubernetes.docker.internal on another engine", file: "docker-desktop.yaml",
 			engine:         engine{hosts: map[string][]string{"kubernetes.docker.internal": {"127.0.0.1"}}},
 			wantServer:     "https://kubernetes.docker.internal:6443",
-			wantExtraHosts: []string{"kubernetes.docker.internal:host-gateway"}},
+			wantExtraHosts: []string{"kubernetes.docker.internal:host-gateway"}, wantDirect: []string{"kubernetes.docker.internal"}},
 		{name: "kubernetes.docker.internal on another engine, loopback only", file: "docker-desktop.yaml",
 			engine:     engine{hosts: map[string][]string{"kubernetes.docker.internal": {"127.0.0.1", "::1"}}, forwarded: map[int]int{6443: 45002}},
-			wantServer: "https://host.docker.internal:45002", wantTLSName: "kubernetes.docker.internal"},
+			wantServer: "https://host.docker.internal:45002", wantTLSName: "kubernetes.docker.internal", wantDirect: []string{"host.docker.internal"}},
 		{name: "Rancher Desktop: k3s in the engine's VM", file: "rancher-desktop.yaml", engine: linux,
-			wantServer: "https://host.docker.internal:6443", wantTLSName: "127.0.0.1"},
+			wantServer: "https://host.docker.internal:6443", wantTLSName: "127.0.0.1", wantDirect: []string{"host.docker.internal"}},
 		{name: "127.0.0.1, API server on every interface", file: "plain-loopback.yaml", engine: linux,
-			wantServer: "https://host.docker.internal:6443", wantTLSName: "127.0.0.1"},
+			wantServer: "https://host.docker.internal:6443", wantTLSName: "127.0.0.1", wantDirect: []string{"host.docker.internal"}},
 		{name: "127.0.0.1, API server on the host's loopback only", file: "plain-loopback.yaml",
 			engine:     engine{forwarded: map[int]int{6443: 45001}},
-			wantServer: "https://host.docker.internal:45001", wantTLSName: "127.0.0.1"},
+			wantServer: "https://host.docker.internal:45001", wantTLSName: "127.0.0.1", wantDirect: []string{"host.docker.internal"}},
 		{name: "EKS with the aws exec plugin", file: "eks.yaml", engine: linux,
 			wantServer:    "https://A1B2C3D4E5F60718293A4B5C6D7E8F90.gr7.eu-west-1.eks.amazonaws.com",
 			wantExecUsers: []string{"arn:aws:eks:eu-west-1:123456789012:cluster/prod"}},
@@ -183,6 +184,9 @@ func TestForContainerShapes(t *testing.T) {
 			}
 			if !slices.Equal(res.ExtraHosts, tt.wantExtraHosts) {
 				t.Errorf("extra hosts: got %v, want %v", res.ExtraHosts, tt.wantExtraHosts)
+			}
+			if !slices.Equal(res.Direct, tt.wantDirect) {
+				t.Errorf("direct hosts: got %v, want %v", res.Direct, tt.wantDirect)
 			}
 			if !slices.Equal(res.ExecUsers, tt.wantExecUsers) {
 				t.Errorf("exec users: got %v, want %v", res.ExecUsers, tt.wantExecUsers)

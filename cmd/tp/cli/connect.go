@@ -54,6 +54,7 @@ func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) 
 		dnsServers, publish               []string
 		image                             imageFlags
 		keepKubeconfig                    bool
+		caBundle                          string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -74,6 +75,7 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
 	cmd.Flags().BoolVar(&keepKubeconfig, "keep-kubeconfig", true, "keep the kubeconfig in the daemon container's own layer, so that the connection and its intercepts come back by themselves after a Docker restart; false keeps it in the daemon's memory only (a Docker restart then ends the connection)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
+	cmd.Flags().StringVar(&caBundle, "ca-bundle", "", "PEM file of extra CA certificates the daemon container trusts, e.g. a TLS-inspecting proxy's (default: $SSL_CERT_FILE when set); HTTP_PROXY, HTTPS_PROXY and NO_PROXY are passed on")
 	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -93,6 +95,8 @@ not changed: no root, routes or resolver settings.`,
 			MemoryOnly:      !keepKubeconfig,
 			Kubeauth:        daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 			LoopbackForward: daemoncontainer.StartLoopbackForwardProcess(engine.Environ(os.Environ())),
+			Environ:         os.Environ(),
+			CABundle:        cmp.Or(caBundle, os.Getenv("SSL_CERT_FILE")),
 		})
 		if err != nil {
 			return err
