@@ -21,6 +21,7 @@ import (
 	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
+	"github.com/tp-run/tp/internal/subnets"
 	"github.com/tp-run/tp/internal/version"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	"github.com/tp-run/tp/volumes"
@@ -103,6 +104,10 @@ not changed: no root, routes or resolver settings.`,
 		}
 		v := statusView(st)
 		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
+		if d, err := daemoncontainer.DialConnection(cmd.Context(), engine, name); err == nil {
+			v.Conflicts = append(v.Conflicts, clashStrings(daemoncontainer.WorkstationClashes(cmd.Context(), d.Docker(), d.Connection.ContainerID, st.GetRoutedSubnets()))...)
+			d.Close()
+		}
 		v.DockerContext, v.DockerHost = engine.Context, engine.Host
 		return printStructured(streams.Out, output, v, func(w io.Writer) error {
 			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s, Docker %s)\n",
@@ -111,18 +116,23 @@ not changed: no root, routes or resolver settings.`,
 			if len(v.Published) > 0 {
 				fmt.Fprintf(w, "Published on the host: %s\n", strings.Join(v.Published, ", "))
 			}
-			printConflicts(w, st)
+			for _, c := range v.Conflicts {
+				fmt.Fprintf(w, "Warning: %s\n", c)
+			}
 			return nil
 		})
 	}
 	return cmd
 }
 
-func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
-	for _, c := range st.GetConflicts() {
-		fmt.Fprintf(w, "Warning: cluster subnet %s overlaps %s on %s in the daemon container; traffic there may not reach the cluster\n",
-			c.GetSubnet(), c.GetConflictsWith(), c.GetInterface())
+// clashStrings explains the clashes of the cluster's ranges with the
+// workstation's (tp connect's warnings, tp status's conflicts).
+func clashStrings(clashes []subnets.Clash) []string {
+	var out []string
+	for _, c := range clashes {
+		out = append(out, c.String())
 	}
+	return out
 }
 
 func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
@@ -267,7 +277,8 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		v.LastResumed = st.GetLastResumed().AsTime().Format(time.RFC3339)
 	}
 	for _, c := range st.GetConflicts() {
-		v.Conflicts = append(v.Conflicts, fmt.Sprintf("%s overlaps %s (%s)", c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
+		v.Conflicts = append(v.Conflicts, fmt.Sprintf("cluster subnet %s overlaps %s on %s in the daemon container; traffic there may not reach the cluster",
+			c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
 	}
 	if d := st.GetDns(); d != nil {
 		v.DNS = &dnsJSON{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(),
@@ -301,6 +312,7 @@ func newStatusCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *
 			v := statusView(st)
 			v.Published = d.Connection.Publish
 			v.Volumes = connectionVolumes(ctx, d.Docker(), d.Connection.Name)
+			v.Conflicts = append(v.Conflicts, clashStrings(daemoncontainer.WorkstationClashes(ctx, d.Docker(), d.Connection.ContainerID, st.GetRoutedSubnets()))...)
 			v.DockerContext, v.DockerHost = engine.Context, engine.Host
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)
