@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"slices"
@@ -70,6 +71,9 @@ type ConnectOptions struct {
 	// Environ is the user's environment: its HTTP(S)_PROXY and NO_PROXY
 	// reach the daemon container (ProxyEnv).
 	Environ []string
+	// AlsoProxy and NeverProxy are subnets (CIDRs) the daemon routes to the
+	// cluster besides its ranges, and never (daemon.Config).
+	AlsoProxy, NeverProxy []string
 	// CABundle is a PEM file of extra CA certificates the daemon trusts
 	// (a TLS-inspecting corporate proxy's), "" for none.
 	CABundle string
@@ -90,6 +94,14 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		o.Progress = io.Discard
 	}
 	publish, exposed, bindings, err := ParsePublish(o.Publish)
+	if err != nil {
+		return nil, err
+	}
+	alsoProxy, err := checkCIDRs("--also-proxy", o.AlsoProxy)
+	if err != nil {
+		return nil, err
+	}
+	neverProxy, err := checkCIDRs("--never-proxy", o.NeverProxy)
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +227,8 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
 		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, CABundle: caBundle,
-		Env:      ProxyEnv(o.Environ, kubeconfig.DefaultLoopbackHost, kc.Direct),
+		Env:       ProxyEnv(o.Environ, kubeconfig.DefaultLoopbackHost, kc.Direct),
+		AlsoProxy: alsoProxy, NeverProxy: neverProxy,
 		LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
 		exposed: exposed, bindings: bindings})
 	if err != nil {
@@ -453,4 +466,17 @@ func orNone(ports []string) string {
 		return "no ports"
 	}
 	return strings.Join(ports, ", ")
+}
+
+// checkCIDRs checks the subnets of a flag and returns them masked.
+func checkCIDRs(flag string, cidrs []string) ([]string, error) {
+	var out []string
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: want a CIDR such as 10.1.0.0/16", flag, c)
+		}
+		out = append(out, p.Masked().String())
+	}
+	return out, nil
 }

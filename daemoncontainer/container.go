@@ -190,6 +190,9 @@ type createOptions struct {
 	ExtraHosts []string
 	// Env is more of the daemon's environment (the user's proxy, ProxyEnv).
 	Env []string
+	// AlsoProxy and NeverProxy are the daemon's --also-proxy and
+	// --never-proxy subnets.
+	AlsoProxy, NeverProxy []string
 	// CABundle is PEM of extra CA certificates, copied to CABundlePath.
 	CABundle []byte
 	LogLevel string
@@ -243,14 +246,21 @@ func containerConfig(o createOptions) *container.Config {
 	if o.MemoryOnly {
 		stateDir = ""
 	}
+	cmd := []string{"daemon", "run",
+		"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
+		"--manager-namespace", o.ManagerNamespace, "--kubeconfig", wire.KubeconfigFromStdin,
+		"--state-dir", stateDir, "--log-level", o.LogLevel}
+	for _, c := range o.AlsoProxy {
+		cmd = append(cmd, "--also-proxy", c)
+	}
+	for _, c := range o.NeverProxy {
+		cmd = append(cmd, "--never-proxy", c)
+	}
 	return &container.Config{
 		ExposedPorts: o.exposed,
 		Image:        o.Image,
-		Cmd: []string{"daemon", "run",
-			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
-			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", wire.KubeconfigFromStdin,
-			"--state-dir", stateDir, "--log-level", o.LogLevel},
-		Labels: labels,
+		Cmd:          cmd,
+		Labels:       labels,
 		// Who owns this connection's intercepts, as others see it in tp list.
 		Env:       append([]string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()}, o.Env...),
 		OpenStdin: true, StdinOnce: true, AttachStdin: true,

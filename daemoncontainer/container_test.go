@@ -275,3 +275,24 @@ func TestHostConfigExtraHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestContainerConfigProxyRoutes: tp connect --also-proxy/--never-proxy
+// reach the daemon's command line, checked and masked.
+func TestContainerConfigProxyRoutes(t *testing.T) {
+	also, err := checkCIDRs("--also-proxy", []string{"192.168.100.7/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	never, err := checkCIDRs("--never-proxy", []string{"10.96.0.10/32", "fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := containerConfig(createOptions{Connection: Connection{Name: "a"}, AlsoProxy: also, NeverProxy: never})
+	want := []string{"--also-proxy", "192.168.100.0/24", "--never-proxy", "10.96.0.10/32", "--never-proxy", "fd00::/8"}
+	if got := c.Cmd[len(c.Cmd)-len(want):]; !slices.Equal(got, want) {
+		t.Errorf("command ends with %q, want %q", got, want)
+	}
+	if _, err := checkCIDRs("--never-proxy", []string{"10.0.0.1"}); err == nil || !strings.Contains(err.Error(), "--never-proxy") {
+		t.Errorf("a bare address: %v, want an error naming --never-proxy", err)
+	}
+}

@@ -53,6 +53,7 @@ func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) 
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
 		dnsServers, publish               []string
+		alsoProxy, neverProxy             []string
 		image                             imageFlags
 		keepKubeconfig                    bool
 		caBundle                          string
@@ -77,6 +78,8 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().BoolVar(&keepKubeconfig, "keep-kubeconfig", true, "keep the kubeconfig in the daemon container's own layer, so that the connection and its intercepts come back by themselves after a Docker restart; false keeps it in the daemon's memory only (a Docker restart then ends the connection)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
 	cmd.Flags().StringVar(&caBundle, "ca-bundle", "", "PEM file of extra CA certificates the daemon container trusts, e.g. a TLS-inspecting proxy's (default: $SSL_CERT_FILE when set); HTTP_PROXY, HTTPS_PROXY and NO_PROXY are passed on")
+	cmd.Flags().StringSliceVar(&alsoProxy, "also-proxy", nil, "route this subnet (CIDR, repeatable) to the cluster too, e.g. a VPN's or a database's that the cluster reaches (the traffic-manager dials it when its chart value tunnel.allowCIDRs allows it)")
+	cmd.Flags().StringSliceVar(&neverProxy, "never-proxy", nil, "never route this subnet (CIDR, repeatable) to the cluster, even inside its ranges: joined containers reach it through Docker's network")
 	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -97,7 +100,8 @@ not changed: no root, routes or resolver settings.`,
 			Kubeauth:        daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
 			LoopbackForward: daemoncontainer.StartLoopbackForwardProcess(engine.Environ(os.Environ())),
 			Environ:         os.Environ(),
-			CABundle:        cmp.Or(caBundle, os.Getenv("SSL_CERT_FILE")),
+			AlsoProxy:       alsoProxy, NeverProxy: neverProxy,
+			CABundle: cmp.Or(caBundle, os.Getenv("SSL_CERT_FILE")),
 		})
 		if err != nil {
 			return err
