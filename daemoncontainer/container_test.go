@@ -296,3 +296,10 @@ func TestContainerConfigProxyRoutes(t *testing.T) {
 		t.Errorf("a bare address: %v, want an error naming --never-proxy", err)
 	}
 }
+
+func TestAlsoProxiedFromCommand(t *testing.T) {
+	c := containerConfig(createOptions{Connection: Connection{Name: "a"}, AlsoProxy: []string{"198.51.100.0/24"}, NeverProxy: []string{"10.0.0.0/8"}})
+	if got, want := alsoProxied(c.Cmd), []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}; !slices.Equal(got, want) {
+		t.Errorf("alsoProxied(%q) = %v, want %v", c.Cmd, got, want)
+	}
+}
