@@ -37,7 +37,7 @@ func TestConnectProxySettings(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, tpBin(t), "connect", "--name", name, "-n", ns, "--ca-bundle", caFile,
-		"--also-proxy", "198.51.100.0/24", "--never-proxy", "10.96.0.10/32")
+		"--also-proxy", "198.51.100.0/24", "--never-proxy", "10.100.200.1/32")
 	// A proxy that nothing serves: the API server must not go through it.
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.kubeconfig, "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=.corp.example")
 	out, err := cmd.CombinedOutput()
@@ -80,7 +80,7 @@ func TestConnectProxySettings(t *testing.T) {
 	if !slices.Contains(routes, netip.MustParsePrefix("198.51.100.0/24")) {
 		t.Errorf("TUN routes %v: want the --also-proxy subnet 198.51.100.0/24", st.TUNRoutes)
 	}
-	never := netip.MustParsePrefix("10.96.0.10/32")
+	never := netip.MustParsePrefix("10.100.200.1/32")
 	for _, r := range routes {
 		if r.Overlaps(never) {
 			t.Errorf("TUN route %v covers the --never-proxy address %v", r, never)
