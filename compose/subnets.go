@@ -9,11 +9,11 @@ import (
 	"slices"
 
 	"github.com/compose-spec/compose-go/v2/types"
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	dockerclient "github.com/docker/docker/client"
 
 	"github.com/tp-run/tp/daemoncontainer"
+	"github.com/tp-run/tp/internal/subnets"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 )
 
@@ -45,14 +45,7 @@ func dockerPools() []netip.Prefix {
 	return pools
 }
 
-func overlapsAny(p netip.Prefix, set []netip.Prefix) (netip.Prefix, bool) {
-	for _, q := range set {
-		if p.Overlaps(q) {
-			return q, true
-		}
-	}
-	return netip.Prefix{}, false
-}
+var overlapsAny = subnets.OverlapsAny
 
 // pickSubnets sets a subnet on each network of p that compose will create
 // (not external, not in existing) whose predicted subnet overlaps cluster.
@@ -118,21 +111,17 @@ func pickSubnets(p *types.Project, cluster, taken []netip.Prefix, existing map[s
 // dockerSubnets returns the subnets of Docker's networks and the names of
 // the networks that exist.
 func dockerSubnets(ctx context.Context, docker dockerclient.APIClient) ([]netip.Prefix, map[string]bool, error) {
-	nets, err := docker.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs()})
+	nets, err := subnets.DockerNetworks(ctx, docker)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list Docker's networks: %w", err)
+		return nil, nil, err
 	}
-	var subnets []netip.Prefix
+	var taken []netip.Prefix
 	names := map[string]bool{}
 	for _, n := range nets {
 		names[n.Name] = true
-		for _, c := range n.IPAM.Config {
-			if s, err := netip.ParsePrefix(c.Subnet); err == nil {
-				subnets = append(subnets, s)
-			}
-		}
+		taken = append(taken, n.Subnets...)
 	}
-	return subnets, names, nil
+	return taken, names, nil
 }
 
 // checkSubnets reports a project network numbered inside a cluster range.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"slices"
@@ -62,6 +63,20 @@ type ConnectOptions struct {
 	// Kubeauth starts the host relay for exec credential plugins; see
 	// StartKubeauth. Nil makes kubeconfigs with exec plugins an error.
 	Kubeauth func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error)
+	// LoopbackForward starts the host forwarder for an API server that
+	// listens on the host's loopback only (see StartLoopbackForwardProcess)
+	// and returns its port and pid. Nil: such a server is unreachable from
+	// the daemon container.
+	LoopbackForward func(ctx context.Context, containerName, listenHost, target string) (port, pid int, err error)
+	// Environ is the user's environment: its HTTP(S)_PROXY and NO_PROXY
+	// reach the daemon container (ProxyEnv).
+	Environ []string
+	// AlsoProxy and NeverProxy are subnets (CIDRs) the daemon routes to the
+	// cluster besides its ranges, and never (daemon.Config).
+	AlsoProxy, NeverProxy []string
+	// CABundle is a PEM file of extra CA certificates the daemon trusts
+	// (a TLS-inspecting corporate proxy's), "" for none.
+	CABundle string
 }
 
 // Connect starts the daemon container for a connection and waits until it is
@@ -79,6 +94,14 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		o.Progress = io.Discard
 	}
 	publish, exposed, bindings, err := ParsePublish(o.Publish)
+	if err != nil {
+		return nil, err
+	}
+	alsoProxy, err := checkCIDRs("--also-proxy", o.AlsoProxy)
+	if err != nil {
+		return nil, err
+	}
+	neverProxy, err := checkCIDRs("--never-proxy", o.NeverProxy)
 	if err != nil {
 		return nil, err
 	}
@@ -169,9 +192,28 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		kopts.Kubeauth, kubeauthPID = relay, pid
 	}
 	kopts.PublishedBy = publishedBy(ctx, docker)
+	var forwardPID int
+	kopts.ForwardLoopback = forwardLoopback(ctx, docker, o.LoopbackForward, cname, &forwardPID)
+	kopts.NetworkOf = networkOf(ctx, docker)
+	kopts.LookupHost = lookupHost(ctx)
+	if isDockerDesktop(ctx, docker) {
+		kopts.EngineHosts = kubeconfig.DockerDesktopHosts
+	}
+	var caBundle []byte
+	if o.CABundle != "" {
+		if caBundle, err = readCABundle(o.CABundle); err != nil {
+			killKubeauth(strconv.Itoa(kubeauthPID))
+			return nil, err
+		}
+	}
 	kc, err := kubeconfig.ForContainer(raw, contextName, kopts)
 	if err != nil {
+		killKubeauth(strconv.Itoa(kubeauthPID))
+		killKubeauth(strconv.Itoa(forwardPID))
 		return nil, err
+	}
+	for _, r := range kc.Rewrites {
+		fmt.Fprintf(o.Progress, "Kubeconfig for the daemon container: %s\n", r)
 	}
 
 	fmt.Fprintf(o.Progress, "Starting daemon container %s (%s)\n", cname, o.Image)
@@ -180,11 +222,18 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 	if kubeauthPID != 0 {
 		conn.KubeauthPID = strconv.Itoa(kubeauthPID)
 	}
+	if forwardPID != 0 {
+		conn.ForwardPID = strconv.Itoa(forwardPID)
+	}
 	id, err := create(ctx, docker, createOptions{Connection: conn, Image: o.Image,
-		KubeconfigData: kc.Config, Networks: kc.Networks, LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
+		KubeconfigData: kc.Config, Networks: kc.Networks, ExtraHosts: kc.ExtraHosts, CABundle: caBundle,
+		Env:       ProxyEnv(o.Environ, kubeconfig.DefaultLoopbackHost, kc.Direct),
+		AlsoProxy: alsoProxy, NeverProxy: neverProxy,
+		LogLevel: o.LogLevel, DNS: o.DNS, MemoryOnly: o.MemoryOnly,
 		exposed: exposed, bindings: bindings})
 	if err != nil {
 		killKubeauth(conn.KubeauthPID)
+		killKubeauth(conn.ForwardPID)
 		return nil, err
 	}
 	st, err := waitConnected(ctx, docker, id)
@@ -197,6 +246,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*daemonv1.StatusResponse, e
 		defer cancel()
 		_ = remove(rmCtx, docker, id)
 		killKubeauth(conn.KubeauthPID)
+		killKubeauth(conn.ForwardPID)
 		if logs != "" {
 			return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, logs)
 		}
@@ -333,6 +383,7 @@ func Quit(ctx context.Context, docker client.APIClient, name string) error {
 		}
 	}
 	killKubeauth(conn.KubeauthPID)
+	killKubeauth(conn.ForwardPID)
 	return remove(ctx, docker, conn.ContainerID)
 }
 
@@ -415,4 +466,17 @@ func orNone(ports []string) string {
 		return "no ports"
 	}
 	return strings.Join(ports, ", ")
+}
+
+// checkCIDRs checks the subnets of a flag and returns them masked.
+func checkCIDRs(flag string, cidrs []string) ([]string, error) {
+	var out []string
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: want a CIDR such as 10.1.0.0/16", flag, c)
+		}
+		out = append(out, p.Masked().String())
+	}
+	return out, nil
 }

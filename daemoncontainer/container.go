@@ -39,6 +39,9 @@ const (
 	LabelManagerNamespace = "run.tp.manager-namespace"
 	LabelVersion          = "run.tp.version"
 	LabelKubeauthPID      = "run.tp.kubeauth-pid"
+	// LabelForwardPID is the pid of the host forwarder to an API server on
+	// the host's loopback (loopback.go).
+	LabelForwardPID = "run.tp.forward-pid"
 	// LabelKubeconfig is the kubeconfig file(s) on the host the connection
 	// was made with (--kubeconfig, else $KUBECONFIG; absent for the
 	// default): commands acting on the connection's cluster load it with
@@ -104,6 +107,7 @@ type Connection struct {
 	ManagerNamespace string
 	Version          string
 	KubeauthPID      string
+	ForwardPID       string
 	// Kubeconfig is the host's kubeconfig path(s) of the connection, "" for
 	// the default loading rules.
 	Kubeconfig string
@@ -123,6 +127,7 @@ func connectionFrom(id, name string, labels map[string]string, state string) Con
 		ManagerNamespace: labels[LabelManagerNamespace],
 		Version:          labels[LabelVersion],
 		KubeauthPID:      labels[LabelKubeauthPID],
+		ForwardPID:       labels[LabelForwardPID],
 		Kubeconfig:       labels[LabelKubeconfig],
 		Publish:          splitList(labels[LabelPublish]),
 	}
@@ -180,7 +185,17 @@ type createOptions struct {
 	// KubeconfigData is the container's kubeconfig (handed over on stdin).
 	KubeconfigData []byte
 	Networks       []string // extra Docker networks to join (e.g. a kind cluster's)
-	LogLevel       string
+	// ExtraHosts are --add-host entries beyond host.docker.internal (e.g.
+	// kubernetes.docker.internal:host-gateway, kubeconfig.Result).
+	ExtraHosts []string
+	// Env is more of the daemon's environment (the user's proxy, ProxyEnv).
+	Env []string
+	// AlsoProxy and NeverProxy are the daemon's --also-proxy and
+	// --never-proxy subnets.
+	AlsoProxy, NeverProxy []string
+	// CABundle is PEM of extra CA certificates, copied to CABundlePath.
+	CABundle []byte
+	LogLevel string
 	// DNS overrides the upstream resolvers Docker gives the container (names
 	// outside the cluster are resolved there).
 	DNS []string
@@ -218,6 +233,9 @@ func containerConfig(o createOptions) *container.Config {
 	if o.KubeauthPID != "" {
 		labels[LabelKubeauthPID] = o.KubeauthPID
 	}
+	if o.ForwardPID != "" {
+		labels[LabelForwardPID] = o.ForwardPID
+	}
 	if o.Kubeconfig != "" {
 		labels[LabelKubeconfig] = o.Kubeconfig
 	}
@@ -228,16 +246,23 @@ func containerConfig(o createOptions) *container.Config {
 	if o.MemoryOnly {
 		stateDir = ""
 	}
+	cmd := []string{"daemon", "run",
+		"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
+		"--manager-namespace", o.ManagerNamespace, "--kubeconfig", wire.KubeconfigFromStdin,
+		"--state-dir", stateDir, "--log-level", o.LogLevel}
+	for _, c := range o.AlsoProxy {
+		cmd = append(cmd, "--also-proxy", c)
+	}
+	for _, c := range o.NeverProxy {
+		cmd = append(cmd, "--never-proxy", c)
+	}
 	return &container.Config{
 		ExposedPorts: o.exposed,
 		Image:        o.Image,
-		Cmd: []string{"daemon", "run",
-			"--connection", o.Name, "--context", o.Context, "--namespace", o.Namespace,
-			"--manager-namespace", o.ManagerNamespace, "--kubeconfig", wire.KubeconfigFromStdin,
-			"--state-dir", stateDir, "--log-level", o.LogLevel},
-		Labels: labels,
+		Cmd:          cmd,
+		Labels:       labels,
 		// Who owns this connection's intercepts, as others see it in tp list.
-		Env:       []string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()},
+		Env:       append([]string{"TP_USER=" + currentUser(), "TP_HOST=" + hostname()}, o.Env...),
 		OpenStdin: true, StdinOnce: true, AttachStdin: true,
 	}
 }
@@ -262,7 +287,7 @@ func hostConfig(o createOptions) *container.HostConfig {
 		Tmpfs:         map[string]string{RunDir: "rw,noexec,nosuid,nodev,size=1m,mode=0700"},
 		Sysctls:       map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
 		DNS:           o.DNS,
-		ExtraHosts:    []string{"host.docker.internal:host-gateway"},
+		ExtraHosts:    append([]string{"host.docker.internal:host-gateway"}, o.ExtraHosts...),
 		PortBindings:  o.bindings,
 		Resources: container.Resources{Devices: []container.DeviceMapping{{
 			PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm",
@@ -290,6 +315,11 @@ func create(ctx context.Context, docker client.APIClient, o createOptions) (id s
 			_ = docker.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true})
 		}
 	}()
+	if len(o.CABundle) > 0 {
+		if err := copyCABundle(ctx, docker, created.ID, o.CABundle); err != nil {
+			return "", err
+		}
+	}
 	for _, n := range o.Networks {
 		if err := docker.NetworkConnect(ctx, n, created.ID, nil); err != nil {
 			return "", fmt.Errorf("join daemon container to network %s: %w", n, err)

@@ -30,12 +30,12 @@ func TestContainerName(t *testing.T) {
 func TestLabelsRoundTrip(t *testing.T) {
 	labels := map[string]string{
 		LabelConnection: "a", LabelContext: "ctx", LabelNamespace: "ns",
-		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelKubeconfig: "/home/u/kc",
+		LabelManagerNamespace: "tp", LabelVersion: "v1", LabelKubeauthPID: "42", LabelForwardPID: "43", LabelKubeconfig: "/home/u/kc",
 		LabelPublish: "127.0.0.1:8080:80,9090:90/udp",
 	}
 	got := connectionFrom("id1", "/tp-a", labels, "running")
 	want := Connection{Name: "a", ContainerName: "tp-a", ContainerID: "id1", Running: true, State: "running",
-		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", Kubeconfig: "/home/u/kc",
+		Context: "ctx", Namespace: "ns", ManagerNamespace: "tp", Version: "v1", KubeauthPID: "42", ForwardPID: "43", Kubeconfig: "/home/u/kc",
 		Publish: []string{"127.0.0.1:8080:80", "9090:90/udp"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("connectionFrom = %+v, want %+v", got, want)
@@ -259,5 +259,48 @@ func TestParsePublish(t *testing.T) {
 		if _, _, _, err := ParsePublish([]string{bad}); err == nil || !strings.Contains(err.Error(), "--publish") {
 			t.Errorf("ParsePublish(%q): %v, want an error naming --publish", bad, err)
 		}
+	}
+}
+
+// TestHostConfigExtraHosts: the daemon container resolves the host, and the
+// names the kubeconfig rewrite asks for.
+func TestHostConfigExtraHosts(t *testing.T) {
+	for _, tc := range []struct {
+		extra, want []string
+	}{
+		{nil, []string{"host.docker.internal:host-gateway"}},
+		{[]string{"kubernetes.docker.internal:host-gateway"}, []string{"host.docker.internal:host-gateway", "kubernetes.docker.internal:host-gateway"}},
+	} {
+		if got := hostConfig(createOptions{ExtraHosts: tc.extra}).ExtraHosts; !slices.Equal(got, tc.want) {
+			t.Errorf("extra hosts %q: got %q, want %q", tc.extra, got, tc.want)
+		}
+	}
+}
+
+// TestContainerConfigProxyRoutes: tp connect --also-proxy/--never-proxy
+// reach the daemon's command line, checked and masked.
+func TestContainerConfigProxyRoutes(t *testing.T) {
+	also, err := checkCIDRs("--also-proxy", []string{"192.168.100.7/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	never, err := checkCIDRs("--never-proxy", []string{"10.96.0.10/32", "fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := containerConfig(createOptions{Connection: Connection{Name: "a"}, AlsoProxy: also, NeverProxy: never})
+	want := []string{"--also-proxy", "192.168.100.0/24", "--never-proxy", "10.96.0.10/32", "--never-proxy", "fd00::/8"}
+	if got := c.Cmd[len(c.Cmd)-len(want):]; !slices.Equal(got, want) {
+		t.Errorf("command ends with %q, want %q", got, want)
+	}
+	if _, err := checkCIDRs("--never-proxy", []string{"10.0.0.1"}); err == nil || !strings.Contains(err.Error(), "--never-proxy") {
+		t.Errorf("a bare address: %v, want an error naming --never-proxy", err)
+	}
+}
+
+func TestAlsoProxiedFromCommand(t *testing.T) {
+	c := containerConfig(createOptions{Connection: Connection{Name: "a"}, AlsoProxy: []string{"198.51.100.0/24"}, NeverProxy: []string{"10.0.0.0/8"}})
+	if got, want := alsoProxied(c.Cmd), []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}; !slices.Equal(got, want) {
+		t.Errorf("alsoProxied(%q) = %v, want %v", c.Cmd, got, want)
 	}
 }

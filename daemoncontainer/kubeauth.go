@@ -50,46 +50,56 @@ const KubeauthEnvSecret = kubeauth.EnvSecret
 // DOCKER_CONTEXT or DOCKER_HOST, so that it watches the same engine).
 func StartKubeauthProcess(kubeArgs, environ []string) func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
 	return func(ctx context.Context, containerName, contextName, listenHost string) (*kubeconfig.KubeauthRelay, int, error) {
-		self, err := os.Executable()
-		if err != nil {
-			return nil, 0, err
-		}
 		secret := rand.Text()
 		args := append([]string{"kubeauth", "serve", "--container", containerName, "--listen", net.JoinHostPort(listenHost, "0")}, kubeArgs...)
 		// The connection's context, even if the kubeconfig's current
 		// context changes meanwhile (the last --context wins).
 		args = append(args, "--context="+contextName)
-		cmd := exec.Command(self, args...)
-		cmd.Env = append(slices.Clone(environ), KubeauthEnvSecret+"="+secret)
-		detach(cmd)
-		stdout, err := cmd.StdoutPipe()
+		port, pid, err := startHostProcess(ctx, args, append(slices.Clone(environ), KubeauthEnvSecret+"="+secret))
 		if err != nil {
 			return nil, 0, err
 		}
-		if err := cmd.Start(); err != nil {
-			return nil, 0, err
-		}
-		pid := cmd.Process.Pid
-		line := make(chan string, 1)
-		go func() { // ends when the child closes its stdout after the first line
-			l, _ := bufio.NewReader(stdout).ReadString('\n')
-			line <- strings.TrimSpace(l)
-		}()
-		select {
-		case l := <-line:
-			port, err := strconv.Atoi(strings.TrimPrefix(l, "LISTENING "))
-			if err != nil {
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-				return nil, 0, fmt.Errorf("credential relay did not start (said %q)", l)
-			}
-			_ = cmd.Process.Release()
-			return &kubeconfig.KubeauthRelay{URL: "http://host.docker.internal:" + strconv.Itoa(port), Secret: secret}, pid, nil
-		case <-ctx.Done():
+		return &kubeconfig.KubeauthRelay{URL: "http://host.docker.internal:" + strconv.Itoa(port), Secret: secret}, pid, nil
+	}
+}
+
+// startHostProcess starts `<this executable> args...` detached, with env,
+// and waits for its first line, "LISTENING <port>".
+func startHostProcess(ctx context.Context, args, env []string) (port, pid int, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, 0, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Env = env
+	detach(cmd)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	line := make(chan string, 1)
+	go func() { // ends when the child closes its stdout after the first line
+		l, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
+	select {
+	case l := <-line:
+		port, err := strconv.Atoi(strings.TrimPrefix(l, "LISTENING "))
+		if err != nil {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
-			return nil, 0, ctx.Err()
+			return 0, 0, fmt.Errorf("%s %s did not start (said %q)", self, args[0]+" "+args[1], l)
 		}
+		pid := cmd.Process.Pid
+		_ = cmd.Process.Release()
+		return port, pid, nil
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return 0, 0, ctx.Err()
 	}
 }
 
@@ -194,4 +204,45 @@ func publishedBy(ctx context.Context, docker client.APIClient) func(hostPort int
 		}
 		return "", "", 0, false
 	}
+}
+
+// networkOf finds the Docker network (other than bridge and host) of the
+// container that has ip: minikube's docker driver on Linux writes its node
+// container's address into the kubeconfig.
+func networkOf(ctx context.Context, docker client.APIClient) func(ip string) (string, bool) {
+	return func(ip string) (string, bool) {
+		list, err := docker.ContainerList(ctx, container.ListOptions{})
+		if err != nil {
+			return "", false
+		}
+		for _, c := range list {
+			if c.NetworkSettings == nil {
+				continue
+			}
+			for name, nw := range c.NetworkSettings.Networks {
+				if nw != nil && name != "bridge" && name != "host" && (nw.IPAddress == ip || nw.GlobalIPv6Address == ip) {
+					return name, true
+				}
+			}
+		}
+		return "", false
+	}
+}
+
+// lookupHost resolves a name on the host, briefly: a kubeconfig server
+// named in /etc/hosts answers at once.
+func lookupHost(ctx context.Context) func(host string) ([]string, error) {
+	return func(host string) ([]string, error) {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return net.DefaultResolver.LookupHost(lctx, host)
+	}
+}
+
+// isDockerDesktop says whether the engine is Docker Desktop's, which
+// resolves kubernetes.docker.internal and host.docker.internal in every
+// container itself.
+func isDockerDesktop(ctx context.Context, docker client.APIClient) bool {
+	info, err := docker.Info(ctx)
+	return err == nil && strings.Contains(info.OperatingSystem, "Docker Desktop")
 }

@@ -126,6 +126,7 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 	if err != nil {
 		return err
 	}
+	routes = routesFor(routes, d.cfg.AlsoProxy, d.cfg.NeverProxy)
 	conflicts, err := tun.Conflicts(routes)
 	if err != nil {
 		return fmt.Errorf("check subnet conflicts: %w", err)

@@ -9,6 +9,7 @@
 package daemon
 
 import (
+	"net/netip"
 	"log/slog"
 	"time"
 )
@@ -43,6 +44,13 @@ type Config struct {
 	// State is where the daemon keeps what a restart of its container needs
 	// (kubeconfig, session, mount tokens); a zero State keeps nothing.
 	State State
+	// AlsoProxy are subnets routed into the tunnel besides the cluster's
+	// (`tp connect --also-proxy`: a VPN's or a database's that the cluster
+	// reaches; the traffic-manager dials them when its chart value
+	// tunnel.allowCIDRs allows them). NeverProxy are subnets kept out of
+	// the tunnel even inside the cluster's ranges (`--never-proxy`: they
+	// leave through the container's own network). See routesFor.
+	AlsoProxy, NeverProxy []netip.Prefix
 	// Heartbeat overrides the session heartbeat interval (default TTL/3).
 	Heartbeat time.Duration
 	Log       *slog.Logger

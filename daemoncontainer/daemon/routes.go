@@ -99,6 +99,58 @@ func clusterRoutes(info *managerv1.ClusterInfo) ([]netip.Prefix, error) {
 	return routes, nil
 }
 
+// routesFor is what the TUN routes: the cluster's ranges and also, minus
+// never (a range of never inside a route splits it into the prefixes
+// around it, so that longest-prefix matching needs no route elsewhere).
+func routesFor(cluster, also, never []netip.Prefix) []netip.Prefix {
+	var routes []netip.Prefix
+	for _, p := range slices.Concat(cluster, also) {
+		if p = p.Masked(); !slices.Contains(routes, p) {
+			routes = append(routes, p)
+		}
+	}
+	for _, n := range never {
+		var next []netip.Prefix
+		for _, r := range routes {
+			next = append(next, subtractPrefix(r, n.Masked())...)
+		}
+		routes = next
+	}
+	return routes
+}
+
+// subtractPrefix returns the prefixes that cover r but not n.
+func subtractPrefix(r, n netip.Prefix) []netip.Prefix {
+	switch {
+	case !r.Overlaps(n):
+		return []netip.Prefix{r}
+	case n.Bits() <= r.Bits(): // n covers r
+		return nil
+	}
+	// r covers n: split r in halves until the half holding n is n.
+	var out []netip.Prefix
+	for r.Bits() < n.Bits() {
+		lo := netip.PrefixFrom(r.Addr(), r.Bits()+1)
+		hi := netip.PrefixFrom(lastAddr(lo).Next(), r.Bits()+1)
+		if lo.Contains(n.Addr()) {
+			out, r = append(out, hi), lo
+		} else {
+			out, r = append(out, lo), hi
+		}
+	}
+	return out
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(a)*8; i++ {
+		a[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ := netip.AddrFromSlice(a)
+	return last
+}
+
 // followCluster applies every ClusterInfo of the feed to the TUN's routes,
 // the DNS server and the conflict report until ctx ends. A change that
 // cannot be applied is logged; Status shows the routes the kernel has.
@@ -122,6 +174,7 @@ func (d *daemon) applyCluster(dev *tun.Device, srv *dns.Server, info *managerv1.
 		log.Error("cluster change ignored", "error", err)
 		return
 	}
+	routes = routesFor(routes, d.cfg.AlsoProxy, d.cfg.NeverProxy)
 	d.mu.Lock()
 	old := d.routes
 	d.mu.Unlock()

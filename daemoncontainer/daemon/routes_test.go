@@ -119,3 +119,50 @@ func TestClusterRoutes(t *testing.T) {
 		t.Errorf("diffPrefixes: got %v, want %v", got, want)
 	}
 }
+
+func TestRoutesFor(t *testing.T) {
+	p := netip.MustParsePrefix
+	ps := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, p(x))
+		}
+		return out
+	}
+	cluster := ps("10.244.0.0/16", "10.96.0.0/12")
+	for _, tc := range []struct {
+		name        string
+		also, never []netip.Prefix
+		want        []netip.Prefix
+	}{
+		{name: "cluster only", want: cluster},
+		{name: "also-proxy a VPN subnet", also: ps("192.168.100.0/24", "10.96.0.0/12"),
+			want: ps("10.244.0.0/16", "10.96.0.0/12", "192.168.100.0/24")},
+		{name: "never-proxy a whole range", never: ps("10.244.0.0/16"), want: ps("10.96.0.0/12")},
+		{name: "never-proxy a range covering one", never: ps("10.0.0.0/8"), want: nil},
+		{name: "never-proxy inside a range splits it", never: ps("10.244.128.0/18"),
+			want: ps("10.244.0.0/17", "10.244.192.0/18", "10.96.0.0/12")},
+		{name: "never-proxy one address", never: ps("10.96.0.10/32"),
+			want: ps("10.244.0.0/16", "10.104.0.0/13", "10.100.0.0/14", "10.98.0.0/15", "10.97.0.0/16",
+				"10.96.128.0/17", "10.96.64.0/18", "10.96.32.0/19", "10.96.16.0/20", "10.96.8.0/21",
+				"10.96.4.0/22", "10.96.2.0/23", "10.96.1.0/24", "10.96.0.128/25", "10.96.0.64/26",
+				"10.96.0.32/27", "10.96.0.16/28", "10.96.0.0/29", "10.96.0.12/30", "10.96.0.8/31", "10.96.0.11/32")},
+		{name: "never-proxy elsewhere", never: ps("172.16.0.0/12"), want: cluster},
+		{name: "IPv6", also: ps("fd00:10::/64"), never: ps("fd00:10::/65"),
+			want: ps("10.244.0.0/16", "10.96.0.0/12", "fd00:10:0:0:8000::/65")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := routesFor(cluster, tc.also, tc.never)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+			for _, n := range tc.never {
+				for _, r := range got {
+					if r.Overlaps(n) {
+						t.Errorf("route %v overlaps never-proxy %v", r, n)
+					}
+				}
+			}
+		})
+	}
+}

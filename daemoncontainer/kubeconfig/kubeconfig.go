@@ -11,13 +11,24 @@
 //   - flattened: certificate-authority, client-certificate, client-key and
 //     token files are read on the host and embedded (a token file becomes a
 //     static token, so a token file that the host rotates is not followed);
-//   - loopback servers (127.0.0.0/8, ::1, localhost, 0.0.0.0, ::) rewritten:
+//   - loopback servers (127.0.0.0/8, ::1, localhost, 0.0.0.0, ::, and names
+//     the host resolves to loopback only, [Options.LookupHost]) rewritten:
 //     to the node container that publishes the port when
-//     [Options.PublishedBy] knows one (the caller joins the daemon container
-//     to [Result.Networks]), otherwise to [Options.LoopbackHost]
+//     [Options.PublishedBy] knows one (kind, k3d, minikube on macOS and
+//     Windows; the caller joins the daemon container to
+//     [Result.Networks]), otherwise to [Options.LoopbackHost]
 //     (host.docker.internal, which the daemon container gets as ExtraHosts
 //     host.docker.internal:host-gateway on Linux and Docker Desktop
-//     provides). A loopback proxy-url is rewritten to LoopbackHost too;
+//     provides), on the port [Options.ForwardLoopback] says (a forwarder
+//     on the host for a server bound to the host's 127.0.0.1 only). A
+//     loopback name whose port needs no forwarder is kept and resolved to
+//     the host instead ([Result.ExtraHosts]), unless the engine resolves it
+//     itself ([Options.EngineHosts]: Docker Desktop's
+//     kubernetes.docker.internal). A loopback proxy-url is rewritten to
+//     LoopbackHost too;
+//   - a server IP that a container on a Docker network has (minikube's
+//     docker driver on Linux) kept, and that network joined
+//     ([Options.NetworkOf]);
 //   - TLS still verified against the original name: when a https server is
 //     rewritten and the cluster sets neither tls-server-name nor
 //     insecure-skip-tls-verify, tls-server-name is set to the original host
@@ -31,9 +42,8 @@
 //     what to do.
 //
 // On Linux, host.docker.internal is the docker bridge gateway: a server that
-// listens only on the host's 127.0.0.1 and is not published by a container
-// is not reachable from the container. Such servers need to listen on an
-// address the bridge reaches (or be published by a container).
+// listens only on the host's 127.0.0.1 is not reachable there, which is what
+// ForwardLoopback is for.
 package kubeconfig
 
 import (
@@ -88,7 +98,39 @@ type Options struct {
 	// Kubeauth, when non-nil, describes the host relay for exec credential
 	// plugins. Without it, a user with an exec plugin is an error.
 	Kubeauth *KubeauthRelay
+	// ForwardLoopback, when non-nil, is asked for a loopback server (host
+	// as the kubeconfig names it) that no container publishes which port of LoopbackHost reaches it: its own
+	// port when the server also listens where LoopbackHost leads (the
+	// docker bridge's gateway on Linux), else the port of a forwarder the
+	// caller started there (a server bound to the host's 127.0.0.1 only,
+	// Rancher Desktop's and `kubectl proxy`'s). Nil: the server's port.
+	ForwardLoopback func(host string, hostPort int) (int, error)
+	// NetworkOf, when non-nil, is asked for a server IP that is not
+	// loopback whether a container on a local Docker network has it
+	// (minikube's docker driver on Linux writes its node container's
+	// address, 192.168.49.2); the server is kept and the caller joins the
+	// daemon container to that network ([Result.Networks]).
+	NetworkOf func(ip string) (network string, ok bool)
+	// LookupHost, when non-nil, resolves a server's host name on the host:
+	// a name that resolves to loopback addresses only
+	// (kubernetes.docker.internal in the /etc/hosts Docker Desktop
+	// writes) is a loopback server, which the container resolves to the
+	// host ([Result.ExtraHosts]) or is rewritten like 127.0.0.1.
+	LookupHost func(host string) ([]string, error)
+	// EngineHosts are names the Docker engine itself resolves in every
+	// container (Docker Desktop: [DockerDesktopHosts]): servers with those
+	// names are kept as they are.
+	EngineHosts []string
 }
+
+// DockerDesktopHosts are the names Docker Desktop resolves in containers:
+// its Kubernetes' API server (kubernetes.docker.internal, the server of
+// its kubeconfig) and the host.
+var DockerDesktopHosts = []string{"kubernetes.docker.internal", "host.docker.internal", "gateway.docker.internal"}
+
+// HostGateway is Docker's ExtraHosts value for the host's address as the
+// container reaches it.
+const HostGateway = "host-gateway"
 
 // KubeauthRelay describes the host's [kubeauth.Server] as the container
 // reaches it.
@@ -110,6 +152,15 @@ type Result struct {
 	// Networks are the docker networks the daemon container must join to
 	// reach the rewritten servers.
 	Networks []string
+	// ExtraHosts are the "name:address" entries (docker run --add-host)
+	// the daemon container needs to resolve the servers it keeps, e.g.
+	// kubernetes.docker.internal:host-gateway.
+	ExtraHosts []string
+	// Direct are the servers' hosts that stand for the host's loopback or
+	// a local container: the user's HTTP(S)_PROXY must not be used for
+	// them (it never is for loopback on the host), so the caller adds them
+	// to the container's NO_PROXY.
+	Direct []string
 	// Rewrites are human-readable notes of what was changed, for logs.
 	Rewrites []string
 	// ExecUsers are the users whose exec plugin is relayed: the caller
@@ -208,7 +259,9 @@ func (res *Result) cluster(name string, c *clientcmdapi.Cluster, opts Options) e
 	return nil
 }
 
-// server rewrites a loopback c.Server.
+// server rewrites c.Server for the container when the container would not
+// reach it as written: a loopback address or name, or the address of a
+// container on a Docker network the daemon container is not on.
 func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) error {
 	// client-go accepts a server without a scheme ("127.0.0.1:6443"): what
 	// does not parse as a URL with a scheme and a host is host:port to it
@@ -222,9 +275,6 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		return fmt.Errorf("parsing server %q: %w", c.Server, err)
 	}
 	origHost := u.Hostname()
-	if !isLoopback(origHost) {
-		return nil
-	}
 	port := u.Port()
 	if port == "" {
 		port = "443"
@@ -232,22 +282,66 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 			port = "80"
 		}
 	}
-
-	host, how := opts.LoopbackHost, ""
-	if opts.PublishedBy != nil {
-		hostPort, err := strconv.Atoi(port)
-		if err != nil {
-			return fmt.Errorf("parsing the port of server %q: %w", c.Server, err)
-		}
-		if network, ip, containerPort, ok := opts.PublishedBy(hostPort); ok {
-			host, port = ip, strconv.Itoa(containerPort)
-			how = fmt.Sprintf(" (published by a container on network %q)", network)
-			if !slices.Contains(res.Networks, network) {
-				res.Networks = append(res.Networks, network)
+	loopbackName := false // a name other than localhost that means the host
+	switch {
+	case isLoopback(origHost):
+	case slices.ContainsFunc(opts.EngineHosts, func(h string) bool { return strings.EqualFold(h, strings.TrimSuffix(origHost, ".")) }):
+		return nil
+	case net.ParseIP(origHost) != nil:
+		if opts.NetworkOf != nil {
+			if network, ok := opts.NetworkOf(origHost); ok {
+				res.join(network)
+				res.direct(origHost)
+				res.note("cluster %q: server %s is a container on network %q, which the daemon container joins", name, c.Server, network)
 			}
 		}
+		return nil
+	case opts.LookupHost != nil && resolvesToLoopback(opts.LookupHost, origHost):
+		loopbackName = true
+	default:
+		return nil
+	}
+
+	host, how := opts.LoopbackHost, ""
+	hostPort, err := strconv.Atoi(port)
+	if err != nil {
+		return fmt.Errorf("parsing the port of server %q: %w", c.Server, err)
+	}
+	published := false
+	if opts.PublishedBy != nil {
+		if network, ip, containerPort, ok := opts.PublishedBy(hostPort); ok {
+			host, port, published = ip, strconv.Itoa(containerPort), true
+			how = fmt.Sprintf(" (published by a container on network %q)", network)
+			res.join(network)
+		}
+	}
+	if !published && opts.ForwardLoopback != nil {
+		fwd, err := opts.ForwardLoopback(origHost, hostPort)
+		if err != nil {
+			return fmt.Errorf("reaching the loopback server %s from the daemon container: %w", c.Server, err)
+		}
+		if fwd != hostPort {
+			port = strconv.Itoa(fwd)
+			how = fmt.Sprintf(" (a forwarder on the host to %s, which listens on the host's loopback only)", joinHostPort(origHost, u.Port()))
+		}
+	}
+	if loopbackName && !published && port == strconv.Itoa(hostPort) {
+		// The name stays (and with it what TLS verifies): the container
+		// resolves it to the host.
+		gw := HostGateway
+		if opts.LoopbackHost != DefaultLoopbackHost {
+			gw = opts.LoopbackHost
+		}
+		entry := strings.TrimSuffix(origHost, ".") + ":" + gw
+		res.direct(strings.TrimSuffix(origHost, "."))
+		if !slices.Contains(res.ExtraHosts, entry) {
+			res.ExtraHosts = append(res.ExtraHosts, entry)
+			res.note("cluster %q: %s resolves to the host's loopback: the daemon container resolves it to %s", name, origHost, gw)
+		}
+		return nil
 	}
 	u.Host = joinHostPort(host, port)
+	res.direct(host)
 	if u.Host == joinHostPort(origHost, port) {
 		return nil
 	}
@@ -263,6 +357,33 @@ func (res *Result) server(name string, c *clientcmdapi.Cluster, opts Options) er
 		res.note("cluster %q: tls-server-name %s (the name the certificate was verified against on the host)", name, origHost)
 	}
 	return nil
+}
+
+func (res *Result) direct(host string) {
+	if !slices.Contains(res.Direct, host) {
+		res.Direct = append(res.Direct, host)
+	}
+}
+
+func (res *Result) join(network string) {
+	if !slices.Contains(res.Networks, network) {
+		res.Networks = append(res.Networks, network)
+	}
+}
+
+// resolvesToLoopback says whether host resolves, on the host, to loopback
+// addresses only.
+func resolvesToLoopback(lookup func(string) ([]string, error), host string) bool {
+	addrs, err := lookup(host)
+	if err != nil || len(addrs) == 0 {
+		return false
+	}
+	for _, a := range addrs {
+		if !isLoopback(a) {
+			return false
+		}
+	}
+	return true
 }
 
 func (res *Result) user(name string, u *clientcmdapi.AuthInfo, opts Options) error {
@@ -344,8 +465,10 @@ func baseDir(origin string) string {
 	return dir
 }
 
-// isLoopback reports whether host names the host itself: a loopback or
+// IsLoopback reports whether host names the host itself: a loopback or
 // unspecified address, or localhost.
+func IsLoopback(host string) bool { return isLoopback(host) }
+
 func isLoopback(host string) bool {
 	h := strings.TrimSuffix(strings.ToLower(host), ".")
 	if h == "localhost" || strings.HasSuffix(h, ".localhost") {

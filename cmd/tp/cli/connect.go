@@ -21,6 +21,7 @@ import (
 	"github.com/tp-run/tp/compose"
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
+	"github.com/tp-run/tp/internal/subnets"
 	"github.com/tp-run/tp/internal/version"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	"github.com/tp-run/tp/volumes"
@@ -52,8 +53,10 @@ func newConnectCommand(streams genericiooptions.IOStreams, docker *dockerFlags) 
 		name, managerNS, logLevel, output string
 		timeout                           time.Duration
 		dnsServers, publish               []string
+		alsoProxy, neverProxy             []string
 		image                             imageFlags
 		keepKubeconfig                    bool
+		caBundle                          string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -74,6 +77,9 @@ not changed: no root, routes or resolver settings.`,
 	cmd.Flags().StringSliceVar(&dnsServers, "dns", nil, "resolvers for names outside the cluster (default: the host's, as Docker passes them)")
 	cmd.Flags().BoolVar(&keepKubeconfig, "keep-kubeconfig", true, "keep the kubeconfig in the daemon container's own layer, so that the connection and its intercepts come back by themselves after a Docker restart; false keeps it in the daemon's memory only (a Docker restart then ends the connection)")
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "publish a port of the daemon container's network namespace on the host, as docker run -p: [HOST_IP:][HOST_PORT:]PORT[/PROTO] (repeatable; joined containers cannot publish ports themselves)")
+	cmd.Flags().StringVar(&caBundle, "ca-bundle", "", "PEM file of extra CA certificates the daemon container trusts, e.g. a TLS-inspecting proxy's (default: $SSL_CERT_FILE when set); HTTP_PROXY, HTTPS_PROXY and NO_PROXY are passed on")
+	cmd.Flags().StringSliceVar(&alsoProxy, "also-proxy", nil, "route this subnet (CIDR, repeatable) to the cluster too, e.g. a VPN's or a database's that the cluster reaches (the traffic-manager dials it when its chart value tunnel.allowCIDRs allows it)")
+	cmd.Flags().StringSliceVar(&neverProxy, "never-proxy", nil, "never route this subnet (CIDR, repeatable) to the cluster, even inside its ranges: joined containers reach it through Docker's network")
 	image.addFlags(cmd, " when tp connect installs it")
 	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -94,8 +100,12 @@ not changed: no root, routes or resolver settings.`,
 			Name: name, Kube: kube, ManagerNamespace: managerNS,
 			Image: version.Image(), Version: version.Version, LogLevel: logLevel,
 			Timeout: timeout, Progress: progress, DNS: dnsServers, Publish: publish, Engine: engine, ManagerValues: image.values(),
-			MemoryOnly: !keepKubeconfig,
-			Kubeauth:   daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
+			MemoryOnly:      !keepKubeconfig,
+			Kubeauth:        daemoncontainer.StartKubeauthProcess(kubeArgs(cmd.Flags()), engine.Environ(os.Environ())),
+			LoopbackForward: daemoncontainer.StartLoopbackForwardProcess(engine.Environ(os.Environ())),
+			Environ:         os.Environ(),
+			AlsoProxy:       alsoProxy, NeverProxy: neverProxy,
+			CABundle: cmp.Or(caBundle, os.Getenv("SSL_CERT_FILE")),
 		})
 		if err != nil {
 			return err
@@ -105,6 +115,10 @@ not changed: no root, routes or resolver settings.`,
 		}
 		v := statusView(st)
 		v.Published, _, _, _ = daemoncontainer.ParsePublish(publish) // checked by Connect
+		if d, err := daemoncontainer.DialConnection(cmd.Context(), engine, name); err == nil {
+			v.Conflicts = append(v.Conflicts, clashStrings(daemoncontainer.WorkstationClashes(cmd.Context(), d.Docker(), d.Connection.ContainerID, st.GetRoutedSubnets()))...)
+			d.Close()
+		}
 		v.DockerContext, v.DockerHost = engine.Context, engine.Host
 		return printStructured(streams.Out, output, v, func(w io.Writer) error {
 			fmt.Fprintf(w, "Connected to context %s, namespace %s in %s (container %s, Docker %s)\n",
@@ -113,18 +127,23 @@ not changed: no root, routes or resolver settings.`,
 			if len(v.Published) > 0 {
 				fmt.Fprintf(w, "Published on the host: %s\n", strings.Join(v.Published, ", "))
 			}
-			printConflicts(w, st)
+			for _, c := range v.Conflicts {
+				fmt.Fprintf(w, "Warning: %s\n", c)
+			}
 			return nil
 		})
 	}
 	return cmd
 }
 
-func printConflicts(w io.Writer, st *daemonv1.StatusResponse) {
-	for _, c := range st.GetConflicts() {
-		fmt.Fprintf(w, "Warning: cluster subnet %s overlaps %s on %s in the daemon container; traffic there may not reach the cluster\n",
-			c.GetSubnet(), c.GetConflictsWith(), c.GetInterface())
+// clashStrings explains the clashes of the cluster's ranges with the
+// workstation's (tp connect's warnings, tp status's conflicts).
+func clashStrings(clashes []subnets.Clash) []string {
+	var out []string
+	for _, c := range clashes {
+		out = append(out, c.String())
 	}
+	return out
 }
 
 func newQuitCommand(streams genericiooptions.IOStreams, dockerFlags *dockerFlags) *cobra.Command {
@@ -269,7 +288,8 @@ func statusView(st *daemonv1.StatusResponse) statusJSON {
 		v.LastResumed = st.GetLastResumed().AsTime().Format(time.RFC3339)
 	}
 	for _, c := range st.GetConflicts() {
-		v.Conflicts = append(v.Conflicts, fmt.Sprintf("%s overlaps %s (%s)", c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
+		v.Conflicts = append(v.Conflicts, fmt.Sprintf("cluster subnet %s overlaps %s on %s in the daemon container; traffic there may not reach the cluster",
+			c.GetSubnet(), c.GetConflictsWith(), c.GetInterface()))
 	}
 	if d := st.GetDns(); d != nil {
 		v.DNS = &dnsJSON{d.GetListenAddress(), d.GetClusterDomain(), d.GetSearch(), d.GetUpstreams(),
@@ -303,6 +323,7 @@ func newStatusCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *
 			v := statusView(st)
 			v.Published = d.Connection.Publish
 			v.Volumes = connectionVolumes(ctx, d.Docker(), d.Connection.Name)
+			v.Conflicts = append(v.Conflicts, clashStrings(daemoncontainer.WorkstationClashes(ctx, d.Docker(), d.Connection.ContainerID, st.GetRoutedSubnets()))...)
 			v.DockerContext, v.DockerHost = engine.Context, engine.Host
 			return printStructured(streams.Out, output, v, func(w io.Writer) error {
 				fmt.Fprintf(w, "Connection:        %s (container %s)\n", v.Name, v.Container)

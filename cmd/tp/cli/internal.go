@@ -51,6 +51,32 @@ func newKubeauthCommand(streams genericiooptions.IOStreams, dockerFlags *dockerF
 			},
 		})
 	}
-	cmd.AddCommand(serve)
+	var target string
+	forward := &cobra.Command{
+		Use:   "forward",
+		Short: "Forward the daemon container's connections to an API server on the host's loopback",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			docker, err := dockerFlags.Client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer docker.Close()
+			log, _ := roles.NewLogger("info", os.Stderr)
+			return daemoncontainer.ServeLoopbackForward(cmd.Context(), docker, daemoncontainer.LoopbackForwardOptions{
+				ContainerName: containerName, Listen: listen, Target: target, Log: log,
+				Ready: func(port int) {
+					fmt.Fprintf(streams.Out, "LISTENING %d\n", port)
+					if f, ok := streams.Out.(*os.File); ok {
+						_ = f.Close() // tells `tp connect` we are up; it stops reading
+					}
+				},
+			})
+		},
+	}
+	forward.Flags().StringVar(&containerName, "container", "tp", "daemon container to serve")
+	forward.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "listen address")
+	forward.Flags().StringVar(&target, "to", "", "the API server, host:port")
+	cmd.AddCommand(serve, forward)
 	return cmd
 }

@@ -63,6 +63,7 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "daemon", Short: "Run the daemon (inside its container)", Hidden: true}
 	var cfg daemon.Config
 	var logLevel, stateDir string
+	var alsoProxy, neverProxy []string
 	run := &cobra.Command{
 		Use:  "run",
 		Args: cobra.NoArgs,
@@ -72,6 +73,12 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 				return err
 			}
 			cfg.Log, cfg.Version = log, version.Version
+			if cfg.AlsoProxy, err = parsePrefixes("--also-proxy", alsoProxy); err != nil {
+				return err
+			}
+			if cfg.NeverProxy, err = parsePrefixes("--never-proxy", neverProxy); err != nil {
+				return err
+			}
 			cfg.State = daemon.State{Dir: stateDir}
 			if cfg.Kubeconfig == wire.KubeconfigFromStdin {
 				if cfg.KubeconfigData, err = daemonKubeconfig(cfg.State, log); err != nil {
@@ -87,6 +94,8 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 	run.Flags().StringVar(&cfg.ManagerNamespace, "manager-namespace", DefaultManagerNamespace, "traffic-manager namespace")
 	run.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", wire.KubeconfigFromStdin, "kubeconfig path, - for stdin (kept in memory)")
 	run.Flags().StringVar(&logLevel, "log-level", "info", "log level")
+	run.Flags().StringSliceVar(&alsoProxy, "also-proxy", nil, "subnets routed to the cluster besides its own (CIDR, repeatable)")
+	run.Flags().StringSliceVar(&neverProxy, "never-proxy", nil, "subnets never routed to the cluster (CIDR, repeatable)")
 	run.Flags().StringVar(&stateDir, "state-dir", "", "where to keep what a restart of the container needs (kubeconfig, session); empty: nothing is kept")
 	proxy := &cobra.Command{
 		Use:  "proxy",
@@ -285,4 +294,17 @@ func daemonKubeconfig(state daemon.State, log *slog.Logger) ([]byte, error) {
 		log.Warn("cannot save the kubeconfig: the connection will not survive a restart of the daemon container", "error", err)
 	}
 	return data, nil
+}
+
+// parsePrefixes parses the CIDRs of flag.
+func parsePrefixes(flag string, cidrs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: want a CIDR such as 10.1.0.0/16: %w", flag, c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
