@@ -9,8 +9,8 @@
 package daemon
 
 import (
-	"net/netip"
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
