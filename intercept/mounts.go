@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -26,6 +27,9 @@ type MountOptions struct {
 	// Paths, when set, picks these of the app container's mount paths
 	// (--mount-path, repeatable).
 	Paths []string
+	// Labels are more labels for the volumes, so that their owner finds
+	// them again (tp compose: the project and service).
+	Labels map[string]string
 }
 
 // Volume is a Docker volume of tp's plugin that mounts one of the app
@@ -78,9 +82,14 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 		return nil, fmt.Errorf("mounts of intercept %s: %w", ic.Name(), statusError(err))
 	}
 	ic.docker = docker
+	labels := maps.Clone(o.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelNamespace] = ic.Namespace()
 	for i := range picked {
 		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{
-			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: map[string]string{LabelNamespace: ic.Namespace()},
+			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: labels,
 			Options: driveropts.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
 		})
 		if err != nil {
