@@ -7,8 +7,8 @@ import (
 	"io"
 	"slices"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/compose-spec/compose-go/v2/types"
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/volume"
@@ -163,4 +163,3 @@ func containerName(c container.Summary) string {
 	}
 	return c.ID[:12]
 }
-
