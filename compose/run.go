@@ -417,7 +417,11 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 		downErr = fmt.Errorf("compose down: %w", downErr)
 	}
 	errs := []error{downErr}
-	var others []string // intercepts of the connection's session not of the project
+	var (
+		others    []string // intercepts of the connection's session not of the project
+		connected bool     // the connection runs
+		unsure    bool     // the daemon could not say whether others use it
+	)
 	d, err := daemoncontainer.DialConnection(ctx, lo.Engine, p.connection)
 	switch {
 	case errors.Is(err, daemoncontainer.ErrNotConnected):
@@ -425,12 +429,14 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	case err != nil:
 		errs = append(errs, err)
 	default:
+		connected = true
 		errs = append(errs, p.leaveIntercepts(ctx, d, nil, s.ErrOut))
-		others, err = p.otherIntercepts(ctx, d)
-		if err != nil {
-			// No answer is no proof that no one else uses the connection.
-			errs = append(errs, err)
-			startedConnection = false
+		if startedConnection {
+			if others, err = p.otherIntercepts(ctx, d); err != nil {
+				// No answer is no proof that no one else uses the connection.
+				errs = append(errs, err)
+				unsure = true
+			}
 		}
 		d.Close()
 	}
@@ -439,10 +445,10 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	}
 	switch {
 	case !startedConnection:
-		if len(p.plan.Roles) > 0 {
+		if connected && len(p.plan.Roles) > 0 {
 			fmt.Fprintf(s.ErrOut, "Kept connection %s: tp compose up did not start it\n", p.daemon)
 		}
-	case downErr != nil:
+	case downErr != nil, unsure:
 	case len(others) > 0:
 		fmt.Fprintf(s.ErrOut, "Kept connection %s (tp compose up had started it): intercept %s, not of project %s, uses it\n",
 			p.daemon, strings.Join(others, ", "), p.Project.Name)
