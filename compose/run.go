@@ -148,12 +148,14 @@ func newComposeService(s Streams, engine *dockerengine.Engine) (composeapi.Compo
 
 // Up runs the project: it connects (publishing the joined services' ports
 // on the daemon container), creates the intercepts and gives their
-// services the pod's environment (compose's own wins), builds missing
-// images (all of them with Build), creates the containers, joins the
-// daemon container to the project's networks (so local services reach
-// joined ones by IP), and starts them. In the foreground it streams the
-// logs until Ctrl-C, then stops the services and leaves the intercepts;
-// with Detach both stay. Up twice is harmless: intercepts this project
+// services the pod's environment and volumes (compose's own win), builds
+// missing images (all of them with Build), creates the containers, joins
+// the daemon container to the project's networks (so local services reach
+// joined ones by IP), waits for the use-cluster services that services
+// depend on to answer, and starts them. In the foreground it streams the
+// logs until Ctrl-C, then stops the services, removes the pod's volumes
+// with the containers that mount them, and leaves the intercepts; with
+// Detach all stay. Up twice is harmless: intercepts this project
 // holds already are reused, unchanged containers stay.
 //
 // The project's containers record whether this up (or an earlier one of
