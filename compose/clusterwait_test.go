@@ -47,6 +47,9 @@ services:
 			t.Errorf("cluster wait %d: got %+v, want %+v", i, got, w)
 		}
 	}
+	if note := "service api starts once db, the cluster's service postgres, answers on postgres:5432 or postgres:6432 (depends_on)"; !slices.Contains(tr.Notes, note) {
+		t.Errorf("notes %q lack %q", tr.Notes, note)
+	}
 	if _, ok := tr.Project.Services["api"].DependsOn["db"]; ok {
 		t.Errorf("api still depends on db for compose: %v", tr.Project.Services["api"].DependsOn)
 	}

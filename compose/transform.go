@@ -76,6 +76,15 @@ func Transform(p *types.Project, plan *Plan, daemonContainer string) (*Transform
 		return nil, err
 	}
 	t.ClusterWaits = waits
+	for _, w := range waits {
+		addrs := strings.Join(clusterAddrs(w), " or ")
+		if len(w.Ports) == 0 {
+			addrs += " resolves (give " + w.Dependency + " expose: [PORT] to wait until it answers)"
+		} else {
+			addrs = "answers on " + addrs
+		}
+		t.Notes = append(t.Notes, fmt.Sprintf("service %s starts once %s, the cluster's service %s, %s (depends_on)", w.Service, w.Dependency, w.ClusterService, addrs))
+	}
 	// A local service that depends on a replaced one reaches it through
 	// the cluster's DNS: it joins.
 	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
