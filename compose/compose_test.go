@@ -57,7 +57,7 @@ func TestParsePlanRefuses(t *testing.T) {
 		{"headers not a map", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], headers: [x-dev]}}}}`, "x-tp.intercept.headers", "want a mapping of strings, got a list"},
 		{"path-prefix relative", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], path-prefix: api}}}}`, "x-tp.intercept.path-prefix", "must start with /"},
 		{"env not a bool", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], env: "all"}}}}`, "x-tp.intercept.env", "want true or false, got a string"},
-		{"mounts not a bool or list", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: "yes"}}}}`, "x-tp.intercept.mounts", "want true, false or a list of paths"},
+		{"mounts not a bool or list", `services: {api: {image: a, x-tp: {intercept: {ports: ["1"], mounts: "yes"}}}}`, "x-tp.intercept.mounts", "want true, false, a list of paths or {paths: [...], read-only: true}"},
 		{"ingest unknown key", `services: {t: {image: a, x-tp: {ingest: {workload: api, ports: ["1"]}}}}`, "x-tp.ingest", "unknown key ports"},
 		{"ingest with network_mode", `services: {t: {image: a, network_mode: none, x-tp: {ingest: {workload: api}}}}`, "x-tp.ingest", "network_mode"},
 		{"intercept with networks", "services: {api: {image: a, networks: [back], x-tp: {intercept: {ports: [\"1\"]}}}}\nnetworks: {back: {}}", "x-tp.intercept", "remove networks"},

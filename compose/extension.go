@@ -93,11 +93,15 @@ type IngestRole struct {
 	Mounts    Mounts `yaml:"mounts"`
 }
 
-// Mounts is `mounts: true | false | [paths]` (default true).
+// Mounts is `mounts: true | false | [paths] | {paths: [...], read-only: true}`
+// (default true): which of the app container's mounts go into the service
+// at their pod paths, as tp intercept --mount, --mount-path and
+// --mount-readonly.
 type Mounts struct {
-	Set   bool     // given at all
-	All   bool     // true
-	Paths []string // a list: only these
+	Set      bool     // given at all
+	All      bool     // true (or the mapping form without paths)
+	Paths    []string // a list: only these
+	ReadOnly bool     // read-only: true
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
@@ -109,15 +113,40 @@ func (m *Mounts) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	var paths []string
-	if err := n.Decode(&paths); err != nil {
-		return fmt.Errorf("want true, false or a list of paths")
+	switch n.Kind {
+	case yaml.MappingNode:
+		var v struct {
+			Paths    []string `yaml:"paths"`
+			ReadOnly bool     `yaml:"read-only"`
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i].Value; k != "paths" && k != "read-only" {
+				return fmt.Errorf("unknown key %s (known: paths, read-only)", k)
+			}
+		}
+		if err := n.Decode(&v); err != nil {
+			return fmt.Errorf("want {paths: [PATH...], read-only: true|false}")
+		}
+		m.ReadOnly, paths = v.ReadOnly, v.Paths
+		m.All = len(paths) == 0
+	case yaml.SequenceNode:
+		if err := n.Decode(&paths); err != nil {
+			return fmt.Errorf("want true, false, a list of paths or {paths: [...], read-only: true}")
+		}
+		if len(paths) == 0 {
+			return fmt.Errorf("an empty list mounts nothing: write mounts: false")
+		}
+	default:
+		return fmt.Errorf("want true, false, a list of paths or {paths: [...], read-only: true}")
 	}
 	for _, p := range paths {
 		if !strings.HasPrefix(p, "/") {
 			return fmt.Errorf("path %q is not absolute", p)
 		}
 	}
-	m.Paths = paths
+	if len(paths) > 0 {
+		m.Paths = paths
+	}
 	return nil
 }
 
@@ -131,6 +160,12 @@ func (m Mounts) Wanted(path string) bool {
 	default:
 		return m.All
 	}
+}
+
+// Options are the intercept library's options for m: the same as tp
+// intercept --docker-run's flags.
+func (m Mounts) Options() intercept.MountOptions {
+	return intercept.MountOptions{Disabled: m.Set && !m.All && m.Paths == nil, ReadOnly: m.ReadOnly, Paths: m.Paths}
 }
 
 // Plan is what x-tp says of a project.

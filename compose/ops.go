@@ -27,7 +27,8 @@ type StopOptions struct {
 }
 
 // Stop stops the services' containers (as docker compose stop does) and
-// leaves their intercepts, as Ctrl-C of a foreground up does: the
+// leaves their intercepts, as Ctrl-C of a foreground up does (the
+// containers that mount the pod's volumes are removed with the volumes): the
 // cluster's own pods take the traffic again. `tp compose up` starts them
 // and intercepts again; `tp compose down` removes them.
 func Stop(ctx context.Context, lo LoadOptions, o StopOptions, s Streams) error {
@@ -43,19 +44,27 @@ func Stop(ctx context.Context, lo LoadOptions, o StopOptions, s Streams) error {
 	if err := svc.Stop(ctx, p.Project.Name, composeapi.StopOptions{Project: p.Project, Services: services, Timeout: o.Timeout}); err != nil {
 		return fmt.Errorf("compose stop: %w", err)
 	}
-	d, err := daemoncontainer.DialConnection(ctx, p.engine, p.connection)
-	if errors.Is(err, daemoncontainer.ErrNotConnected) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer d.Close()
 	var only []string
 	if len(o.Services) > 0 {
 		only = o.Services
 	}
-	return p.leaveIntercepts(ctx, d, only, s.ErrOut)
+	docker, err := p.engine.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	// The volumes go with their intercepts, and the stopped containers
+	// that mount them (up makes them anew), as on Ctrl-C of up.
+	volErr := p.removeVolumes(ctx, docker, only, s.ErrOut)
+	d, err := daemoncontainer.DialConnection(ctx, p.engine, p.connection)
+	if errors.Is(err, daemoncontainer.ErrNotConnected) {
+		return volErr
+	}
+	if err != nil {
+		return errors.Join(volErr, err)
+	}
+	defer d.Close()
+	return errors.Join(volErr, p.leaveIntercepts(ctx, d, only, s.ErrOut))
 }
 
 // LogsOptions are `tp compose logs`'.

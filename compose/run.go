@@ -26,8 +26,9 @@ import (
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/dockerengine"
+	"github.com/tp-run/tp/internal/version"
+	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
-	"github.com/tp-run/tp/volumes"
 )
 
 // Streams are where compose and tp write, and compose's stdin.
@@ -147,12 +148,14 @@ func newComposeService(s Streams, engine *dockerengine.Engine) (composeapi.Compo
 
 // Up runs the project: it connects (publishing the joined services' ports
 // on the daemon container), creates the intercepts and gives their
-// services the pod's environment (compose's own wins), builds missing
-// images (all of them with Build), creates the containers, joins the
-// daemon container to the project's networks (so local services reach
-// joined ones by IP), and starts them. In the foreground it streams the
-// logs until Ctrl-C, then stops the services and leaves the intercepts;
-// with Detach both stay. Up twice is harmless: intercepts this project
+// services the pod's environment and volumes (compose's own win), builds
+// missing images (all of them with Build), creates the containers, joins
+// the daemon container to the project's networks (so local services reach
+// joined ones by IP), waits for the use-cluster services that services
+// depend on to answer, and starts them. In the foreground it streams the
+// logs until Ctrl-C, then stops the services, removes the pod's volumes
+// with the containers that mount them, and leaves the intercepts; with
+// Detach all stay. Up twice is harmless: intercepts this project
 // holds already are reused, unchanged containers stay.
 //
 // The project's containers record whether this up (or an earlier one of
@@ -227,12 +230,28 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 	if err := svc.Create(ctx, p.Project, create); err != nil {
 		return fail(fmt.Errorf("compose create: %w", err))
 	}
+	if len(created) > 0 {
+		ids := map[string]bool{}
+		for _, ic := range created {
+			ids[ic.Info.GetId()] = true
+		}
+		// The containers Create recreated let go of an earlier up's volumes.
+		if err := p.removeStaleVolumes(ctx, docker, ids); err != nil {
+			fmt.Fprintf(s.ErrOut, "tp: warning: %v\n", err)
+		}
+	}
 	if d != nil {
 		if err := p.joinNetworks(ctx, docker, d.Connection.ContainerID); err != nil {
 			leave(ctx, created, s.ErrOut)
 			return err
 		}
 		if err := d.PointResolver(ctx); err != nil { // Docker rewrote it when the daemon joined the networks
+			leave(ctx, created, s.ErrOut)
+			return err
+		}
+		// compose does not wait for the services it does not run.
+		started := func(service string) bool { return len(services) == 0 || slices.Contains(services, service) }
+		if err := waitCluster(ctx, d, p.ClusterWaits, started, time.Second, ClusterWaitTimeout, s.ErrOut); err != nil {
 			leave(ctx, created, s.ErrOut)
 			return err
 		}
@@ -252,7 +271,11 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 	}
 	// Ctrl-C: compose stopped the services; the cluster's own pods take
 	// the traffic again. The containers and the connection stay for the
-	// next up, until tp compose down.
+	// next up, until tp compose down; those that mount the pod's volumes go
+	// with the volumes (they cannot start without their intercept).
+	if err := p.removeVolumes(context.WithoutCancel(ctx), docker, nil, s.ErrOut); err != nil {
+		fmt.Fprintf(s.ErrOut, "tp: %v\n", err)
+	}
 	leave(ctx, created, s.ErrOut)
 	if len(created) > 0 {
 		fmt.Fprintf(s.ErrOut, "Stopped project %s and left its intercepts; remove its containers (and the connection, when up started it) with: tp compose down\n", p.Project.Name)
@@ -272,8 +295,8 @@ func leave(ctx context.Context, ics []*intercept.Intercept, progress io.Writer) 
 }
 
 // intercept creates the project's intercepts (or finds those it holds
-// already) and puts the pod's environment into their services.
-func (p *project) intercept(ctx context.Context, d intercept.Daemon, progress io.Writer) ([]*intercept.Intercept, error) {
+// already) and puts the pod's environment and volumes into their services.
+func (p *project) intercept(ctx context.Context, d *daemoncontainer.Client, progress io.Writer) ([]*intercept.Intercept, error) {
 	var created []*intercept.Intercept
 	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
 		r := p.plan.Roles[service].Intercept
@@ -299,6 +322,11 @@ func (p *project) intercept(ctx context.Context, d intercept.Daemon, progress io
 				ic.Namespace(), r.Workload, service, local, ic.Info.GetRoutedEndpoints(), ic.Info.GetReadyEndpoints())
 			if r.Env == nil || *r.Env {
 				p.addEnv(service, ic.Env())
+			}
+			if i == 0 { // one set of volumes for the service
+				if err := p.mountVolumes(ctx, d.Docker(), d, ic, service, r.Mounts, version.Version, progress); err != nil {
+					return created, err
+				}
 			}
 		}
 	}
@@ -391,6 +419,11 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 		downErr = fmt.Errorf("compose down: %w", downErr)
 	}
 	errs := []error{downErr}
+	var (
+		others    []string // intercepts of the connection's session not of the project
+		connected bool     // the connection runs
+		unsure    bool     // the daemon could not say whether others use it
+	)
 	d, err := daemoncontainer.DialConnection(ctx, lo.Engine, p.connection)
 	switch {
 	case errors.Is(err, daemoncontainer.ErrNotConnected):
@@ -398,13 +431,30 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	case err != nil:
 		errs = append(errs, err)
 	default:
+		connected = true
 		errs = append(errs, p.leaveIntercepts(ctx, d, nil, s.ErrOut))
+		if startedConnection {
+			if others, err = p.otherIntercepts(ctx, d); err != nil {
+				// No answer is no proof that no one else uses the connection.
+				errs = append(errs, err)
+				unsure = true
+			}
+		}
 		d.Close()
 	}
-	if err := volumes.RemoveVolumes(ctx, docker, map[string]string{LabelProject: p.Project.Name}); err != nil {
-		errs = append(errs, fmt.Errorf("remove tp's volumes of project %s: %w", p.Project.Name, err))
+	if err := p.removeVolumes(ctx, docker, nil, s.ErrOut); err != nil {
+		errs = append(errs, err)
 	}
-	if startedConnection && downErr == nil {
+	switch {
+	case !startedConnection:
+		if connected && len(p.plan.Roles) > 0 {
+			fmt.Fprintf(s.ErrOut, "Kept connection %s: tp compose up did not start it\n", p.daemon)
+		}
+	case downErr != nil, unsure:
+	case len(others) > 0:
+		fmt.Fprintf(s.ErrOut, "Kept connection %s (tp compose up had started it): intercept %s, not of project %s, uses it\n",
+			p.daemon, strings.Join(others, ", "), p.Project.Name)
+	default:
 		errs = append(errs, p.quitConnection(ctx, docker, s.ErrOut))
 	}
 	return errors.Join(errs...)
@@ -432,6 +482,40 @@ func (p *project) leaveIntercepts(ctx context.Context, d *daemoncontainer.Client
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// otherIntercepts are the intercepts that the connection's session holds
+// in the project's namespace and that are not the project's: e.g. one made
+// by tp intercept by hand. Quitting the connection would end them.
+func (p *project) otherIntercepts(ctx context.Context, d *daemoncontainer.Client) ([]string, error) {
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	st, err := d.Status(lctx, &daemonv1.StatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("the daemon in %s does not answer, so tp keeps the connection: %s", p.daemon, status.Convert(err).Message())
+	}
+	resp, err := d.ListWorkloads(lctx, &managerv1.ListWorkloadsRequest{Namespace: p.plan.Connection.Namespace})
+	if err != nil {
+		return nil, fmt.Errorf("the traffic-manager does not answer, so tp keeps connection %s: %s", p.daemon, status.Convert(err).Message())
+	}
+	ours := map[string]bool{}
+	for _, service := range sortedKeys(p.plan.Roles) {
+		if r := p.plan.Roles[service].Intercept; r != nil {
+			for i := range r.Ports {
+				ours[interceptName(p.Project.Name, service, r.Ports, i)] = true
+			}
+		}
+	}
+	var others []string
+	for _, w := range resp.GetWorkloads() {
+		for _, ic := range w.GetIntercepts() {
+			if ic.GetSessionId() == st.GetSessionId() && !ours[ic.GetSpec().GetName()] {
+				others = append(others, ic.GetSpec().GetName())
+			}
+		}
+	}
+	slices.Sort(others)
+	return others, nil
 }
 
 // printer writes the services' logs as docker compose does, a prefix each.

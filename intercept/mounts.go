@@ -3,6 +3,7 @@ package intercept
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -29,6 +30,9 @@ type MountOptions struct {
 	// (RemoveStale). Without it they live as long as the intercept
 	// (--mount-volumes: tp leave removes them).
 	Owned bool
+	// Labels are more labels for the volumes, so that their owner finds
+	// them again (tp compose: the project and service).
+	Labels map[string]string
 }
 
 // Volume is a Docker volume of tp's plugin that mounts one of the app
@@ -81,9 +85,14 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 		return nil, fmt.Errorf("mounts of intercept %s: %w", ic.Name(), statusError(err))
 	}
 	ic.docker = docker
+	labels := maps.Clone(o.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	maps.Copy(labels, ic.labels(o.Owned)) // tp's own labels win
 	for i := range picked {
 		name, err := volumes.CreateVolume(ctx, docker, volumes.Spec{
-			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: ic.labels(o.Owned),
+			Driver: driver, Connection: ic.connection, Intercept: ic.Info.GetId(), Labels: labels,
 			Options: driveropts.Options{Addr: ep.Addr.String(), Token: ep.Token, Path: picked[i].Path, ReadOnly: picked[i].ReadOnly},
 		})
 		if err != nil {

@@ -2,7 +2,7 @@
 // whose parts are one binary each in the same image (tp-shop:dev).
 //
 //	shop frontend   the web front: GET / asks the API for the orders (PROPAGATE_HEADERS go along)
-//	shop api        the API: orders in PostgreSQL (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)
+//	shop api        the API: orders in PostgreSQL (PGHOST, PGPORT, PGUSER, PGPASSWORD or PGPASSWORD_FILE, PGDATABASE)
 //	shop worker     polls SOURCE_URL every WORKER_EVERY and logs each answer
 //	shop mailer     a local-only helper the API notifies (GET /send); its answers name it
 //	shop get URL    GET URL, print the body (exit 1 on failure): for tests and debugging
@@ -159,7 +159,18 @@ func frontend() http.Handler {
 // api serves the orders from PostgreSQL. It connects lazily, so that it
 // starts before the database answers and says why it cannot reach it.
 func api(ctx context.Context) (http.Handler, error) {
-	// libpq's variables: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
+	// libpq's variables: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE;
+	// PGPASSWORD_FILE names a file with the password (a mounted Secret),
+	// which wins over PGPASSWORD.
+	auth := "PGPASSWORD"
+	if f := os.Getenv("PGPASSWORD_FILE"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("PGPASSWORD_FILE: %w", err)
+		}
+		os.Setenv("PGPASSWORD", strings.TrimSpace(string(b))) // lib/pq reads it when it connects
+		auth = "PGPASSWORD_FILE " + f
+	}
 	dsn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=5",
 		env("PGHOST", "db"), env("PGPORT", "5432"), env("PGUSER", "shop"), env("PGDATABASE", "postgres"))
 	if os.Getenv("PGPASSWORD") == "" {
@@ -196,7 +207,7 @@ func api(ctx context.Context) (http.Handler, error) {
 			writeJSON(w, http.StatusServiceUnavailable, out)
 			return
 		}
-		out["db"] = map[string]any{"version": version, "user": user, "orders": n}
+		out["db"] = map[string]any{"version": version, "user": user, "orders": n, "auth": auth}
 		writeJSON(w, http.StatusOK, out)
 	})
 	// POST /orders?item=X adds an order and tells the mailer, if any.

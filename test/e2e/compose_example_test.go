@@ -29,11 +29,13 @@ type shopReply struct {
 		DB    *struct {
 			Version string `json:"version"`
 			User    string `json:"user"`
+			Auth    string `json:"auth"`
 		} `json:"db"`
 	} `json:"api"`
 	DB *struct {
 		Version string `json:"version"`
 		User    string `json:"user"`
+		Auth    string `json:"auth"`
 	} `json:"db"`
 	Mailer *shopReply `json:"mailer"`
 }
@@ -96,13 +98,17 @@ func (e *shopEnv) waitFrontend(t *testing.T, want string, timeout time.Duration,
 // TestComposeExample is issue 9's first must-show on the shop example
 // (examples/shop): `tp compose up -d` intercepts the cluster's api with the
 // local one, which reaches the cluster's PostgreSQL by its compose name db
-// with the password of the pod's Secret (from its environment); the worker
+// with the password of the pod's Secret (a file of the pod's volume, which
+// x-tp mounts gives the local API at the pod's path; up starts the API once
+// the cluster's db answers on its exposed port, depends_on); the worker
 // (connect) reaches the cluster's frontend; the API's published port answers
 // on the host; the local mailer (not joined) and the joined API reach each
 // other by name through Docker's DNS; `tp compose down` leaves no container,
 // volume, intercept or connection behind and the cluster's api answers its
 // frontend again. Then the same with a personal intercept (x-dev header):
-// only matching requests reach the local API.
+// only matching requests reach the local API. Last, on a connection made by
+// hand that also holds an intercept made by hand (tp intercept), `down`
+// leaves that intercept and the connection.
 func TestComposeExample(t *testing.T) {
 	c := newCluster(t)
 	e := &shopEnv{c: c, ns: c.namespace(t, "shop"), conn: "shop-" + rand.String(4),
@@ -126,6 +132,9 @@ func TestComposeExample(t *testing.T) {
 		if !strings.Contains(r.API.DB.Version, "PostgreSQL") || r.API.DB.User != "shop" {
 			t.Errorf("the local API's database: got %+v, want the cluster's PostgreSQL as user shop", *r.API.DB)
 		}
+		if want := "PGPASSWORD_FILE /etc/shop/db/password"; r.API.DB.Auth != want {
+			t.Errorf("the local API authenticated with %q, want %q (the pod's Secret mounted by x-tp mounts)", r.API.DB.Auth, want)
+		}
 		e.checkLocal(t)
 		e.down(t)
 	})
@@ -142,6 +151,39 @@ func TestComposeExample(t *testing.T) {
 		e.checkLocal(t)
 		e.down(t, "x-dev=e2e")
 	})
+
+	t.Run("shared connection", func(t *testing.T) {
+		// The connection is made by hand (publishing the API's port, as
+		// up would) and holds a personal intercept of the frontend made by
+		// hand: requests without its header still reach the frontend.
+		if out, err := tp(t, "connect", "--name", e.conn, "-n", e.ns, "-p", fmt.Sprintf("127.0.0.1:%d:8080", e.port)); err != nil {
+			t.Fatalf("tp connect: %v\n%s", err, out)
+		}
+		if out, err := tp(t, "intercept", "frontend", "--name", e.conn, "-n", e.ns, "--port", "9099:http", "--http-header", "x-by-hand=1"); err != nil {
+			t.Fatalf("tp intercept frontend (by hand): %v\n%s", err, out)
+		}
+		e.up(t, false)
+		e.waitFrontend(t, "local", 90*time.Second)
+		out, err := e.compose(t, false, "down")
+		if err != nil {
+			t.Fatalf("tp compose down: %v\n%s", err, out)
+		}
+		t.Logf("tp compose down:\n%s", out)
+		if !strings.Contains(out, "Kept connection tp-"+e.conn+": tp compose up did not start it") {
+			t.Errorf("tp compose down did not say that it keeps the connection it did not start:\n%s", out)
+		}
+		e.waitFrontend(t, "cluster", 60*time.Second)
+		if ps, _ := docker("ps", "-q", "--filter", "name=^tp-"+e.conn+"$"); strings.TrimSpace(ps) == "" {
+			t.Errorf("tp compose down quit the connection %s, which up did not start", e.conn)
+		}
+		// The intercept made by hand is still there: tp leave finds it.
+		if out, err := tp(t, "leave", "frontend", "--name", e.conn, "-n", e.ns); err != nil {
+			t.Errorf("tp leave frontend after tp compose down: %v\n%s; want the intercept made by hand still in place", err, out)
+		}
+		if out, err := tp(t, "quit", "--name", e.conn); err != nil {
+			t.Errorf("tp quit: %v\n%s", err, out)
+		}
+	})
 }
 
 func (e *shopEnv) up(t *testing.T, personal bool) {
@@ -151,6 +193,13 @@ func (e *shopEnv) up(t *testing.T, personal bool) {
 		t.Fatalf("tp compose up -d: %v\n%s", err, out)
 	}
 	t.Logf("tp compose up -d:\n%s", out)
+	// up started the API once the cluster's db answered (depends_on).
+	if !strings.Contains(out, "db (the cluster's service db) answers on db:5432") {
+		t.Errorf("tp compose up -d did not wait for the cluster's db that the API depends on:\n%s", out)
+	}
+	if vols, _ := docker("volume", "ls", "-q", "--filter", "label=tp.run/compose-project="+e.project); strings.TrimSpace(vols) == "" {
+		t.Errorf("no tp volume of project %s after up (the API mounts the pod's Secret)", e.project)
+	}
 }
 
 // checkLocal checks the local side of the running project: the published
@@ -209,6 +258,9 @@ func (e *shopEnv) down(t *testing.T, headers ...string) {
 	}
 	if vols, _ := docker("volume", "ls", "-q", "--filter", label); strings.TrimSpace(vols) != "" {
 		t.Errorf("volumes left after down: %s", vols)
+	}
+	if vols, _ := docker("volume", "ls", "-q", "--filter", "label=tp.run/compose-project="+e.project); strings.TrimSpace(vols) != "" {
+		t.Errorf("tp volumes of the project left after down: %s", vols)
 	}
 	if vols, _ := tpVolumes(t); len(vols) > 0 && strings.TrimSpace(strings.Join(vols, "")) != "" {
 		t.Errorf("tp volumes left after down: %v", vols)

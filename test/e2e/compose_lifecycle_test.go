@@ -39,11 +39,13 @@ type composePs struct {
 //     refuses, naming the project and its down command;
 //   - Ctrl-C (SIGINT) of the foreground up stops the services and leaves the
 //     intercept: the cluster's pod answers again, the containers (stopped)
-//     and the connection stay;
+//     and the connection stay, but echo's, which mounted the pod's volumes,
+//     goes with them;
 //   - `up -d` converges: the unchanged services' containers are started, not
 //     recreated, and traffic reaches the compose service again; another
 //     `up -d` keeps every container;
-//   - `tp compose stop` stops the containers and leaves the intercept;
+//   - `tp compose stop` stops the containers and leaves the intercept (echo's
+//     container and volumes go, as on Ctrl-C);
 //   - after another `up -d`, `tp quit --force` quits with a warning naming
 //     the project, and `down` removes the containers.
 func TestComposeLifecycle(t *testing.T) {
@@ -125,18 +127,38 @@ services:
 		}
 		return m
 	}
+	// wantContainers checks that the project's containers are those of
+	// echo, worker and mailer (db is the cluster's) in state want; echo's
+	// only while it runs: once its intercept is left, its container goes
+	// with the pod's volumes it mounted (up makes it anew).
 	wantContainers := func(when string, want string) map[string]ctr {
 		t.Helper()
 		got := containers()
-		for _, s := range []string{"echo", "worker", "mailer"} {
+		services := []string{"echo", "worker", "mailer"}
+		if want != "running" {
+			services = services[1:]
+			if c, ok := got[project+"-echo-1"]; ok {
+				t.Errorf("%s: container %s-echo-1 is %q, want it removed with the pod's volumes it mounted", when, project, c.state)
+			}
+		}
+		for _, s := range services {
 			if c, ok := got[project+"-"+s+"-1"]; !ok || c.state != want {
 				t.Errorf("%s: container %s-%s-1 is %q, want %s (containers: %v)", when, project, s, c.state, want, got)
 			}
 		}
-		if len(got) != 3 {
-			t.Errorf("%s: containers %v, want those of echo, worker and mailer (db is the cluster's)", when, got)
+		if len(got) != len(services) {
+			t.Errorf("%s: containers %v, want those of %v", when, got, services)
 		}
 		return got
+	}
+	// projectVolumes are tp's volumes of the project (echo's pod volumes).
+	projectVolumes := func() string {
+		t.Helper()
+		out, err := docker("volume", "ls", "-q", "--filter", "label=tp.run/compose-project="+project)
+		if err != nil {
+			t.Fatalf("docker volume ls: %v\n%s", err, out)
+		}
+		return strings.TrimSpace(out)
 	}
 	wantIntercept := func(when, want string) {
 		t.Helper()
@@ -200,6 +222,9 @@ services:
 		}
 	}
 	wantIntercept("during the foreground up", "active")
+	if projectVolumes() == "" {
+		t.Errorf("during the foreground up: no tp volume of the project (echo mounts the pod's volumes by default)")
+	}
 	table, err := composeTP("ps")
 	if err != nil {
 		t.Fatalf("tp compose ps: %v\n%s", err, table)
@@ -250,6 +275,9 @@ services:
 	stopped := wantContainers("after Ctrl-C", "exited")
 	connectionRunning("after Ctrl-C")
 	wantIntercept("after Ctrl-C", "not intercepting")
+	if vols := projectVolumes(); vols != "" {
+		t.Errorf("after Ctrl-C: tp volumes of the project left: %s", vols)
+	}
 
 	// up -d converges: the services' containers start again; echo's, whose
 	// environment has the new intercept's ID, may be recreated.
@@ -280,6 +308,9 @@ services:
 	wantIntercept("after stop", "not intercepting")
 	c.waitCopy(t, ns, "http://echo."+ns+"/after-stop", "cluster", 30*time.Second)
 	wantContainers("after stop", "exited")
+	if vols := projectVolumes(); vols != "" {
+		t.Errorf("after stop: tp volumes of the project left: %s", vols)
+	}
 	connectionRunning("after stop")
 
 	// tp quit --force quits a connection that running services use, with a
@@ -301,5 +332,8 @@ services:
 	}
 	if left := containers(); len(left) != 0 {
 		t.Errorf("containers left after down: %v", left)
+	}
+	if vols := projectVolumes(); vols != "" {
+		t.Errorf("tp volumes of the project left after down: %s", vols)
 	}
 }

@@ -18,12 +18,15 @@ import (
 // TestComposeUpDown: `tp compose up -d` on a compose file with x-tp
 // connects (publishing the joined service's port on the daemon
 // container), intercepts the cluster's echo for the compose service echo
-// (which gets the pod's environment, its own ECHO_COPY winning), and runs a
+// (which gets the pod's environment, its own ECHO_COPY winning, and the
+// pod's volumes at their paths, x-tp mounts' default), and runs a
 // connect-role worker that reaches the cluster's service by name, which the
 // intercept routes back to the compose service; a use-cluster service is not
-// started. `tp compose down` removes the containers, leaves the
-// intercept (the cluster's copy answers again) and quits the connection,
-// which its up started.
+// started, and the worker's depends_on on it (service_healthy) waits until
+// the cluster's service answers on its exposed port. `tp compose down`
+// removes the containers and tp's volumes, leaves the intercept (the
+// cluster's copy answers again) and quits the connection, which its up
+// started.
 func TestComposeUpDown(t *testing.T) {
 	c := newCluster(t)
 	ns := c.namespace(t, "compose")
@@ -49,10 +52,11 @@ services:
   worker:
     image: %s
     entrypoint: ["/bin/sh", "-c", "while sleep 1; do curl -s -m 3 http://echo.%s/from-worker; echo; done"]
-    depends_on: [db]
+    depends_on: {db: {condition: service_healthy}}
     x-tp: {connect: true}
   db:
     image: postgres-that-is-not-here
+    expose: ["80"]
     x-tp: {use-cluster: echo}
 `, project, conn, ns, echoImage, port, debianImage, ns)
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
@@ -79,6 +83,10 @@ services:
 		t.Fatalf("tp compose up -d: %v\n%s", err, out)
 	}
 	t.Logf("tp compose up -d:\n%s", out)
+	// up waited for the cluster's echo before it started the worker.
+	if !strings.Contains(out, "db (the cluster's service echo) answers on echo:80") {
+		t.Errorf("tp compose up -d did not wait for the use-cluster db (echo:80) that the worker depends on:\n%s", out)
+	}
 
 	// The cluster's callers reach the compose service, which has the pod's
 	// environment (GREETING) and its own ECHO_COPY.
@@ -88,6 +96,17 @@ services:
 		if !strings.Contains(env, want) {
 			t.Errorf("the compose service's environment %s lacks %s", env, want)
 		}
+	}
+	// The compose service has the pod's volumes at their paths: the Secret's file.
+	if got, err := docker("exec", project+"-echo-1", "/echo", "cat", "/etc/echo/secret/API_TOKEN"); err != nil || strings.TrimSpace(got) != "s3cr3t-from-secret" {
+		t.Errorf("the compose service reads the pod's Secret at /etc/echo/secret/API_TOKEN: %v %q, want s3cr3t-from-secret", err, got)
+	}
+	projectVolumes := func() string {
+		out, _ := docker("volume", "ls", "-q", "--filter", "label=tp.run/compose-project="+project)
+		return strings.TrimSpace(out)
+	}
+	if projectVolumes() == "" {
+		t.Errorf("no tp volume of project %s while it runs", project)
 	}
 	// The host reaches the compose service through the daemon container's published port.
 	if body, err := httpGet(context.Background(), fmt.Sprintf("http://127.0.0.1:%d/from-host", port)); err != nil || !strings.Contains(body, `"compose"`) {
@@ -109,9 +128,17 @@ services:
 		t.Errorf("the use-cluster service db was started: %s", ps)
 	}
 
-	// up again is harmless.
+	// up again is harmless: it reuses the volumes, and the container.
+	volsBefore := projectVolumes()
+	idBefore, _ := docker("inspect", "-f", "{{.Id}}", project+"-echo-1")
 	if out, err := composeTP("up", "-d"); err != nil {
 		t.Errorf("tp compose up -d again: %v\n%s", err, out)
+	}
+	if vols := projectVolumes(); vols != volsBefore {
+		t.Errorf("up again changed tp's volumes of the project: %q, were %q", vols, volsBefore)
+	}
+	if id, _ := docker("inspect", "-f", "{{.Id}}", project+"-echo-1"); id != idBefore {
+		t.Errorf("up again recreated the unchanged echo container: %s, was %s", id, idBefore)
 	}
 
 	out, err = composeTP("down")
@@ -121,6 +148,9 @@ services:
 	c.waitCopy(t, ns, "http://echo."+ns+"/after-down", "cluster", 30*time.Second)
 	if ps, _ := docker("ps", "-a", "--filter", "label=com.docker.compose.project="+project, "--format", "{{.Names}}"); strings.TrimSpace(ps) != "" {
 		t.Errorf("containers left after down: %s", ps)
+	}
+	if vols := projectVolumes(); vols != "" {
+		t.Errorf("tp volumes of the project left after down: %s", vols)
 	}
 	// up started the connection, so down quits it (and with it any intercept).
 	if out, err := docker("inspect", "tp-"+conn); err == nil {

@@ -93,10 +93,13 @@ func newComposeUpCommand(streams genericiooptions.IOStreams, f *composeFlags) *c
 		Long: `Connect (when the connection is not running), create the intercepts, build missing images,
 and run the project's services, or SERVICEs and their dependencies.
 
+Intercepted services get the pod's environment and volumes (x-tp mounts); services that
+depend on a use-cluster service start once the cluster's service answers.
+
 In the foreground the services' logs follow; Ctrl-C stops the services and leaves the
 intercepts (the cluster's pods answer again); the containers and the connection stay for the
-next up. With -d the services and intercepts stay until tp compose down, which also quits the
-connection when up started it. Running up again converges: unchanged containers and
+next up, except those that mount the pod's volumes, which go with the volumes. With -d the services and intercepts stay until tp compose down, which also quits the
+connection when up started it (and no intercept made outside the project uses it). Running up again converges: unchanged containers and
 intercepts stay.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lo, err := f.loadOptions(args)

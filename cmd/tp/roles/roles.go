@@ -119,7 +119,19 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 	resolvconf.Flags().StringVar(&nameserver, "nameserver", "127.0.0.1", "the daemon's DNS server")
 	resolvconf.Flags().StringVar(&namespace, "namespace", "", "namespace for short names")
 	resolvconf.Flags().StringVar(&clusterDomain, "cluster-domain", "", "cluster domain (default cluster.local)")
-	cmd.AddCommand(run, proxy, resolvconf)
+	var dialTimeout time.Duration
+	dial := &cobra.Command{
+		Use:   "dial HOST[:PORT]",
+		Short: "Check that HOST:PORT accepts a TCP connection (HOST alone: that it resolves), as a joined container would",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), dialTimeout)
+			defer cancel()
+			return daemon.Dial(ctx, args[0])
+		},
+	}
+	dial.Flags().DurationVar(&dialTimeout, "timeout", 5*time.Second, "give up after this long")
+	cmd.AddCommand(run, proxy, resolvconf, dial)
 	return cmd
 }
 
