@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 TAG := $(shell echo '$(VERSION)' | tr -c 'A-Za-z0-9_.\n-' '-')
 PKG := github.com/tp-run/tp
-LDFLAGS := -s -w -X $(PKG)/internal/version.Version=$(VERSION)
+STRIP ?= -s -w
+LDFLAGS := $(STRIP) -X $(PKG)/internal/version.Version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2

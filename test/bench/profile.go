@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,59 +36,82 @@ var profiledPhases = map[string]bool{
 const profileTop = 8
 
 // profile starts perf for phase when profiling is on and phase is one of
-// profiledPhases; the returned stop ends the recording and writes the report.
-// Profiling never fails a phase: what goes wrong is a note.
+// profiledPhases, one recording per role (daemon, manager, agent); the
+// returned stop ends the recordings and writes the reports. Profiling never
+// fails a phase: what goes wrong is a note.
 func (b *bench) profile(ctx context.Context, phase string) (stop func()) {
 	if b.o.profileDir == "" || !profiledPhases[phase] {
 		return func() {}
 	}
-	roles := b.tpProcesses()
-	if len(roles) == 0 {
+	byRole := map[string][]string{}
+	for pid, role := range b.tpProcesses() {
+		byRole[role] = append(byRole[role], strconv.Itoa(pid))
+	}
+	if len(byRole) == 0 {
 		b.res.note("profile %s: no tp process found in /proc", phase)
 		return func() {}
 	}
-	pids := make([]string, 0, len(roles))
-	for pid := range roles {
-		pids = append(pids, strconv.Itoa(pid))
+	type recording struct {
+		role, data string
+		cmd        *exec.Cmd
+		stderr     bytes.Buffer
 	}
+	var recs []*recording
 	base := filepath.Join(b.o.profileDir, strings.ReplaceAll(phase, "/", "-"))
-	var stderr bytes.Buffer
-	// -F 499: about 2 ms between samples, cheap enough not to move the numbers much.
-	rec := exec.Command("perf", "record", "-F", "499", "-g", "-p", strings.Join(pids, ","), "-o", base+".data")
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		b.res.note("profile %s: start perf (install linux-perf): %v", phase, err)
-		return func() {}
+	for _, role := range slices.Sorted(maps.Keys(byRole)) {
+		r := &recording{role: role, data: base + "-" + role + ".data"}
+		// -F 499: about 2 ms between samples, cheap enough not to move the numbers much.
+		r.cmd = exec.Command("perf", "record", "-F", "499", "-g", "-p", strings.Join(byRole[role], ","), "-o", r.data)
+		r.cmd.Stderr = &r.stderr
+		if err := r.cmd.Start(); err != nil {
+			b.res.note("profile %s: start perf (install linux-perf): %v", phase, err)
+			continue
+		}
+		recs = append(recs, r)
 	}
 	return func() {
-		_ = rec.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- rec.Wait() }()
-		select {
-		case err := <-done:
-			var exit *exec.ExitError
-			if err != nil && !errors.As(err, &exit) { // perf exits non-zero after SIGINT on some versions
-				b.res.note("profile %s: perf record: %v: %s", phase, err, tail(stderr.String(), 3))
-				return
+		var lines []string
+		for _, r := range recs {
+			if err := stopPerf(r.cmd); err != nil {
+				b.res.note("profile %s %s: perf record: %v: %s", phase, r.role, err, tail(r.stderr.String(), 3))
+				continue
 			}
-		case <-time.After(30 * time.Second):
-			_ = rec.Process.Kill()
-			<-done
-			b.res.note("profile %s: perf record did not stop within 30 s", phase)
+			top, err := perfReport(ctx, r.data)
+			if err != nil {
+				b.res.note("profile %s %s: %v", phase, r.role, err)
+				continue
+			}
+			lines = append(lines, r.role+": "+strings.Join(top, "; "))
+		}
+		if len(lines) == 0 {
 			return
 		}
-		top, err := perfReport(ctx, base+".data", roles)
-		if err != nil {
-			b.res.note("profile %s: %v", phase, err)
-			return
-		}
-		if err := os.WriteFile(base+".txt", []byte(strings.Join(top, "\n")+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(base+".txt", []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 			b.res.note("profile %s: %v", phase, err)
 		}
 		if b.res.Profiles == nil {
 			b.res.Profiles = map[string][]string{}
 		}
-		b.res.Profiles[phase] = top
+		b.res.Profiles[phase] = lines
+	}
+}
+
+// stopPerf ends a perf record the way Ctrl-C does, so that it writes its file.
+func stopPerf(cmd *exec.Cmd) error {
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) { // perf exits non-zero after SIGINT on some versions
+			return err
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return errors.New("did not stop within 30 s of SIGINT")
 	}
 }
 
@@ -111,64 +136,37 @@ func isAgent(args []string) bool {
 	return len(args) >= 2 && filepath.Base(args[0]) == "tp" && args[1] == "agent"
 }
 
-// perfReport returns, per process, the share of samples and the top symbols
-// by self time, as lines "ROLE PID: NN.N% of samples; SYM NN.N%, ...".
-func perfReport(ctx context.Context, data string, roles map[int]string) ([]string, error) {
+// perfReport returns the top symbols by self time of one recording, as
+// "SYM NN.N%" (kernel symbols prefixed "kernel"). The image's binary is
+// stripped (-s -w) unless built with `make ... STRIP=`; perf then shows Go
+// code as bare addresses.
+func perfReport(ctx context.Context, data string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
-		"--sort", "pid,sym", "-g", "none", "--percent-limit", "0.5").Output()
+		"--sort", "sym", "-g", "none", "--percent-limit", "0.5").Output()
 	if err != nil {
 		return nil, fmt.Errorf("perf report -i %s: %w", data, err)
 	}
-	type proc struct {
-		total float64
-		syms  []string
-	}
-	procs := map[int]*proc{}
-	var order []int
+	var top []string
 	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		// "    12.34%  4242:tp  [.] runtime.memmove"
+	for sc.Scan() && len(top) < profileTop {
+		// "    12.34%  [.] runtime.memmove"
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasSuffix(f[0], "%") || strings.HasPrefix(f[0], "#") {
+		if len(f) < 3 || !strings.HasSuffix(f[0], "%") {
 			continue
 		}
-		pct, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "%"), 64)
-		if err != nil {
+		if _, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "%"), 64); err != nil {
 			continue
 		}
-		pidStr, _, _ := strings.Cut(f[1], ":")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil {
-			continue
+		sym := strings.Join(f[2:], " ")
+		if f[1] == "[k]" {
+			sym = "kernel " + sym
 		}
-		p := procs[pid]
-		if p == nil {
-			p = &proc{}
-			procs[pid] = p
-			order = append(order, pid)
-		}
-		p.total += pct
-		if len(p.syms) < profileTop {
-			sym := strings.Join(f[3:], " ")
-			if f[2] == "[k]" {
-				sym = "kernel " + sym
-			}
-			p.syms = append(p.syms, fmt.Sprintf("%s %.1f%%", sym, pct))
-		}
+		top = append(top, fmt.Sprintf("%s %s", sym, f[0]))
 	}
-	var lines []string
-	for _, pid := range order {
-		role := roles[pid]
-		if role == "" {
-			role = "other"
-		}
-		p := procs[pid]
-		lines = append(lines, fmt.Sprintf("%s %d: %.1f%% of samples (listed above 0.5%%); %s", role, pid, p.total, strings.Join(p.syms, "; ")))
+	if len(top) == 0 {
+		return nil, fmt.Errorf("perf report -i %s: no samples", data)
 	}
-	if len(lines) == 0 {
-		return nil, fmt.Errorf("perf report -i %s: no samples of tp's processes", data)
-	}
-	return lines, nil
+	return top, nil
 }
