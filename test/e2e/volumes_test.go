@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -547,8 +548,8 @@ func TestInterceptMountsFSGroup(t *testing.T) {
 // with subPath at a file path next to the ConfigMap's directory mount.
 // `tp intercept --docker-run` mounts the directory (its file is
 // byte-identical to the pod's) and skips the file, which a Docker volume
-// cannot mount, naming it in its output; `tp list` marks it not
-// mountable; --mount-path naming the file fails with an error that says so.
+// cannot mount, naming it in its output; --mount-volumes -o json marks it
+// not mountable and makes no volume for it; --mount-path naming the file fails with an error that says so.
 func TestInterceptMountsSkipsFiles(t *testing.T) {
 	const filePath = "/etc/app/greeting.txt"
 	c := newCluster(t)
@@ -599,9 +600,30 @@ func TestInterceptMountsSkipsFiles(t *testing.T) {
 	}
 	waitNoVolumes(t, "the --mount-path run")
 
-	tpOK(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--mount-volumes")
-	if l := tpOK(t, "list", "--name", conn.name, "-n", ns); !strings.Contains(l, filePath+":ro (file, not mountable)") || !strings.Contains(l, "/etc/echo/config:ro") {
-		t.Errorf("tp list does not show the mounts with %s marked as a file, not mountable:\n%s", filePath, l)
+	// --mount-volumes -o json: the note on stderr, the mounts (with the
+	// file marked) and only the directories' volumes on stdout.
+	cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--mount-volumes", "-o", "json")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v\n%s\n%s", err, stdout, stderr.String())
+	}
+	var res struct {
+		Mounts  []string                      `json:"mounts"`
+		Volumes []struct{ Name, Path string } `json:"volumes"`
+	}
+	if err := json.Unmarshal(stdout, &res); err != nil {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v\n%s", err, stdout)
+	}
+	if !slices.Contains(res.Mounts, filePath+":ro (file, not mountable)") || !slices.Contains(res.Mounts, "/etc/echo/config:ro") {
+		t.Errorf("mounts %q, want /etc/echo/config:ro and %s marked as a file, not mountable", res.Mounts, filePath)
+	}
+	if len(res.Volumes) != 4 || slices.ContainsFunc(res.Volumes, func(v struct{ Name, Path string }) bool { return v.Path == filePath }) {
+		t.Errorf("volumes %v, want the 4 directory mounts and none for %s", res.Volumes, filePath)
+	}
+	if !strings.Contains(stderr.String(), "Not mounting "+filePath) {
+		t.Errorf("stderr of --mount-volumes does not name the skipped file mount:\n%s", stderr.String())
 	}
 	tpOK(t, "leave", "echo", "--name", conn.name, "-n", ns)
 	waitNoVolumes(t, "tp leave")
