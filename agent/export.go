@@ -59,6 +59,18 @@ func openExport(dir string, mounts []Mount) (*export, error) {
 
 func (e *export) close() error { return e.root.Close() }
 
+// isFile reports whether the mount at the SFTP path p is a single file (a
+// subPath mount of a ConfigMap or Secret key, say), not a directory: Docker
+// volumes cannot mount it. False without an export or when p cannot be
+// stat'ed (then the mount fails later with the reason).
+func (e *export) isFile(p string) bool {
+	if e == nil {
+		return false
+	}
+	fi, err := e.root.Stat(rel(p))
+	return err == nil && !fi.IsDir()
+}
+
 // serve serves one SFTP session on conn until the client ends it, conn
 // breaks or ctx ends; it closes conn.
 func (e *export) serve(ctx context.Context, conn io.ReadWriteCloser) error {

@@ -329,3 +329,29 @@ func TestAgentServesMountRequests(t *testing.T) {
 		t.Errorf("the agent's flow has pairing id %q, want mount/ic-1/r1", pairing)
 	}
 }
+
+// TestExportIsFile: a mount that is a single file (a ConfigMap key mounted
+// with subPath) is reported as one, directories and unknown paths are not.
+func TestExportIsFile(t *testing.T) {
+	root, mounts, _ := exportTree(t)
+	if err := os.MkdirAll(filepath.Join(root, "etc/app"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/app/config.yaml"), []byte("a: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := openExport(root, append(mounts, Mount{Path: "/etc/app/config.yaml", ReadOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	for p, want := range map[string]bool{"/etc/app/config.yaml": true, "/etc/secret": false, "/var": false, "/nope": false} {
+		if got := e.isFile(p); got != want {
+			t.Errorf("isFile(%s) = %v, want %v", p, got, want)
+		}
+	}
+	var none *export
+	if none.isFile("/etc/app/config.yaml") {
+		t.Error("isFile without an export = true, want false")
+	}
+}

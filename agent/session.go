@@ -87,7 +87,7 @@ func (a *agent) arrive(ctx context.Context, client managerv1.ManagerClient) (*ma
 		ProtocolVersion: tunnel.ProtocolVersion,
 	}
 	for _, m := range a.cfg.Mounts {
-		info.Mounts = append(info.Mounts, &managerv1.AgentMount{Path: m.Path, ReadOnly: m.ReadOnly})
+		info.Mounts = append(info.Mounts, &managerv1.AgentMount{Path: m.Path, ReadOnly: m.ReadOnly, File: a.export.isFile(m.Path)})
 	}
 	for _, p := range a.cfg.Ports {
 		proto := p.Protocol

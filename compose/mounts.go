@@ -35,7 +35,14 @@ func (p *project) mountVolumes(ctx context.Context, docker dockerclient.APIClien
 		return nil
 	}
 	o.Labels = map[string]string{LabelProject: p.Project.Name, LabelService: service}
-	vols, err := p.heldVolumes(ctx, docker, ic, service, o)
+	picked, skipped, err := intercept.PickMounts(ic.Info.GetMounts(), o)
+	if err != nil {
+		return fmt.Errorf("service %s: the pod's mounts (x-tp.intercept.mounts): %w", service, err)
+	}
+	for _, path := range skipped {
+		fmt.Fprintf(progress, "Service %s: %s\n", service, intercept.SkippedNote(path))
+	}
+	vols, err := p.heldVolumes(ctx, docker, ic, service, picked)
 	if err != nil {
 		return err
 	}
@@ -70,9 +77,9 @@ func (p *project) mountVolumes(ctx context.Context, docker dockerclient.APIClien
 }
 
 // heldVolumes are the volumes an earlier up made for the same intercept
-// (its id) and service, when they are those o picks; nil when there are
+// (its id) and service, when they are those picked (intercept.PickMounts); nil when there are
 // none, or not those (then they are stale, and removeStaleVolumes goes).
-func (p *project) heldVolumes(ctx context.Context, docker dockerclient.APIClient, ic *intercept.Intercept, service string, o intercept.MountOptions) ([]intercept.Volume, error) {
+func (p *project) heldVolumes(ctx context.Context, docker dockerclient.APIClient, ic *intercept.Intercept, service string, picked []intercept.Volume) ([]intercept.Volume, error) {
 	list, err := volumes.ListVolumes(ctx, docker, map[string]string{LabelProject: p.Project.Name, LabelService: service, volumes.LabelIntercept: ic.Info.GetId()})
 	if err != nil || len(list) == 0 {
 		return nil, err
@@ -82,16 +89,14 @@ func (p *project) heldVolumes(ctx context.Context, docker dockerclient.APIClient
 		have[v.Labels[volumes.LabelPath]] = v
 	}
 	var out []intercept.Volume
-	for _, m := range ic.Info.GetMounts() {
-		if len(o.Paths) > 0 && !slices.Contains(o.Paths, m.GetPath()) {
-			continue
-		}
-		v, ok := have[m.GetPath()]
+	for _, pv := range picked {
+		v, ok := have[pv.Path]
 		if !ok {
 			return nil, nil
 		}
-		delete(have, m.GetPath())
-		out = append(out, intercept.Volume{Name: v.Name, Path: m.GetPath(), ReadOnly: m.GetReadOnly() || o.ReadOnly})
+		delete(have, pv.Path)
+		pv.Name = v.Name
+		out = append(out, pv)
 	}
 	if len(have) > 0 || len(out) == 0 {
 		return nil, nil

@@ -2,7 +2,9 @@ package intercept
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/tp-run/tp/daemoncontainer"
+	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/volumes"
 	"github.com/tp-run/tp/volumes/driveropts"
 )
@@ -33,6 +36,10 @@ type MountOptions struct {
 	// Labels are more labels for the volumes, so that their owner finds
 	// them again (tp compose: the project and service).
 	Labels map[string]string
+	// Notes, when set, gets one line per mount that is skipped: a single
+	// file (a subPath mount of a ConfigMap or Secret key), which a Docker
+	// volume cannot mount.
+	Notes io.Writer
 }
 
 // Volume is a Docker volume of tp's plugin that mounts one of the app
@@ -56,22 +63,14 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 	if o.Disabled {
 		return nil, nil
 	}
-	mounts := ic.Info.GetMounts()
-	var have []string
-	for _, m := range mounts {
-		have = append(have, m.GetPath())
+	picked, skipped, err := PickMounts(ic.Info.GetMounts(), o)
+	if err != nil {
+		return nil, fmt.Errorf("the app container of %s: %w", ic.Info.GetSpec().GetWorkload(), err)
 	}
-	for _, p := range o.Paths {
-		if !slices.Contains(have, p) {
-			return nil, fmt.Errorf("--mount-path %s: the app container of %s has no mount there (it has: %s)", p, ic.Info.GetSpec().GetWorkload(), orNone(have))
+	if o.Notes != nil {
+		for _, p := range skipped {
+			fmt.Fprintln(o.Notes, SkippedNote(p))
 		}
-	}
-	var picked []Volume
-	for _, m := range mounts {
-		if len(o.Paths) > 0 && !slices.Contains(o.Paths, m.GetPath()) {
-			continue
-		}
-		picked = append(picked, Volume{Path: m.GetPath(), ReadOnly: m.GetReadOnly() || o.ReadOnly})
 	}
 	if len(picked) == 0 {
 		return nil, nil
@@ -103,6 +102,63 @@ func (ic *Intercept) CreateVolumes(ctx context.Context, docker client.APIClient,
 	}
 	ic.volumes = picked
 	return picked, nil
+}
+
+// ErrFileMount is the error of a --mount-path that names a mount that is a
+// single file: Docker volumes mount directories only.
+var ErrFileMount = errors.New("a single file, and Docker volumes mount directories only")
+
+// PickMounts are the volumes (without names) of the mounts that o picks, and
+// the paths of the mounts it skips: with no o.Paths, all of them but those
+// that are single files (Mount.file), which Docker volumes cannot mount. A
+// path of o.Paths that is no mount, or a file, is an error (ErrFileMount).
+func PickMounts(mounts []*managerv1.Mount, o MountOptions) (picked []Volume, skipped []string, err error) {
+	if o.Disabled {
+		return nil, nil, nil
+	}
+	var have []string
+	for _, m := range mounts {
+		have = append(have, m.GetPath())
+	}
+	for _, p := range o.Paths {
+		i := slices.IndexFunc(mounts, func(m *managerv1.Mount) bool { return m.GetPath() == p })
+		switch {
+		case i < 0:
+			return nil, nil, fmt.Errorf("--mount-path %s: there is no mount there (there are: %s)", p, orNone(have))
+		case mounts[i].GetFile():
+			return nil, nil, fmt.Errorf("--mount-path %s: the mount is %w; name a directory mount (there are: %s), or copy the file out with `kubectl cp`",
+				p, ErrFileMount, orNone(dirs(mounts)))
+		}
+	}
+	for _, m := range mounts {
+		if len(o.Paths) > 0 && !slices.Contains(o.Paths, m.GetPath()) {
+			continue
+		}
+		if m.GetFile() {
+			skipped = append(skipped, m.GetPath())
+			continue
+		}
+		picked = append(picked, Volume{Path: m.GetPath(), ReadOnly: m.GetReadOnly() || o.ReadOnly})
+	}
+	return picked, skipped, nil
+}
+
+// SkippedNote is the line that says why the file mount at path p is not
+// mounted, and what to do.
+func SkippedNote(p string) string {
+	return fmt.Sprintf("Not mounting %s: it is a single file in the pod, and Docker volumes mount directories only; "+
+		"copy it out with `kubectl cp` and mount the copy yourself (docker run -v COPY:%s:ro)", p, p)
+}
+
+// dirs are the paths of the mounts that are directories.
+func dirs(mounts []*managerv1.Mount) []string {
+	var out []string
+	for _, m := range mounts {
+		if !m.GetFile() {
+			out = append(out, m.GetPath())
+		}
+	}
+	return out
 }
 
 // Volumes are the volumes CreateVolumes made.

@@ -107,7 +107,7 @@ func (m *Manager) mountAgent(ic *intercept) (session, bool) {
 func interceptMounts(a *managerv1.AgentInfo) []*managerv1.Mount {
 	var out []*managerv1.Mount
 	for _, am := range a.GetMounts() {
-		out = append(out, &managerv1.Mount{Path: am.GetPath(), ReadOnly: am.GetReadOnly()})
+		out = append(out, &managerv1.Mount{Path: am.GetPath(), ReadOnly: am.GetReadOnly(), File: am.GetFile()})
 	}
 	return out
 }

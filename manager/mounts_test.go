@@ -242,3 +242,14 @@ func TestWatchMountRequestsAgentPortOnly(t *testing.T) {
 		t.Errorf("WatchMountRequests after the session ended: got %v, want NotFound", err)
 	}
 }
+
+// TestInterceptMountsCarryFile: the agent's file flag reaches the
+// intercept's mounts, which the CLI skips.
+func TestInterceptMountsCarryFile(t *testing.T) {
+	got := interceptMounts(&managerv1.AgentInfo{Mounts: []*managerv1.AgentMount{
+		{Path: "/etc/app"}, {Path: "/etc/app.yaml", ReadOnly: true, File: true},
+	}})
+	if len(got) != 2 || got[0].GetFile() || !got[1].GetFile() || !got[1].GetReadOnly() || got[1].GetPath() != "/etc/app.yaml" {
+		t.Errorf("got %v, want /etc/app a directory and /etc/app.yaml a read-only file", got)
+	}
+}

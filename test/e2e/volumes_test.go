@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -541,4 +542,89 @@ func TestInterceptMountsFSGroup(t *testing.T) {
 	if got := string(c.kubectlCat(t, ns, pod, "echo", "/var/fsg/local.txt")); got != "from-local\nfrom-app\n" {
 		t.Errorf("/var/fsg/local.txt in the pod: %q, want the local container's line and the app's", got)
 	}
+}
+
+// TestInterceptMountsSkipsFiles: the app container mounts a ConfigMap key
+// with subPath at a file path next to the ConfigMap's directory mount.
+// `tp intercept --docker-run` mounts the directory (its file is
+// byte-identical to the pod's) and skips the file, which a Docker volume
+// cannot mount, naming it in its output; --mount-volumes -o json marks it
+// not mountable and makes no volume for it; --mount-path naming the file fails with an error that says so.
+func TestInterceptMountsSkipsFiles(t *testing.T) {
+	const filePath = "/etc/app/greeting.txt"
+	c := newCluster(t)
+	ns := c.namespace(t, "mountfile")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	patch := `{"spec":{"template":{"spec":{"containers":[{"name":"echo","volumeMounts":[{"name":"config","mountPath":"` + filePath + `","subPath":"GREETING"}]}]}}}}`
+	if _, err := c.client.AppsV1().Deployments(ns).Patch(context.Background(), "echo", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := connect(t, "mfi-"+rand.String(4), "-n", ns)
+	waitNoVolumes(t, "the start")
+
+	out, err := tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--docker-run", "--", debianImage, "sh", "-c",
+		"echo POD=$TP_POD; sha256sum /etc/echo/config/GREETING; if [ -e "+filePath+" ]; then echo FILE-THERE; fi")
+	if err != nil {
+		t.Fatalf("tp intercept --docker-run with a file mount in the pod: %v\n%s", err, out)
+	}
+	t.Logf("tp intercept --docker-run:\n%s", out)
+	pod, local := "", ""
+	for _, l := range lines(out) {
+		if p, ok := strings.CutPrefix(l, "POD="); ok {
+			pod = p
+		}
+		if f := strings.Fields(l); len(f) == 2 && f[1] == "/etc/echo/config/GREETING" {
+			local = f[0]
+		}
+	}
+	if pod == "" {
+		t.Fatalf("the container printed no POD=\n%s", out)
+	}
+	if want := sha(c.kubectlCat(t, ns, pod, "echo", "/etc/echo/config/GREETING")); local != want {
+		t.Errorf("/etc/echo/config/GREETING: sha256 %q in the local container, %s in pod %s", local, want, pod)
+	}
+	if !strings.Contains(out, "Not mounting "+filePath+": it is a single file") {
+		t.Errorf("the output does not name the skipped file mount %s:\n%s", filePath, out)
+	}
+	if strings.Contains(out, "FILE-THERE") {
+		t.Errorf("%s exists in the local container, want it skipped:\n%s", filePath, out)
+	}
+	waitNoVolumes(t, "the --docker-run container exited")
+
+	out, err = tp(t, "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http",
+		"--mount-path", filePath, "--docker-run", "--", debianImage, "true")
+	if err == nil || !strings.Contains(out, filePath) || !strings.Contains(out, "a single file, and Docker volumes mount directories only") {
+		t.Errorf("--mount-path %s: %v\n%s\nwant an error that says it is a single file", filePath, err, out)
+	}
+	waitNoVolumes(t, "the --mount-path run")
+
+	// --mount-volumes -o json: the note on stderr, the mounts (with the
+	// file marked) and only the directories' volumes on stdout.
+	cmd := exec.Command(tpBin(t), "intercept", "echo", "--name", conn.name, "--service", "echo", "--port", "8080:http", "--mount-volumes", "-o", "json")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v\n%s\n%s", err, stdout, stderr.String())
+	}
+	var res struct {
+		Mounts  []string                      `json:"mounts"`
+		Volumes []struct{ Name, Path string } `json:"volumes"`
+	}
+	if err := json.Unmarshal(stdout, &res); err != nil {
+		t.Fatalf("tp intercept --mount-volumes -o json: %v\n%s", err, stdout)
+	}
+	if !slices.Contains(res.Mounts, filePath+":ro (file, not mountable)") || !slices.Contains(res.Mounts, "/etc/echo/config:ro") {
+		t.Errorf("mounts %q, want /etc/echo/config:ro and %s marked as a file, not mountable", res.Mounts, filePath)
+	}
+	if len(res.Volumes) != 4 || slices.ContainsFunc(res.Volumes, func(v struct{ Name, Path string }) bool { return v.Path == filePath }) {
+		t.Errorf("volumes %v, want the 4 directory mounts and none for %s", res.Volumes, filePath)
+	}
+	if !strings.Contains(stderr.String(), "Not mounting "+filePath) {
+		t.Errorf("stderr of --mount-volumes does not name the skipped file mount:\n%s", stderr.String())
+	}
+	tpOK(t, "leave", "echo", "--name", conn.name, "-n", ns)
+	waitNoVolumes(t, "tp leave")
 }

@@ -170,7 +170,7 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 	// The volumes of a --docker-run live as long as this process (unless
 	// its container is detached), those of --mount-volumes as the intercept.
 	mountOpts := intercept.MountOptions{ReadOnly: f.mountReadOnly, Paths: f.mountPaths,
-		Owned: f.dockerRun && !intercept.HasFlag(dockerArgs, "-d") && !intercept.HasFlag(dockerArgs, "--detach")}
+		Owned: f.dockerRun && !intercept.HasFlag(dockerArgs, "-d") && !intercept.HasFlag(dockerArgs, "--detach"), Notes: streams.ErrOut}
 	if (f.dockerRun && f.mount) || f.mountVolumes {
 		vols, err = ic.CreateVolumes(ctx, d.Docker(), d, version.Version, mountOpts)
 		if err != nil {
@@ -221,7 +221,9 @@ func runIntercept(ctx context.Context, streams genericiooptions.IOStreams, docke
 			if err := ic.RemoveVolumes(ctx); err != nil {
 				return nil, err
 			}
-			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, mountOpts)
+			o := mountOpts
+			o.Notes = nil // said once already
+			vols, err := ic.CreateVolumes(ctx, d.Docker(), d, version.Version, o)
 			return intercept.VolumeFlags(vols), err
 		},
 	})

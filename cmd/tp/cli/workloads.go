@@ -85,7 +85,8 @@ type interceptJSON struct {
 	Headers       map[string]string `json:"headers,omitempty"`
 	PathPrefix    string            `json:"pathPrefix,omitempty"`
 	// Mounts are the app container's mount paths (read-only ones marked
-	// ":ro"), which --docker-run mounts; only the owner sees them.
+	// ":ro"), which --docker-run mounts; single files, which it cannot
+	// mount, are marked " (file, not mountable)". Only the owner sees them.
 	Mounts []string `json:"mounts,omitempty"`
 }
 
@@ -244,6 +245,9 @@ func mountPaths(i *managerv1.InterceptInfo) []string {
 		p := m.GetPath()
 		if m.GetReadOnly() {
 			p += ":ro"
+		}
+		if m.GetFile() {
+			p += " (file, not mountable)"
 		}
 		out = append(out, p)
 	}

@@ -385,8 +385,12 @@ type Mount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// path is the container's mountPath, which is also the mount's path in
 	// the agent's SFTP export.
-	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	ReadOnly      bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Path     string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// file says that the mount is a single file (a subPath mount of a
+	// ConfigMap or Secret key, say), not a directory: a Docker volume cannot
+	// mount it.
+	File          bool `protobuf:"varint,3,opt,name=file,proto3" json:"file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -431,6 +435,13 @@ func (x *Mount) GetPath() string {
 func (x *Mount) GetReadOnly() bool {
 	if x != nil {
 		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *Mount) GetFile() bool {
+	if x != nil {
+		return x.File
 	}
 	return false
 }
@@ -1152,8 +1163,11 @@ func (x *AgentInfo) GetMounts() []*AgentMount {
 type AgentMount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// path is the app container's mountPath.
-	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	ReadOnly      bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Path     string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly bool   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// file says that the agent found a file, not a directory, at the mount's
+	// path in its export.
+	File          bool `protobuf:"varint,3,opt,name=file,proto3" json:"file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1198,6 +1212,13 @@ func (x *AgentMount) GetPath() string {
 func (x *AgentMount) GetReadOnly() bool {
 	if x != nil {
 		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *AgentMount) GetFile() bool {
+	if x != nil {
+		return x.File
 	}
 	return false
 }
@@ -2069,10 +2090,11 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x06mounts\x18\x12 \x03(\v2\x14.tp.manager.v1.MountR\x06mounts\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
 	"\x05Mount\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
-	"\tread_only\x18\x02 \x01(\bR\breadOnly\"i\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x12\n" +
+	"\x04file\x18\x03 \x01(\bR\x04file\"i\n" +
 	"\x16CreateInterceptRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
@@ -2132,11 +2154,12 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\x06mounts\x18\v \x03(\v2\x19.tp.manager.v1.AgentMountR\x06mounts\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
 	"\n" +
 	"AgentMount\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
-	"\tread_only\x18\x02 \x01(\bR\breadOnly\"P\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x12\n" +
+	"\x04file\x18\x03 \x01(\bR\x04file\"P\n" +
 	"\fMountRequest\x12\x1d\n" +
 	"\n" +
 	"pairing_id\x18\x01 \x01(\tR\tpairingId\x12!\n" +
