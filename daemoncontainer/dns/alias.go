@@ -125,8 +125,7 @@ func (s *Server) aliasTarget(name string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	rest += "." // "" for a bare name gives "."
-	if rest == "." {
+	if rest == "" { // the bare name
 		return target, true
 	}
 	domain := s.cfg.clusterDomain
