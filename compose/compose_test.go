@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -183,6 +184,68 @@ services:
 	// The input project is unchanged.
 	if p.Services["api"].NetworkMode != "" || len(p.Services["api"].Ports) != 1 || len(p.Services["api"].DependsOn) != 2 || p.Services["worker"].Labels[LabelRole] != "" {
 		t.Errorf("Transform changed its input: %+v", p.Services["api"])
+	}
+}
+
+// TestTransformAliases: a use-cluster service named unlike its cluster
+// service becomes a DNS alias (with a note); one named like it needs none.
+func TestTransformAliases(t *testing.T) {
+	o, _ := writeProject(t, map[string]string{"compose.yaml": `
+services:
+  client: {image: c, depends_on: [backend], x-tp: {connect: true}}
+  backend: {image: b, x-tp: {use-cluster: echo}}
+  postgres: {image: postgres, x-tp: {use-cluster: postgres}}
+`})
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ParsePlan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Transform(p, plan, "tp-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Aliases) != 1 || tr.Aliases["backend"] != "echo" {
+		t.Errorf("aliases: got %v, want backend -> echo only", tr.Aliases)
+	}
+	want := "the name backend resolves to the cluster's service echo"
+	if !slices.ContainsFunc(tr.Notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
+		t.Errorf("notes %q: want one starting %q", tr.Notes, want)
+	}
+	var out strings.Builder
+	if err := Config(context.Background(), o, ConfigOptions{}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "# tp: "+want) {
+		t.Errorf("config does not note the alias:\n%s", out.String())
+	}
+}
+
+// TestTransformAliasNames: an alias's name and target must be DNS labels.
+func TestTransformAliasNames(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, msg string }{
+		{"service name", `services: {my_db: {image: p, x-tp: {use-cluster: postgres}}}`, "is not a DNS label"},
+		{"target", `services: {db: {image: p, x-tp: {use-cluster: Postgres_1}}}`, "is not a DNS label"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _ := writeProject(t, map[string]string{"compose.yaml": tc.yaml})
+			p, err := Load(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan, err := ParsePlan(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Transform(p, plan, "tp-dev")
+			var ee *ExtensionError
+			if !errors.As(err, &ee) || ee.Key != "x-tp.use-cluster" || !strings.Contains(ee.Msg, tc.msg) {
+				t.Errorf("Transform: got %v, want an ExtensionError on x-tp.use-cluster saying %q", err, tc.msg)
+			}
+		})
 	}
 }
 

@@ -179,8 +179,12 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		created          []*intercept.Intercept
 		startsConnection bool
 	)
+	var aliased *daemoncontainer.Client // set the project's DNS aliases
 	fail := func(err error) error {
 		leave(ctx, created, s.ErrOut)
+		if aliased != nil && !p.hasContainers(ctx, docker) {
+			p.clearAliases(ctx, aliased, s.ErrOut)
+		}
 		if startsConnection && !p.hasContainers(ctx, docker) {
 			if qerr := daemoncontainer.Quit(context.WithoutCancel(ctx), docker, p.connection); qerr == nil {
 				fmt.Fprintf(s.ErrOut, "Disconnected %s (this up had started it)\n", p.daemon)
@@ -207,6 +211,12 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 			return fail(err)
 		}
 		defer d.Close()
+		if len(p.Aliases) > 0 {
+			if err := p.setAliases(ctx, d); err != nil {
+				return fail(err)
+			}
+			aliased = d
+		}
 		if created, err = p.intercept(ctx, d, s.ErrOut); err != nil {
 			return fail(err)
 		}
@@ -277,10 +287,52 @@ func Up(ctx context.Context, lo LoadOptions, o UpOptions, s Streams) error {
 		fmt.Fprintf(s.ErrOut, "tp: %v\n", err)
 	}
 	leave(ctx, created, s.ErrOut)
+	if aliased != nil {
+		p.clearAliases(ctx, aliased, s.ErrOut)
+	}
 	if len(created) > 0 {
 		fmt.Fprintf(s.ErrOut, "Stopped project %s and left its intercepts; remove its containers (and the connection, when up started it) with: tp compose down\n", p.Project.Name)
 	}
 	return err
+}
+
+// aliasOwner is the owner of the project's DNS aliases in the daemon.
+func (p *project) aliasOwner() string { return "compose:" + p.Project.Name }
+
+// setAliases has the daemon's DNS answer the names of the project's
+// use-cluster services as their cluster services.
+func (p *project) setAliases(ctx context.Context, d *daemoncontainer.Client) error {
+	req := &daemonv1.SetAliasesRequest{Owner: p.aliasOwner(), Aliases: p.Aliases}
+	_, err := d.SetAliases(ctx, req)
+	// Unavailable: the daemon's network (and DNS) is not up yet.
+	for deadline := time.Now().Add(30 * time.Second); status.Code(err) == codes.Unavailable && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		_, err = d.SetAliases(ctx, req)
+	}
+	switch status.Code(err) {
+	case codes.OK:
+		return nil
+	case codes.Unimplemented:
+		return fmt.Errorf("the daemon of connection %s cannot alias %s: it is older than this tp; reconnect with tp quit %s and tp compose up: %w",
+			p.connection, strings.Join(sortedKeys(p.Aliases), ", "), p.connection, err)
+	default:
+		return fmt.Errorf("set the DNS aliases %s of project %s: %w", strings.Join(sortedKeys(p.Aliases), ", "), p.Project.Name, err)
+	}
+}
+
+// clearAliases removes the project's DNS aliases (even when ctx is
+// cancelled: Ctrl-C); failures are reported on progress.
+func (p *project) clearAliases(ctx context.Context, d *daemoncontainer.Client, progress io.Writer) {
+	_, err := d.SetAliases(context.WithoutCancel(ctx), &daemonv1.SetAliasesRequest{Owner: p.aliasOwner()})
+	if err != nil {
+		fmt.Fprintf(progress, "tp: warning: remove the DNS aliases of project %s: %s\n", p.Project.Name, status.Convert(err).Message())
+		return
+	}
+	fmt.Fprintf(progress, "Removed DNS aliases %s\n", strings.Join(sortedKeys(p.Aliases), ", "))
 }
 
 // leave leaves the intercepts (even when ctx is cancelled: Ctrl-C).
@@ -433,6 +485,9 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 	default:
 		connected = true
 		errs = append(errs, p.leaveIntercepts(ctx, d, nil, s.ErrOut))
+		if len(p.Aliases) > 0 {
+			p.clearAliases(ctx, d, s.ErrOut)
+		}
 		if startedConnection {
 			if others, err = p.otherIntercepts(ctx, d); err != nil {
 				// No answer is no proof that no one else uses the connection.

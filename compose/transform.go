@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/tp-run/tp/daemoncontainer/dns"
 )
 
 // Labels tp puts on the services it changes, so `tp compose ps` and a
@@ -30,6 +32,12 @@ type Transformed struct {
 	// Replaced are the use-cluster services, which compose does not start:
 	// service name -> the cluster's service its name resolves to.
 	Replaced map[string]string
+	// Aliases are the replaced services whose name differs from their
+	// cluster service: name -> cluster service. Up has the daemon's DNS
+	// answer each name (bare and with the joined containers' search
+	// domains) as that service; down removes them. A replaced service whose
+	// name is its cluster service needs none: the search list resolves it.
+	Aliases map[string]string
 	// ClusterWaits are the depends_on of services on use-cluster services,
 	// which compose cannot wait for: up waits for the cluster's service to
 	// answer through the connection before it starts the services.
@@ -65,11 +73,27 @@ type ClusterWait struct {
 //   - every changed service carries the LabelRole label.
 func Transform(p *types.Project, plan *Plan, daemonContainer string) (*Transformed, error) {
 	roles := maps.Clone(plan.Roles)
-	t := &Transformed{Replaced: map[string]string{}}
+	t := &Transformed{Replaced: map[string]string{}, Aliases: map[string]string{}}
 	for name, r := range roles {
 		if r.Kind == RoleUseCluster {
 			t.Replaced[name] = r.ClusterService
 		}
+	}
+	for _, name := range sortedKeys(t.Replaced) {
+		cluster := t.Replaced[name]
+		if cluster == name {
+			continue
+		}
+		if !dns.IsLabel(name) {
+			return nil, &ExtensionError{File: fileWith(p.ComposeFiles, name, ""), Service: name, Key: "x-tp.use-cluster",
+				Msg: fmt.Sprintf("the service's name %q is not a DNS label (lower-case letters, digits and '-', at most 63), so tp's DNS cannot make it an alias of %s: rename the service", name, cluster)}
+		}
+		if !dns.IsLabel(cluster) {
+			return nil, &ExtensionError{File: fileWith(p.ComposeFiles, name, ""), Service: name, Key: "x-tp.use-cluster",
+				Msg: fmt.Sprintf("%q is not a DNS label (lower-case letters, digits and '-', at most 63): give the name of a service in the connection's namespace", cluster)}
+		}
+		t.Aliases[name] = cluster
+		t.Notes = append(t.Notes, fmt.Sprintf("the name %s resolves to the cluster's service %s (a DNS alias in the connection's namespace while the project is up)", name, cluster))
 	}
 	waits, err := clusterWaits(p, t.Replaced)
 	if err != nil {

@@ -115,6 +115,8 @@ type daemon struct {
 	stack     *netstack.Stack
 	dns       *dns.Server
 	dnsInfo   *daemonv1.DNSStatus
+	dnsDomain string                       // the cluster domain of dns
+	aliases   map[string]map[string]string // SetAliases: owner -> name -> cluster service
 }
 
 // runNetwork routes the cluster's subnets into the TUN device, runs the
@@ -169,7 +171,8 @@ func (d *daemon) runNetwork(ctx context.Context, cluster *managerv1.ClusterInfo)
 		return err
 	}
 	d.mu.Lock()
-	d.routes, d.conflicts, d.stack, d.dns, d.dev = routes, conflicts, st, srv, dev
+	d.routes, d.conflicts, d.stack, d.dns, d.dev, d.dnsDomain = routes, conflicts, st, srv, dev, domain
+	d.restoreAliases(srv)
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()

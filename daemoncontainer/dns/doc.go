@@ -9,6 +9,9 @@
 //
 // The server routes each question by name, never by guessing:
 //
+//   - an alias ([Server.SetAliases]: a compose project's name for a cluster
+//     service), bare or with a search domain, is answered with a CNAME to its
+//     cluster name and the cluster's records for that name;
 //   - names in the cluster domain and reverse names of the cluster CIDRs go to
 //     the cluster through an injected [Exchanger] (the daemon implements it
 //     over the tunnel to the cluster DNS service);

@@ -61,10 +61,13 @@ type Server struct {
 	tcpAddr  net.Addr
 	lastWarn atomic.Int64 // unix nanos of the last warning
 
+	aliases    aliases                           // SetAliases
+	aliasTable atomic.Pointer[map[string]string] // aliases.table, read by ServeDNS
+
 	stats struct {
 		queries, cacheHits, clusterForwards, upstreamForwards atomic.Uint64
 		coalesced, failures, stale, synthesized               atomic.Uint64
-		dockerForwards, looped                                atomic.Uint64
+		dockerForwards, looped, aliased                       atomic.Uint64
 	}
 }
 
@@ -80,6 +83,7 @@ type Stats struct {
 	Failures         uint64 // questions whose forward failed (answered SERVFAIL or stale)
 	Stale            uint64 // expired answers served because their forward failed
 	Synthesized      uint64 // search-list expansions of cluster names answered NXDOMAIN
+	Aliased          uint64 // questions for an alias (answered with a CNAME to its cluster name)
 	CacheEntries     int    // answers in the cache now
 }
 
@@ -149,6 +153,7 @@ func (s *Server) Stats() Stats {
 		Failures:         s.stats.failures.Load(),
 		Stale:            s.stats.stale.Load(),
 		Synthesized:      s.stats.synthesized.Load(),
+		Aliased:          s.stats.aliased.Load(),
 		CacheEntries:     s.cache.len(),
 	}
 }
@@ -282,6 +287,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		// answer it, outside the flight of the question that waits for it.
 		s.stats.looped.Add(1)
 		s.answerLooped(w, req, key)
+		return
+	}
+
+	if target, ok := s.aliasTarget(key.name); ok {
+		s.answerAlias(w, req, key, target)
 		return
 	}
 
@@ -433,6 +443,12 @@ func (s *Server) exchange(ctx context.Context, ex Exchanger, q *dns.Msg) (*dns.M
 // writeAnswer replies to req with a, its TTLs lowered by its age, or set to
 // staleTTL for a stale answer.
 func (s *Server) writeAnswer(w dns.ResponseWriter, req *dns.Msg, a *answer, now time.Time, stale bool) {
+	s.write(w, req, s.reply(req, a, now, stale))
+}
+
+// reply is the reply to req with a, its TTLs lowered by its age, or set to
+// staleTTL for a stale answer.
+func (s *Server) reply(req *dns.Msg, a *answer, now time.Time, stale bool) *dns.Msg {
 	src := a.msg
 	do := false
 	if opt := req.IsEdns0(); opt != nil {
@@ -459,7 +475,7 @@ func (s *Server) writeAnswer(w dns.ResponseWriter, req *dns.Msg, a *answer, now 
 	resp.Answer = withTTL(src.Answer, age, stale)
 	resp.Ns = withTTL(src.Ns, age, stale)
 	resp.Extra = withTTL(src.Extra, age, stale)
-	s.write(w, req, resp)
+	return resp
 }
 
 // withTTL returns rrs with TTLs lowered by age. Unchanged records are shared

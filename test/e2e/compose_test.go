@@ -157,3 +157,98 @@ services:
 		t.Errorf("the connection that up started is still there after down:\n%s", out)
 	}
 }
+
+// TestComposeUseClusterAlias: a use-cluster service whose name differs
+// from its cluster service (backend: use-cluster echo) is not started, and
+// its name resolves, through tp's DNS, to the cluster's echo for the joined
+// services: a connect-role client reaches http://backend/ and gets echo's
+// answer, also with the namespace's search suffix. `tp compose down`
+// removes the alias (the connection, started by hand, stays and no longer
+// resolves backend).
+func TestComposeUseClusterAlias(t *testing.T) {
+	c := newCluster(t)
+	ns := c.namespace(t, "alias")
+	c.apply(t, ns, "examples/echo/k8s/echo.yaml")
+	c.waitDeployment(t, ns, "echo", 2*time.Minute)
+	conn := "als-" + rand.String(4)
+	project := "tpe2ealias" + rand.String(4)
+	if out, err := tp(t, "connect", "--name", conn, "-n", ns); err != nil {
+		t.Fatalf("tp connect: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = tp(t, "quit", "--name", conn) })
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "compose.yaml")
+	yaml := fmt.Sprintf(`name: %s
+x-tp:
+  connection: {name: %s, namespace: %s}
+services:
+  client:
+    image: %s
+    entrypoint: ["/bin/sh", "-c", "while sleep 1; do curl -s -m 3 http://backend/bare; echo; curl -s -m 3 http://backend.%s.svc.cluster.local/suffixed; echo; done"]
+    depends_on: {backend: {condition: service_started}}
+    x-tp: {connect: true}
+  backend:
+    image: backend-that-is-not-here
+    expose: ["80"]
+    x-tp: {use-cluster: echo}
+`, project, conn, ns, debianImage, ns)
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	composeTP := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := composeTP("down"); err != nil {
+			t.Logf("tp compose down (cleanup): %v\n%s", err, out)
+		}
+	})
+	// resolves says whether a container joined to the connection resolves name.
+	resolves := func(name string) (string, bool) {
+		out, err := docker("run", "--rm", "--network", "container:tp-"+conn, debianImage, "getent", "hosts", name)
+		return strings.TrimSpace(out), err == nil && strings.TrimSpace(out) != ""
+	}
+	if out, ok := resolves("backend"); ok {
+		t.Fatalf("backend resolves before up (%s): the test cannot tell the alias from something else", out)
+	}
+
+	if out, err := composeTP("config"); err != nil || !strings.Contains(out, "the name backend resolves to the cluster's service echo") {
+		t.Fatalf("tp compose config does not note the alias backend -> echo: %v\n%s", err, out)
+	}
+	out, err := composeTP("up", "-d")
+	if err != nil {
+		t.Fatalf("tp compose up -d: %v\n%s", err, out)
+	}
+	t.Logf("tp compose up -d:\n%s", out)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		logs, _ := docker("logs", project+"-client-1")
+		if strings.Contains(logs, `"path":"/bare"`) && strings.Contains(logs, `"path":"/suffixed"`) && strings.Contains(logs, `"copy":"cluster"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client's requests to http://backend/ never got the cluster's echo; its log:\n%s", logs)
+		}
+		time.Sleep(time.Second)
+	}
+	if ps, _ := docker("ps", "-a", "--filter", "label=com.docker.compose.project="+project, "--format", "{{.Names}}"); strings.Contains(ps, "backend") {
+		t.Errorf("the use-cluster service backend was started: %s", ps)
+	}
+	if out, ok := resolves("backend"); !ok {
+		t.Errorf("a joined container does not resolve backend while the project is up: %s", out)
+	}
+
+	if out, err := composeTP("down"); err != nil {
+		t.Fatalf("tp compose down: %v\n%s", err, out)
+	}
+	if out, ok := resolves("backend"); ok {
+		t.Errorf("backend still resolves after down: %s", out)
+	}
+	if _, err := docker("inspect", "tp-"+conn); err != nil {
+		t.Errorf("down quit the connection it had not started: %v", err)
+	}
+}

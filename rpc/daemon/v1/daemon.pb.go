@@ -85,6 +85,96 @@ func (ConnectionState) EnumDescriptor() ([]byte, []int) {
 	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
 }
 
+type SetAliasesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Owner string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// aliases: name -> the cluster's service (a DNS label, in the
+	// connection's namespace).
+	Aliases       map[string]string `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAliasesRequest) Reset() {
+	*x = SetAliasesRequest{}
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAliasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAliasesRequest) ProtoMessage() {}
+
+func (x *SetAliasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAliasesRequest.ProtoReflect.Descriptor instead.
+func (*SetAliasesRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetAliasesRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *SetAliasesRequest) GetAliases() map[string]string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+type SetAliasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetAliasesResponse) Reset() {
+	*x = SetAliasesResponse{}
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetAliasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetAliasesResponse) ProtoMessage() {}
+
+func (x *SetAliasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetAliasesResponse.ProtoReflect.Descriptor instead.
+func (*SetAliasesResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{1}
+}
+
 type OpenMountRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InterceptId   string                 `protobuf:"bytes,1,opt,name=intercept_id,json=interceptId,proto3" json:"intercept_id,omitempty"`
@@ -94,7 +184,7 @@ type OpenMountRequest struct {
 
 func (x *OpenMountRequest) Reset() {
 	*x = OpenMountRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -106,7 +196,7 @@ func (x *OpenMountRequest) String() string {
 func (*OpenMountRequest) ProtoMessage() {}
 
 func (x *OpenMountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[0]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -119,7 +209,7 @@ func (x *OpenMountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenMountRequest.ProtoReflect.Descriptor instead.
 func (*OpenMountRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{0}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OpenMountRequest) GetInterceptId() string {
@@ -142,7 +232,7 @@ type OpenMountResponse struct {
 
 func (x *OpenMountResponse) Reset() {
 	*x = OpenMountResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +244,7 @@ func (x *OpenMountResponse) String() string {
 func (*OpenMountResponse) ProtoMessage() {}
 
 func (x *OpenMountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[1]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +257,7 @@ func (x *OpenMountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenMountResponse.ProtoReflect.Descriptor instead.
 func (*OpenMountResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{1}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OpenMountResponse) GetPort() int32 {
@@ -192,7 +282,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +294,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[2]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +307,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{2}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
 }
 
 type SubnetConflict struct {
@@ -231,7 +321,7 @@ type SubnetConflict struct {
 
 func (x *SubnetConflict) Reset() {
 	*x = SubnetConflict{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +333,7 @@ func (x *SubnetConflict) String() string {
 func (*SubnetConflict) ProtoMessage() {}
 
 func (x *SubnetConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[3]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +346,7 @@ func (x *SubnetConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubnetConflict.ProtoReflect.Descriptor instead.
 func (*SubnetConflict) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{3}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubnetConflict) GetSubnet() string {
@@ -301,7 +391,7 @@ type DNSStatus struct {
 
 func (x *DNSStatus) Reset() {
 	*x = DNSStatus{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +403,7 @@ func (x *DNSStatus) String() string {
 func (*DNSStatus) ProtoMessage() {}
 
 func (x *DNSStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[4]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +416,7 @@ func (x *DNSStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSStatus.ProtoReflect.Descriptor instead.
 func (*DNSStatus) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{4}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DNSStatus) GetListenAddress() string {
@@ -435,7 +525,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +537,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[5]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +550,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{5}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -630,7 +720,7 @@ type FlowStats struct {
 
 func (x *FlowStats) Reset() {
 	*x = FlowStats{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +732,7 @@ func (x *FlowStats) String() string {
 func (*FlowStats) ProtoMessage() {}
 
 func (x *FlowStats) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[6]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +745,7 @@ func (x *FlowStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowStats.ProtoReflect.Descriptor instead.
 func (*FlowStats) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{6}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FlowStats) GetTcpOpen() int64 {
@@ -743,7 +833,7 @@ type QuitRequest struct {
 
 func (x *QuitRequest) Reset() {
 	*x = QuitRequest{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +845,7 @@ func (x *QuitRequest) String() string {
 func (*QuitRequest) ProtoMessage() {}
 
 func (x *QuitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[7]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +858,7 @@ func (x *QuitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitRequest.ProtoReflect.Descriptor instead.
 func (*QuitRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{7}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{9}
 }
 
 type QuitResponse struct {
@@ -779,7 +869,7 @@ type QuitResponse struct {
 
 func (x *QuitResponse) Reset() {
 	*x = QuitResponse{}
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +881,7 @@ func (x *QuitResponse) String() string {
 func (*QuitResponse) ProtoMessage() {}
 
 func (x *QuitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[8]
+	mi := &file_rpc_daemon_v1_daemon_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,14 +894,21 @@ func (x *QuitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitResponse.ProtoReflect.Descriptor instead.
 func (*QuitResponse) Descriptor() ([]byte, []int) {
-	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{8}
+	return file_rpc_daemon_v1_daemon_proto_rawDescGZIP(), []int{10}
 }
 
 var File_rpc_daemon_v1_daemon_proto protoreflect.FileDescriptor
 
 const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crpc/manager/v1/manager.proto\"5\n" +
+	"\x1arpc/daemon/v1/daemon.proto\x12\ftp.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crpc/manager/v1/manager.proto\"\xad\x01\n" +
+	"\x11SetAliasesRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12F\n" +
+	"\aaliases\x18\x02 \x03(\v2,.tp.daemon.v1.SetAliasesRequest.AliasesEntryR\aaliases\x1a:\n" +
+	"\fAliasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x14\n" +
+	"\x12SetAliasesResponse\"5\n" +
 	"\x10OpenMountRequest\x12!\n" +
 	"\fintercept_id\x18\x01 \x01(\tR\vinterceptId\"=\n" +
 	"\x11OpenMountResponse\x12\x12\n" +
@@ -888,7 +985,7 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x1bCONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n" +
 	"\x1aCONNECTION_STATE_CONNECTED\x10\x02\x12!\n" +
 	"\x1dCONNECTION_STATE_RECONNECTING\x10\x03\x12\x1b\n" +
-	"\x17CONNECTION_STATE_FAILED\x10\x042\xc9\x04\n" +
+	"\x17CONNECTION_STATE_FAILED\x10\x042\x9a\x05\n" +
 	"\x06Daemon\x12C\n" +
 	"\x06Status\x12\x1b.tp.daemon.v1.StatusRequest\x1a\x1c.tp.daemon.v1.StatusResponse\x12=\n" +
 	"\x04Quit\x12\x19.tp.daemon.v1.QuitRequest\x1a\x1a.tp.daemon.v1.QuitResponse\x12M\n" +
@@ -896,7 +993,9 @@ const file_rpc_daemon_v1_daemon_proto_rawDesc = "" +
 	"\x0fRemoveIntercept\x12%.tp.manager.v1.RemoveInterceptRequest\x1a&.tp.manager.v1.RemoveInterceptResponse\x12Z\n" +
 	"\rListWorkloads\x12#.tp.manager.v1.ListWorkloadsRequest\x1a$.tp.manager.v1.ListWorkloadsResponse\x12`\n" +
 	"\x0fUninstallAgents\x12%.tp.manager.v1.UninstallAgentsRequest\x1a&.tp.manager.v1.UninstallAgentsResponse\x12L\n" +
-	"\tOpenMount\x12\x1e.tp.daemon.v1.OpenMountRequest\x1a\x1f.tp.daemon.v1.OpenMountResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
+	"\tOpenMount\x12\x1e.tp.daemon.v1.OpenMountRequest\x1a\x1f.tp.daemon.v1.OpenMountResponse\x12O\n" +
+	"\n" +
+	"SetAliases\x12\x1f.tp.daemon.v1.SetAliasesRequest\x1a .tp.daemon.v1.SetAliasesResponseB-Z+github.com/tp-run/tp/rpc/daemon/v1;daemonv1b\x06proto3"
 
 var (
 	file_rpc_daemon_v1_daemon_proto_rawDescOnce sync.Once
@@ -911,54 +1010,60 @@ func file_rpc_daemon_v1_daemon_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_daemon_v1_daemon_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_rpc_daemon_v1_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_rpc_daemon_v1_daemon_proto_goTypes = []any{
 	(ConnectionState)(0),               // 0: tp.daemon.v1.ConnectionState
-	(*OpenMountRequest)(nil),           // 1: tp.daemon.v1.OpenMountRequest
-	(*OpenMountResponse)(nil),          // 2: tp.daemon.v1.OpenMountResponse
-	(*StatusRequest)(nil),              // 3: tp.daemon.v1.StatusRequest
-	(*SubnetConflict)(nil),             // 4: tp.daemon.v1.SubnetConflict
-	(*DNSStatus)(nil),                  // 5: tp.daemon.v1.DNSStatus
-	(*StatusResponse)(nil),             // 6: tp.daemon.v1.StatusResponse
-	(*FlowStats)(nil),                  // 7: tp.daemon.v1.FlowStats
-	(*QuitRequest)(nil),                // 8: tp.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),               // 9: tp.daemon.v1.QuitResponse
-	(*timestamppb.Timestamp)(nil),      // 10: google.protobuf.Timestamp
-	(*v1.InterceptSpec)(nil),           // 11: tp.manager.v1.InterceptSpec
-	(*v1.RemoveInterceptRequest)(nil),  // 12: tp.manager.v1.RemoveInterceptRequest
-	(*v1.ListWorkloadsRequest)(nil),    // 13: tp.manager.v1.ListWorkloadsRequest
-	(*v1.UninstallAgentsRequest)(nil),  // 14: tp.manager.v1.UninstallAgentsRequest
-	(*v1.InterceptInfo)(nil),           // 15: tp.manager.v1.InterceptInfo
-	(*v1.RemoveInterceptResponse)(nil), // 16: tp.manager.v1.RemoveInterceptResponse
-	(*v1.ListWorkloadsResponse)(nil),   // 17: tp.manager.v1.ListWorkloadsResponse
-	(*v1.UninstallAgentsResponse)(nil), // 18: tp.manager.v1.UninstallAgentsResponse
+	(*SetAliasesRequest)(nil),          // 1: tp.daemon.v1.SetAliasesRequest
+	(*SetAliasesResponse)(nil),         // 2: tp.daemon.v1.SetAliasesResponse
+	(*OpenMountRequest)(nil),           // 3: tp.daemon.v1.OpenMountRequest
+	(*OpenMountResponse)(nil),          // 4: tp.daemon.v1.OpenMountResponse
+	(*StatusRequest)(nil),              // 5: tp.daemon.v1.StatusRequest
+	(*SubnetConflict)(nil),             // 6: tp.daemon.v1.SubnetConflict
+	(*DNSStatus)(nil),                  // 7: tp.daemon.v1.DNSStatus
+	(*StatusResponse)(nil),             // 8: tp.daemon.v1.StatusResponse
+	(*FlowStats)(nil),                  // 9: tp.daemon.v1.FlowStats
+	(*QuitRequest)(nil),                // 10: tp.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),               // 11: tp.daemon.v1.QuitResponse
+	nil,                                // 12: tp.daemon.v1.SetAliasesRequest.AliasesEntry
+	(*timestamppb.Timestamp)(nil),      // 13: google.protobuf.Timestamp
+	(*v1.InterceptSpec)(nil),           // 14: tp.manager.v1.InterceptSpec
+	(*v1.RemoveInterceptRequest)(nil),  // 15: tp.manager.v1.RemoveInterceptRequest
+	(*v1.ListWorkloadsRequest)(nil),    // 16: tp.manager.v1.ListWorkloadsRequest
+	(*v1.UninstallAgentsRequest)(nil),  // 17: tp.manager.v1.UninstallAgentsRequest
+	(*v1.InterceptInfo)(nil),           // 18: tp.manager.v1.InterceptInfo
+	(*v1.RemoveInterceptResponse)(nil), // 19: tp.manager.v1.RemoveInterceptResponse
+	(*v1.ListWorkloadsResponse)(nil),   // 20: tp.manager.v1.ListWorkloadsResponse
+	(*v1.UninstallAgentsResponse)(nil), // 21: tp.manager.v1.UninstallAgentsResponse
 }
 var file_rpc_daemon_v1_daemon_proto_depIdxs = []int32{
-	0,  // 0: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
-	4,  // 1: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
-	5,  // 2: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
-	10, // 3: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
-	7,  // 4: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
-	10, // 5: tp.daemon.v1.StatusResponse.last_resumed:type_name -> google.protobuf.Timestamp
-	3,  // 6: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
-	8,  // 7: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
-	11, // 8: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
-	12, // 9: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
-	13, // 10: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
-	14, // 11: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
-	1,  // 12: tp.daemon.v1.Daemon.OpenMount:input_type -> tp.daemon.v1.OpenMountRequest
-	6,  // 13: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
-	9,  // 14: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
-	15, // 15: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
-	16, // 16: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
-	17, // 17: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
-	18, // 18: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
-	2,  // 19: tp.daemon.v1.Daemon.OpenMount:output_type -> tp.daemon.v1.OpenMountResponse
-	13, // [13:20] is the sub-list for method output_type
-	6,  // [6:13] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 0: tp.daemon.v1.SetAliasesRequest.aliases:type_name -> tp.daemon.v1.SetAliasesRequest.AliasesEntry
+	0,  // 1: tp.daemon.v1.StatusResponse.state:type_name -> tp.daemon.v1.ConnectionState
+	6,  // 2: tp.daemon.v1.StatusResponse.conflicts:type_name -> tp.daemon.v1.SubnetConflict
+	7,  // 3: tp.daemon.v1.StatusResponse.dns:type_name -> tp.daemon.v1.DNSStatus
+	13, // 4: tp.daemon.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
+	9,  // 5: tp.daemon.v1.StatusResponse.flows:type_name -> tp.daemon.v1.FlowStats
+	13, // 6: tp.daemon.v1.StatusResponse.last_resumed:type_name -> google.protobuf.Timestamp
+	5,  // 7: tp.daemon.v1.Daemon.Status:input_type -> tp.daemon.v1.StatusRequest
+	10, // 8: tp.daemon.v1.Daemon.Quit:input_type -> tp.daemon.v1.QuitRequest
+	14, // 9: tp.daemon.v1.Daemon.CreateIntercept:input_type -> tp.manager.v1.InterceptSpec
+	15, // 10: tp.daemon.v1.Daemon.RemoveIntercept:input_type -> tp.manager.v1.RemoveInterceptRequest
+	16, // 11: tp.daemon.v1.Daemon.ListWorkloads:input_type -> tp.manager.v1.ListWorkloadsRequest
+	17, // 12: tp.daemon.v1.Daemon.UninstallAgents:input_type -> tp.manager.v1.UninstallAgentsRequest
+	3,  // 13: tp.daemon.v1.Daemon.OpenMount:input_type -> tp.daemon.v1.OpenMountRequest
+	1,  // 14: tp.daemon.v1.Daemon.SetAliases:input_type -> tp.daemon.v1.SetAliasesRequest
+	8,  // 15: tp.daemon.v1.Daemon.Status:output_type -> tp.daemon.v1.StatusResponse
+	11, // 16: tp.daemon.v1.Daemon.Quit:output_type -> tp.daemon.v1.QuitResponse
+	18, // 17: tp.daemon.v1.Daemon.CreateIntercept:output_type -> tp.manager.v1.InterceptInfo
+	19, // 18: tp.daemon.v1.Daemon.RemoveIntercept:output_type -> tp.manager.v1.RemoveInterceptResponse
+	20, // 19: tp.daemon.v1.Daemon.ListWorkloads:output_type -> tp.manager.v1.ListWorkloadsResponse
+	21, // 20: tp.daemon.v1.Daemon.UninstallAgents:output_type -> tp.manager.v1.UninstallAgentsResponse
+	4,  // 21: tp.daemon.v1.Daemon.OpenMount:output_type -> tp.daemon.v1.OpenMountResponse
+	2,  // 22: tp.daemon.v1.Daemon.SetAliases:output_type -> tp.daemon.v1.SetAliasesResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_rpc_daemon_v1_daemon_proto_init() }
@@ -972,7 +1077,7 @@ func file_rpc_daemon_v1_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_daemon_v1_daemon_proto_rawDesc), len(file_rpc_daemon_v1_daemon_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	Daemon_ListWorkloads_FullMethodName   = "/tp.daemon.v1.Daemon/ListWorkloads"
 	Daemon_UninstallAgents_FullMethodName = "/tp.daemon.v1.Daemon/UninstallAgents"
 	Daemon_OpenMount_FullMethodName       = "/tp.daemon.v1.Daemon/OpenMount"
+	Daemon_SetAliases_FullMethodName      = "/tp.daemon.v1.Daemon/SetAliases"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -55,6 +56,15 @@ type DaemonClient interface {
 	// once per intercept (the same one again on every call) and forgotten
 	// when the intercept is removed through the daemon or the session ends.
 	OpenMount(ctx context.Context, in *OpenMountRequest, opts ...grpc.CallOption) (*OpenMountResponse, error)
+	// SetAliases replaces the DNS aliases owner holds (a compose project):
+	// each name (a DNS label) resolves, bare and with the search domains of
+	// the joined containers, to the cluster's service it names, as a CNAME
+	// to <service>.<namespace>.svc.<cluster domain> and that name's records.
+	// Empty aliases remove the owner's set. Aliases live in the daemon's
+	// memory only: a restarted daemon has none until the owner sets them
+	// again (tp compose up does). A name another owner holds is refused
+	// (FAILED_PRECONDITION); a bad name or service is INVALID_ARGUMENT.
+	SetAliases(ctx context.Context, in *SetAliasesRequest, opts ...grpc.CallOption) (*SetAliasesResponse, error)
 }
 
 type daemonClient struct {
@@ -135,6 +145,16 @@ func (c *daemonClient) OpenMount(ctx context.Context, in *OpenMountRequest, opts
 	return out, nil
 }
 
+func (c *daemonClient) SetAliases(ctx context.Context, in *SetAliasesRequest, opts ...grpc.CallOption) (*SetAliasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetAliasesResponse)
+	err := c.cc.Invoke(ctx, Daemon_SetAliases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -157,6 +177,15 @@ type DaemonServer interface {
 	// once per intercept (the same one again on every call) and forgotten
 	// when the intercept is removed through the daemon or the session ends.
 	OpenMount(context.Context, *OpenMountRequest) (*OpenMountResponse, error)
+	// SetAliases replaces the DNS aliases owner holds (a compose project):
+	// each name (a DNS label) resolves, bare and with the search domains of
+	// the joined containers, to the cluster's service it names, as a CNAME
+	// to <service>.<namespace>.svc.<cluster domain> and that name's records.
+	// Empty aliases remove the owner's set. Aliases live in the daemon's
+	// memory only: a restarted daemon has none until the owner sets them
+	// again (tp compose up does). A name another owner holds is refused
+	// (FAILED_PRECONDITION); a bad name or service is INVALID_ARGUMENT.
+	SetAliases(context.Context, *SetAliasesRequest) (*SetAliasesResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -187,6 +216,9 @@ func (UnimplementedDaemonServer) UninstallAgents(context.Context, *v1.UninstallA
 }
 func (UnimplementedDaemonServer) OpenMount(context.Context, *OpenMountRequest) (*OpenMountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method OpenMount not implemented")
+}
+func (UnimplementedDaemonServer) SetAliases(context.Context, *SetAliasesRequest) (*SetAliasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetAliases not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -335,6 +367,24 @@ func _Daemon_OpenMount_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_SetAliases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAliasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).SetAliases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_SetAliases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).SetAliases(ctx, req.(*SetAliasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -369,6 +419,10 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "OpenMount",
 			Handler:    _Daemon_OpenMount_Handler,
+		},
+		{
+			MethodName: "SetAliases",
+			Handler:    _Daemon_SetAliases_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
