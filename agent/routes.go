@@ -57,6 +57,9 @@ var noRoutes = &routes{}
 func newRoutes(snap *managerv1.InterceptSnapshot, served map[int32]bool) (r *routes, ignored []*managerv1.InterceptInfo) {
 	r = &routes{ports: map[int32]*portRoutes{}, byHost: map[string]*intercept{}}
 	for _, info := range snap.GetIntercepts() {
+		if info.GetSpec().GetIngest() {
+			continue // its owner takes the pod's env and mounts, never its traffic
+		}
 		cp := info.GetContainerPort()
 		if !served[cp] {
 			ignored = append(ignored, info)

@@ -103,3 +103,30 @@ func TestOwnerGraceRunsFromDeparture(t *testing.T) {
 		t.Errorf("away again: awaySince %v, want the new departure", got)
 	}
 }
+
+// TestRoutesIngest: an ingest (env and mounts, no traffic) never takes a
+// connection or a request, even on a port it happens to name; and it is
+// not a port the agent "does not serve" either.
+func TestRoutesIngest(t *testing.T) {
+	ingest := globalIntercept("ingest", 8080)
+	ingest.Spec.Ingest = true
+	noPort := globalIntercept("ingest-no-port", 0)
+	noPort.Spec.Ingest = true
+	r, ignored := newRoutes(&managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{ingest, noPort}}, map[int32]bool{8080: true})
+	if len(ignored) != 0 {
+		t.Errorf("ignored %v, want none", ignored)
+	}
+	if pr := r.port(8080); pr != nil {
+		t.Errorf("port 8080 routes %+v, want nothing (to the app)", pr)
+	}
+	if len(r.byHost) != 0 {
+		t.Errorf("byHost has %d intercepts, want 0", len(r.byHost))
+	}
+	// Next to a personal intercept, requests without its header go to the app.
+	personal := personalIntercept("alice", 8080, map[string]string{"x-dev": "alice"}, "")
+	r, _ = newRoutes(&managerv1.InterceptSnapshot{Intercepts: []*managerv1.InterceptInfo{ingest, personal}}, map[int32]bool{8080: true})
+	req := httptest.NewRequest(http.MethodGet, "http://echo/", nil)
+	if ic := r.port(8080).route(req); ic != nil {
+		t.Errorf("request without header goes to %s, want the app", ic.id)
+	}
+}

@@ -65,9 +65,13 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if err != nil {
 		return nil, kubeStatus(err)
 	}
-	tgt, err := resolveTarget(spec, w, svcs.Items)
-	if err != nil {
-		return nil, err
+	tgt := target{container: spec.GetContainer()} // an ingest takes no port
+	if !spec.GetIngest() {
+		if tgt, err = resolveTarget(spec, w, svcs.Items); err != nil {
+			return nil, err
+		}
+	} else if c := tgt.container; c != "" && containerIndex(w.template.Spec.Containers, c) < 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s has no container %s", w.ref, c)
 	}
 	// Refuse before labelling the workload: the webhook would not inject.
 	if err := checkInjectable(&w.template.Spec, planPorts(&w.template.Spec, w.template.Labels, svcs.Items)); err != nil {
@@ -96,7 +100,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if created {
 		m.log.Info("intercept created", "intercept", ic.ID, "name", spec.GetName(), "workload", w.ref.String(),
 			"port", tgt.containerPort, "session", sess.id, "host", sess.client.GetHost(), "user", user.Username,
-			"headers", spec.GetHeaders())
+			"headers", spec.GetHeaders(), "ingest", spec.GetIngest())
 	}
 
 	// Enable the agent, or, if a manager of another version enabled it,
@@ -141,6 +145,12 @@ func normalizeSpec(in *managerv1.InterceptSpec, client *managerv1.ClientInfo) (*
 	}
 	if spec.Name == "" {
 		spec.Name = spec.Workload
+	}
+	if spec.GetIngest() {
+		if spec.GetService() != "" || spec.GetServicePort() != "" || spec.GetLocalPort() != 0 || len(spec.GetHeaders()) > 0 || spec.GetPathPrefix() != "" {
+			return nil, status.Errorf(codes.InvalidArgument, "ingest %s: an ingest takes no traffic; give no service, service port, local port, headers or path prefix", spec.Name)
+		}
+		return spec, nil
 	}
 	if p := spec.GetLocalPort(); p <= 0 || p > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "intercept %s: local port %d out of range 1-65535", spec.Name, p)
@@ -356,13 +366,19 @@ func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) (routing, error
 	defer timer.Stop()
 	endpoints := &endpointWatch{m: m, ns: ic.Workload.Namespace, svc: ic.ServiceName}
 	defer endpoints.stop()
-	if err := endpoints.start(ctx); err != nil {
-		return routing{}, kubeStatus(err)
+	ingest := ic.Spec.GetIngest()
+	if !ingest { // an ingest routes nothing: an arrived agent is enough
+		if err := endpoints.start(ctx); err != nil {
+			return routing{}, kubeStatus(err)
+		}
 	}
 	for {
 		changed, acked := m.changes.wait(), m.applied.changes.wait()
-		_, arrived := m.agentServing(ic.Workload, ic.ContainerPort)
+		_, arrived := m.agentOf(ic)
 		var r routing
+		if arrived && ingest {
+			return routing{}, nil
+		}
 		if arrived {
 			var err error
 			if r, err = m.routing(ctx, ic); err != nil {
@@ -392,7 +408,7 @@ func (m *Manager) awaitAgent(ctx context.Context, ic *intercept) (routing, error
 		case <-changed:
 		case <-acked:
 		case _, ok := <-endpoints.events():
-			if !ok {
+			if !ok && !ingest {
 				if err := endpoints.start(ctx); err != nil {
 					return routing{}, kubeStatus(err)
 				}
@@ -477,6 +493,19 @@ func (m *Manager) agentServing(ref workloadRef, containerPort int32) (session, b
 	return session{}, false
 }
 
+// agentOf is the agent whose pod's environment and mounts ic's owner gets:
+// the one serving ic's port, or for an ingest (no port) the first arrived
+// agent of the workload.
+func (m *Manager) agentOf(ic *intercept) (session, bool) {
+	if !ic.Spec.GetIngest() {
+		return m.agentServing(ic.Workload, ic.ContainerPort)
+	}
+	if agents := m.agentsOf(ic.Workload); len(agents) > 0 {
+		return agents[0], true
+	}
+	return session{}, false
+}
+
 // interceptInfo describes ic; withEnv adds the environment and the volume
 // mounts of the pod whose agent serves it, which are for the intercept's
 // owner only. The owner's
@@ -495,7 +524,7 @@ func (m *Manager) interceptInfo(ic *intercept, withEnv bool) *managerv1.Intercep
 		}
 		info.OwnerLastSeen = timestamppb.New(owner.lastSeen)
 	}
-	if a, ok := m.agentServing(ic.Workload, ic.ContainerPort); ok {
+	if a, ok := m.agentOf(ic); ok {
 		info.State = managerv1.InterceptState_INTERCEPT_STATE_ACTIVE
 		info.PodName, info.PodIp = a.agent.GetPodName(), a.agent.GetPodIp()
 		if withEnv {

@@ -94,7 +94,7 @@ func (m *Manager) pairMount(ctx context.Context, s session, pairingID string, ac
 // of the intercept's pod (InterceptInfo.pod_name), else any arrived agent of
 // the workload.
 func (m *Manager) mountAgent(ic *intercept) (session, bool) {
-	if a, ok := m.agentServing(ic.Workload, ic.ContainerPort); ok {
+	if a, ok := m.agentOf(ic); ok {
 		return a, true
 	}
 	if agents := m.agentsOf(ic.Workload); len(agents) > 0 {

@@ -48,7 +48,7 @@ func (ic *intercept) global() bool { return len(ic.Spec.GetHeaders()) == 0 }
 
 // sameRouting reports whether a and b ask for the same traffic of the same port.
 func (ic *intercept) sameRouting(o *intercept) bool {
-	return ic.Workload == o.Workload && ic.ContainerPort == o.ContainerPort &&
+	return ic.Workload == o.Workload && ic.ContainerPort == o.ContainerPort && ic.Spec.GetIngest() == o.Spec.GetIngest() &&
 		ic.Spec.GetLocalPort() == o.Spec.GetLocalPort() && ic.Spec.GetPathPrefix() == o.Spec.GetPathPrefix() &&
 		maps.Equal(foldHeaders(ic.Spec.GetHeaders()), foldHeaders(o.Spec.GetHeaders()))
 }
@@ -57,8 +57,9 @@ func (ic *intercept) sameRouting(o *intercept) bool {
 // port of a workload, a global intercept excludes every other intercept, and
 // personal ones coexist unless they match the same requests (equal headers,
 // names compared case-insensitively, and equal path prefix).
+// An ingest takes no traffic, so it conflicts with nothing.
 func (ic *intercept) conflicts(o *intercept) bool {
-	if ic.Workload != o.Workload || ic.ContainerPort != o.ContainerPort {
+	if ic.Spec.GetIngest() || o.Spec.GetIngest() || ic.Workload != o.Workload || ic.ContainerPort != o.ContainerPort {
 		return false
 	}
 	if ic.global() || o.global() {

@@ -96,7 +96,12 @@ type InterceptSpec struct {
 	// for a global intercept.
 	Headers map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// path_prefix a request's path must start with (personal intercepts).
-	PathPrefix    string `protobuf:"bytes,9,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	PathPrefix string `protobuf:"bytes,9,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	// ingest: the owner gets the pod's environment and mounts, but no
+	// traffic: the agent routes nothing to the owner, and service,
+	// service_port, local_port, headers and path_prefix must be empty. An
+	// ingest conflicts with no intercept.
+	Ingest        bool `protobuf:"varint,10,opt,name=ingest,proto3" json:"ingest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +197,13 @@ func (x *InterceptSpec) GetPathPrefix() string {
 		return x.PathPrefix
 	}
 	return ""
+}
+
+func (x *InterceptSpec) GetIngest() bool {
+	if x != nil {
+		return x.Ingest
+	}
+	return false
 }
 
 type InterceptInfo struct {
@@ -2052,7 +2064,7 @@ var File_rpc_manager_v1_manager_proto protoreflect.FileDescriptor
 
 const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"\n" +
-	"\x1crpc/manager/v1/manager.proto\x12\rtp.manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x02\n" +
+	"\x1crpc/manager/v1/manager.proto\x12\rtp.manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
 	"\rInterceptSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1c\n" +
@@ -2064,7 +2076,9 @@ const file_rpc_manager_v1_manager_proto_rawDesc = "" +
 	"local_port\x18\a \x01(\x05R\tlocalPort\x12C\n" +
 	"\aheaders\x18\b \x03(\v2).tp.manager.v1.InterceptSpec.HeadersEntryR\aheaders\x12\x1f\n" +
 	"\vpath_prefix\x18\t \x01(\tR\n" +
-	"pathPrefix\x1a:\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06ingest\x18\n" +
+	" \x01(\bR\x06ingest\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa1\x06\n" +
