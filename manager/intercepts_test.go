@@ -298,6 +298,9 @@ func TestConflicts(t *testing.T) {
 	ic := func(ref workloadRef, port int32, prefix string, headers map[string]string) *intercept {
 		return &intercept{Workload: ref, ContainerPort: port, Spec: &managerv1.InterceptSpec{Headers: headers, PathPrefix: prefix}}
 	}
+	ingest := func(ref workloadRef) *intercept {
+		return &intercept{Workload: ref, Spec: &managerv1.InterceptSpec{Ingest: true}}
+	}
 	bob := map[string]string{"x-user": "bob"}
 	tests := []struct {
 		name string
@@ -313,6 +316,9 @@ func TestConflicts(t *testing.T) {
 		{"other path prefix", ic(echoRef, 80, "/a", bob), ic(echoRef, 80, "/b", bob), false},
 		{"other port", ic(echoRef, 80, "", nil), ic(echoRef, 81, "", nil), false},
 		{"other workload", ic(echoRef, 80, "", nil), ic(other, 80, "", nil), false},
+		{"ingest vs global", ingest(echoRef), ic(echoRef, 0, "", nil), false},
+		{"global vs ingest", ic(echoRef, 80, "", nil), ingest(echoRef), false},
+		{"ingest vs ingest", ingest(echoRef), ingest(echoRef), false},
 	}
 	for _, tt := range tests {
 		if got := tt.a.conflicts(tt.b); got != tt.want {
@@ -602,5 +608,62 @@ func TestArriveAgentOfAnotherVersion(t *testing.T) {
 	}
 	if info.GetManagerVersion() != "v-test" {
 		t.Errorf("manager version: got %q, want v-test", info.GetManagerVersion())
+	}
+}
+
+// TestIngest: an ingest gets the pod's environment once an agent arrived,
+// takes no port (it coexists with a global intercept of another session),
+// and takes no traffic options.
+func TestIngest(t *testing.T) {
+	h := newHarness(t, echoObjects()...)
+	alice := h.arriveClient("tp", "laptop", "alice")
+	bob := h.arriveClient("dev", "desktop", "bob")
+	h.arriveAgent(echoRef, "echo-abc", map[string]string{"GREETING": "hi"}, 8080)
+	h.authorize(bob, "echo")
+	if _, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: bob, Spec: &managerv1.InterceptSpec{
+		Workload: "echo", LocalPort: 8000,
+	}}); err != nil {
+		t.Fatalf("bob's global intercept: %v", err)
+	}
+	h.authorize(alice, "echo")
+	info, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: alice, Spec: &managerv1.InterceptSpec{
+		Name: "alice-ingest", Workload: "echo", Ingest: true,
+	}})
+	if err != nil {
+		t.Fatalf("alice's ingest next to bob's global intercept: %v", err)
+	}
+	if got, want := info.GetEnvironment(), map[string]string{"GREETING": "hi"}; !maps.Equal(got, want) {
+		t.Errorf("environment: got %v, want %v", got, want)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want any
+	}{
+		{"state", info.GetState(), managerv1.InterceptState_INTERCEPT_STATE_ACTIVE},
+		{"pod", info.GetPodName(), "echo-abc"},
+		{"container port", info.GetContainerPort(), int32(0)},
+		{"service", info.GetServiceName(), ""},
+		{"ingest", info.GetSpec().GetIngest(), true},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	for _, spec := range []*managerv1.InterceptSpec{
+		{Workload: "echo", Ingest: true, LocalPort: 8000},
+		{Workload: "echo", Ingest: true, Headers: map[string]string{"x-dev": "a"}},
+		{Workload: "echo", Ingest: true, ServicePort: "http"},
+		{Workload: "echo", Ingest: true, PathPrefix: "/a"},
+	} {
+		h.authorize(alice, "echo")
+		if _, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: alice, Spec: spec}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("ingest %v: got %v, want InvalidArgument", spec, err)
+		}
+	}
+	h.authorize(alice, "echo")
+	if _, err := h.mc.CreateIntercept(h.ctx(), &managerv1.CreateInterceptRequest{SessionId: alice, Spec: &managerv1.InterceptSpec{
+		Name: "nope", Workload: "echo", Ingest: true, Container: "nope",
+	}}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("ingest of a container the workload lacks: got %v, want FailedPrecondition", err)
 	}
 }
