@@ -53,6 +53,10 @@ type Options struct {
 	// HTTP requests reach LocalPort.
 	Headers    map[string]string
 	PathPrefix string
+	// Ingest asks for the pod's environment and mounts only: no traffic
+	// reaches the caller, and Service, ServicePort, LocalPort, Headers and
+	// PathPrefix must be empty.
+	Ingest bool
 	// Timeout bounds the wait for the agent (a first injection rolls the
 	// workload); default 2 minutes.
 	Timeout time.Duration
@@ -92,6 +96,7 @@ func Create(ctx context.Context, d Daemon, opts Options) (*Intercept, error) {
 	info, err := d.CreateIntercept(cctx, &managerv1.InterceptSpec{
 		Name: name, Workload: opts.Workload, Namespace: opts.Namespace, Service: opts.Service, Container: opts.Container,
 		ServicePort: opts.ServicePort, LocalPort: opts.LocalPort, Headers: opts.Headers, PathPrefix: opts.PathPrefix,
+		Ingest: opts.Ingest,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("intercept %s: %w", opts.Workload, statusError(err))

@@ -84,6 +84,8 @@ type interceptJSON struct {
 	LocalPort     int32             `json:"localPort"`
 	Headers       map[string]string `json:"headers,omitempty"`
 	PathPrefix    string            `json:"pathPrefix,omitempty"`
+	// Ingest: the owner has the pod's env and mounts, but no traffic.
+	Ingest bool `json:"ingest,omitempty"`
 	// Mounts are the app container's mount paths (read-only ones marked
 	// ":ro"), which --docker-run mounts; single files, which it cannot
 	// mount, are marked " (file, not mountable)". Only the owner sees them.
@@ -97,7 +99,7 @@ func interceptView(i *managerv1.InterceptInfo) interceptJSON {
 		Owner:   fmt.Sprintf("%s@%s (connection %s)", i.GetOwner().GetUser(), i.GetOwner().GetHost(), i.GetOwner().GetName()),
 		Service: i.GetServiceName(), ServicePort: i.GetServicePort(), ContainerPort: i.GetContainerPort(),
 		LocalPort: i.GetSpec().GetLocalPort(), Headers: i.GetSpec().GetHeaders(), PathPrefix: i.GetSpec().GetPathPrefix(),
-		Mounts: mountPaths(i),
+		Mounts: mountPaths(i), Ingest: i.GetSpec().GetIngest(),
 	}
 	if t := i.GetOwnerLastSeen(); t != nil {
 		v.OwnerLastSeen = t.AsTime().Format(time.RFC3339)
@@ -147,6 +149,9 @@ func newListCommand(streams genericiooptions.IOStreams, docker *dockerFlags) *co
 					var is []string
 					for _, i := range wl.Intercepts {
 						desc := fmt.Sprintf("%s [%s] by %s, seen %s", i.Name, i.State, i.Owner, i.OwnerLastSeen)
+						if i.Ingest {
+							desc = fmt.Sprintf("%s [%s, ingest (no traffic)] by %s, seen %s", i.Name, i.State, i.Owner, i.OwnerLastSeen)
+						}
 						if len(i.Mounts) > 0 {
 							desc += ", mounts " + strings.Join(i.Mounts, " ")
 						}
