@@ -5,9 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tp-run/tp/intercept"
 )
 
 // project writes files (name -> content) into a directory and loads it
@@ -270,5 +273,60 @@ func TestConfigWithoutExtensionIsComposes(t *testing.T) {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("config lacks %q (interpolation from .env, override file):\n%s", s, out.String())
 		}
+	}
+}
+
+// TestRoleIntercepts: an ingest is one intercept without traffic, named by
+// the project and service; an intercept is one per port.
+func TestRoleIntercepts(t *testing.T) {
+	o, _ := writeProject(t, map[string]string{"compose.yaml": `
+x-tp: {connection: {name: dev, namespace: shop}}
+services:
+  api: {image: a, x-tp: {intercept: {ports: ["8080:http", "9090:grpc"]}}}
+  tools: {image: t, x-tp: {ingest: {workload: api, container: app, env: false}}}
+  worker: {image: w, x-tp: {connect: true}}
+`})
+	tp, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ParsePlan(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &project{Transformed: &Transformed{Project: tp}, plan: plan, connection: "dev"}
+	tools, err := p.roleIntercepts("tools")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tools) != 1 {
+		t.Fatalf("tools: got %d intercepts, want 1", len(tools))
+	}
+	want := intercept.Options{Connection: "dev", Workload: "api", Name: tp.Name + "-tools", Namespace: "shop", Container: "app", Ingest: true}
+	if got := tools[0].opts; !reflect.DeepEqual(got, want) {
+		t.Errorf("tools: got %+v, want %+v", got, want)
+	}
+	if e := tools[0].env; e == nil || *e {
+		t.Errorf("tools env: got %v, want false", e)
+	}
+	if !tools[0].mounts.Wanted("/etc/config") {
+		t.Errorf("tools mounts: got %+v, want all", tools[0].mounts)
+	}
+	api, err := p.roleIntercepts("api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ri := range api {
+		if ri.opts.Ingest || ri.opts.LocalPort == 0 {
+			t.Errorf("api intercept %+v: want traffic to a local port", ri.opts)
+		}
+		names = append(names, ri.opts.Name)
+	}
+	if want := []string{tp.Name + "-api-8080", tp.Name + "-api-9090"}; !reflect.DeepEqual(names, want) {
+		t.Errorf("api intercepts: got %v, want %v", names, want)
+	}
+	if worker, err := p.roleIntercepts("worker"); err != nil || len(worker) != 0 {
+		t.Errorf("worker: got %v, %v, want none", worker, err)
 	}
 }

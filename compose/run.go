@@ -351,38 +351,77 @@ func leave(ctx context.Context, ics []*intercept.Intercept, progress io.Writer) 
 func (p *project) intercept(ctx context.Context, d *daemoncontainer.Client, progress io.Writer) ([]*intercept.Intercept, error) {
 	var created []*intercept.Intercept
 	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
-		r := p.plan.Roles[service].Intercept
-		if r == nil {
-			continue
+		ris, err := p.roleIntercepts(service)
+		if err != nil {
+			return created, err
 		}
-		for i, port := range r.Ports {
-			local, svcPort, err := intercept.ParsePort(port)
-			if err != nil {
-				return created, &ExtensionError{Service: service, Key: Extension + ".intercept.ports", Msg: err.Error()}
-			}
-			name := interceptName(p.Project.Name, service, r.Ports, i)
-			ic, err := intercept.Create(ctx, d, intercept.Options{
-				Connection: p.connection, Workload: r.Workload, Name: name, Namespace: p.plan.Connection.Namespace,
-				Service: r.Service, Container: r.Container,
-				ServicePort: svcPort, LocalPort: local, Headers: r.Headers, PathPrefix: r.PathPrefix,
-			})
+		for i, ri := range ris {
+			ic, err := intercept.Create(ctx, d, ri.opts)
 			if err != nil {
 				return created, fmt.Errorf("service %s: %w", service, err)
 			}
 			created = append(created, ic)
-			fmt.Fprintf(progress, "Intercepted %s/%s for service %s: its traffic goes to port %d (%d of %d ready endpoints route to it)\n",
-				ic.Namespace(), r.Workload, service, local, ic.Info.GetRoutedEndpoints(), ic.Info.GetReadyEndpoints())
-			if r.Env == nil || *r.Env {
+			if ri.opts.Ingest {
+				fmt.Fprintf(progress, "Ingested %s/%s for service %s: its env and mounts, no traffic\n", ic.Namespace(), ri.opts.Workload, service)
+			} else {
+				fmt.Fprintf(progress, "Intercepted %s/%s for service %s: its traffic goes to port %d (%d of %d ready endpoints route to it)\n",
+					ic.Namespace(), ri.opts.Workload, service, ri.opts.LocalPort, ic.Info.GetRoutedEndpoints(), ic.Info.GetReadyEndpoints())
+			}
+			if ri.env == nil || *ri.env {
 				p.addEnv(service, ic.Env())
 			}
 			if i == 0 { // one set of volumes for the service
-				if err := p.mountVolumes(ctx, d.Docker(), d, ic, service, r.Mounts, version.Version, progress); err != nil {
+				if err := p.mountVolumes(ctx, d.Docker(), d, ic, service, ri.mounts, version.Version, progress); err != nil {
 					return created, err
 				}
 			}
 		}
 	}
 	return created, nil
+}
+
+// roleIntercept is one intercept that a service's role asks for.
+type roleIntercept struct {
+	opts   intercept.Options
+	env    *bool
+	mounts Mounts
+}
+
+// roleIntercepts are the intercepts of a service's role: one per port of
+// x-tp.intercept, one without traffic for x-tp.ingest, none for the others.
+// Their names are the project's and the service's, so that `down` (another
+// process) finds them again.
+func (p *project) roleIntercepts(service string) ([]roleIntercept, error) {
+	role := p.plan.Roles[service]
+	if g := role.Ingest; g != nil {
+		return []roleIntercept{{
+			opts: intercept.Options{
+				Connection: p.connection, Workload: g.Workload, Name: interceptName(p.Project.Name, service, nil, 0),
+				Namespace: p.plan.Connection.Namespace, Container: g.Container, Ingest: true,
+			},
+			env: g.Env, mounts: g.Mounts,
+		}}, nil
+	}
+	r := role.Intercept
+	if r == nil {
+		return nil, nil
+	}
+	var out []roleIntercept
+	for i, port := range r.Ports {
+		local, svcPort, err := intercept.ParsePort(port)
+		if err != nil {
+			return nil, &ExtensionError{Service: service, Key: Extension + ".intercept.ports", Msg: err.Error()}
+		}
+		out = append(out, roleIntercept{
+			opts: intercept.Options{
+				Connection: p.connection, Workload: r.Workload, Name: interceptName(p.Project.Name, service, r.Ports, i),
+				Namespace: p.plan.Connection.Namespace, Service: r.Service, Container: r.Container,
+				ServicePort: svcPort, LocalPort: local, Headers: r.Headers, PathPrefix: r.PathPrefix,
+			},
+			env: r.Env, mounts: r.Mounts,
+		})
+	}
+	return out, nil
 }
 
 // addEnv gives the service env where compose defines no value.
@@ -520,12 +559,16 @@ func Down(ctx context.Context, lo LoadOptions, o DownOptions, s Streams) error {
 func (p *project) leaveIntercepts(ctx context.Context, d *daemoncontainer.Client, services []string, progress io.Writer) error {
 	var errs []error
 	for _, service := range slices.Sorted(maps.Keys(p.plan.Roles)) {
-		r := p.plan.Roles[service].Intercept
-		if r == nil || (services != nil && !slices.Contains(services, service)) {
+		if services != nil && !slices.Contains(services, service) {
 			continue
 		}
-		for i := range r.Ports {
-			name := interceptName(p.Project.Name, service, r.Ports, i)
+		ris, err := p.roleIntercepts(service)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, ri := range ris {
+			name := ri.opts.Name
 			_, err := d.RemoveIntercept(ctx, &managerv1.RemoveInterceptRequest{Name: name, Namespace: p.plan.Connection.Namespace})
 			switch status.Code(err) {
 			case codes.OK:
@@ -555,10 +598,12 @@ func (p *project) otherIntercepts(ctx context.Context, d *daemoncontainer.Client
 	}
 	ours := map[string]bool{}
 	for _, service := range sortedKeys(p.plan.Roles) {
-		if r := p.plan.Roles[service].Intercept; r != nil {
-			for i := range r.Ports {
-				ours[interceptName(p.Project.Name, service, r.Ports, i)] = true
-			}
+		ris, err := p.roleIntercepts(service)
+		if err != nil {
+			return nil, err
+		}
+		for _, ri := range ris {
+			ours[ri.opts.Name] = true
 		}
 	}
 	var others []string
