@@ -104,11 +104,16 @@ func (a agentServer) RoutesApplied(ctx context.Context, req *managerv1.RoutesApp
 }
 
 // routing is how many ready endpoints of an intercept's service route to it.
+// draining counts terminating endpoints without the intercept that still
+// serve: kube-proxy stops sending them new connections only at its next
+// sync after their EndpointSlice changed, so "Intercepted" waits until
+// they are gone too (seen in e2e: a request answered by the old pod of the
+// injection's rollout right after "Intercepted").
 type routing struct {
-	routed, ready int
+	routed, ready, draining int
 }
 
-func (r routing) complete() bool { return r.routed == r.ready }
+func (r routing) complete() bool { return r.routed == r.ready && r.draining == 0 }
 
 // routing counts the ready endpoints of ic's service (a pod counted once
 // across its EndpointSlices) and those among them whose pod's agent has
@@ -128,14 +133,20 @@ func (m *Manager) routing(ctx context.Context, ic *intercept) (routing, error) {
 	seen := map[string]bool{}
 	for _, slice := range list.Items {
 		for _, e := range slice.Endpoints {
-			// A nil ready condition means ready (discovery/v1).
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
 			key := "addresses/" + strings.Join(e.Addresses, ",")
 			pod := e.TargetRef != nil && e.TargetRef.Kind == "Pod" && e.TargetRef.UID != ""
 			if pod {
 				key = "pod/" + string(e.TargetRef.UID)
+			}
+			// A nil ready condition means ready (discovery/v1).
+			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
+				serving := e.Conditions.Serving == nil || *e.Conditions.Serving
+				if terminating && serving && !(pod && routedPods[e.TargetRef.UID]) && !seen["draining/"+key] {
+					seen["draining/"+key] = true
+					r.draining++
+				}
+				continue
 			}
 			if seen[key] {
 				continue

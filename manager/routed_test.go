@@ -19,8 +19,9 @@ import (
 
 // endpoint is a pod behind a service, as an EndpointSlice lists it.
 type endpoint struct {
-	pod   string
-	ready bool
+	pod         string
+	ready       bool
+	terminating bool // and still serving
 }
 
 // endpointSlice is the EndpointSlice name of service svc in shop with eps
@@ -33,7 +34,7 @@ func endpointSlice(svc, name string, eps ...endpoint) *discoveryv1.EndpointSlice
 	for i, e := range eps {
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{"10.1.0." + string(rune('1'+i))},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr(e.ready)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr(e.ready), Serving: ptr(e.ready || e.terminating), Terminating: ptr(e.terminating)},
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: e.pod, UID: types.UID("uid-" + e.pod)},
 		})
 	}
@@ -92,7 +93,7 @@ func (h *harness) createAsync(ctx context.Context, session string) <-chan create
 // endpoint's agent has applied the intercept.
 func TestCreateInterceptWaitsForEveryReadyEndpoint(t *testing.T) {
 	objs := append(echoObjects(), runtime.Object(endpointSlice("echo", "echo-1",
-		endpoint{"echo-old", true}, endpoint{"echo-new", false})))
+		endpoint{pod: "echo-old", ready: true}, endpoint{pod: "echo-new", ready: false})))
 	h := newHarness(t, objs...)
 	alice := h.arriveClient("tp", "laptop", "alice")
 	done := h.createAsync(h.ctx(), alice)
@@ -118,7 +119,7 @@ func TestCreateInterceptWaitsForEveryReadyEndpoint(t *testing.T) {
 	notYet("while a pod without the agent is ready")
 
 	// The new pod becomes ready, the old one stops being ready.
-	slice := endpointSlice("echo", "echo-1", endpoint{"echo-old", false}, endpoint{"echo-new", true})
+	slice := endpointSlice("echo", "echo-1", endpoint{pod: "echo-old", ready: false}, endpoint{pod: "echo-new", ready: true})
 	if _, err := h.kube.DiscoveryV1().EndpointSlices("shop").Update(h.ctx(), slice, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -136,14 +137,54 @@ func TestCreateInterceptWaitsForEveryReadyEndpoint(t *testing.T) {
 	}
 }
 
+// TestCreateInterceptWaitsForTerminatingEndpoints: the old pod of the
+// injection's rollout is terminating but still serving: kube-proxy may still
+// send it connections, so CreateIntercept waits until it is gone.
+func TestCreateInterceptWaitsForTerminatingEndpoints(t *testing.T) {
+	objs := append(echoObjects(), runtime.Object(endpointSlice("echo", "echo-1",
+		endpoint{pod: "echo-old", terminating: true}, endpoint{pod: "echo-new", ready: true})))
+	h := newHarness(t, objs...)
+	alice := h.arriveClient("tp", "laptop", "alice")
+	done := h.createAsync(h.ctx(), alice)
+	agent := h.arriveAgent(echoRef, "echo-new", nil, 8080)
+	eventually(t, "intercept registered", func() bool {
+		ics, _ := h.m.registry.list(context.Background(), nil)
+		return len(ics) == 1
+	})
+	next := h.watchAndAck(agent)
+	if ids := next(); len(ids) != 1 {
+		t.Fatalf("first snapshot: got %v, want the intercept", ids)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("CreateIntercept returned while a terminating pod without the agent still serves: %v, %v", r.info, r.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	slice := endpointSlice("echo", "echo-1", endpoint{pod: "echo-new", ready: true})
+	if _, err := h.kube.DiscoveryV1().EndpointSlices("shop").Update(h.ctx(), slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("CreateIntercept: %v", r.err)
+		}
+		if got, want := [2]int32{r.info.GetRoutedEndpoints(), r.info.GetReadyEndpoints()}, [2]int32{1, 1}; got != want {
+			t.Errorf("routed, ready endpoints: got %v, want %v", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateIntercept did not return once the terminating pod was gone")
+	}
+}
+
 // TestCreateInterceptSaysHowManyRoute: when time is up with an agent there
 // but not every ready endpoint routing, CreateIntercept returns the intercept
 // and how many do; a pod is counted once across its slices.
 func TestCreateInterceptSaysHowManyRoute(t *testing.T) {
 	objs := append(echoObjects(),
-		runtime.Object(endpointSlice("echo", "echo-v4", endpoint{"echo-a", true}, endpoint{"echo-b", true})),
-		runtime.Object(endpointSlice("echo", "echo-v6", endpoint{"echo-a", true}, endpoint{"echo-b", true})),
-		runtime.Object(endpointSlice("other", "other-1", endpoint{"other-a", true})))
+		runtime.Object(endpointSlice("echo", "echo-v4", endpoint{pod: "echo-a", ready: true}, endpoint{pod: "echo-b", ready: true})),
+		runtime.Object(endpointSlice("echo", "echo-v6", endpoint{pod: "echo-a", ready: true}, endpoint{pod: "echo-b", ready: true})),
+		runtime.Object(endpointSlice("other", "other-1", endpoint{pod: "other-a", ready: true})))
 	h := newHarness(t, objs...)
 	alice := h.arriveClient("tp", "laptop", "alice")
 	acked := h.arriveAgent(echoRef, "echo-a", nil, 8080)
