@@ -12,7 +12,7 @@ import (
 )
 
 func TestTransformClusterWaits(t *testing.T) {
-	o, _ := writeProject(t, map[string]string{"compose.yaml": `
+	tr, err := transformYAML(t, `
 services:
   api: {image: a, depends_on: {db: {condition: service_healthy}, cache: {condition: service_started}}, x-tp: {intercept: {ports: ["8080"]}}}
   worker: {image: w, depends_on: {db: {condition: service_started, required: false}}}
@@ -20,16 +20,7 @@ services:
   db: {image: postgres, expose: ["5432", "9187/udp"], ports: ["127.0.0.1:15432:5432", "6000:6432"], x-tp: {use-cluster: postgres}}
   search: {image: es, x-tp: {use-cluster: elastic}}
   tools: {image: t, depends_on: [search]}
-`})
-	p, err := Load(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ParsePlan(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := Transform(p, plan, "tp-dev")
+`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,20 +50,11 @@ services:
 }
 
 func TestTransformRefusesCompletedOnClusterService(t *testing.T) {
-	o, _ := writeProject(t, map[string]string{"compose.yaml": `
+	_, err := transformYAML(t, `
 services:
   migrate: {image: m, depends_on: {db: {condition: service_completed_successfully}}}
   db: {image: postgres, x-tp: {use-cluster: postgres}}
-`})
-	p, err := Load(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := ParsePlan(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = Transform(p, plan, "tp-dev")
+`)
 	var ee *ExtensionError
 	if !errors.As(err, &ee) || ee.Service != "migrate" || ee.Key != "depends_on.db" || !strings.Contains(ee.Msg, "never completes") {
 		t.Errorf("Transform: %v, want an ExtensionError for migrate's depends_on.db", err)

@@ -30,6 +30,23 @@ func writeProject(t *testing.T, files map[string]string) (LoadOptions, string) {
 	return LoadOptions{ProjectDirectory: dir}, dir
 }
 
+// transformYAML loads compose.yaml with content yaml, parses its plan
+// (both must succeed) and returns what Transform makes of it for the daemon
+// container tp-dev.
+func transformYAML(t *testing.T, yaml string) (*Transformed, error) {
+	t.Helper()
+	o, _ := writeProject(t, map[string]string{"compose.yaml": yaml})
+	p, err := Load(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := ParsePlan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Transform(p, plan, "tp-dev")
+}
+
 func TestParsePlanRefuses(t *testing.T) {
 	tests := []struct {
 		name, yaml, wantKey, wantMsg string
@@ -234,16 +251,7 @@ func TestTransformAliasNames(t *testing.T) {
 		{"target", `services: {db: {image: p, x-tp: {use-cluster: Postgres_1}}}`, "is not a DNS label"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o, _ := writeProject(t, map[string]string{"compose.yaml": tc.yaml})
-			p, err := Load(context.Background(), o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			plan, err := ParsePlan(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = Transform(p, plan, "tp-dev")
+			_, err := transformYAML(t, tc.yaml)
 			var ee *ExtensionError
 			if !errors.As(err, &ee) || ee.Key != "x-tp.use-cluster" || !strings.Contains(ee.Msg, tc.msg) {
 				t.Errorf("Transform: got %v, want an ExtensionError on x-tp.use-cluster saying %q", err, tc.msg)
