@@ -3,11 +3,9 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,12 +43,7 @@ services:
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	composeTP := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	composeTP := composeWith(t, file)
 	t.Cleanup(func() {
 		if out, err := composeTP("down"); err != nil {
 			t.Logf("tp compose down (cleanup): %v\n%s", err, out)

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -83,12 +82,7 @@ services:
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	composeTP := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	composeTP := composeWith(t, file)
 	t.Cleanup(func() {
 		if out, err := composeTP("down"); err != nil {
 			t.Logf("tp compose down (cleanup): %v\n%s", err, out)

@@ -62,12 +62,7 @@ services:
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	composeTP := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	composeTP := composeWith(t, file)
 	t.Cleanup(func() {
 		if out, err := composeTP("down"); err != nil {
 			t.Logf("tp compose down (cleanup): %v\n%s", err, out)
@@ -196,12 +191,7 @@ services:
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	composeTP := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	composeTP := composeWith(t, file)
 	t.Cleanup(func() {
 		if out, err := composeTP("down"); err != nil {
 			t.Logf("tp compose down (cleanup): %v\n%s", err, out)
@@ -250,5 +240,16 @@ services:
 	}
 	if _, err := docker("inspect", "tp-"+conn); err != nil {
 		t.Errorf("down quit the connection it had not started: %v", err)
+	}
+}
+
+// composeWith returns a runner of `tp compose -f file ARGS...` (4 minutes at
+// most each) that returns the combined output.
+func composeWith(t *testing.T, file string) func(args ...string) (string, error) {
+	return func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, tpBin(t), append([]string{"compose", "-f", file}, args...)...).CombinedOutput()
+		return string(out), err
 	}
 }
