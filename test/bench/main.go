@@ -40,6 +40,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -63,6 +65,10 @@ type options struct {
 	connC         int
 	connTimeout   time.Duration
 	holdN         int
+	holdTimeout   time.Duration
+	scaleConns    []int
+	rttLatencyN   int
+	rttBulkBytes  int64
 	connectRuns   int
 	inboundBytes  int64
 	skipIntercept bool
@@ -89,6 +95,10 @@ func main() {
 	flag.IntVar(&o.connC, "conn-c", 32, "concurrency of the connection-rate run")
 	flag.DurationVar(&o.connTimeout, "conn-timeout", 40*time.Second, "bound of each connection-rate run")
 	flag.IntVar(&o.holdN, "hold-n", 1000, "connections held open at once")
+	flag.DurationVar(&o.holdTimeout, "hold-timeout", 2*time.Minute, "bound of each hold run (opening, holding -hold-for 3s, and using every connection)")
+	scale := flag.String("scale-conns", "10,10000", "comma-separated connection counts held open for the memory-per-connection rows (besides -hold-n)")
+	flag.IntVar(&o.rttLatencyN, "rtt-latency-n", 200, "requests over one keep-alive connection with the added RTT")
+	flag.Int64Var(&o.rttBulkBytes, "rtt-bulk-bytes", 256<<20, "bytes of the bulk run with the added RTT")
 	flag.IntVar(&o.connectRuns, "connect-runs", 3, "tp quit + tp connect runs for the connect time")
 	flag.Int64Var(&o.inboundBytes, "inbound-bytes", 1<<30, "bytes of the inbound bulk run (in-cluster client)")
 	flag.BoolVar(&o.skipIntercept, "skip-intercept", false, "skip the intercept measurements")
@@ -96,6 +106,17 @@ func main() {
 	flag.StringVar(&o.faults, "faults", "", "print the e2e fault suite's results in this file (TP_FAULTS_OUT) as a Markdown table and exit")
 	flag.StringVar(&o.profileDir, "profile", "", "record perf CPU profiles of the daemon, manager and agents during tp's bulk and latency phases into this directory (needs perf: Debian's linux-perf)")
 	flag.Parse()
+	for _, f := range strings.Split(*scale, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: -scale-conns %q: want positive counts\n", *scale)
+			os.Exit(2)
+		}
+		o.scaleConns = append(o.scaleConns, n)
+	}
 
 	if o.faults != "" {
 		if err := faultTable(o.faults, os.Stdout); err != nil {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -115,6 +116,8 @@ type results struct {
 	Memory            memoryUse               `json:"memory"`
 	Intercept         interceptResults        `json:"intercept"`
 	Volumes           volumeResults           `json:"volumes"`
+	Cost              costResults             `json:"cost"`
+	RTT               rttResults              `json:"rtt"`
 	Probes            map[string]*probeResult `json:"probes"` // every probe run, by phase
 	Failures          map[string]string       `json:"failures,omitempty"`
 	// Retries are measurements through tp run again: the connection changed
@@ -194,10 +197,11 @@ func newResults(o options) *results {
 		Options: map[string]any{
 			"tp": o.tp, "kubectl": o.kubectl, "name": o.name, "bulkBytes": o.bulkBytes, "bulkTimeout": o.bulkTimeout.String(),
 			"latencyN": o.latencyN, "connN": o.connN, "connC": o.connC, "connTimeout": o.connTimeout.String(),
-			"holdN": o.holdN, "connectRuns": o.connectRuns, "inboundBytes": o.inboundBytes,
+			"holdN": o.holdN, "holdTimeout": o.holdTimeout.String(), "scaleConns": o.scaleConns, "rttLatencyN": o.rttLatencyN, "rttBulkBytes": o.rttBulkBytes, "connectRuns": o.connectRuns, "inboundBytes": o.inboundBytes,
 		},
 		Probes:   map[string]*probeResult{},
 		Failures: map[string]string{},
+		Cost:     costResults{CPU: map[string]*phaseCPU{}, Conns: map[string]*connMemory{}},
 	}
 }
 
@@ -231,15 +235,36 @@ func (r *results) table() []row {
 	side("bulk download, 1 stream", "MB/s", "bulk1", ">= 0.95x", mbps)
 	side("bulk download, 4 streams", "MB/s", "bulk4", ">= 1.5x", mbps)
 	side("HTTP latency p50, one keep-alive conn", "ms", "latency", "<= 1.25x", p50)
+	rows[len(rows)-1].Note = fmt.Sprintf("workload: many small round trips on one connection (%v sequential GETs)", r.Options["latencyN"])
 	side("HTTP latency p99, one keep-alive conn", "ms", "latency", "<= 1.5x", p99)
 	rows = append(rows, row{Metric: "HTTP latency p50 by service name (tp)", Unit: "ms",
 		Baseline: probe("pf/latency", p50), TP: probe("tp/latency-svc", p50), Target: "", Note: "tp: http://echo.NS/ (service port 80)",
 		BaselinePhase: "port-forward/latency", TPPhase: "tp/latency-svc"})
 	side("new connections (connect+GET+close)", "conn/s", "connrate", ">= 1000/s", (*probeResult).perSecond)
+	rows[len(rows)-1].Note = fmt.Sprintf("workload: many short connections (%v at a time)", r.Options["connC"])
 	side("  failed of "+fmt.Sprint(r.Options["connN"]), "count", "connrate", "0", func(p *probeResult) float64 {
 		return float64(p.Failed) + float64(max(0, toInt64(r.Options["connN"])-p.OK-p.Failed))
 	})
 	side(fmt.Sprintf("connections held open at once, ok of %v", r.Options["holdN"]), "count", "hold", "all", ok)
+
+	rows = append(rows, row{Metric: fmt.Sprintf("outbound with %.0f ms added RTT on the API server's leg", r.RTT.DelayMs), Section: true,
+		Note: "tc netem on the API server's port, for kubectl and the daemon alike"})
+	if r.RTT.Skipped != "" {
+		rows = append(rows, row{Metric: "RTT measurements skipped", Note: firstLine(r.RTT.Skipped)})
+	} else {
+		// The delay is really there when both p50s jump by about it.
+		added := func(side string) string {
+			with, without := r.Probes[side+"/latency-rtt"], r.Probes[side+"/latency"]
+			if with == nil || without == nil {
+				return "-"
+			}
+			return fmt.Sprintf("%+.1f ms", (latency(with).P50-latency(without).P50)/1e3)
+		}
+		side("HTTP latency p50, one keep-alive conn, +RTT", "ms", "latency-rtt", "-", p50)
+		rows[len(rows)-1].Note = fmt.Sprintf("added RTT measured (p50 jump): port-forward %s, tp %s; via %s", added("pf"), added("tp"), strings.Join(r.RTT.Interfaces, ", "))
+		side("HTTP latency p99, one keep-alive conn, +RTT", "ms", "latency-rtt", "-", p99)
+		side("bulk download, 1 stream, +RTT", "MB/s", "bulk1-rtt", "-", mbps)
+	}
 
 	rows = append(rows, row{Metric: "DNS: daemon at 127.0.0.1:53", Section: true, Note: "miekg/dns client in a joined container"})
 	dnsRow := func(metric, key, target string) row {
@@ -267,6 +292,10 @@ func (r *results) table() []row {
 		row{Metric: "manager RSS idle", Unit: "MB", TP: nonZero(m.ManagerIdleMB), Target: "<= 40 MB",
 			Note: fmt.Sprintf("peak under load %.1f MB", m.ManagerLoadPeakMB)},
 	)
+
+	rows = append(rows, r.costRows(func(metric, unit, key, target string) row {
+		return row{Metric: metric, Unit: unit, Target: target, BaselinePhase: "port-forward/" + key, TPPhase: "tp/" + key}
+	})...)
 
 	ic := r.Intercept
 	rows = append(rows, row{Metric: "inbound: cluster pod -> http://echo.NS", Section: true, Note: "baseline column: the same client pod against the app, no intercept"})
@@ -374,6 +403,8 @@ func fmtValue(v *float64, unit string) string {
 		return fmt.Sprintf("%.0f %s", *v, unit)
 	case "s":
 		return fmt.Sprintf("%.2f s", *v)
+	case "s/GB":
+		return fmt.Sprintf("%.2f s/GB", *v)
 	}
 	return fmt.Sprintf("%.1f %s", *v, unit)
 }
@@ -451,4 +482,73 @@ func firstLine(s string) string {
 		l += " ..."
 	}
 	return l
+}
+
+// costRows are the rows of the cost as the work grows: CPU per GB moved and
+// memory per open connection.
+func (r *results) costRows(newRow func(metric, unit, key, target string) row) []row {
+	rows := []row{{Metric: "cost as the work grows", Section: true, Note: "baseline: the kubectl port-forward process"}}
+	c := r.Cost
+	bulk := []string{"bulk1", "bulk4"}
+	pfKeys, tpKeys := []string{"pf/bulk1", "pf/bulk4"}, []string{"tp/bulk1", "tp/bulk4"}
+	for _, role := range []string{"daemon", "manager"} {
+		x := newRow(role+" CPU per GB moved (bulk 1+4 streams)", "s/GB", bulk[0], "-")
+		var notes []string
+		if role == "daemon" {
+			if v, s, gb, ok := c.cpuPerGB("kubectl", pfKeys...); ok {
+				x.Baseline = &v
+				notes = append(notes, fmt.Sprintf("kubectl %.2f CPU-s for %.2f GB", s, gb))
+			}
+		} else {
+			x.BaselinePhase = ""
+		}
+		if v, s, gb, ok := c.cpuPerGB(role, tpKeys...); ok {
+			x.TP = &v
+			notes = append(notes, fmt.Sprintf("%s %.2f CPU-s for %.2f GB", role, s, gb))
+		}
+		x.Note = strings.Join(notes, "; ")
+		rows = append(rows, x)
+	}
+	var ns []int
+	for k, m := range c.Conns {
+		if strings.HasPrefix(k, "tp/") || strings.HasPrefix(k, "pf/") {
+			if !slices.Contains(ns, m.Conns) {
+				ns = append(ns, m.Conns)
+			}
+		}
+	}
+	slices.Sort(ns)
+	key := func(n int) string {
+		if fmt.Sprint(n) == fmt.Sprint(r.Options["holdN"]) {
+			return "hold"
+		}
+		return "hold" + strconv.Itoa(n)
+	}
+	for _, n := range ns {
+		k := key(n)
+		pm, tm := c.Conns["pf/"+k], c.Conns["tp/"+k]
+		for _, role := range []string{"daemon", "manager"} {
+			x := newRow(fmt.Sprintf("%s memory per open conn, %d held", role, n), "KB/conn", k, "-")
+			var notes []string
+			if tm != nil {
+				if v, ok := tm.bytesPerConn(role); ok {
+					x.TP = &v
+					notes = append(notes, fmt.Sprintf("%s RSS %.1f -> %.1f MB", role, tm.BeforeMB[role], tm.PeakMB[role]))
+				}
+				notes = append(notes, fmt.Sprintf("tp ok %d of %d, all open after %.1fs", tm.OK, n, tm.OpenSeconds))
+			}
+			if role == "daemon" && pm != nil {
+				if v, ok := pm.bytesPerConn("kubectl"); ok {
+					x.Baseline = &v
+					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB, ok %d of %d, all open after %.1fs", pm.BeforeMB["kubectl"], pm.PeakMB["kubectl"], pm.OK, n, pm.OpenSeconds))
+				}
+			}
+			if role == "manager" {
+				x.BaselinePhase = ""
+			}
+			x.Note = strings.Join(notes, "; ")
+			rows = append(rows, x)
+		}
+	}
+	return rows
 }

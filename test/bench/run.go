@@ -247,49 +247,41 @@ func (b *bench) sideBySide(ctx context.Context) {
 		b.res.PortForwardPort = pf.port
 		b.onCleanup("stop kubectl port-forward", func(context.Context) error { return pf.stop() })
 	}
-	pfURL := func(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", pf.port, path) }
 	tpNet := "container:" + b.daemon
 	sampler := startSampler(b.daemonMatcher())
-	defer func() {
+	samplerStopped := false
+	stopSampler := func() {
+		if samplerStopped {
+			return
+		}
+		samplerStopped = true
 		s := sampler.stop()
 		m := &b.res.Memory
 		m.DaemonLoadPeakMB, m.ManagerLoadPeakMB, m.Samples = s.daemonPeakMB, s.managerPeakMB, s.samples
 		m.DaemonHWMMB = s.daemonHWMMB
 		sleep(ctx, 2*time.Second)
 		m.DaemonAfterLoadMB, _ = b.daemonRSS()
-	}()
-
-	type pair struct {
-		name string
-		args []string // probe bench arguments after the mode, URL appended
-		path string
-		mode string
-		wait time.Duration
 	}
+	defer stopSampler()
+	var pfRoles func() roles
+	if pf != nil {
+		pfRoles = func() roles { return roles{"kubectl": {pf.cmd.Process.Pid}} }
+	}
+
 	bulk := strconv.FormatInt(b.o.bulkBytes, 10)
 	bt := b.o.bulkTimeout.String()
-	runs := []pair{
-		{"latency", []string{"-n", strconv.Itoa(b.o.latencyN), "-timeout", "60s"}, "/", "latency", 90 * time.Second},
-		{"bulk1", []string{"-bytes", bulk, "-streams", "1", "-timeout", bt}, "/bytes", "bulk", b.o.bulkTimeout + time.Minute},
-		{"bulk4", []string{"-bytes", bulk, "-streams", "4", "-timeout", bt}, "/bytes", "bulk", b.o.bulkTimeout + time.Minute},
-		{"connrate", []string{"-n", strconv.Itoa(b.o.connN), "-c", strconv.Itoa(b.o.connC), "-timeout", b.o.connTimeout.String()}, "/", "connrate", b.o.connTimeout + time.Minute},
-		{"hold", []string{"-n", strconv.Itoa(b.o.holdN), "-c", "100", "-timeout", "60s"}, "/", "hold", 90 * time.Second},
+	hold := func(n int) []string {
+		return []string{"-n", strconv.Itoa(n), "-c", "100", "-timeout", b.o.holdTimeout.String(), "-hold-for", "3s"}
 	}
-	for _, r := range runs {
-		if pf != nil {
-			b.phase(ctx, "port-forward/"+r.name, func(ctx context.Context) error {
-				if err := pf.alive(); err != nil {
-					return err
-				}
-				_, err := b.probeDocker(ctx, "pf/"+r.name, "host", r.wait, append([]string{r.mode, "-url", pfURL(r.path)}, r.args...)...)
-				return err
-			})
-		}
-		b.tpPhase(ctx, "tp/"+r.name, []string{"tp/" + r.name}, func(ctx context.Context) error {
-			_, err := b.probeDocker(ctx, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
-			return err
-		})
+	holdWait := b.o.holdTimeout + 30*time.Second
+	runs := []sidePhase{
+		{name: "latency", args: []string{"-n", strconv.Itoa(b.o.latencyN), "-timeout", "60s"}, path: "/", mode: "latency", wait: 90 * time.Second},
+		{name: "bulk1", args: []string{"-bytes", bulk, "-streams", "1", "-timeout", bt}, path: "/bytes", mode: "bulk", wait: b.o.bulkTimeout + time.Minute, cpu: true},
+		{name: "bulk4", args: []string{"-bytes", bulk, "-streams", "4", "-timeout", bt}, path: "/bytes", mode: "bulk", wait: b.o.bulkTimeout + time.Minute, cpu: true},
+		{name: "connrate", args: []string{"-n", strconv.Itoa(b.o.connN), "-c", strconv.Itoa(b.o.connC), "-timeout", b.o.connTimeout.String()}, path: "/", mode: "connrate", wait: b.o.connTimeout + time.Minute},
+		{name: "hold", args: hold(b.o.holdN), path: "/", mode: "hold", wait: holdWait, conns: b.o.holdN},
 	}
+	b.runSide(ctx, pf, pfRoles, runs)
 	if pf != nil {
 		b.res.PortForwardErrors = pf.errorLines()
 	}
@@ -312,11 +304,101 @@ func (b *bench) sideBySide(ctx context.Context) {
 			return err
 		})
 	}
+	// The load-peak rows keep their meaning (the phases above); the
+	// connection-scaling phases have rows of their own.
+	stopSampler()
+	var scale []sidePhase
+	for _, n := range b.o.scaleConns {
+		scale = append(scale, sidePhase{name: "hold" + strconv.Itoa(n), args: hold(n), path: "/", mode: "hold", wait: holdWait, conns: n})
+	}
+	b.runSide(ctx, pf, pfRoles, scale)
+	b.rttPhases(ctx, pf, pfRoles)
 	if pf != nil {
 		if err := pf.stop(); err != nil {
 			b.res.note("kubectl port-forward: %v", err)
 		}
 	}
+}
+
+// sidePhase is one probe measurement run through the baseline, then tp.
+type sidePhase struct {
+	name  string   // result key: pf/NAME, tp/NAME
+	args  []string // probe bench arguments after the mode and URL
+	path  string
+	mode  string
+	wait  time.Duration
+	cpu   bool // record each side's CPU seconds (bulk: per GB moved)
+	conns int  // record each side's RSS before and while this many connections are open
+}
+
+// runSide runs each phase through the port-forward (when there is one) and
+// through tp.
+func (b *bench) runSide(ctx context.Context, pf *portForward, pfRoles func() roles, runs []sidePhase) {
+	tpNet := "container:" + b.daemon
+	for _, r := range runs {
+		if pf != nil {
+			b.phase(ctx, "port-forward/"+r.name, func(ctx context.Context) error {
+				if err := pf.alive(); err != nil {
+					return err
+				}
+				url := fmt.Sprintf("http://127.0.0.1:%d%s", pf.port, r.path)
+				return b.measured("pf/"+r.name, pfRoles(), r, func() (*probeResult, error) {
+					return b.probeDocker(ctx, "pf/"+r.name, "host", r.wait, append([]string{r.mode, "-url", url}, r.args...)...)
+				})
+			})
+		}
+		b.tpPhase(ctx, "tp/"+r.name, []string{"tp/" + r.name}, func(ctx context.Context) error {
+			return b.measured("tp/"+r.name, b.tpRoles(), r, func() (*probeResult, error) {
+				return b.probeDocker(ctx, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
+			})
+		})
+	}
+}
+
+// measured runs one probe and, as r asks, records the CPU seconds the
+// side's processes used during it or their memory before and while its
+// connections were open, under key.
+func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeResult, error)) error {
+	var cpuBefore map[string]float64
+	if r.cpu {
+		var err error
+		if cpuBefore, err = rs.cpu(); err != nil {
+			b.res.note("%s: CPU before: %v", key, err)
+		}
+	}
+	var (
+		rssBefore map[string]float64
+		w         *rssPeaks
+	)
+	if r.conns > 0 {
+		rssBefore = rs.rss()
+		w = watchRSS(rs)
+	}
+	p, err := run()
+	var peaks map[string]float64
+	if w != nil {
+		peaks = w.stop()
+	}
+	if err != nil {
+		return err
+	}
+	if r.cpu {
+		after, cerr := rs.cpu()
+		if cerr != nil {
+			b.res.note("%s: CPU after: %v", key, cerr)
+		}
+		used := map[string]float64{}
+		for role, a := range after {
+			if before, ok := cpuBefore[role]; ok {
+				used[role] = a - before
+			}
+		}
+		b.res.Cost.CPU[key] = &phaseCPU{Bytes: p.Bytes, CPUSeconds: used}
+	}
+	if r.conns > 0 {
+		b.res.Cost.Conns[key] = &connMemory{Conns: r.conns, OK: p.OK, OpenSeconds: p.OpenSeconds, BeforeMB: rssBefore, PeakMB: peaks}
+	}
+	return nil
 }
 
 func (b *bench) podURL(path string) string { return "http://" + b.podIP + ":8080" + path }

@@ -110,7 +110,7 @@ func (e *errorLog) add(err error) {
 //	probe bench bulk     -url URL -bytes N -streams S      download N bytes from URL?n= over S connections
 //	probe bench latency  -url URL -n N [-wait-copy C]      N sequential GETs over one keep-alive connection
 //	probe bench connrate -url URL -n N -c C                N GETs, a new connection each, C at a time
-//	probe bench hold     -url URL -n N -c C                open N connections, all at once, a GET on each before and after
+//	probe bench hold     -url URL -n N -c C [-hold-for D]  open N connections, all at once, a GET on each before and after (and D in between, with all open)
 //	probe bench dns      -server ADDR -cold T -cold-n N -cached NAME -cached-n M
 //	probe bench steady   -url URL -duration D -c C -fresh F -pause P  GETs until D (F of the C workers on a new connection each time, the others keep-alive), recording which copy answered
 func bench(args []string) error {
@@ -135,6 +135,7 @@ func bench(args []string) error {
 		duration = fs.Duration("duration", 20*time.Second, "steady: how long to send")
 		pause    = fs.Duration("pause", 10*time.Millisecond, "steady: pause between a worker's requests")
 		fresh    = fs.Int("fresh", 0, "steady: workers (of -c) that open a new connection for each request")
+		holdFor  = fs.Duration("hold-for", 0, "hold: once every connection is open, keep them all open this long before the second GET (for memory samples)")
 	)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -153,7 +154,7 @@ func bench(args []string) error {
 	case "connrate":
 		res, err = benchConnRate(ctx, *target, *n, *conc)
 	case "hold":
-		res, err = benchHold(ctx, *target, *n, *conc)
+		res, err = benchHold(ctx, *target, *n, *conc, *holdFor)
 	case "dns":
 		res, err = benchDNS(ctx, *server, *cold, *coldN, *cached, *cachedN)
 	case "steady":
@@ -413,7 +414,7 @@ func benchConnRate(ctx context.Context, target string, n, conc int) (*benchResul
 	return res, nil
 }
 
-func benchHold(ctx context.Context, target string, n, conc int) (*benchResult, error) {
+func benchHold(ctx context.Context, target string, n, conc int, holdFor time.Duration) (*benchResult, error) {
 	addr, path, host, err := hostPort(target)
 	if err != nil {
 		return nil, err
@@ -467,6 +468,9 @@ func benchHold(ctx context.Context, target string, n, conc int) (*benchResult, e
 	}
 	opened.Wait()
 	res.OpenSeconds = time.Since(start).Seconds()
+	if holdFor > 0 {
+		sleepCtx(ctx, holdFor)
+	}
 	close(allIn)
 	_ = g.Wait()
 	res.Seconds = time.Since(start).Seconds()
@@ -608,4 +612,14 @@ func benchSteady(ctx context.Context, target string, duration time.Duration, con
 	res.OK, res.Failed, res.Errors = int64(len(lat)), errs.failed.Load(), errs.seen
 	res.Latency = summarize(lat)
 	return res, nil
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Cost as the work grows: CPU seconds of the processes on the path per GB
+// moved in the bulk phases, and their RSS with N connections held open. The
+// baseline's process is kubectl port-forward on the host; tp's are the bench
+// daemon and the traffic-manager (shared: other connections' traffic counts
+// too, see the notes on other connections).
+
+// userHZ is the unit of utime and stime in /proc/PID/stat: USER_HZ, 100 on
+// every Linux architecture the bench runs on (sysconf(_SC_CLK_TCK)).
+const userHZ = 100
+
+// parseStatCPU returns utime+stime (in clock ticks) of a /proc/PID/stat line.
+// The command name (field 2) is in parentheses and may hold spaces and
+// parentheses itself, so the fields are counted after its last ')'.
+func parseStatCPU(stat []byte) (uint64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("proc stat %.60q: no ')' after the command name", stat)
+	}
+	// After ")": state (field 3), ppid, pgrp, session, tty_nr, tpgid, flags,
+	// minflt, cminflt, majflt, cmajflt, utime (14), stime (15).
+	f := bytes.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("proc stat %.60q: %d fields after the command name, want at least 13", stat, len(f))
+	}
+	utime, err := strconv.ParseUint(string(f[11]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("proc stat utime: %w", err)
+	}
+	stime, err := strconv.ParseUint(string(f[12]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("proc stat stime: %w", err)
+	}
+	return utime + stime, nil
+}
+
+// cpuSeconds returns the CPU time (user+system) pid has used so far.
+func cpuSeconds(pid int) (float64, error) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	ticks, err := parseStatCPU(raw)
+	if err != nil {
+		return 0, err
+	}
+	return float64(ticks) / userHZ, nil
+}
+
+// roles names the processes one side's costs are read from: role -> pids.
+type roles map[string][]int
+
+// tpRoles are tp's processes on the path: the bench daemon and the manager.
+func (b *bench) tpRoles() roles {
+	r := roles{}
+	if p := findProcs(b.daemonMatcher()); len(p) > 0 {
+		r["daemon"] = p[:1]
+	}
+	if p := findProcs(isManager); len(p) > 0 {
+		r["manager"] = p
+	}
+	return r
+}
+
+// cpu sums the CPU seconds of each role's processes.
+func (r roles) cpu() (map[string]float64, error) {
+	out := map[string]float64{}
+	var errs []error
+	for role, pids := range r {
+		for _, pid := range pids {
+			s, err := cpuSeconds(pid)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s pid %d: %w", role, pid, err))
+				continue
+			}
+			out[role] += s
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// rss is the largest VmRSS (MB) among each role's processes.
+func (r roles) rss() map[string]float64 {
+	out := map[string]float64{}
+	for role, pids := range r {
+		for _, pid := range pids {
+			if v, _, ok := memStatus(pid); ok {
+				out[role] = max(out[role], v)
+			}
+		}
+	}
+	return out
+}
+
+// rssPeaks samples r.rss every 100 ms until stop and keeps each role's peak.
+type rssPeaks struct {
+	stopc chan struct{}
+	wg    sync.WaitGroup
+	peak  map[string]float64
+}
+
+func watchRSS(r roles) *rssPeaks {
+	w := &rssPeaks{stopc: make(chan struct{}), peak: r.rss()}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-w.stopc:
+				return
+			case <-tick.C:
+			}
+			for role, v := range r.rss() {
+				w.peak[role] = max(w.peak[role], v)
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the sampling and returns the peaks by role.
+func (w *rssPeaks) stop() map[string]float64 {
+	close(w.stopc)
+	w.wg.Wait()
+	return w.peak
+}
+
+// costResults are the raw numbers of the cost rows.
+type costResults struct {
+	// CPU is the CPU time used by each role during a bulk phase, with the
+	// bytes that phase moved, by phase key ("pf/bulk1", "tp/bulk4").
+	CPU map[string]*phaseCPU `json:"cpu,omitempty"`
+	// Conns is the memory of each role before and while N connections were
+	// held open, by phase key ("pf/hold10", "tp/hold10000").
+	Conns map[string]*connMemory `json:"conns,omitempty"`
+}
+
+type phaseCPU struct {
+	Bytes      int64              `json:"bytes"`
+	CPUSeconds map[string]float64 `json:"cpuSeconds"` // by role: kubectl, daemon, manager
+}
+
+type connMemory struct {
+	Conns       int                `json:"conns"`
+	OK          int64              `json:"ok"`
+	OpenSeconds float64            `json:"openSeconds"`
+	BeforeMB    map[string]float64 `json:"beforeMB"` // VmRSS right before the connections opened, by role
+	PeakMB      map[string]float64 `json:"peakMB"`   // VmRSS peak while they were open (sampled every 100 ms)
+}
+
+// bytesPerConn is (RSS at N - RSS before) / N for role, in KB (10^3 bytes).
+func (c *connMemory) bytesPerConn(role string) (float64, bool) {
+	before, ok1 := c.BeforeMB[role]
+	peak, ok2 := c.PeakMB[role]
+	if !ok1 || !ok2 || c.Conns == 0 {
+		return 0, false
+	}
+	return (peak - before) * 1e6 / float64(c.Conns) / 1e3, true
+}
+
+// cpuPerGB sums the CPU seconds of role over phases and divides by the
+// gigabytes (10^9 bytes) they moved.
+func (c costResults) cpuPerGB(role string, phases ...string) (perGB, seconds, gb float64, ok bool) {
+	for _, p := range phases {
+		x := c.CPU[p]
+		if x == nil {
+			continue
+		}
+		s, has := x.CPUSeconds[role]
+		if !has {
+			continue
+		}
+		seconds += s
+		gb += float64(x.Bytes) / 1e9
+		ok = true
+	}
+	if !ok || gb == 0 {
+		return 0, seconds, gb, false
+	}
+	return seconds / gb, seconds, gb, true
+}
