@@ -103,39 +103,56 @@ func (r roles) rss() map[string]float64 {
 	return out
 }
 
-// rssPeaks samples r.rss every 100 ms until stop and keeps each role's peak.
+// rssPeaks samples r.rss every 100 ms until stop.
 type rssPeaks struct {
-	stopc chan struct{}
-	wg    sync.WaitGroup
-	peak  map[string]float64
+	stopc   chan struct{}
+	wg      sync.WaitGroup
+	samples []rssSample
+}
+
+type rssSample struct {
+	unixMs int64
+	mb     map[string]float64 // by role
 }
 
 func watchRSS(r roles) *rssPeaks {
-	w := &rssPeaks{stopc: make(chan struct{}), peak: r.rss()}
+	w := &rssPeaks{stopc: make(chan struct{})}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
+			w.samples = append(w.samples, rssSample{time.Now().UnixMilli(), r.rss()})
 			select {
 			case <-w.stopc:
 				return
 			case <-tick.C:
-			}
-			for role, v := range r.rss() {
-				w.peak[role] = max(w.peak[role], v)
 			}
 		}
 	}()
 	return w
 }
 
-// stop ends the sampling and returns the peaks by role.
-func (w *rssPeaks) stop() map[string]float64 {
+// stop ends the sampling.
+func (w *rssPeaks) stop() {
 	close(w.stopc)
 	w.wg.Wait()
-	return w.peak
+}
+
+// peak is each role's largest sample taken from fromMs to toMs (Unix ms;
+// toMs 0: to the end).
+func (w *rssPeaks) peak(fromMs, toMs int64) map[string]float64 {
+	out := map[string]float64{}
+	for _, s := range w.samples {
+		if s.unixMs < fromMs || toMs != 0 && s.unixMs > toMs {
+			continue
+		}
+		for role, v := range s.mb {
+			out[role] = max(out[role], v)
+		}
+	}
+	return out
 }
 
 // costResults are the raw numbers of the cost rows.
@@ -158,13 +175,26 @@ type connMemory struct {
 	OK          int64              `json:"ok"`
 	OpenSeconds float64            `json:"openSeconds"`
 	BeforeMB    map[string]float64 `json:"beforeMB"` // VmRSS right before the connections opened, by role
-	PeakMB      map[string]float64 `json:"peakMB"`   // VmRSS peak while they were open (sampled every 100 ms)
+	PeakMB      map[string]float64 `json:"peakMB"`   // VmRSS peak during the phase (sampled every 100 ms), the second GET on each included
+	// HeldMB is the VmRSS peak while every connection was open and idle
+	// (the probe's -hold-for), the RSS "at N".
+	HeldMB map[string]float64 `json:"heldMB,omitempty"`
+}
+
+// atN is role's RSS with the N connections open: while they were held
+// idle when the probe says when that was, else the phase's peak.
+func (c *connMemory) atN(role string) (float64, bool) {
+	if v, ok := c.HeldMB[role]; ok {
+		return v, true
+	}
+	v, ok := c.PeakMB[role]
+	return v, ok
 }
 
 // bytesPerConn is (RSS at N - RSS before) / N for role, in KB (10^3 bytes).
 func (c *connMemory) bytesPerConn(role string) (float64, bool) {
 	before, ok1 := c.BeforeMB[role]
-	peak, ok2 := c.PeakMB[role]
+	peak, ok2 := c.atN(role)
 	if !ok1 || !ok2 || c.Conns == 0 {
 		return 0, false
 	}

@@ -89,3 +89,22 @@ func TestCostArithmetic(t *testing.T) {
 		t.Errorf("cpuPerGB(manager) ok without samples, want not ok")
 	}
 }
+
+func TestRSSPeakWindow(t *testing.T) {
+	w := &rssPeaks{samples: []rssSample{
+		{100, map[string]float64{"daemon": 50}},
+		{200, map[string]float64{"daemon": 70}},
+		{300, map[string]float64{"daemon": 65, "manager": 40}},
+		{400, map[string]float64{"daemon": 90}}, // the second GET on each
+	}}
+	if got := w.peak(150, 350); got["daemon"] != 70 || got["manager"] != 40 {
+		t.Errorf("peak(150, 350) = %v, want daemon 70, manager 40", got)
+	}
+	if got := w.peak(0, 0); got["daemon"] != 90 {
+		t.Errorf("peak(0, 0) = %v, want daemon 90", got)
+	}
+	m := &connMemory{Conns: 10, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: w.peak(0, 0), HeldMB: w.peak(150, 350)}
+	if got, _ := m.bytesPerConn("daemon"); math.Abs(got-2000) > 1e-6 {
+		t.Errorf("bytesPerConn with a held window = %v KB, want 2000 (held 70 MB, not the peak 90)", got)
+	}
+}

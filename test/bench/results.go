@@ -33,6 +33,9 @@ type probeResult struct {
 	FirstByCopy  map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
 	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
 	OpenSeconds  float64          `json:"openSeconds,omitempty"`
+	// HeldFromUnixMs and HeldToUnixMs: hold -hold-for, every connection open and idle.
+	HeldFromUnixMs int64 `json:"heldFromUnixMs,omitempty"`
+	HeldToUnixMs   int64 `json:"heldToUnixMs,omitempty"`
 }
 
 type percentiles struct {
@@ -533,14 +536,16 @@ func (r *results) costRows(newRow func(metric, unit, key, target string) row) []
 			if tm != nil {
 				if v, ok := tm.bytesPerConn(role); ok {
 					x.TP = &v
-					notes = append(notes, fmt.Sprintf("%s RSS %.1f -> %.1f MB", role, tm.BeforeMB[role], tm.PeakMB[role]))
+					at, _ := tm.atN(role)
+					notes = append(notes, fmt.Sprintf("%s RSS %.1f -> %.1f MB (peak %.1f)", role, tm.BeforeMB[role], at, tm.PeakMB[role]))
 				}
 				notes = append(notes, fmt.Sprintf("tp ok %d of %d, all open after %.1fs", tm.OK, n, tm.OpenSeconds))
 			}
 			if role == "daemon" && pm != nil {
 				if v, ok := pm.bytesPerConn("kubectl"); ok {
 					x.Baseline = &v
-					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB, ok %d of %d, all open after %.1fs", pm.BeforeMB["kubectl"], pm.PeakMB["kubectl"], pm.OK, n, pm.OpenSeconds))
+					at, _ := pm.atN("kubectl")
+					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB, ok %d of %d, all open after %.1fs", pm.BeforeMB["kubectl"], at, pm.OK, n, pm.OpenSeconds))
 				}
 			}
 			if role == "manager" {

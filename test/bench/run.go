@@ -375,9 +375,8 @@ func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeRe
 		w = watchRSS(rs)
 	}
 	p, err := run()
-	var peaks map[string]float64
 	if w != nil {
-		peaks = w.stop()
+		w.stop()
 	}
 	if err != nil {
 		return err
@@ -396,7 +395,12 @@ func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeRe
 		b.res.Cost.CPU[key] = &phaseCPU{Bytes: p.Bytes, CPUSeconds: used}
 	}
 	if r.conns > 0 {
-		b.res.Cost.Conns[key] = &connMemory{Conns: r.conns, OK: p.OK, OpenSeconds: p.OpenSeconds, BeforeMB: rssBefore, PeakMB: peaks}
+		m := &connMemory{Conns: r.conns, OK: p.OK, OpenSeconds: p.OpenSeconds, BeforeMB: rssBefore, PeakMB: w.peak(0, 0)}
+		if p.HeldFromUnixMs != 0 && p.HeldToUnixMs > p.HeldFromUnixMs {
+			// The probe's clock is this machine's: containers share it.
+			m.HeldMB = w.peak(p.HeldFromUnixMs, p.HeldToUnixMs)
+		}
+		b.res.Cost.Conns[key] = m
 	}
 	return nil
 }

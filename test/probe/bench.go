@@ -54,6 +54,9 @@ type benchResult struct {
 	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
 
 	OpenSeconds float64 `json:"openSeconds,omitempty"` // hold: time until every connection was open
+	// hold -hold-for: when every connection was open and idle, from and to (Unix ms).
+	HeldFromUnixMs int64 `json:"heldFromUnixMs,omitempty"`
+	HeldToUnixMs   int64 `json:"heldToUnixMs,omitempty"`
 }
 
 type percentiles struct {
@@ -469,7 +472,9 @@ func benchHold(ctx context.Context, target string, n, conc int, holdFor time.Dur
 	opened.Wait()
 	res.OpenSeconds = time.Since(start).Seconds()
 	if holdFor > 0 {
+		res.HeldFromUnixMs = time.Now().UnixMilli()
 		sleepCtx(ctx, holdFor)
+		res.HeldToUnixMs = time.Now().UnixMilli()
 	}
 	close(allIn)
 	_ = g.Wait()
