@@ -223,10 +223,16 @@ func (b *bench) addDelay(ctx context.Context, paths []rttPath, port int) (remove
 // rttResults are the RTT phases' setup: why they were skipped, or where the
 // delay was added.
 type rttResults struct {
-	Skipped    string   `json:"skipped,omitempty"`
-	DelayMs    float64  `json:"delayMs"`
-	APIPort    int      `json:"apiServerPort,omitempty"`
-	Interfaces []string `json:"interfaces,omitempty"` // dev (client)
+	Skipped string `json:"skipped,omitempty"`
+	// Method is how the delay was added: "netem" (tc on the interfaces) or
+	// "relay" (the bench's delaying TCP relay in front of the API server,
+	// when the kernel has no netem: NetemUnavailable says why).
+	Method           string   `json:"method,omitempty"`
+	NetemUnavailable string   `json:"netemUnavailable,omitempty"`
+	RelayPort        int      `json:"relayPort,omitempty"`
+	DelayMs          float64  `json:"delayMs"`
+	APIPort          int      `json:"apiServerPort,omitempty"`
+	Interfaces       []string `json:"interfaces,omitempty"` // dev (client)
 }
 
 // rttPhases measures keep-alive latency and one bulk stream through the
@@ -244,10 +250,15 @@ func (b *bench) rttPhases(ctx context.Context, pf *portForward, pfRoles func() r
 		return
 	}
 	if reason := netemUnavailable(); reason != "" {
-		rt.Skipped = reason
-		b.logf("RTT phases skipped: %s", reason)
+		rt.NetemUnavailable = reason
+		b.logf("RTT phases: no netem (%s): a delaying relay in front of the API server instead", reason)
+		if err := b.rttRelayPhases(ctx); err != nil {
+			rt.Skipped = fmt.Sprintf("%s; the delaying relay instead: %v", reason, err)
+			b.logf("RTT phases skipped: %s", rt.Skipped)
+		}
 		return
 	}
+	rt.Method = "netem"
 	port, err := apiServerPort(b.o.kubeconfig)
 	if err != nil {
 		rt.Skipped = fmt.Sprintf("the API server's port: %v", err)
@@ -280,4 +291,110 @@ func (b *bench) rttPhases(ctx context.Context, pf *portForward, pfRoles func() r
 			path: "/bytes", mode: "bulk", wait: b.o.bulkTimeout + time.Minute},
 	}
 	b.runSide(ctx, pf, pfRoles, runs)
+}
+
+// rttRelayPhases runs the RTT phases through a delayRelay in front of the
+// API server: a second kubectl port-forward and a second tp connection
+// (NAME-rtt) whose kubeconfigs point at the relay, and the same probes
+// through them. Everything it starts is stopped before it returns (and by
+// the bench's cleanup).
+func (b *bench) rttRelayPhases(ctx context.Context) error {
+	rt := &b.res.RTT
+	config, err := clientcmd.LoadFromFile(b.o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	kctx := config.Contexts[config.CurrentContext]
+	if kctx == nil || config.Clusters[kctx.Cluster] == nil {
+		return fmt.Errorf("kubeconfig %s: no cluster for the current context %q", b.o.kubeconfig, config.CurrentContext)
+	}
+	cluster := config.Clusters[kctx.Cluster]
+	u, err := url.Parse(cluster.Server)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("the API server %q: want https://HOST:PORT", cluster.Server)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	rt.APIPort, _ = strconv.Atoi(port)
+	// The daemon container reaches the host at its bridge's gateway
+	// (host.docker.internal): the relay listens there and on loopback.
+	out, err := docker(ctx, time.Minute, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.Gateway}} {{end}}", b.daemon)
+	if err != nil || len(strings.Fields(out)) == 0 {
+		return fmt.Errorf("the daemon container's gateway (docker inspect %s): %v %s", b.daemon, err, out)
+	}
+	gw := strings.Fields(out)[0]
+	relay, err := startDelayRelay(u.Host, rttDelay, "127.0.0.1", gw)
+	if err != nil {
+		return err
+	}
+	rt.RelayPort = relay.port
+	rt.Interfaces = []string{fmt.Sprintf("relay 127.0.0.1:%d (kubectl)", relay.port), fmt.Sprintf("relay %s:%d (daemon)", gw, relay.port)}
+	b.onCleanup("stop the delay relay", func(context.Context) error { return relay.Close() })
+	defer relay.Close()
+
+	if cluster.TLSServerName == "" && u.Hostname() != "127.0.0.1" && u.Hostname() != "localhost" {
+		cluster.TLSServerName = u.Hostname()
+	}
+	u.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(relay.port))
+	cluster.Server = u.String()
+	f, err := os.CreateTemp("", "tp-bench-rtt-kubeconfig-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	if err := clientcmd.WriteToFile(*config, f.Name()); err != nil {
+		return fmt.Errorf("write the relay's kubeconfig: %w", err)
+	}
+
+	ns := b.res.Namespace
+	pf, err := startPortForward(ctx, b.o.kubectl, f.Name(), ns, strings.Fields(b.res.EchoPod)[0], b.o.pfPort+1)
+	if err != nil {
+		return fmt.Errorf("kubectl port-forward through the relay: %w", err)
+	}
+	b.onCleanup("stop kubectl port-forward through the relay", func(context.Context) error { return pf.stop() })
+	defer pf.stop()
+
+	name := b.o.name + "-rtt"
+	quit := func(ctx context.Context) error {
+		if _, err := docker(ctx, time.Minute, "container", "inspect", "tp-"+name); err != nil {
+			return nil // gone already
+		}
+		if out, err := b.tp(ctx, time.Minute, "quit", "--name", name); err != nil {
+			return fmt.Errorf("tp quit --name %s: %w: %s", name, err, out)
+		}
+		return nil
+	}
+	b.onCleanup("tp quit --name "+name, quit)
+	defer func() { _ = quit(context.WithoutCancel(ctx)) }()
+	if out, err := b.tpWith(ctx, f.Name(), 2*time.Minute, "connect", "--name", name, "-n", ns); err != nil {
+		return fmt.Errorf("tp connect --name %s through the relay: %w\n%s", name, err, out)
+	}
+	tpNet := "container:tp-" + name
+	if _, err := b.probeDocker(ctx, "", tpNet, 30*time.Second, "latency", "-url", b.podURL("/"), "-n", "1", "-timeout", "20s"); err != nil {
+		return fmt.Errorf("first request through tp (through the relay) to the echo pod: %w", err)
+	}
+	rt.Method = "relay"
+	pfURL := func(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", pf.port, path) }
+	runs := []sidePhase{
+		{name: "latency-rtt", args: []string{"-n", strconv.Itoa(b.o.rttLatencyN), "-timeout", "60s"}, path: "/", mode: "latency", wait: 90 * time.Second},
+		{name: "bulk1-rtt", args: []string{"-bytes", strconv.FormatInt(b.o.rttBulkBytes, 10), "-streams", "1", "-timeout", b.o.bulkTimeout.String()},
+			path: "/bytes", mode: "bulk", wait: b.o.bulkTimeout + time.Minute},
+	}
+	for _, r := range runs {
+		b.phase(ctx, "port-forward/"+r.name, func(ctx context.Context) error {
+			if err := pf.alive(); err != nil {
+				return err
+			}
+			_, err := b.probeDocker(ctx, "pf/"+r.name, "host", r.wait, append([]string{r.mode, "-url", pfURL(r.path)}, r.args...)...)
+			return err
+		})
+		b.phase(ctx, "tp/"+r.name, func(ctx context.Context) error {
+			_, err := b.probeDocker(ctx, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
+			return err
+		})
+	}
+	return nil
 }

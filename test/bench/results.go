@@ -250,8 +250,11 @@ func (r *results) table() []row {
 	})
 	side(fmt.Sprintf("connections held open at once, ok of %v", r.Options["holdN"]), "count", "hold", "all", ok)
 
-	rows = append(rows, row{Metric: fmt.Sprintf("outbound with %.0f ms added RTT on the API server's leg", r.RTT.DelayMs), Section: true,
-		Note: "tc netem on the API server's port, for kubectl and the daemon alike"})
+	rttNote := "tc netem on the API server's port, for kubectl and the daemon alike"
+	if r.RTT.Method == "relay" {
+		rttNote = "no netem in this kernel: a relay in front of the API server delays its answers, for kubectl and the daemon alike"
+	}
+	rows = append(rows, row{Metric: fmt.Sprintf("outbound with %.0f ms added RTT on the API server's leg", r.RTT.DelayMs), Section: true, Note: rttNote})
 	if r.RTT.Skipped != "" {
 		rows = append(rows, row{Metric: "RTT measurements skipped", Note: firstLine(r.RTT.Skipped)})
 	} else {

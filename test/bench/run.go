@@ -579,10 +579,15 @@ func (b *bench) probePod(ctx context.Context, key string, timeout time.Duration,
 
 // tp runs the CLI under test with the bench's kubeconfig.
 func (b *bench) tp(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	return b.tpWith(ctx, b.o.kubeconfig, timeout, args...)
+}
+
+// tpWith runs the CLI under test with kubeconfig.
+func (b *bench) tpWith(ctx context.Context, kubeconfig string, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, b.o.tp, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+b.o.kubeconfig)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	return string(out), err
