@@ -173,6 +173,8 @@ type phaseCPU struct {
 type connMemory struct {
 	Conns       int                `json:"conns"`
 	OK          int64              `json:"ok"`
+	Opened      int64              `json:"opened"`            // connections the probe had open at once (the hold's first GET answered)
+	Stopped     string             `json:"stopped,omitempty"` // why the bench ended the probe early (the manager's memory limit)
 	OpenSeconds float64            `json:"openSeconds"`
 	BeforeMB    map[string]float64 `json:"beforeMB"` // VmRSS right before the connections opened, by role
 	PeakMB      map[string]float64 `json:"peakMB"`   // VmRSS peak during the phase (sampled every 100 ms), the second GET on each included
@@ -195,10 +197,67 @@ func (c *connMemory) atN(role string) (float64, bool) {
 func (c *connMemory) bytesPerConn(role string) (float64, bool) {
 	before, ok1 := c.BeforeMB[role]
 	peak, ok2 := c.atN(role)
-	if !ok1 || !ok2 || c.Conns == 0 {
+	n := c.open()
+	if !ok1 || !ok2 || n == 0 {
 		return 0, false
 	}
-	return (peak - before) * 1e6 / float64(c.Conns) / 1e3, true
+	return (peak - before) * 1e6 / float64(n) / 1e3, true
+}
+
+// open is how many connections were open at once: what the probe says,
+// else (a probe without the count) those that answered twice.
+func (c *connMemory) open() int64 {
+	if c.Opened > 0 {
+		return c.Opened
+	}
+	return c.OK
+}
+
+// managerGuard is the share of the traffic-manager's memory limit at which
+// a hold phase is ended (the kubelet OOM-kills the shared manager at the
+// limit: 10 000 connections did at 256 MiB).
+const managerGuard = 0.8
+
+// guard ends a hold (kill) once role's RSS reaches managerGuard of limit.
+type guard struct {
+	stopc  chan struct{}
+	wg     sync.WaitGroup
+	reason string
+}
+
+func startGuard(rs roles, role string, limit int64, kill func()) *guard {
+	g := &guard{stopc: make(chan struct{})}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-g.stopc:
+				return
+			case <-tick.C:
+			}
+			if mb := rs.rss()[role]; overGuard(mb, limit) {
+				g.reason = fmt.Sprintf("stopped: %s RSS %.0f MB reached %.0f%% of its memory limit %.0f MB", role, mb, managerGuard*100, float64(limit)/1e6)
+				kill()
+				return
+			}
+		}
+	}()
+	return g
+}
+
+// overGuard says whether rssMB (10^6 bytes) is at managerGuard of limit bytes.
+func overGuard(rssMB float64, limit int64) bool {
+	return limit > 0 && rssMB*1e6 >= managerGuard*float64(limit)
+}
+
+// stop ends the guard and returns why it ended the probe ("" if it did not).
+func (g *guard) stop() string {
+	close(g.stopc)
+	g.wg.Wait()
+	return g.reason
 }
 
 // cpuPerGB sums the CPU seconds of role over phases and divides by the

@@ -71,12 +71,30 @@ func TestMissingQdiscs(t *testing.T) {
 }
 
 func TestCostArithmetic(t *testing.T) {
-	m := &connMemory{Conns: 1000, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: map[string]float64{"daemon": 60}}
+	m := &connMemory{Conns: 1000, Opened: 1000, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: map[string]float64{"daemon": 60}}
 	if got, ok := m.bytesPerConn("daemon"); !ok || math.Abs(got-10) > 1e-9 {
 		t.Errorf("bytesPerConn(daemon) = %v, %v; want 10 KB, true", got, ok)
 	}
 	if _, ok := m.bytesPerConn("manager"); ok {
 		t.Errorf("bytesPerConn(manager) ok without samples, want not ok")
+	}
+	// Only 500 of 1000 were open at once (stopped early): per open connection.
+	half := &connMemory{Conns: 1000, Opened: 500, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: map[string]float64{"daemon": 60}}
+	if got, ok := half.bytesPerConn("daemon"); !ok || math.Abs(got-20) > 1e-9 {
+		t.Errorf("bytesPerConn(daemon) with 500 open = %v, %v; want 20 KB, true", got, ok)
+	}
+	none := &connMemory{Conns: 1000, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: map[string]float64{"daemon": 60}}
+	if got, ok := none.bytesPerConn("daemon"); ok {
+		t.Errorf("bytesPerConn(daemon) with none open = %v, ok; want not ok", got)
+	}
+	for _, tc := range []struct {
+		mb    float64
+		limit int64
+		want  bool
+	}{{200, 256 << 20, false}, {215, 256 << 20, true}, {500, 0, false}} {
+		if got := overGuard(tc.mb, tc.limit); got != tc.want {
+			t.Errorf("overGuard(%v MB, %d) = %v, want %v", tc.mb, tc.limit, got, tc.want)
+		}
 	}
 	c := costResults{CPU: map[string]*phaseCPU{
 		"tp/bulk1": {Bytes: 1e9, CPUSeconds: map[string]float64{"daemon": 3}},
@@ -103,7 +121,7 @@ func TestRSSPeakWindow(t *testing.T) {
 	if got := w.peak(0, 0); got["daemon"] != 90 {
 		t.Errorf("peak(0, 0) = %v, want daemon 90", got)
 	}
-	m := &connMemory{Conns: 10, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: w.peak(0, 0), HeldMB: w.peak(150, 350)}
+	m := &connMemory{Conns: 10, Opened: 10, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: w.peak(0, 0), HeldMB: w.peak(150, 350)}
 	if got, _ := m.bytesPerConn("daemon"); math.Abs(got-2000) > 1e-6 {
 		t.Errorf("bytesPerConn with a held window = %v KB, want 2000 (held 70 MB, not the peak 90)", got)
 	}

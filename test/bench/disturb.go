@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -108,6 +109,13 @@ func (b *bench) managerPods(ctx context.Context) ([]string, error) {
 // attempts in all; every retry is reported. A disturbed run's results are
 // kept under "KEY (disturbed)" for each of keys.
 func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func(context.Context) error) {
+	b.tpPhaseAttempts(ctx, name, keys, 3, fn)
+}
+
+// tpPhaseAttempts is tpPhase with at most attempts runs: 1 for a phase
+// whose load itself may take the shared traffic-manager down (its memory
+// limit), which a retry would only do again.
+func (b *bench) tpPhaseAttempts(ctx context.Context, name string, keys []string, attempts int, fn func(context.Context) error) {
 	b.phase(ctx, name, func(ctx context.Context) error {
 		for attempt := 1; ; attempt++ {
 			before, err := b.waitConnected(ctx, 2*time.Minute)
@@ -141,10 +149,25 @@ func (b *bench) tpPhase(ctx context.Context, name string, keys []string, fn func
 					delete(b.res.Probes, k)
 				}
 			}
-			if attempt == 3 || aerr != nil {
+			if attempt >= attempts || aerr != nil {
 				return errors.Join(err, errors.New(d))
 			}
 			b.logf("%s: running it again", name)
 		}
 	})
+}
+
+// managerMemoryLimit is the traffic-manager container's memory limit in
+// bytes, 0 when it has none or it cannot be read.
+func (b *bench) managerMemoryLimit(ctx context.Context) int64 {
+	d, err := b.k.client.AppsV1().Deployments(b.o.managerNamespace).Get(ctx, "traffic-manager", metav1.GetOptions{})
+	if err != nil {
+		return 0
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+			return q.Value()
+		}
+	}
+	return 0
 }

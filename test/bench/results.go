@@ -33,6 +33,7 @@ type probeResult struct {
 	FirstByCopy  map[string]int64 `json:"firstByCopyUnixMs,omitempty"`
 	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
 	OpenSeconds  float64          `json:"openSeconds,omitempty"`
+	Opened       int64            `json:"opened,omitempty"`
 	// HeldFromUnixMs and HeldToUnixMs: hold -hold-for, every connection open and idle.
 	HeldFromUnixMs int64 `json:"heldFromUnixMs,omitempty"`
 	HeldToUnixMs   int64 `json:"heldToUnixMs,omitempty"`
@@ -542,14 +543,18 @@ func (r *results) costRows(newRow func(metric, unit, key, target string) row) []
 					at, _ := tm.atN(role)
 					notes = append(notes, fmt.Sprintf("%s RSS %.1f -> %.1f MB (peak %.1f)", role, tm.BeforeMB[role], at, tm.PeakMB[role]))
 				}
-				notes = append(notes, fmt.Sprintf("tp ok %d of %d, all open after %.1fs", tm.OK, n, tm.OpenSeconds))
+				notes = append(notes, fmt.Sprintf("tp open at once %d of %d (after %.1fs)", tm.open(), n, tm.OpenSeconds))
+				if tm.Stopped != "" {
+					notes = append(notes, tm.Stopped)
+				}
 			}
 			if role == "daemon" && pm != nil {
 				if v, ok := pm.bytesPerConn("kubectl"); ok {
 					x.Baseline = &v
 					at, _ := pm.atN("kubectl")
-					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB, ok %d of %d, all open after %.1fs", pm.BeforeMB["kubectl"], at, pm.OK, n, pm.OpenSeconds))
+					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB", pm.BeforeMB["kubectl"], at))
 				}
+				notes = append(notes, fmt.Sprintf("kubectl open at once %d of %d (after %.1fs)", pm.open(), n, pm.OpenSeconds))
 			}
 			if role == "manager" {
 				x.BaselinePhase = ""

@@ -314,6 +314,7 @@ func (b *bench) sideBySide(ctx context.Context) {
 	b.runSide(ctx, pf, pfRoles, scale)
 	b.rttPhases(ctx, pf, pfRoles)
 	if pf != nil {
+		b.res.PortForwardErrors = pf.errorLines() // the scaling phases' too
 		if err := pf.stop(); err != nil {
 			b.res.note("kubectl port-forward: %v", err)
 		}
@@ -342,14 +343,20 @@ func (b *bench) runSide(ctx context.Context, pf *portForward, pfRoles func() rol
 					return err
 				}
 				url := fmt.Sprintf("http://127.0.0.1:%d%s", pf.port, r.path)
-				return b.measured("pf/"+r.name, pfRoles(), r, func() (*probeResult, error) {
-					return b.probeDocker(ctx, "pf/"+r.name, "host", r.wait, append([]string{r.mode, "-url", url}, r.args...)...)
+				name := b.containerName("probe")
+				return b.measured(ctx, "pf/"+r.name, name, pfRoles(), r, func() (*probeResult, error) {
+					return b.probeDockerNamed(ctx, name, "pf/"+r.name, "host", r.wait, append([]string{r.mode, "-url", url}, r.args...)...)
 				})
 			})
 		}
-		b.tpPhase(ctx, "tp/"+r.name, []string{"tp/" + r.name}, func(ctx context.Context) error {
-			return b.measured("tp/"+r.name, b.tpRoles(), r, func() (*probeResult, error) {
-				return b.probeDocker(ctx, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
+		attempts := 3
+		if r.conns > b.o.holdN {
+			attempts = 1
+		}
+		b.tpPhaseAttempts(ctx, "tp/"+r.name, []string{"tp/" + r.name}, attempts, func(ctx context.Context) error {
+			name := b.containerName("probe")
+			return b.measured(ctx, "tp/"+r.name, name, b.tpRoles(), r, func() (*probeResult, error) {
+				return b.probeDockerNamed(ctx, name, "tp/"+r.name, tpNet, r.wait, append([]string{r.mode, "-url", b.podURL(r.path)}, r.args...)...)
 			})
 		})
 	}
@@ -358,7 +365,12 @@ func (b *bench) runSide(ctx context.Context, pf *portForward, pfRoles func() rol
 // measured runs one probe and, as r asks, records the CPU seconds the
 // side's processes used during it or their memory before and while its
 // connections were open, under key.
-func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeResult, error)) error {
+//
+// While connections are held, a traffic-manager whose RSS reaches
+// managerGuard of its memory limit ends the probe (SIGTERM: it reports how
+// many connections it had open) before the kubelet OOM-kills the shared
+// manager; the phase's memory row says so.
+func (b *bench) measured(ctx context.Context, key, container string, rs roles, r sidePhase, run func() (*probeResult, error)) error {
 	var cpuBefore map[string]float64
 	if r.cpu {
 		var err error
@@ -370,15 +382,30 @@ func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeRe
 		rssBefore map[string]float64
 		w         *rssPeaks
 	)
+	var g *guard
 	if r.conns > 0 {
 		rssBefore = rs.rss()
 		w = watchRSS(rs)
+		if _, ok := rs["manager"]; ok {
+			if limit := b.managerMemoryLimit(ctx); limit > 0 {
+				g = startGuard(rs, "manager", limit, func() {
+					_, _ = docker(context.WithoutCancel(ctx), 30*time.Second, "kill", "-s", "TERM", container)
+				})
+			}
+		}
 	}
 	p, err := run()
+	stopped := ""
+	if g != nil {
+		stopped = g.stop()
+	}
 	if w != nil {
 		w.stop()
 	}
 	if err != nil {
+		if stopped != "" {
+			return fmt.Errorf("%s; %w", stopped, err)
+		}
 		return err
 	}
 	if r.cpu {
@@ -395,7 +422,7 @@ func (b *bench) measured(key string, rs roles, r sidePhase, run func() (*probeRe
 		b.res.Cost.CPU[key] = &phaseCPU{Bytes: p.Bytes, CPUSeconds: used}
 	}
 	if r.conns > 0 {
-		m := &connMemory{Conns: r.conns, OK: p.OK, OpenSeconds: p.OpenSeconds, BeforeMB: rssBefore, PeakMB: w.peak(0, 0)}
+		m := &connMemory{Conns: r.conns, OK: p.OK, Opened: p.Opened, OpenSeconds: p.OpenSeconds, BeforeMB: rssBefore, PeakMB: w.peak(0, 0), Stopped: stopped}
 		if p.HeldFromUnixMs != 0 && p.HeldToUnixMs > p.HeldFromUnixMs {
 			// The probe's clock is this machine's: containers share it.
 			m.HeldMB = w.peak(p.HeldFromUnixMs, p.HeldToUnixMs)
@@ -543,7 +570,11 @@ func (b *bench) leaveUnderLoad(ctx context.Context, url string, leave func(conte
 // probeDocker runs `probe bench ARGS` in a container on network and records
 // its result under key (unless key is empty).
 func (b *bench) probeDocker(ctx context.Context, key, network string, timeout time.Duration, args ...string) (*probeResult, error) {
-	name := b.containerName("probe")
+	return b.probeDockerNamed(ctx, b.containerName("probe"), key, network, timeout, args...)
+}
+
+// probeDockerNamed is probeDocker in the container called name.
+func (b *bench) probeDockerNamed(ctx context.Context, name, key, network string, timeout time.Duration, args ...string) (*probeResult, error) {
 	all := append([]string{"run", "--rm", "--name", name, "--network", network, probeImage, "bench"}, args...)
 	out, err := docker(ctx, timeout, all...)
 	if err != nil {

@@ -15,11 +15,13 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -54,6 +56,7 @@ type benchResult struct {
 	FailedAt     []int64          `json:"failedAtUnixMs,omitempty"`
 
 	OpenSeconds float64 `json:"openSeconds,omitempty"` // hold: time until every connection was open
+	Opened      int64   `json:"opened,omitempty"`      // hold: connections opened (first GET answered) and held
 	// hold -hold-for: when every connection was open and idle, from and to (Unix ms).
 	HeldFromUnixMs int64 `json:"heldFromUnixMs,omitempty"`
 	HeldToUnixMs   int64 `json:"heldToUnixMs,omitempty"`
@@ -143,7 +146,12 @@ func bench(args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	// SIGTERM (docker kill -s TERM, the bench stopping a hold before the
+	// traffic-manager's memory limit) ends a mode early like its timeout:
+	// it reports what it did until then.
+	sctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sctx, *timeout)
 	defer cancel()
 	var (
 		res *benchResult
@@ -429,6 +437,7 @@ func benchHold(ctx context.Context, target string, n, conc int, holdFor time.Dur
 		allIn  = make(chan struct{})
 		sem    = make(chan struct{}, conc)
 		ok     atomic.Int64
+		held   atomic.Int64
 	)
 	d := net.Dialer{Timeout: 10 * time.Second}
 	start := time.Now()
@@ -453,6 +462,7 @@ func benchHold(ctx context.Context, target string, n, conc int, holdFor time.Dur
 				errs.add(fmt.Errorf("open: %w", err))
 				return nil
 			}
+			held.Add(1)
 			defer c.Close()
 			select { // hold until every connection is open, then use it again
 			case <-allIn:
@@ -480,6 +490,7 @@ func benchHold(ctx context.Context, target string, n, conc int, holdFor time.Dur
 	_ = g.Wait()
 	res.Seconds = time.Since(start).Seconds()
 	res.OK, res.Failed, res.Errors = ok.Load(), errs.failed.Load(), errs.seen
+	res.Opened = held.Load()
 	return res, nil
 }
 
