@@ -25,6 +25,7 @@ import (
 	"github.com/tp-run/tp/charts"
 	"github.com/tp-run/tp/daemoncontainer/kubeconfig"
 	"github.com/tp-run/tp/internal/dockerengine"
+	"github.com/tp-run/tp/internal/phasetrace"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 )
 
@@ -440,11 +441,15 @@ func (c *Client) Close() error {
 // DialConnection finds the connection named name on the engine and dials
 // its daemon.
 func DialConnection(ctx context.Context, engine *dockerengine.Engine, name string) (*Client, error) {
+	end := phasetrace.Begin("docker client + ping")
 	docker, err := engine.Client(ctx)
+	end()
 	if err != nil {
 		return nil, err
 	}
+	end = phasetrace.Begin("find daemon container")
 	conn, err := Find(ctx, docker, name)
+	end()
 	if err != nil {
 		docker.Close()
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/dockerengine"
+	"github.com/tp-run/tp/internal/phasetrace"
 )
 
 // dockerFlags is tp's global --docker-context and the Docker engine it
@@ -33,6 +34,7 @@ func (f *dockerFlags) addFlags(cmd *cobra.Command) {
 // Engine resolves the engine once.
 func (f *dockerFlags) Engine() (*dockerengine.Engine, error) {
 	if f.engine == nil {
+		defer phasetrace.Begin("docker engine resolve")()
 		e, err := dockerengine.Resolve(dockerengine.Options{Context: f.context})
 		if err != nil {
 			return nil, err
@@ -84,6 +86,7 @@ func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.C
 // removeStale runs intercept.RemoveStale for connection name (d is its
 // daemon, nil when it does not answer) within 20 s; a failure is a warning.
 func (f *dockerFlags) removeStale(ctx context.Context, docker client.APIClient, d intercept.Daemon, name string) {
+	defer phasetrace.Begin("intercept.RemoveStale")()
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := intercept.RemoveStale(sctx, docker, d, name); err != nil && f.warn != nil {
