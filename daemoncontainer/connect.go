@@ -432,6 +432,12 @@ type Client struct {
 // Docker is the Docker engine of the connection.
 func (c *Client) Docker() client.APIClient { return c.docker }
 
+// Preconnect opens the channel to the daemon now (the docker exec of `tp
+// daemon proxy` and the HTTP/2 handshake: tens of milliseconds) rather than
+// at the first call, so that it overlaps with what the caller does before
+// that call. It does not wait.
+func (c *Client) Preconnect() { c.cc.Connect() }
+
 // Close releases the client.
 func (c *Client) Close() error {
 	c.cc.Close()

@@ -67,6 +67,12 @@ func (f *dockerFlags) Environ() ([]string, error) {
 // First it removes what killed tp processes and removed daemon containers
 // left (intercept.RemoveStale), whether or not the connection answers.
 func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.Client, error) {
+	return f.dial(ctx, name, true)
+}
+
+// dial is Dial; preconnect opens the daemon channel while the cleanup runs
+// (false for a caller that makes no daemon call).
+func (f *dockerFlags) dial(ctx context.Context, name string, preconnect bool) (*daemoncontainer.Client, error) {
 	e, err := f.Engine()
 	if err != nil {
 		return nil, err
@@ -78,6 +84,12 @@ func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.C
 			docker.Close()
 		}
 		return nil, err
+	}
+	if preconnect {
+		// The exec and handshake take longer than the cleanup's Docker
+		// lookups, which then cost nothing; the cleanup still ends before
+		// the command's first call (it may leave a killed CLI's intercept).
+		d.Preconnect()
 	}
 	f.removeStale(ctx, d.Docker(), d, name)
 	return d, nil
