@@ -13,10 +13,11 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
-	"github.com/tp-run/tp/internal/phasetrace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tp-run/tp/internal/phasetrace"
 )
 
 // The daemon serves its API on a unix socket inside its container. The CLI
