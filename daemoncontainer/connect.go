@@ -25,6 +25,7 @@ import (
 	"github.com/tp-run/tp/charts"
 	"github.com/tp-run/tp/daemoncontainer/kubeconfig"
 	"github.com/tp-run/tp/internal/dockerengine"
+	"github.com/tp-run/tp/internal/phasetrace"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 )
 
@@ -431,6 +432,12 @@ type Client struct {
 // Docker is the Docker engine of the connection.
 func (c *Client) Docker() client.APIClient { return c.docker }
 
+// Preconnect opens the channel to the daemon now (the docker exec of `tp
+// daemon proxy` and the HTTP/2 handshake: tens of milliseconds) rather than
+// at the first call, so that it overlaps with what the caller does before
+// that call. It does not wait.
+func (c *Client) Preconnect() { c.cc.Connect() }
+
 // Close releases the client.
 func (c *Client) Close() error {
 	c.cc.Close()
@@ -440,11 +447,15 @@ func (c *Client) Close() error {
 // DialConnection finds the connection named name on the engine and dials
 // its daemon.
 func DialConnection(ctx context.Context, engine *dockerengine.Engine, name string) (*Client, error) {
+	end := phasetrace.Begin("docker client + ping")
 	docker, err := engine.Client(ctx)
+	end()
 	if err != nil {
 		return nil, err
 	}
+	end = phasetrace.Begin("find daemon container")
 	conn, err := Find(ctx, docker, name)
+	end()
 	if err != nil {
 		docker.Close()
 		return nil, err

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tp-run/tp/internal/phasetrace"
 )
 
 // The daemon serves its API on a unix socket inside its container. The CLI
@@ -41,18 +43,22 @@ func DialDaemon(docker client.APIClient, containerID string) (*grpc.ClientConn, 
 
 // dialExec runs cmd in the container and returns its stdin/stdout as a net.Conn.
 func dialExec(ctx context.Context, docker client.APIClient, containerID string, cmd []string) (net.Conn, error) {
+	end := phasetrace.Begin("daemon channel: exec create")
 	exec, err := docker.ContainerExecCreate(ctx, containerID, container.ExecOptions{
 		Cmd: cmd, AttachStdin: true, AttachStdout: true, AttachStderr: true,
 	})
+	end()
 	if err != nil {
 		return nil, fmt.Errorf("exec in daemon container: %w", dockerHint(err))
 	}
+	end = phasetrace.Begin("daemon channel: exec attach")
 	resp, err := docker.ContainerExecAttach(ctx, exec.ID, container.ExecAttachOptions{})
+	end()
 	if err != nil {
 		return nil, fmt.Errorf("attach to exec in daemon container: %w", dockerHint(err))
 	}
 	pr, pw := io.Pipe()
-	c := &execConn{resp: resp, stdout: pr}
+	c := &execConn{resp: resp, stdout: pr, firstByte: phasetrace.Begin("daemon channel: first byte")}
 	c.demuxed.Add(1)
 	go func() { // owned by c: ends when resp is closed
 		defer c.demuxed.Done()
@@ -72,9 +78,16 @@ type execConn struct {
 	stderr  bytes.Buffer
 	demuxed sync.WaitGroup
 	once    sync.Once
+	// firstByte ends the trace of the exec's start (TP_TRACE).
+	firstByte func()
+	readOnce  sync.Once
 }
 
-func (c *execConn) Read(b []byte) (int, error)  { return c.stdout.Read(b) }
+func (c *execConn) Read(b []byte) (int, error) {
+	n, err := c.stdout.Read(b)
+	c.readOnce.Do(c.firstByte)
+	return n, err
+}
 func (c *execConn) Write(b []byte) (int, error) { return c.resp.Conn.Write(b) }
 
 func (c *execConn) Close() error {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/tp-run/tp/internal/phasetrace"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
 
@@ -93,11 +94,13 @@ func Create(ctx context.Context, d Daemon, opts Options) (*Intercept, error) {
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	end := phasetrace.Begin("CreateIntercept RPC")
 	info, err := d.CreateIntercept(cctx, &managerv1.InterceptSpec{
 		Name: name, Workload: opts.Workload, Namespace: opts.Namespace, Service: opts.Service, Container: opts.Container,
 		ServicePort: opts.ServicePort, LocalPort: opts.LocalPort, Headers: opts.Headers, PathPrefix: opts.PathPrefix,
 		Ingest: opts.Ingest,
 	})
+	end()
 	if err != nil {
 		return nil, fmt.Errorf("intercept %s: %w", opts.Workload, statusError(err))
 	}

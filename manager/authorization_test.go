@@ -5,17 +5,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
@@ -196,4 +203,82 @@ func TestGrantsBounded(t *testing.T) {
 	if gs.record(testValue, grant{Ref: echoRef, Session: testSession}) {
 		t.Errorf("recorded grant %d, want at most %d kept", maxGrants+1, maxGrants)
 	}
+}
+
+// TestCreateInterceptClearsAuthorizationAlongside: the used authorize
+// annotation is removed while the rest of CreateIntercept runs (its patch
+// does not delay the answer by an API round trip), and is gone when
+// CreateIntercept answers.
+func TestCreateInterceptClearsAuthorizationAlongside(t *testing.T) {
+	kube := fake.NewClientset(echoObjects()...)
+	listed := make(chan struct{})
+	var once sync.Once
+	kube.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		once.Do(func() { close(listed) })
+		return false, nil, nil
+	})
+	clearing := &clearingWaits{listed: listed, overlapped: make(chan bool, 16)}
+	h := newHarnessWrapped(t, kube, func(kc kubernetes.Interface) kubernetes.Interface { clearing.Interface = kc; return clearing })
+	h.arriveAgent(echoRef, "echo-abc", nil, 8080)
+	alice := h.arriveClient("tp", "laptop", "alice")
+	h.intercept(alice, "echo", nil)
+
+	select {
+	case ok := <-clearing.overlapped:
+		if !ok {
+			t.Error("the authorize annotation was cleared before CreateIntercept went on: want the patch alongside")
+		}
+	default:
+		t.Fatal("CreateIntercept answered before clearing the authorize annotation")
+	}
+	got, err := kube.AppsV1().Deployments("shop").Get(context.Background(), "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := got.Annotations[authorizeAnnotation]; ok {
+		t.Errorf("authorize annotation after CreateIntercept: got %q, want none", v)
+	}
+}
+
+// clearingWaits holds each JSON patch of a Deployment (the clearing of the
+// authorize annotation) until listed is closed, for at most 5 s, and says on
+// overlapped whether listed came first.
+type clearingWaits struct {
+	kubernetes.Interface
+	listed     <-chan struct{}
+	overlapped chan bool
+}
+
+func (k *clearingWaits) AppsV1() appsv1client.AppsV1Interface {
+	return clearingApps{AppsV1Interface: k.Interface.AppsV1(), k: k}
+}
+
+type clearingApps struct {
+	appsv1client.AppsV1Interface
+	k *clearingWaits
+}
+
+func (a clearingApps) Deployments(ns string) appsv1client.DeploymentInterface {
+	return clearingDeployments{DeploymentInterface: a.AppsV1Interface.Deployments(ns), k: a.k}
+}
+
+type clearingDeployments struct {
+	appsv1client.DeploymentInterface
+	k *clearingWaits
+}
+
+func (d clearingDeployments) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, sub ...string) (*appsv1.Deployment, error) {
+	if pt == types.JSONPatchType {
+		ok := true
+		select {
+		case <-d.k.listed:
+		case <-time.After(5 * time.Second):
+			ok = false
+		}
+		select {
+		case d.k.overlapped <- ok:
+		default:
+		}
+	}
+	return d.DeploymentInterface.Patch(ctx, name, pt, data, opts, sub...)
 }

@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -154,10 +155,22 @@ func newHarness(t testing.TB, objs ...runtime.Object) *harness {
 // harness, it is that manager's next pod.
 func newHarnessWith(t testing.TB, kube *fake.Clientset) *harness {
 	t.Helper()
+	return newHarnessWrapped(t, kube, nil)
+}
+
+// newHarnessWrapped is newHarnessWith with the manager's client to the API
+// wrapped by wrap (nil: none), e.g. to delay some calls outside the
+// clientset's reactor lock.
+func newHarnessWrapped(t testing.TB, kube *fake.Clientset, wrap func(kubernetes.Interface) kubernetes.Interface) *harness {
+	t.Helper()
+	var kc kubernetes.Interface = kube
+	if wrap != nil {
+		kc = wrap(kube)
+	}
 	m, err := New(Config{
 		Namespace: "tp", SessionTTL: testTTL, Version: "v-test", AgentImage: "tp:test",
 		AgentWait: 5 * time.Second, PairWait: 500 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
-	}, kube)
+	}, kc)
 	if err != nil {
 		t.Fatal(err)
 	}

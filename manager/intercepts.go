@@ -59,8 +59,16 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 		return nil, status.Errorf(codes.PermissionDenied, "intercept %s: %v", spec.GetName(), err)
 	}
 	// The grant is used: drop the annotation (a leftover one authorizes
-	// nothing once its grant expires).
-	clearAuthorization(context.WithoutCancel(ctx), m.kube, w.ref, w.annotations[authorizeAnnotation], m.log)
+	// nothing once its grant expires). The patch, an API round trip, runs
+	// while the intercept is registered and the agent takes it; it is done
+	// before this call patches the workload again and before it answers.
+	clearing := make(chan struct{})
+	go func() { // owned by this call: cleared waits for it
+		defer close(clearing)
+		clearAuthorization(context.WithoutCancel(ctx), m.kube, w.ref, w.annotations[authorizeAnnotation], m.log)
+	}()
+	cleared := func() { <-clearing }
+	defer cleared()
 	svcs, err := m.kube.CoreV1().Services(spec.GetNamespace()).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, kubeStatus(err)
@@ -106,6 +114,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	// Enable the agent, or, if a manager of another version enabled it,
 	// replace its pods to get this manager's agent (docs/manager.md).
 	if !w.agentEnabled() || w.agentVersion() != m.cfg.Version {
+		cleared()
 		if err := setAgentLabel(ctx, m.kube, w.ref, true, m.cfg.Version); err != nil {
 			return fail(kubeStatus(err))
 		}

@@ -110,7 +110,7 @@ not changed: no root, routes or resolver settings.`,
 		if err != nil {
 			return err
 		}
-		if d, err := docker.Dial(cmd.Context(), name); err == nil { // Dial cleans up what killed CLIs left
+		if d, err := docker.dial(cmd.Context(), name, false); err == nil { // dial cleans up what killed CLIs left
 			d.Close()
 		}
 		v := statusView(st)

@@ -13,6 +13,7 @@ import (
 	"github.com/tp-run/tp/daemoncontainer"
 	"github.com/tp-run/tp/intercept"
 	"github.com/tp-run/tp/internal/dockerengine"
+	"github.com/tp-run/tp/internal/phasetrace"
 )
 
 // dockerFlags is tp's global --docker-context and the Docker engine it
@@ -33,6 +34,7 @@ func (f *dockerFlags) addFlags(cmd *cobra.Command) {
 // Engine resolves the engine once.
 func (f *dockerFlags) Engine() (*dockerengine.Engine, error) {
 	if f.engine == nil {
+		defer phasetrace.Begin("docker engine resolve")()
 		e, err := dockerengine.Resolve(dockerengine.Options{Context: f.context})
 		if err != nil {
 			return nil, err
@@ -65,6 +67,12 @@ func (f *dockerFlags) Environ() ([]string, error) {
 // First it removes what killed tp processes and removed daemon containers
 // left (intercept.RemoveStale), whether or not the connection answers.
 func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.Client, error) {
+	return f.dial(ctx, name, true)
+}
+
+// dial is Dial; preconnect opens the daemon channel while the cleanup runs
+// (false for a caller that makes no daemon call).
+func (f *dockerFlags) dial(ctx context.Context, name string, preconnect bool) (*daemoncontainer.Client, error) {
 	e, err := f.Engine()
 	if err != nil {
 		return nil, err
@@ -77,6 +85,12 @@ func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.C
 		}
 		return nil, err
 	}
+	if preconnect {
+		// The exec and handshake take longer than the cleanup's Docker
+		// lookups, which then cost nothing; the cleanup still ends before
+		// the command's first call (it may leave a killed CLI's intercept).
+		d.Preconnect()
+	}
 	f.removeStale(ctx, d.Docker(), d, name)
 	return d, nil
 }
@@ -84,6 +98,7 @@ func (f *dockerFlags) Dial(ctx context.Context, name string) (*daemoncontainer.C
 // removeStale runs intercept.RemoveStale for connection name (d is its
 // daemon, nil when it does not answer) within 20 s; a failure is a warning.
 func (f *dockerFlags) removeStale(ctx context.Context, docker client.APIClient, d intercept.Daemon, name string) {
+	defer phasetrace.Begin("intercept.RemoveStale")()
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := intercept.RemoveStale(sctx, docker, d, name); err != nil && f.warn != nil {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/tp-run/tp/cmd/tp/roles"
+	"github.com/tp-run/tp/internal/phasetrace"
 )
 
 // ExitError carries a process exit code through cobra (e.g. the exit code of
@@ -25,6 +26,8 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code
 
 // Main runs tp with the process's arguments and streams and returns the exit code.
 func Main() int {
+	phasetrace.Mark("main")
+	defer phasetrace.Mark("exit")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	streams := genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}
