@@ -61,7 +61,7 @@ func TestEachRoleLinksItsOwn(t *testing.T) {
 	}{
 		{"../../tp-image", []string{"github.com/spf13/cobra"}, []string{tp + "cmd/tp/roles", tp + "daemoncontainer", tp + "manager", tp + "agent", tp + "volumes", "google.golang.org/grpc", "k8s.io/", "gvisor.dev/"}},
 		{"../../tp-daemon", []string{"k8s.io/client-go/kubernetes", tp + "manager", tp + "agent", tp + "volumes/plugin"}, []string{tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "github.com/hanwen/go-fuse", "github.com/pkg/sftp"}},
-		{"../../tp-manager", []string{tp + "volumes/plugin"}, []string{tp + "daemoncontainer", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "gvisor.dev/", "github.com/hanwen/go-fuse"}},
+		{"../../tp-manager", []string{"k8s.io/client-go/informers", tp + "volumes/plugin"}, []string{tp + "daemoncontainer", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "gvisor.dev/", "github.com/hanwen/go-fuse"}},
 		{"../../tp-agent", []string{tp + "manager", tp + "volumes/plugin"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/volumesrole", "k8s.io/", "gvisor.dev/", "github.com/hanwen/go-fuse"}},
 		{"../../tp-volumes", []string{tp + "manager", tp + "agent"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", "k8s.io/", "gvisor.dev/", "google.golang.org/grpc"}},
 	} {
