@@ -22,24 +22,30 @@ build: ## build bin/tp for linux/amd64 and cross-compile windows/amd64 and darwi
 	GOOS=windows GOARCH=amd64 $(GOBUILD) -o bin/tp-windows-amd64.exe ./cmd/tp
 	GOOS=darwin GOARCH=arm64 $(GOBUILD) -o bin/tp-darwin-arm64 ./cmd/tp
 
-# image builds one FROM-scratch image from a static binary; $(1)=tag(s) $(2)=package $(3)=binary name $(4)=Dockerfile
-# $(5)=more files for the build context (optional)
+# image builds one FROM-scratch image from static binaries; $(1)=tag(s) $(2)=package(s), each binary named
+# after its directory $(3)=build context's name $(4)=Dockerfile $(5)=more files for the build context (optional)
+# $(6)=a binary to rename in the context: FROM TO (optional)
 define image
 	rm -rf $(CACHE)/image/$(3) && mkdir -p $(CACHE)/image/$(3)
-	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(CACHE)/image/$(3)/$(3) $(2)
+	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(CACHE)/image/$(3)/ $(2)
+	$(if $(6),mv $(CACHE)/image/$(3)/$(word 1,$(6)) $(CACHE)/image/$(3)/$(word 2,$(6)))
 	cp $(4) $(CACHE)/image/$(3)/Dockerfile
 	$(if $(5),cp $(5) $(CACHE)/image/$(3)/)
 	docker build -q $(foreach t,$(1),-t $(t)) $(CACHE)/image/$(3) >/dev/null
 endef
 
 image: deps ## build the images: tp:<version> (+ tp:dev), tp-echo:dev, tp-probe:dev, tp-shop:dev, tp-debian:dev and tp-postgres:dev (debootstrap, cached)
-	$(call image,tp:$(TAG) tp:dev,./cmd/tp-image,tp,Dockerfile,$(CA_BUNDLE))
+	$(call image,tp:$(TAG) tp:dev,$(TP_IMAGE_PACKAGES),tp,Dockerfile,$(CA_BUNDLE),tp-image tp)
 	$(call image,tp-echo:dev,./examples/echo,echo,examples/echo/Dockerfile)
 	$(call image,tp-probe:dev,./test/probe,probe,test/probe/Dockerfile)
 	$(call image,tp-shop:dev,./examples/shop,shop,examples/shop/Dockerfile)
 	hack/images/debian.sh
 	hack/images/postgres.sh
 	@echo "images: tp:$(TAG) tp:dev tp-echo:dev tp-probe:dev tp-shop:dev tp-debian:dev tp-postgres:dev"
+
+# tp's image: /tp (cmd/tp-image) execs one static binary per role beside it, so
+# that no role pays at start for another's dependencies (cmd/tp/roles).
+TP_IMAGE_PACKAGES := ./cmd/tp-image ./cmd/tp-daemon ./cmd/tp-manager ./cmd/tp-agent ./cmd/tp-volumes
 
 # The host's (Debian's ca-certificates) CA bundle goes into tp's FROM-scratch
 # image, at the path Go's crypto/x509 reads on Linux, so that the manager and
@@ -53,7 +59,7 @@ CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
 REGISTRY ?=
 image-push: ## build tp:<version> and push it as REGISTRY/tp:<version>: make image-push REGISTRY=host[:port][/path]
 	@[ -n '$(REGISTRY)' ] || { echo 'usage: make image-push REGISTRY=host[:port][/path], e.g. ghcr.io/me or 127.0.0.1:5000 (make registry-up)' >&2; exit 2; }
-	$(call image,tp:$(TAG),./cmd/tp-image,tp,Dockerfile,$(CA_BUNDLE))
+	$(call image,tp:$(TAG),$(TP_IMAGE_PACKAGES),tp,Dockerfile,$(CA_BUNDLE),tp-image tp)
 	hack/image-push.sh '$(REGISTRY)' tp:$(TAG)
 
 registry-up: ## start the test bed's image registry on 127.0.0.1:5000 (Debian's docker-registry; idempotent)

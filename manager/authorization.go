@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/kube/typed"
 )
 
 // How the manager knows who asks, and that they may (docs/security.md).
@@ -239,7 +240,7 @@ func clearAuthorization(ctx context.Context, kc kubernetes.Interface, ref worklo
 		{"op": "test", "path": "/metadata/annotations/" + jsonPointerEscape(authorizeAnnotation), "value": value},
 		{"op": "remove", "path": "/metadata/annotations/" + jsonPointerEscape(authorizeAnnotation)},
 	})
-	err := kube.PatchWorkload(ctx, kc, ref.Namespace, ref.Kind, ref.Name, types.JSONPatchType, patch, managerFieldManager)
+	err := kube.PatchWorkload(ctx, typed.Workloads(kc), ref.Namespace, ref.Kind, ref.Name, types.JSONPatchType, patch, managerFieldManager)
 	if err != nil {
 		log.Debug("authorize annotation left in place", "workload", ref.String(), "err", err)
 	}

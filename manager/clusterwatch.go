@@ -30,7 +30,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	networkinginformers "k8s.io/client-go/informers/networking/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -81,12 +82,17 @@ type clusterWatcher struct {
 	refresh time.Duration
 	log     *slog.Logger
 
-	factory informers.SharedInformerFactory
-	nodes   cache.SharedIndexInformer // nil with noNodes
-	cidrs   cache.SharedIndexInformer // nil without the ServiceCIDR API
-	probed  []netip.Prefix            // the probe's service CIDRs (no ServiceCIDR API)
-	dnsIP   string
-	domain  string
+	// The informers of each group directly, not client-go's
+	// SharedInformerFactory, which links the informers and listers of every
+	// API group into the manager's binary (test/bench/README.md, "Memory
+	// per role").
+	informers map[string]cache.SharedIndexInformer // by resource
+	running   sync.WaitGroup                       // the informers' goroutines
+	nodes     cache.SharedIndexInformer            // nil with noNodes
+	cidrs     cache.SharedIndexInformer            // nil without the ServiceCIDR API
+	probed    []netip.Prefix                       // the probe's service CIDRs (no ServiceCIDR API)
+	dnsIP     string
+	domain    string
 
 	dirty  chan struct{} // an informer saw a change; buffered 1
 	cancel context.CancelFunc
@@ -95,9 +101,9 @@ type clusterWatcher struct {
 func newClusterWatcher(kube kubernetes.Interface, d discovery, refresh time.Duration, log *slog.Logger) *clusterWatcher {
 	return &clusterWatcher{
 		kube: kube, d: d, refresh: refresh, log: log,
-		factory: informers.NewSharedInformerFactory(kube, 0),
-		dirty:   make(chan struct{}, 1),
-		cancel:  func() {},
+		dirty:     make(chan struct{}, 1),
+		informers: map[string]cache.SharedIndexInformer{},
+		cancel:    func() {},
 	}
 }
 
@@ -121,7 +127,8 @@ func (w *clusterWatcher) start(ctx context.Context) (*managerv1.ClusterInfo, err
 		DeleteFunc: func(any) { w.poke() },
 	}
 	if !w.d.noNodes {
-		w.nodes = w.factory.Core().V1().Nodes().Informer()
+		w.nodes = coreinformers.NewNodeInformer(w.kube, 0, cache.Indexers{})
+		w.informers["nodes"] = w.nodes
 		// Keep only what is routed: a Node's status (images, conditions) is large.
 		if err := w.nodes.SetTransform(stripNode); err != nil {
 			return nil, err
@@ -135,7 +142,8 @@ func (w *clusterWatcher) start(ctx context.Context) (*managerv1.ClusterInfo, err
 		return nil, err
 	}
 	if api {
-		w.cidrs = w.factory.Networking().V1().ServiceCIDRs().Informer()
+		w.cidrs = networkinginformers.NewServiceCIDRInformer(w.kube, 0, cache.Indexers{})
+		w.informers["servicecidrs"] = w.cidrs
 		if _, err := w.cidrs.AddEventHandler(poke); err != nil {
 			return nil, err
 		}
@@ -148,12 +156,14 @@ func (w *clusterWatcher) start(ctx context.Context) (*managerv1.ClusterInfo, err
 
 	ictx, cancel := context.WithCancel(ctx)
 	w.cancel = cancel
-	w.factory.StartWithContext(ictx)
+	for _, inf := range w.informers {
+		w.running.Go(func() { inf.RunWithContext(ictx) })
+	}
 	sctx, cancelSync := context.WithTimeout(ctx, time.Minute)
 	defer cancelSync()
-	for typ, ok := range w.factory.WaitForCacheSyncWithContext(sctx).Synced {
-		if !ok {
-			return nil, fmt.Errorf("discover the cluster: the watch of %v did not sync within a minute (RBAC? see the manager's log): %w", typ, sctx.Err())
+	for resource, inf := range w.informers {
+		if !cache.WaitForCacheSync(sctx.Done(), inf.HasSynced) {
+			return nil, fmt.Errorf("discover the cluster: the watch of %s did not sync within a minute (RBAC? see the manager's log): %w", resource, sctx.Err())
 		}
 	}
 	return w.compute(ctx)
@@ -272,7 +282,7 @@ func (w *clusterWatcher) run(ctx context.Context, update func(*managerv1.Cluster
 // close stops the informers and waits for them.
 func (w *clusterWatcher) close() {
 	w.cancel()
-	w.factory.Shutdown()
+	w.running.Wait()
 }
 
 // setCluster publishes a new ClusterInfo to the dial policy and the

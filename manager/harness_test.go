@@ -30,6 +30,7 @@ import (
 
 	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/kube/typed"
 	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
@@ -298,7 +299,7 @@ func (h *harness) arriveAgent(ref workloadRef, pod string, env map[string]string
 // for session, as tp's daemon does with the user's credentials.
 func (h *harness) authorize(session, workload string) {
 	h.t.Helper()
-	if _, err := kube.Authorize(h.ctx(), h.kube, "shop", workload, sessionid.Public(session)); err != nil && !errors.Is(err, kube.ErrNoWorkload) {
+	if _, err := kube.Authorize(h.ctx(), typed.Workloads(h.kube), "shop", workload, sessionid.Public(session)); err != nil && !errors.Is(err, kube.ErrNoWorkload) {
 		h.t.Fatalf("authorize %s: %v", workload, err)
 	}
 }

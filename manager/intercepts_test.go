@@ -21,6 +21,7 @@ import (
 
 	"github.com/tp-run/tp/agent"
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/kube/typed"
 	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
@@ -454,7 +455,7 @@ func TestUninstallAgentsRestoresTemplate(t *testing.T) {
 	if _, err := h.mc.UninstallAgents(h.ctx(), &managerv1.UninstallAgentsRequest{Namespace: "shop", Workloads: []string{"echo"}}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("UninstallAgents of a still labelled workload: got %v, want FailedPrecondition", err)
 	}
-	if restored, err := kube.RestoreWorkloads(h.ctx(), h.kube, "shop", []string{"echo"}); err != nil || !reflect.DeepEqual(restored, []string{"shop/deployment/echo"}) {
+	if restored, err := kube.RestoreWorkloads(h.ctx(), typed.Workloads(h.kube), "shop", []string{"echo"}); err != nil || !reflect.DeepEqual(restored, []string{"shop/deployment/echo"}) {
 		t.Fatalf("RestoreWorkloads: got %v, %v, want [shop/deployment/echo]", restored, err)
 	}
 	resp, err := h.mc.UninstallAgents(h.ctx(), &managerv1.UninstallAgentsRequest{Namespace: "shop", Workloads: []string{"echo"}})

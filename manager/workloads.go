@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	tpkube "github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/kube/typed"
 )
 
 // Workload kinds as in TP_AGENT_KIND and WorkloadInfo.kind.
@@ -169,7 +170,7 @@ func setAgentLabel(ctx context.Context, kube kubernetes.Interface, ref workloadR
 	if err != nil {
 		return err
 	}
-	err = tpkube.PatchWorkload(ctx, kube, ref.Namespace, ref.Kind, ref.Name, types.MergePatchType, patch, managerFieldManager)
+	err = tpkube.PatchWorkload(ctx, typed.Workloads(kube), ref.Namespace, ref.Kind, ref.Name, types.MergePatchType, patch, managerFieldManager)
 	if err != nil {
 		return fmt.Errorf("label the pod template of %s: %w", ref, err)
 	}

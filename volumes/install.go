@@ -28,6 +28,10 @@ const PluginRepository = "tp-volumes"
 // The plugin's entry point and socket, in its rootfs.
 var pluginEntrypoint = []string{"/tp", "volumes", "plugin"}
 
+// pluginBinary is the volume plugin's binary in tp's image (cmd/tp-volumes),
+// installed in the plugin's rootfs as /tp.
+const pluginBinary = "/tp-volumes"
+
 const (
 	pluginSocket = "tp.sock"
 	// envImageID names, in the plugin's environment, the ID of the image
@@ -187,15 +191,22 @@ func install(ctx context.Context, docker client.APIClient, name, image, imageID 
 		defer cancel()
 		_ = docker.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true})
 	}()
-	rc, _, err := docker.CopyFromContainer(ctx, created.ID, "/tp")
+	// The plugin's rootfs holds the image's volume plugin binary as /tp (an
+	// image from before the roles' binaries has only /tp, which runs them all).
+	bin := pluginBinary
+	rc, _, err := docker.CopyFromContainer(ctx, created.ID, bin)
+	if err != nil && cerrdefs.IsNotFound(err) {
+		bin = "/tp"
+		rc, _, err = docker.CopyFromContainer(ctx, created.ID, bin)
+	}
 	if err != nil {
-		return fmt.Errorf("copy /tp out of %s: %w", image, err)
+		return fmt.Errorf("copy %s out of %s: %w", bin, image, err)
 	}
 	defer rc.Close()
 	src := tar.NewReader(rc)
 	hdr, err := src.Next()
 	if err != nil {
-		return fmt.Errorf("read /tp of %s: %w", image, err)
+		return fmt.Errorf("read %s of %s: %w", bin, image, err)
 	}
 	config, err := pluginConfig(imageID)
 	if err != nil {

@@ -22,8 +22,6 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/tp-run/tp/internal/kube"
@@ -53,7 +51,7 @@ const connectedState = daemonv1.ConnectionState_CONNECTION_STATE_CONNECTED
 type connector struct {
 	cfg  Config
 	rest *rest.Config
-	kube kubernetes.Interface
+	kube *kube.Client
 	log  *slog.Logger
 
 	// dialer carries flows while connected; nil while not.
@@ -89,7 +87,7 @@ type connector struct {
 	depart atomic.Bool
 }
 
-func newConnector(cfg Config, rc *rest.Config, kc kubernetes.Interface, log *slog.Logger) *connector {
+func newConnector(cfg Config, rc *rest.Config, kc *kube.Client, log *slog.Logger) *connector {
 	return &connector{cfg: cfg, rest: rc, kube: kc, log: log,
 		sessions: make(chan *managerv1.SessionInfo, 1),
 		cluster:  newClusterFeed(),
@@ -318,7 +316,7 @@ func (c *connector) heartbeat(ctx context.Context, client managerv1.ManagerClien
 
 // managerPod returns the name of a ready traffic-manager pod.
 func (c *connector) managerPod(ctx context.Context) (string, error) {
-	pods, err := c.kube.CoreV1().Pods(c.cfg.ManagerNamespace).List(ctx, metav1.ListOptions{LabelSelector: managerSelector})
+	pods, err := c.kube.ListPods(ctx, c.cfg.ManagerNamespace, managerSelector)
 	if err != nil {
 		return "", classifyKubeErr(err, c.cfg.ManagerNamespace)
 	}
@@ -339,7 +337,7 @@ func (c *connector) checkPortForwardAllowed(ctx context.Context) error {
 			Namespace: c.cfg.ManagerNamespace, Verb: "create", Resource: "pods", Subresource: "portforward",
 		},
 	}}
-	resp, err := c.kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+	resp, err := c.kube.CreateSelfSubjectAccessReview(ctx, review)
 	if err != nil {
 		return nil // cannot tell; the port-forward itself will say
 	}

@@ -17,12 +17,12 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/tp-run/tp/daemoncontainer/dns"
 	"github.com/tp-run/tp/daemoncontainer/netstack"
 	"github.com/tp-run/tp/daemoncontainer/tun"
 	"github.com/tp-run/tp/daemoncontainer/wire"
+	"github.com/tp-run/tp/internal/kube"
 	daemonv1 "github.com/tp-run/tp/rpc/daemon/v1"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -36,7 +36,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	rc.QPS, rc.Burst = 50, 100
-	kc, err := kubernetes.NewForConfig(rc)
+	kc, err := kube.NewClient(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}

@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
+
 	//lint:ignore SA1019 client-go's spdy and portforward packages still take this package's types
 	"k8s.io/apimachinery/pkg/util/httpstream"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
@@ -38,12 +38,10 @@ type PortForwarder struct {
 
 // NewPortForwarder opens a port-forward session to namespace/pod.
 func NewPortForwarder(ctx context.Context, config *rest.Config, namespace, pod string) (*PortForwarder, error) {
-	clientset, err := kubernetes.NewForConfig(config)
+	url, err := portForwardURL(config, namespace, pod)
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to %s/%s: %w", namespace, pod, err)
 	}
-	url := clientset.CoreV1().RESTClient().Post().
-		Resource("pods").Namespace(namespace).Name(pod).SubResource("portforward").URL()
 	transport, upgrader, err := spdy.RoundTripperFor(config)
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to %s/%s: %w", namespace, pod, err)

@@ -10,10 +10,10 @@ import (
 	"slices"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 )
 
 // What a client does to workloads with the user's own credentials, so that
@@ -40,6 +40,16 @@ const clientFieldManager = "tp"
 // Workload kinds tp intercepts, in the order a name is looked up.
 var workloadKinds = []string{"Deployment", "StatefulSet", "ReplicaSet"}
 
+// Workloads is the part of the apps/v1 API that Authorize, RestoreWorkloads
+// and PatchWorkload use: the daemon's Client, or a client-go clientset
+// through typed.Workloads (the manager, the CLI).
+type Workloads interface {
+	PatchWorkload(ctx context.Context, namespace, kind, name string, pt types.PatchType, patch []byte, fieldManager string) error
+	ListDeployments(ctx context.Context, namespace string) (*appsv1.DeploymentList, error)
+	ListStatefulSets(ctx context.Context, namespace string) (*appsv1.StatefulSetList, error)
+	ListReplicaSets(ctx context.Context, namespace string) (*appsv1.ReplicaSetList, error)
+}
+
 // ErrNoWorkload says no Deployment, StatefulSet or ReplicaSet has the name.
 var ErrNoWorkload = errors.New("no such workload")
 
@@ -47,7 +57,7 @@ var ErrNoWorkload = errors.New("no such workload")
 // session on the workload name in namespace, with kc's (the user's)
 // credentials; the API server checks that the user may patch it. It returns
 // the workload's kind. The annotation changes no pod.
-func Authorize(ctx context.Context, kc kubernetes.Interface, namespace, name, session string) (string, error) {
+func Authorize(ctx context.Context, kc Workloads, namespace, name, session string) (string, error) {
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
@@ -88,7 +98,7 @@ func Authorize(ctx context.Context, kc kubernetes.Interface, namespace, name, se
 // each template exactly; the traffic-manager then ends their intercepts and
 // replaces the pods that a controller does not. It returns the restored
 // workloads as "<namespace>/<kind>/<name>" (kind in lower case).
-func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace string, names []string) ([]string, error) {
+func RestoreWorkloads(ctx context.Context, kc Workloads, namespace string, names []string) ([]string, error) {
 	type target struct{ namespace, kind, name string }
 	var targets []target
 	found := map[string]bool{}
@@ -101,22 +111,21 @@ func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace st
 			targets = append(targets, target{ns, kind, name})
 		}
 	}
-	apps := kc.AppsV1()
-	ds, err := apps.Deployments(namespace).List(ctx, metav1.ListOptions{})
+	ds, err := kc.ListDeployments(ctx, namespace)
 	if err != nil {
 		return nil, fmt.Errorf("list deployments: %w", err)
 	}
 	for _, d := range ds.Items {
 		add(d.Namespace, "Deployment", d.Name, d.Spec.Template.Labels, false)
 	}
-	ss, err := apps.StatefulSets(namespace).List(ctx, metav1.ListOptions{})
+	ss, err := kc.ListStatefulSets(ctx, namespace)
 	if err != nil {
 		return nil, fmt.Errorf("list statefulsets: %w", err)
 	}
 	for _, s := range ss.Items {
 		add(s.Namespace, "StatefulSet", s.Name, s.Spec.Template.Labels, false)
 	}
-	rs, err := apps.ReplicaSets(namespace).List(ctx, metav1.ListOptions{})
+	rs, err := kc.ListReplicaSets(ctx, namespace)
 	if err != nil {
 		return nil, fmt.Errorf("list replicasets: %w", err)
 	}
@@ -151,18 +160,6 @@ func RestoreWorkloads(ctx context.Context, kc kubernetes.Interface, namespace st
 
 // PatchWorkload patches the Deployment, StatefulSet or ReplicaSet (kind)
 // name in namespace as fieldManager.
-func PatchWorkload(ctx context.Context, kc kubernetes.Interface, namespace, kind, name string, pt types.PatchType, patch []byte, fieldManager string) error {
-	opts := metav1.PatchOptions{FieldManager: fieldManager}
-	var err error
-	switch kind {
-	case "Deployment":
-		_, err = kc.AppsV1().Deployments(namespace).Patch(ctx, name, pt, patch, opts)
-	case "StatefulSet":
-		_, err = kc.AppsV1().StatefulSets(namespace).Patch(ctx, name, pt, patch, opts)
-	case "ReplicaSet":
-		_, err = kc.AppsV1().ReplicaSets(namespace).Patch(ctx, name, pt, patch, opts)
-	default:
-		err = fmt.Errorf("cannot patch a %s", kind)
-	}
-	return err
+func PatchWorkload(ctx context.Context, kc Workloads, namespace, kind, name string, pt types.PatchType, patch []byte, fieldManager string) error {
+	return kc.PatchWorkload(ctx, namespace, kind, name, pt, patch, fieldManager)
 }

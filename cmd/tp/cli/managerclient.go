@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/tp-run/tp/internal/kube"
+	"github.com/tp-run/tp/internal/kube/typed"
 	"github.com/tp-run/tp/manager"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -28,7 +29,7 @@ func restoreAllWorkloads(ctx context.Context, getter genericclioptions.RESTClien
 	if err != nil {
 		return nil, err
 	}
-	restored, err := kube.RestoreWorkloads(ctx, kc, metav1.NamespaceAll, nil)
+	restored, err := kube.RestoreWorkloads(ctx, typed.Workloads(kc), metav1.NamespaceAll, nil)
 	if err != nil {
 		return restored, fmt.Errorf("restore the workloads before uninstalling: %w", err)
 	}
