@@ -66,8 +66,9 @@ func (s *Spread) Invoke(ctx context.Context, method string, args, reply any, opt
 }
 
 // NewStream starts a stream on the least-loaded connection. The stream
-// counts as open until RecvMsg returns an error (a Dialer's flow receives
-// until its stream ends).
+// counts as open until its context ends: when it finished (both sides done,
+// an error) or was cancelled (a Dialer cancels a flow's stream when the flow
+// ends, also a refused one).
 func (s *Spread) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	s.mu.Lock()
 	pick := s.conns[0]
@@ -83,29 +84,14 @@ func (s *Spread) NewStream(ctx context.Context, desc *grpc.StreamDesc, method st
 		s.done(pick)
 		return nil, err
 	}
-	return &spreadStream{ClientStream: cs, end: func() { s.done(pick) }}, nil
+	context.AfterFunc(cs.Context(), func() { s.done(pick) })
+	return cs, nil
 }
 
 func (s *Spread) done(c *spreadConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.open--
-}
-
-// spreadStream counts its stream as ended at the first error from RecvMsg
-// (io.EOF included): the stream is over then.
-type spreadStream struct {
-	grpc.ClientStream
-	once sync.Once
-	end  func()
-}
-
-func (s *spreadStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	if err != nil {
-		s.once.Do(s.end)
-	}
-	return err
 }
 
 var _ grpc.ClientConnInterface = (*Spread)(nil)

@@ -154,6 +154,14 @@ func TestSpreadLeastLoaded(t *testing.T) {
 	}
 	waitOpen(t, s, 0, 0)
 
+	// A refused flow (the server answers Open with an Error) does not count.
+	for range 3 {
+		if _, err := d.Dial(testContext(t), "tcp", refusedAddr(t)); err == nil {
+			t.Fatal("dial to a refused address succeeded")
+		}
+	}
+	waitOpen(t, s, 0, 0)
+
 	// A connection that refuses streams does not accumulate a count.
 	bad := &failingConn{countingConn{ClientConnInterface: env.cc, name: "bad", log: log}}
 	s2 := NewSpread(bad)
