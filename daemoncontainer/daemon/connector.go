@@ -194,7 +194,8 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	if err := c.cfg.State.saveSession(sess.GetSessionId()); err != nil {
 		log.Warn("cannot save the session: a restart of the daemon container will not resume it", "error", err)
 	}
-	c.dialer.Store(tunnel.NewDialer(cc, sess.GetSessionId(), log))
+	spread := tunnel.NewSpread(cc)
+	c.dialer.Store(tunnel.NewDialer(spread, sess.GetSessionId(), log))
 	defer c.dialer.Store(nil)
 	c.mu.Lock()
 	if c.session != nil {
@@ -230,6 +231,7 @@ func (c *connector) connectOnce(ctx context.Context) (connected bool, err error)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.heartbeat(gctx, client, sess, pf.Done()) })
 	g.Go(func() error { return c.watchCluster(gctx, client, sess, log) })
+	g.Go(func() error { c.spreadFlows(gctx, spread, pod, log); return nil })
 	g.Go(func() error {
 		if err := c.watchDials(gctx, client, c.dialer.Load(), sess.GetSessionId(), log); err != nil {
 			return err
