@@ -49,7 +49,15 @@ func (c *connector) watchDials(ctx context.Context, client managerv1.ManagerClie
 		return fmt.Errorf("watch dials: %w", err)
 	}
 	var wg sync.WaitGroup
-	defer wg.Wait() // every accepted connection ends before we return
+	defer wg.Wait() // every accepted connection and parked flow ends before we return
+	// Parked flows wait until this stream ends; the connections they serve
+	// live on like the DialRequests' ones.
+	parkCtx, stopParking := context.WithCancel(ctx)
+	defer stopParking() // before wg.Wait
+	parked := &parker{
+		ctx: parkCtx, serveCtx: ctx, wg: &wg, dialer: dialer, log: log, now: time.Now, serve: acceptParked,
+		intercepts: map[string]*parkedIntercept{},
+	}
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -63,6 +71,8 @@ func (c *connector) watchDials(ctx context.Context, client managerv1.ManagerClie
 			defer wg.Done()
 			c.acceptIntercepted(ctx, dialer, req, log)
 		}()
+		// The intercept's next connections take parked flows (parking.go).
+		parked.ensure(req.GetInterceptId(), netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(req.GetLocalPort())))
 	}
 }
 
