@@ -93,7 +93,9 @@ func TestParkRules(t *testing.T) {
 		done := make(chan error, MaxParked)
 		for i := range MaxParked {
 			_, flow := tcpPair(t)
-			go func() { done <- s.h.m.pair(ctx, s.alice, fmt.Sprintf("%s%s/p%d", parkPrefix, s.ic.GetId(), i), acceptWith(flow)) }()
+			go func() {
+				done <- s.h.m.pair(ctx, s.alice, fmt.Sprintf("%s%s/p%d", parkPrefix, s.ic.GetId(), i), acceptWith(flow))
+			}()
 		}
 		eventually(t, "all parked", func() bool { return s.h.m.parked.count(s.ic.GetId()) == MaxParked })
 		_, flow := tcpPair(t)
