@@ -13,8 +13,8 @@ import (
 	"github.com/tp-run/tp/tunnel"
 )
 
-// Parked flows (manager/parking.go): once an intercept has sent the daemon a
-// connection, the daemon keeps parkSlots flows with the pairing id
+// Parked flows (manager/parking.go): once the daemon created an intercept,
+// or the intercept sent it a connection, the daemon keeps parkSlots flows with the pairing id
 // "park/<intercept id>/<random>" open to the traffic-manager, which pairs the
 // intercept's next connections with them at once instead of sending a
 // DialRequest and waiting for this side to open a flow (a round trip through
@@ -22,7 +22,7 @@ import (
 // local port and is replaced at once. A refused park (the intercept ended,
 // the manager has enough, or it is older and knows no parking) ends the
 // slot; DialRequests of the intercept start it again, at most every
-// parkRetry.
+// parkRetry. A reconnect starts without parked flows until then.
 
 const (
 	// parkSlots is how many flows each intercept keeps parked.
@@ -103,6 +103,12 @@ func (p *parker) slot(interceptID string, pi *parkedIntercept) {
 			p.serve(p.serveCtx, flow, target, log.With("localPort", target.Port(), "parked", true))
 		}()
 	}
+}
+
+// localTarget is where intercepted connections of local port go: the
+// daemon's network namespace, which joined containers share.
+func localTarget(port int32) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
 }
 
 // acceptParked connects an answered flow (parked or DialRequest's) to target.
