@@ -71,6 +71,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/tp-run/tp/internal/tlsbatch"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -162,7 +163,7 @@ func (a *agent) run(ctx context.Context) error {
 		return fmt.Errorf("traffic-agent: %w", err)
 	}
 	cc, err := grpc.NewClient(a.cfg.ManagerAddr, append(tunnel.DialOptions(),
-		grpc.WithTransportCredentials(creds),
+		grpc.WithTransportCredentials(creds), grpc.WithWriteBufferSize(tlsbatch.WriteBufferSize),
 		grpc.WithPerRPCCredentials(tokenFile{path: a.cfg.TokenFile}))...)
 	if err != nil {
 		return fmt.Errorf("traffic-agent: traffic-manager address %q: %w", a.cfg.ManagerAddr, err)

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/tp-run/tp/internal/tlsbatch"
 )
 
 // TokenAudience is the audience of the projected ServiceAccount token the
@@ -29,7 +31,8 @@ func managerTLS(caPEM []byte) (credentials.TransportCredentials, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate; the tp webhook sets it when it injects the agent", EnvManagerCA)
 	}
-	return credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}), nil
+	// Batched records: every intercepted byte crosses this connection.
+	return tlsbatch.Wrap(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13})), nil
 }
 
 // tokenFile presents the token in path as a bearer token on every RPC. It

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	tpagent "github.com/tp-run/tp/agent"
+	"github.com/tp-run/tp/internal/tlsbatch"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 	"github.com/tp-run/tp/tunnel"
 )
@@ -469,8 +470,9 @@ func (m *Manager) listenAgents(certs *certFiles) (*agentListener, error) {
 		return nil, err
 	}
 	tunnels.HandlePairing(m.pair)
-	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: certs.get})
-	srv := grpc.NewServer(append(tunnel.ServerOptions(), grpc.Creds(creds),
+	// Batched records: every intercepted byte crosses these connections.
+	creds := tlsbatch.Wrap(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: certs.get}))
+	srv := grpc.NewServer(append(tunnel.ServerOptions(), grpc.Creds(creds), grpc.WriteBufferSize(tlsbatch.WriteBufferSize),
 		grpc.UnaryInterceptor(m.authenticateAgentUnary), grpc.StreamInterceptor(m.authenticateAgentStream))...)
 	managerv1.RegisterManagerServer(srv, agentServer{m: m})
 	tunnels.Register(srv)

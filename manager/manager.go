@@ -140,6 +140,7 @@ type Manager struct {
 	// mountReqs are the agents' MountRequests, by agent session (mounts.go).
 	mountReqs *queues[*managerv1.MountRequest]
 	pairings  *pairings
+	parked    *parkedFlows // parking.go
 	injector  *injector
 	// agentAuth verifies the callers on the agent port.
 	agentAuth agentAuthenticator
@@ -215,6 +216,7 @@ func New(cfg Config, kube kubernetes.Interface) (*Manager, error) {
 		dials:     newDialQueues(),
 		mountReqs: newQueues[*managerv1.MountRequest](),
 		pairings:  newPairings(),
+		parked:    newParkedFlows(),
 		injector: &injector{
 			kube: kube, log: cfg.Log.With("component", "webhook"),
 			agent: agentSpec{

@@ -160,6 +160,8 @@ func (m *Manager) pair(ctx context.Context, sessionID, pairingID string, accept 
 		return m.pairAgent(ctx, s, pairingID, accept)
 	case mount:
 		return m.pairMount(ctx, s, pairingID, accept)
+	case strings.HasPrefix(pairingID, parkPrefix):
+		return m.pairParked(ctx, s, pairingID, accept) // parking.go
 	}
 	return m.pairClient(ctx, s, pairingID, accept)
 }
@@ -178,7 +180,19 @@ func (m *Manager) pairAgent(ctx context.Context, s session, pairingID string, ac
 		return refused("intercept %s is not of the agent's workload", interceptID)
 	}
 
-	return m.pairWith(ctx, pairingID, ic.Owner, "the client of intercept "+ic.Spec.GetName(), func() error {
+	who := "the client of intercept " + ic.Spec.GetName()
+	// A flow the client parked answers at once; one that fails to (its
+	// stream broke) gives way to the next, then to a DialRequest.
+	for {
+		half, ok := m.takeParked(ic.ID, ic.Owner)
+		if !ok {
+			break
+		}
+		if done, err := m.splicePair(ctx, pairingID, who, half, accept); done {
+			return err
+		}
+	}
+	return m.pairWith(ctx, pairingID, ic.Owner, who, func() error {
 		if !m.dials.send(ic.Owner, &managerv1.DialRequest{
 			PairingId: pairingID, InterceptId: ic.ID, LocalPort: ic.Spec.GetLocalPort(),
 		}) {
@@ -234,23 +248,31 @@ func (m *Manager) pairWith(ctx context.Context, pairingID, answerer, who string,
 		}
 	}
 
+	_, err := m.splicePair(ctx, pairingID, who, half, accept)
+	return err
+}
+
+// splicePair answers the peer's flow (half) and the waiting one (accept) and
+// splices the two. done is false when the peer's flow could not be answered
+// (its stream broke): accept is untouched then, and err says why.
+func (m *Manager) splicePair(ctx context.Context, pairingID, who string, half clientHalf, accept func() (tunnel.Conn, error)) (done bool, err error) {
 	peerFlow, err := half.accept()
 	if err != nil {
 		half.done <- err
-		return refused("%s's flow: %v", who, err)
+		return false, refused("%s's flow: %v", who, err)
 	}
 	flow, err := accept()
 	if err != nil {
 		peerFlow.Close()
 		half.done <- nil
-		return err
+		return true, err
 	}
 	err = tunnel.Splice(ctx, peerFlow, flow)
 	half.done <- nil
 	if err != nil && ctx.Err() == nil {
 		m.log.Debug("paired flow ended", "pairing", pairingID, "err", err)
 	}
-	return nil
+	return true, nil
 }
 
 func (m *Manager) pairClient(ctx context.Context, s session, pairingID string, accept func() (tunnel.Conn, error)) error {

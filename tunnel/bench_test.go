@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -75,6 +76,47 @@ func benchVariants() []struct {
 			env := newEnv(tb, envConfig{})
 			return func(tb testing.TB, dst netip.AddrPort) net.Conn { return dial(tb, env.dialer, "tcp", dst) }
 		}},
+		{"tunnel-paired", func(tb testing.TB) benchDialer { return pairedDialer(tb) }},
+	}
+}
+
+// pairedDialer opens flows the way an intercepted connection goes: the
+// caller's flow (the agent's) is paired by the server with a second flow
+// (the client's) that a splice connects to dst, so each byte crosses the
+// server's flow-to-flow relay and two flows (the manager's relay, without
+// TLS and the port-forward).
+func pairedDialer(tb testing.TB) benchDialer {
+	env := newEnv(tb, envConfig{})
+	env.server.HandlePairing((&testPairer{waiting: map[string]pairHalf{}}).pair)
+	n := 0
+	return func(tb testing.TB, dst netip.AddrPort) net.Conn {
+		tb.Helper()
+		n++
+		id := fmt.Sprintf("bench/%d", n)
+		ctx := context.Background()
+		answered := make(chan error, 1)
+		go func() {
+			client, err := env.dialer.DialFlow(ctx, Flow{Network: "tcp", PairingID: id})
+			answered <- err
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", dst.String())
+			if err != nil {
+				client.Close()
+				return
+			}
+			Splice(ctx, client, up)
+		}()
+		c, err := env.dialer.DialFlow(ctx, Flow{Network: "tcp", PairingID: id, Destination: dst})
+		if err != nil {
+			tb.Fatalf("paired dial: %v", err)
+		}
+		if err := <-answered; err != nil {
+			tb.Fatalf("paired client flow: %v", err)
+		}
+		tb.Cleanup(func() { c.Close() })
+		return c
 	}
 }
 

@@ -56,6 +56,8 @@ type connector struct {
 
 	// dialer carries flows while connected; nil while not.
 	dialer atomic.Pointer[tunnel.Dialer]
+	// parked runs the parked flows of the current WatchDials stream (parking.go).
+	parked atomic.Pointer[parker]
 	// sessions receives every new session (first connect and reconnects).
 	sessions chan *managerv1.SessionInfo
 	// cluster is the latest ClusterInfo of the session (routes.go).

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -49,7 +48,17 @@ func (c *connector) watchDials(ctx context.Context, client managerv1.ManagerClie
 		return fmt.Errorf("watch dials: %w", err)
 	}
 	var wg sync.WaitGroup
-	defer wg.Wait() // every accepted connection ends before we return
+	defer wg.Wait() // every accepted connection and parked flow ends before we return
+	// Parked flows wait until this stream ends; the connections they serve
+	// live on like the DialRequests' ones.
+	parkCtx, stopParking := context.WithCancel(ctx)
+	defer stopParking() // before wg.Wait
+	parked := &parker{
+		ctx: parkCtx, serveCtx: ctx, wg: &wg, dialer: dialer, log: log, now: time.Now, serve: acceptParked,
+		intercepts: map[string]*parkedIntercept{},
+	}
+	c.parked.Store(parked)
+	defer c.parked.CompareAndSwap(parked, nil)
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -63,13 +72,15 @@ func (c *connector) watchDials(ctx context.Context, client managerv1.ManagerClie
 			defer wg.Done()
 			c.acceptIntercepted(ctx, dialer, req, log)
 		}()
+		// The intercept's next connections take parked flows (parking.go).
+		parked.ensure(req.GetInterceptId(), localTarget(req.GetLocalPort()))
 	}
 }
 
 // acceptIntercepted connects one intercepted connection to the local target.
 func (c *connector) acceptIntercepted(ctx context.Context, dialer *tunnel.Dialer, req *managerv1.DialRequest, log *slog.Logger) {
 	log = log.With("intercept", req.GetInterceptId(), "pairing", req.GetPairingId(), "localPort", req.GetLocalPort(), "source", req.GetSource())
-	target := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(req.GetLocalPort()))
+	target := localTarget(req.GetLocalPort())
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	local, localErr := d.DialContext(dctx, "tcp", target.String())
@@ -114,6 +125,10 @@ func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptS
 		return nil, err
 	}
 	d.mounts.created(info)
+	if p := d.conn.parked.Load(); p != nil {
+		// The first connection takes a parked flow too (parking.go).
+		p.ensure(info.GetId(), localTarget(info.GetSpec().GetLocalPort()))
+	}
 	d.cfg.Log.Info("intercept created", "connection", d.cfg.Connection, "intercept", info.GetId(),
 		"workload", spec.GetWorkload(), "namespace", spec.GetNamespace(), "localPort", spec.GetLocalPort(), "headers", spec.GetHeaders())
 	return info, nil
