@@ -23,6 +23,15 @@ import (
 	"github.com/tp-run/tp/internal/version"
 )
 
+// daemonSoftMemoryLimit is the daemon's soft memory limit (GOMEMLIMIT in
+// the daemon container's environment overrides it). Its idle heap is a few
+// MiB and each open connection holds about 40 KB; without a limit the heap
+// may grow to twice its live size before a collection (GOGC=100), which is
+// most of the daemon's peak. Live memory above the limit is still served:
+// the collector then runs more often, not the daemon slower by much, since
+// the bulk paths recycle their buffers.
+const daemonSoftMemoryLimit = 48 << 20
+
 func newDaemonCommand(out io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "daemon", Short: "Run the daemon (inside its container)", Hidden: true}
 	var cfg daemon.Config
@@ -37,6 +46,7 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 				return err
 			}
 			cfg.Log, cfg.Version = log, version.Version
+			log.Debug("soft memory limit", "bytes", rolecmd.SetSoftMemoryLimit(daemonSoftMemoryLimit))
 			if cfg.AlsoProxy, err = parsePrefixes("--also-proxy", alsoProxy); err != nil {
 				return err
 			}

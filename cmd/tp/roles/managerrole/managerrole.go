@@ -30,6 +30,16 @@ func newManagerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The chart passes the container's memory limit (downward API):
+			// the collector works harder before the OOM killer would end
+			// every developer's flows at once.
+			soft, err := rolecmd.SoftLimitOfContainer(os.Getenv("TP_MEMORY_LIMIT"))
+			if err != nil {
+				return fmt.Errorf("TP_MEMORY_LIMIT: %w", err)
+			}
+			if soft > 0 {
+				log.Info("soft memory limit", "bytes", rolecmd.SetSoftMemoryLimit(soft), "containerLimit", os.Getenv("TP_MEMORY_LIMIT"))
+			}
 			ttl, err := time.ParseDuration(rolecmd.EnvOr("TP_SESSION_TTL", "10m"))
 			if err != nil {
 				return fmt.Errorf("TP_SESSION_TTL: %w", err)

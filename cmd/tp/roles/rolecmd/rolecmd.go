@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -36,6 +38,34 @@ func EnvOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// SetSoftMemoryLimit makes limit bytes the Go runtime's soft memory limit
+// (debug.SetMemoryLimit: above it the garbage collector runs more often, so
+// the heap's slack, not the live memory, gives way), unless GOMEMLIMIT is set,
+// which the runtime has applied already and which wins. It returns the limit
+// in force (math.MaxInt64 for none). A limit <= 0 sets nothing.
+func SetSoftMemoryLimit(limit int64) int64 {
+	if os.Getenv("GOMEMLIMIT") == "" && limit > 0 {
+		debug.SetMemoryLimit(limit)
+	}
+	return debug.SetMemoryLimit(-1)
+}
+
+// SoftLimitOfContainer is the soft memory limit for a container whose memory
+// limit is containerLimit bytes (the downward API's limits.memory, as a
+// decimal string; empty: none): 90 % of it, so that the collector works
+// harder before the kernel's OOM killer would. The other 10 % are for what
+// the runtime does not count: the binary's pages, thread stacks outside Go.
+func SoftLimitOfContainer(containerLimit string) (int64, error) {
+	if containerLimit == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(containerLimit, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("container memory limit %q: want a number of bytes (the downward API's resourceFieldRef limits.memory)", containerLimit)
+	}
+	return n / 10 * 9, nil
 }
 
 // Main runs one role's binary of tp's image: a root command "tp" (the image's
