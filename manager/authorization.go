@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -119,8 +123,28 @@ func parseAuthorizeValue(v string) (session, nonce string, ok bool) {
 	return session, nonce, true
 }
 
-// errNotAuthorized says why a session may not act on a workload.
-type errNotAuthorized struct{ reason string }
+// errNotAuthorized says why a session may not act on a workload. unseen: the
+// webhook recorded no grant for the annotation's value (the API server did
+// not reach it), which writing the annotation again may cure.
+type errNotAuthorized struct {
+	reason string
+	unseen bool
+}
+
+// notAuthorizedStatus is err (from grants.authorized) as the gRPC status
+// PermissionDenied with msg, and an ErrorInfo detail when the webhook did not
+// see the authorization (kube.ReasonAuthorizationUnseen), so that the daemon
+// knows to write it again.
+func notAuthorizedStatus(err error, msg string) error {
+	st := status.New(codes.PermissionDenied, msg)
+	var na *errNotAuthorized
+	if errors.As(err, &na) && na.unseen {
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Domain: kube.ErrorDomain, Reason: kube.ReasonAuthorizationUnseen}); derr == nil {
+			st = d
+		}
+	}
+	return st.Err()
+}
 
 func (e *errNotAuthorized) Error() string { return e.reason }
 
@@ -130,19 +154,19 @@ func (e *errNotAuthorized) Error() string { return e.reason }
 func (gs *grants) authorized(w *workload, session string) (authenticationv1.UserInfo, error) {
 	value := w.annotations[authorizeAnnotation]
 	if value == "" {
-		return authenticationv1.UserInfo{}, &errNotAuthorized{fmt.Sprintf(
+		return authenticationv1.UserInfo{}, &errNotAuthorized{reason: fmt.Sprintf(
 			"%s carries no %s annotation: tp writes it with your own credentials before it intercepts, "+
 				"so you need `patch` on %ss in namespace %s", w.ref, authorizeAnnotation, strings.ToLower(w.ref.Kind), w.ref.Namespace)}
 	}
 	g, ok := gs.lookup(value)
 	switch {
 	case !ok:
-		return authenticationv1.UserInfo{}, &errNotAuthorized{fmt.Sprintf(
+		return authenticationv1.UserInfo{}, &errNotAuthorized{reason: fmt.Sprintf(
 			"the traffic-manager's webhook did not see the %s annotation on %s being written "+
 				"(webhook configuration missing or the manager restarted meanwhile): run `tp helm upgrade`, then try again",
-			authorizeAnnotation, w.ref)}
+			authorizeAnnotation, w.ref), unseen: true}
 	case g.Session != session || g.Ref != w.ref:
-		return authenticationv1.UserInfo{}, &errNotAuthorized{fmt.Sprintf(
+		return authenticationv1.UserInfo{}, &errNotAuthorized{reason: fmt.Sprintf(
 			"the %s annotation on %s names another session (someone else is intercepting it right now): try again",
 			authorizeAnnotation, w.ref)}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -24,6 +25,7 @@ import (
 	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/tp-run/tp/internal/kube"
 	"github.com/tp-run/tp/internal/sessionid"
 	managerv1 "github.com/tp-run/tp/rpc/manager/v1"
 )
@@ -281,4 +283,27 @@ func (d clearingDeployments) Patch(ctx context.Context, name string, pt types.Pa
 		}
 	}
 	return d.DeploymentInterface.Patch(ctx, name, pt, data, opts, sub...)
+}
+
+func TestNotAuthorizedStatusMarksUnseen(t *testing.T) {
+	gs := newGrants(time.Now)
+	w := &workload{ref: workloadRef{Namespace: "ns", Kind: "Deployment", Name: "echo"},
+		annotations: map[string]string{authorizeAnnotation: testValue}}
+	_, err := gs.authorized(w, testSession)
+	if err == nil {
+		t.Fatal("authorized without a recorded grant")
+	}
+	st := status.Convert(notAuthorizedStatus(err, "intercept x: "+err.Error()))
+	if st.Code() != codes.PermissionDenied || len(st.Details()) != 1 {
+		t.Fatalf("unseen: got %v with details %v; want PermissionDenied with one ErrorInfo", st.Code(), st.Details())
+	}
+	if info, ok := st.Details()[0].(*errdetails.ErrorInfo); !ok || info.GetReason() != kube.ReasonAuthorizationUnseen || info.GetDomain() != kube.ErrorDomain {
+		t.Errorf("detail %v; want ErrorInfo %s/%s", st.Details()[0], kube.ErrorDomain, kube.ReasonAuthorizationUnseen)
+	}
+
+	delete(w.annotations, authorizeAnnotation)
+	_, err = gs.authorized(w, testSession)
+	if st := status.Convert(notAuthorizedStatus(err, err.Error())); st.Code() != codes.PermissionDenied || len(st.Details()) != 0 {
+		t.Errorf("no annotation: got %v with details %v; want PermissionDenied without details", st.Code(), st.Details())
+	}
 }

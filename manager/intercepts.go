@@ -56,7 +56,7 @@ func (m *Manager) CreateIntercept(ctx context.Context, req *managerv1.CreateInte
 	if err != nil {
 		m.log.Warn("intercept refused: not authorized", "name", spec.GetName(), "workload", w.ref.String(),
 			"session", sess.id, "err", err)
-		return nil, status.Errorf(codes.PermissionDenied, "intercept %s: %v", spec.GetName(), err)
+		return nil, notAuthorizedStatus(err, fmt.Sprintf("intercept %s: %v", spec.GetName(), err))
 	}
 	// The grant is used: drop the annotation (a leftover one authorizes
 	// nothing once its grant expires). The patch, an API round trip, runs
@@ -607,7 +607,7 @@ func (m *Manager) removeByForce(ctx context.Context, sess session, name, ns stri
 		}
 		user, err := m.grants.authorized(w, sess.id)
 		if err != nil {
-			return nil, status.Errorf(codes.PermissionDenied, "end intercept %s by force: %v", name, err)
+			return nil, notAuthorizedStatus(err, fmt.Sprintf("end intercept %s by force: %v", name, err))
 		}
 		clearAuthorization(context.WithoutCancel(ctx), m.kube, w.ref, w.annotations[authorizeAnnotation], m.log)
 		users[ic.Workload] = user.Username

@@ -117,10 +117,16 @@ func (d *daemon) CreateIntercept(ctx context.Context, spec *managerv1.InterceptS
 	// The user's own credentials ask for the intercept on the workload: the
 	// API server checks that they may patch it, the manager's webhook learns
 	// who they are (docs/security.md).
-	if _, err := kube.Authorize(ctx, d.conn.kube, spec.GetNamespace(), spec.GetWorkload(), sessionid.Public(session)); err != nil {
-		return nil, kubeStatus(err)
-	}
-	info, err := client.CreateIntercept(ctx, &managerv1.CreateInterceptRequest{SessionId: session, Spec: spec})
+	info, err := withAuthorization(ctx, d.cfg.Log.With("connection", d.cfg.Connection, "intercept", spec.GetName()), "intercept",
+		func() error {
+			if _, err := kube.Authorize(ctx, d.conn.kube, spec.GetNamespace(), spec.GetWorkload(), sessionid.Public(session)); err != nil {
+				return kubeStatus(err)
+			}
+			return nil
+		},
+		func() (*managerv1.InterceptInfo, error) {
+			return client.CreateIntercept(ctx, &managerv1.CreateInterceptRequest{SessionId: session, Spec: spec})
+		})
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,17 @@ const (
 	AuthorizeAnnotation = "tp.run/authorize"
 )
 
+// An ErrorInfo detail with ErrorDomain and ReasonAuthorizationUnseen on the
+// traffic-manager's PermissionDenied says its webhook recorded no review of
+// the AuthorizeAnnotation value on the workload: the API server did not reach
+// it (a manager just installed or restarted, whose webhook endpoint or
+// certificate the API server does not use yet; a missing webhook
+// configuration). Writing the annotation again may succeed.
+const (
+	ErrorDomain               = "tp.run"
+	ReasonAuthorizationUnseen = "AUTHORIZATION_UNSEEN"
+)
+
 // clientFieldManager names tp's clients in the workloads' managed fields.
 const clientFieldManager = "tp"
 
