@@ -12,7 +12,7 @@ export KUBECONFIG ?= /var/lib/tp-cluster/kubeconfig
 STATICCHECK_VERSION := v0.8.2
 CACHE := $(CURDIR)/.cache
 
-.PHONY: help build image image-push registry-up deps cluster-up cluster-down cluster-load test unit unit-windows vet-darwin fuzz e2e e2e-run lint generate demo bench bench-faults clean
+.PHONY: help build image image-push registry-up deps cluster-up cluster-down cluster-load test unit unit-windows vet-darwin fuzz scripts e2e e2e-run lint generate demo bench bench-faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -77,7 +77,7 @@ cluster-down: ## remove the local cluster: processes, iptables rules, bridges, m
 cluster-load: ## load images into the cluster: make cluster-load IMAGES="tp:dev tp-echo:dev"
 	hack/cluster/load.sh $(IMAGES)
 
-test: unit unit-windows vet-darwin fuzz e2e ## all tests: unit tests with -race, the host side's under wine and vetted for macOS, a short fuzz run, then e2e tests on the local cluster
+test: unit unit-windows vet-darwin fuzz scripts e2e ## all tests: unit tests with -race, the host side's under wine and vetted for macOS, a short fuzz run, the test bed scripts' tests, then e2e tests on the local cluster
 
 unit: ## unit tests with the race detector
 	go test -race -count=1 ./...
@@ -107,6 +107,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s), one after another
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		hack/fuzz.sh $${t%%:*} $${t#*:} $(FUZZTIME) $(FUZZPARALLEL); \
 	done
+
+scripts: ## tests of the test bed's shell scripts (root; each in a mount namespace of its own)
+	hack/cluster/test-netns.sh
 
 e2e: build cluster-up image ## end-to-end tests on the real local cluster and Docker engine
 	go test -tags docker -count=1 -v -run 'TestPlugin$$' ./volumes/

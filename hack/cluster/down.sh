@@ -111,6 +111,7 @@ our_mounts() {
 
 unmount_all() {
 	local target
+	lift_hidden_netns # else what it hides cannot be unmounted by path
 	for _ in 1 2 3; do
 		while read -r target; do
 			[ -n "$target" ] || continue

@@ -177,3 +177,38 @@ docker_gateway() {
 	gw="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
 	echo "${gw:-172.17.0.1}"
 }
+
+# Pod network namespaces are bind mounts at /run/netns/cni-*. `ip netns add`
+# bind-mounts /run/netns over itself (to make it shared) and so hides every
+# namespace mounted before it: containerd can then neither unmount nor remove
+# those ("remove netns: unlinkat ...: device or resource busy"), their pods
+# never finish and a restarted kubelet waits on them for ever (CoreDNS among
+# them). lift_hidden_netns [DIR] moves the covering layer aside, binds each
+# hidden namespace into it, unmounts the hidden one and moves the layer back:
+# every namespace, live or stale, is then where containerd looks for it.
+# hack/cluster/test-netns.sh tests it in a mount namespace of its own.
+lift_hidden_netns() {
+	local dir="${1:-/run/netns}" top aside target name
+	local -a hidden
+	top="$(awk -v dir="$dir" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo)"
+	[ -n "$top" ] || return 0
+	mapfile -t hidden < <(awk -v dir="$dir/cni-" -v top="$top" \
+		'index($5, dir) == 1 && $2 != top { print $5 }' /proc/self/mountinfo | sort -u)
+	[ "${#hidden[@]}" -gt 0 ] || return 0
+	log "lifting ${#hidden[@]} pod network namespace(s) hidden under a bind mount of $dir"
+	aside="$(mktemp -d "$(dirname "$dir")/tp-netns-aside.XXXXXX")"
+	if ! mount --move "$dir" "$aside"; then
+		rmdir "$aside"
+		log "warning: cannot move $dir aside; hidden namespaces stay: ${hidden[*]}"
+		return 0
+	fi
+	for target in "${hidden[@]}"; do
+		name="${target#"$dir"/}"
+		[ -e "$aside/$name" ] || touch "$aside/$name"
+		mount --bind "$target" "$aside/$name" ||
+			log "warning: cannot bind $target into $dir; it is unmounted"
+		umount "$target" 2>/dev/null || umount -l "$target"
+	done
+	mount --move "$aside" "$dir" || die "cannot move $aside back to $dir"
+	rmdir "$aside"
+}

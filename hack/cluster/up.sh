@@ -101,6 +101,7 @@ prepare_host() {
 	mkdir -p "$TP_DATA" "$TP_PKI" "$TP_LOGS" "$TP_RUN" "$TP_CONF" "$TP_KUBELET_ROOT" \
 		"$TP_DATA/cni/net.d" "$TP_DATA/cni/networks" "$TP_DATA/images"
 	chmod 700 "$TP_DATA"
+	lift_hidden_netns
 }
 
 # Fail early, before anything starts, when a port we need is held by a
