@@ -183,12 +183,14 @@ docker_gateway() {
 # namespace mounted before it: containerd can then neither unmount nor remove
 # those ("remove netns: unlinkat ...: device or resource busy"), their pods
 # never finish and a restarted kubelet waits on them for ever (CoreDNS among
-# them). lift_hidden_netns [DIR] moves the covering layer aside, binds each
-# hidden namespace into it, unmounts the hidden one and moves the layer back:
-# every namespace, live or stale, is then where containerd looks for it.
+# them). lift_hidden_netns [DIR] keeps a bind of every namespace, visible or
+# hidden, aside, peels off the covering bind mounts of DIR (a cover has its
+# parent's device), puts one shared cover back if there was any, and binds
+# the namespaces into it: every namespace, live or stale, is then where
+# containerd looks for it. Nothing is done when nothing is hidden.
 # hack/cluster/test-netns.sh tests it in a mount namespace of its own.
 lift_hidden_netns() {
-	local dir="${1:-/run/netns}" top aside target name
+	local dir="${1:-/run/netns}" top keep f name covers=0
 	local -a hidden
 	top="$(awk -v dir="$dir" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo)"
 	[ -n "$top" ] || return 0
@@ -196,19 +198,35 @@ lift_hidden_netns() {
 		'index($5, dir) == 1 && $2 != top { print $5 }' /proc/self/mountinfo | sort -u)
 	[ "${#hidden[@]}" -gt 0 ] || return 0
 	log "lifting ${#hidden[@]} pod network namespace(s) hidden under a bind mount of $dir"
-	aside="$(mktemp -d "$(dirname "$dir")/tp-netns-aside.XXXXXX")"
-	if ! mount --move "$dir" "$aside"; then
-		rmdir "$aside"
-		log "warning: cannot move $dir aside; hidden namespaces stay: ${hidden[*]}"
-		return 0
-	fi
-	for target in "${hidden[@]}"; do
-		name="${target#"$dir"/}"
-		[ -e "$aside/$name" ] || touch "$aside/$name"
-		mount --bind "$target" "$aside/$name" ||
-			log "warning: cannot bind $target into $dir; it is unmounted"
-		umount "$target" 2>/dev/null || umount -l "$target"
+	keep="$(mktemp -d "$(dirname "$dir")/tp-netns-keep.XXXXXX")"
+	while :; do
+		for f in "$dir"/cni-*; do
+			name="${f##*/}"
+			[ -e "$keep/$name" ] || [ "$(stat -f -c %T "$f" 2>/dev/null)" != nsfs ] && continue
+			touch "$keep/$name" && mount --bind "$f" "$keep/$name"
+		done
+		top="$(awk -v dir="$dir" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo)"
+		[ -n "$top" ] || break
+		awk -v top="$top" '
+			{ dev[$1] = $3; parent[$1] = $2 }
+			END { exit !(top in dev && dev[top] == dev[parent[top]]) }' /proc/self/mountinfo ||
+			break # a file system of its own at DIR, not a cover
+		umount -l "$dir" || die "cannot unmount the cover of $dir"
+		covers=$((covers + 1))
 	done
-	mount --move "$aside" "$dir" || die "cannot move $aside back to $dir"
-	rmdir "$aside"
+	for f in "$dir"/cni-*; do
+		while [ "$(stat -f -c %T "$f" 2>/dev/null)" = nsfs ]; do umount -l "$f" || break; done
+	done
+	if [ "$covers" -gt 0 ]; then
+		mount --bind "$dir" "$dir" && mount --make-shared "$dir" ||
+			die "cannot put the bind mount of $dir back"
+	fi
+	for f in "$keep"/*; do
+		[ -e "$f" ] || continue
+		name="${f##*/}"
+		[ -e "$dir/$name" ] || touch "$dir/$name"
+		mount --bind "$f" "$dir/$name" || log "warning: cannot bind $name back into $dir; it is gone"
+		umount "$f" && rm -f "$f"
+	done
+	rmdir "$keep"
 }
