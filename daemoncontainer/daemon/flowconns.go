@@ -42,13 +42,19 @@ func (c *connector) spreadFlows(ctx context.Context, spread *tunnel.Spread, pod 
 	wg.Wait()
 }
 
-// keepFlowSession keeps one extra port-forward session in spread.
+// keepFlowSession keeps one extra port-forward session in spread. The
+// pause before the next attempt grows while attempts fail and starts small
+// again after a session that carried flows.
 func (c *connector) keepFlowSession(ctx context.Context, spread *tunnel.Spread, pod string, log *slog.Logger) {
-	backoff := 500 * time.Millisecond
+	const firstBackoff = 500 * time.Millisecond
+	backoff := firstBackoff
 	for {
-		err := c.flowSession(ctx, spread, pod)
+		added, err := c.flowSession(ctx, spread, pod)
 		if ctx.Err() != nil {
 			return
+		}
+		if added {
+			backoff = firstBackoff
 		}
 		log.Warn("extra port-forward session to the traffic-manager lost or failed; flows use the others; retrying",
 			"error", err, "in", backoff)
@@ -62,18 +68,19 @@ func (c *connector) keepFlowSession(ctx context.Context, spread *tunnel.Spread, 
 }
 
 // flowSession opens one port-forward session and gRPC connection, adds it
-// to spread while it lasts and removes it when the session ends.
-func (c *connector) flowSession(ctx context.Context, spread *tunnel.Spread, pod string) error {
+// to spread while it lasts and removes it when the session ends; added says
+// whether it got that far.
+func (c *connector) flowSession(ctx context.Context, spread *tunnel.Spread, pod string) (added bool, err error) {
 	pf, err := kube.NewPortForwarder(ctx, c.rest, c.cfg.ManagerNamespace, pod)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer pf.Close()
 	// Without calls of its own the connection must not go idle: it would
 	// leave Ready, which counts as lost below.
 	cc, err := pf.DialGRPC(managerPort, append(tunnel.DialOptions(), grpc.WithIdleTimeout(0))...)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer cc.Close()
 	// A call connects it: flows never wait for this connection's handshake.
@@ -81,7 +88,7 @@ func (c *connector) flowSession(ctx context.Context, spread *tunnel.Spread, pod 
 	_, err = managerv1.NewManagerClient(cc).Version(vctx, &managerv1.VersionRequest{})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("traffic-manager pod %s/%s: version: %w", c.cfg.ManagerNamespace, pod, err)
+		return false, fmt.Errorf("traffic-manager pod %s/%s: version: %w", c.cfg.ManagerNamespace, pod, err)
 	}
 	spread.Add(cc)
 	defer spread.Remove(cc)
@@ -89,17 +96,14 @@ func (c *connector) flowSession(ctx context.Context, spread *tunnel.Spread, pod 
 	// session closed, the manager gone, keepalive timed out): then it
 	// would only fail new flows.
 	if cc.WaitForStateChange(ctx, connectivity.Ready) {
-		return fmt.Errorf("gRPC connection to traffic-manager pod %s/%s: %s (port-forward session closed: %t)",
-			c.cfg.ManagerNamespace, pod, cc.GetState(), isClosed(pf.Done()))
+		sessionClosed := false
+		select {
+		case <-pf.Done():
+			sessionClosed = true
+		default:
+		}
+		return true, fmt.Errorf("gRPC connection to traffic-manager pod %s/%s: %s (port-forward session closed: %t)",
+			c.cfg.ManagerNamespace, pod, cc.GetState(), sessionClosed)
 	}
-	return ctx.Err()
-}
-
-func isClosed(ch <-chan bool) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
+	return true, ctx.Err()
 }
