@@ -8,15 +8,23 @@
 // pays at start only for its own dependencies (test/bench/README.md, "Memory
 // per role") while every command line of an older image (`/tp daemon run`,
 // `/tp manager`, `/tp agent`, `docker exec ... /tp daemon proxy`) keeps
-// working against a newer one and the other way round. `tp` on the
+// working against a newer one and the other way round. One command runs in
+// /tp itself: `daemon proxy`, the far end of the CLI's daemon channel, which
+// every CLI command starts through `docker exec` (apiproxy links only the
+// standard library; exec'ing /tp-daemon for it cost ~10 ms). `tp` on the
 // workstation is cmd/tp.
 package main
 
 import (
+	"context"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
+	"github.com/tp-run/tp/daemoncontainer/daemon/apiproxy"
+	"github.com/tp-run/tp/daemoncontainer/wire"
 	"github.com/tp-run/tp/internal/version"
 )
 
@@ -53,6 +61,11 @@ func main() {
 	case "help", "-h", "--help":
 		os.Stdout.WriteString(usage)
 		return
+	case "daemon":
+		if slices.Equal(os.Args[2:], []string{"proxy"}) {
+			os.Exit(proxy())
+		}
+		os.Exit(run(roleBinaries[cmd]))
 	default:
 		bin, ok := roleBinaries[cmd]
 		if !ok {
@@ -61,6 +74,18 @@ func main() {
 		}
 		os.Exit(run(bin))
 	}
+}
+
+// proxy runs `daemon proxy` as /tp-daemon would (daemonrole): stdin and
+// stdout to the daemon API's socket until either side is done.
+func proxy() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := apiproxy.Run(ctx, wire.DaemonSocket, os.Stdin, os.Stdout); err != nil {
+		os.Stderr.WriteString("tp: " + err.Error() + "\n")
+		return 1
+	}
+	return 0
 }
 
 // run execs the role's binary, next to this one, with this process's argv

@@ -2,6 +2,7 @@ package roles
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -52,21 +53,25 @@ func TestRolesDoNotLinkTheHostSide(t *testing.T) {
 // dependencies and none of another role's (the gVisor netstack only in the
 // daemon, client-go only in the daemon and the manager, FUSE only in the
 // volume plugin; the manager links package agent for the types of the
-// sidecar it injects), and /tp, which execs them, links no role at all.
+// sidecar it injects), and /tp, which execs them, links no role at all (only
+// the daemon API's stdio proxy, which it runs itself).
 func TestEachRoleLinksItsOwn(t *testing.T) {
 	const tp = "github.com/tp-run/tp/"
 	for _, c := range []struct {
 		main            string
 		notPkgs, notPre []string
+		allow           []string // linked although a prefix in notPre matches
 	}{
-		{"../../tp-image", []string{"github.com/spf13/cobra"}, []string{tp + "cmd/tp/roles", tp + "daemoncontainer", tp + "manager", tp + "agent", tp + "volumes", "google.golang.org/grpc", "k8s.io/", "gvisor.dev/"}},
-		{"../../tp-daemon", []string{"k8s.io/client-go/kubernetes", tp + "manager", tp + "agent", tp + "volumes/plugin"}, []string{tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "github.com/hanwen/go-fuse", "github.com/pkg/sftp"}},
-		{"../../tp-manager", []string{"k8s.io/client-go/informers", tp + "volumes/plugin"}, []string{tp + "daemoncontainer", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "gvisor.dev/", "github.com/hanwen/go-fuse"}},
-		{"../../tp-agent", []string{tp + "manager", tp + "volumes/plugin"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/volumesrole", "k8s.io/", "gvisor.dev/", "github.com/hanwen/go-fuse"}},
-		{"../../tp-volumes", []string{tp + "manager", tp + "agent"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", "k8s.io/", "gvisor.dev/", "google.golang.org/grpc"}},
+		{"../../tp-image", []string{"github.com/spf13/cobra", tp + "daemoncontainer", tp + "daemoncontainer/daemon"}, []string{tp + "cmd/tp/roles", tp + "daemoncontainer/daemon/", tp + "daemoncontainer/netstack", tp + "daemoncontainer/dns", tp + "daemoncontainer/kubeconfig", tp + "daemoncontainer/kubeauth", tp + "daemoncontainer/tun", tp + "manager", tp + "agent", tp + "volumes", "google.golang.org/grpc", "k8s.io/", "gvisor.dev/"}, []string{tp + "daemoncontainer/daemon/apiproxy"}},
+		{"../../tp-daemon", []string{"k8s.io/client-go/kubernetes", tp + "manager", tp + "agent", tp + "volumes/plugin"}, []string{tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "github.com/hanwen/go-fuse", "github.com/pkg/sftp"}, nil},
+		{"../../tp-manager", []string{"k8s.io/client-go/informers", tp + "volumes/plugin"}, []string{tp + "daemoncontainer", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/agentrole", tp + "cmd/tp/roles/volumesrole", "gvisor.dev/", "github.com/hanwen/go-fuse"}, nil},
+		{"../../tp-agent", []string{tp + "manager", tp + "volumes/plugin"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/volumesrole", "k8s.io/", "gvisor.dev/", "github.com/hanwen/go-fuse"}, nil},
+		{"../../tp-volumes", []string{tp + "manager", tp + "agent"}, []string{tp + "daemoncontainer/daemon", tp + "daemoncontainer/netstack", tp + "cmd/tp/roles/daemonrole", tp + "cmd/tp/roles/managerrole", tp + "cmd/tp/roles/agentrole", "k8s.io/", "gvisor.dev/", "google.golang.org/grpc"}, nil},
 	} {
 		for _, pkg := range linked(deps(t, c.main), c.notPkgs, c.notPre) {
-			t.Errorf("%s links %s", c.main, pkg)
+			if !slices.Contains(c.allow, pkg) {
+				t.Errorf("%s links %s", c.main, pkg)
+			}
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tp-run/tp/cmd/tp/roles/rolecmd"
 	"github.com/tp-run/tp/daemoncontainer/daemon"
+	"github.com/tp-run/tp/daemoncontainer/daemon/apiproxy"
 	"github.com/tp-run/tp/daemoncontainer/kubeauth"
 	"github.com/tp-run/tp/daemoncontainer/wire"
 	"github.com/tp-run/tp/internal/version"
@@ -75,7 +76,7 @@ func newDaemonCommand(out io.Writer) *cobra.Command {
 		Use:  "proxy",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return daemon.Proxy(cmd.Context(), wire.DaemonSocket, os.Stdin, out)
+			return apiproxy.Run(cmd.Context(), wire.DaemonSocket, os.Stdin, out)
 		},
 	}
 	var nameserver, namespace, clusterDomain string

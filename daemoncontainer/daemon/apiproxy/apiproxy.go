@@ -1,4 +1,9 @@
-package daemon
+// Package apiproxy connects a process's stdin and stdout to the daemon API's
+// unix socket inside the daemon container: the far end of the CLI's daemon
+// channel (`docker exec CONTAINER /tp daemon proxy`). It links nothing but
+// the standard library and errgroup, so that /tp runs it in its own process
+// instead of exec'ing /tp-daemon, whose start costs the channel ~10 ms.
+package apiproxy
 
 import (
 	"context"
@@ -11,10 +16,10 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// Proxy connects stdin/stdout to the daemon's API socket. The CLI runs it
-// through `docker exec` (`tp daemon proxy`). It returns when the daemon or the
-// CLI closes its side; closing stdin unblocks the pending read from the CLI.
-func Proxy(ctx context.Context, socket string, stdin io.ReadCloser, stdout io.Writer) error {
+// Run connects stdin/stdout to the daemon's API socket. It returns when the
+// daemon or the CLI closes its side; closing stdin unblocks the pending read
+// from the CLI.
+func Run(ctx context.Context, socket string, stdin io.ReadCloser, stdout io.Writer) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {

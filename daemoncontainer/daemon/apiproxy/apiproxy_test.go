@@ -1,4 +1,4 @@
-package daemon
+package apiproxy
 
 import (
 	"bytes"
@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// TestProxy: bytes from stdin reach the socket's server and its answer
-// reaches stdout; Proxy returns when the server closes.
-func TestProxy(t *testing.T) {
+// TestRun: bytes from stdin reach the socket's server and its answer
+// reaches stdout; Run returns when the server closes.
+func TestRun(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -37,8 +37,8 @@ func TestProxy(t *testing.T) {
 	var stdout bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := Proxy(ctx, sock, stdin, &stdout); err != nil {
-		t.Fatalf("Proxy: %v", err)
+	if err := Run(ctx, sock, stdin, &stdout); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	if err := <-served; err != nil {
 		t.Fatal(err)
@@ -48,9 +48,9 @@ func TestProxy(t *testing.T) {
 	}
 }
 
-func TestProxyNoDaemon(t *testing.T) {
-	err := Proxy(context.Background(), filepath.Join(t.TempDir(), "none.sock"), io.NopCloser(&bytes.Buffer{}), io.Discard)
+func TestRunNoDaemon(t *testing.T) {
+	err := Run(context.Background(), filepath.Join(t.TempDir(), "none.sock"), io.NopCloser(&bytes.Buffer{}), io.Discard)
 	if err == nil {
-		t.Fatal("Proxy to a missing socket succeeded")
+		t.Fatal("Run to a missing socket succeeded")
 	}
 }
