@@ -71,6 +71,33 @@ pid_of() {
 
 running() { [ -n "$(pid_of "$1")" ]; }
 
+# TP_NOFILE is the open-file limit we give every component, as systemd
+# gives containerd and the kubelet (LimitNOFILE=infinity), or the hard limit
+# when that is lower and cannot be raised (no CAP_SYS_RESOURCE). containerd
+# serves each port-forwarded connection with about four descriptors: at
+# 20000 it runs out near 5000 connections, and then cannot create a pod
+# sandbox either ("too many open files") until they have closed.
+TP_NOFILE=1048576
+
+# nofile_limit: TP_NOFILE, or this shell's hard limit if that is lower.
+nofile_limit() {
+	local hard
+	hard="$(ulimit -Hn)"
+	if [ "$hard" = unlimited ] || [ "$hard" -ge "$TP_NOFILE" ]; then echo "$TP_NOFILE"; else echo "$hard"; fi
+}
+
+# raise_nofile NAME: give a running component nofile_limit open files (one
+# started before the limit was set keeps running).
+raise_nofile() {
+	local pid limit
+	pid="$(pid_of "$1")"
+	[ -n "$pid" ] || return 0
+	limit="$(nofile_limit)"
+	[ "$(prlimit --pid "$pid" --nofile --output SOFT --noheadings 2>/dev/null)" -ge "$limit" ] 2>/dev/null ||
+		prlimit --pid "$pid" --nofile="$limit:$limit" 2>/dev/null ||
+		log "warning: cannot raise the open-file limit of $1 (pid $pid) to $limit"
+}
+
 # start_bg NAME BINARY ARGS...: start a component in its own session, logging
 # to $TP_LOGS/NAME.log, and record its pid.
 start_bg() {
@@ -79,7 +106,7 @@ start_bg() {
 	mkdir -p "$TP_LOGS" "$TP_RUN"
 	log "starting $name"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$name" >>"$TP_LOGS/$name.log"
-	setsid nohup "$@" >>"$TP_LOGS/$name.log" 2>&1 </dev/null 9>&- &
+	(ulimit -n "$(nofile_limit)" && exec setsid nohup "$@") >>"$TP_LOGS/$name.log" 2>&1 </dev/null 9>&- &
 	local pid=$!
 	echo "$pid" >"$TP_RUN/$name.pid"
 	# Until the child has exec'd the binary (through nohup), pid_of would

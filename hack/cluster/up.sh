@@ -58,6 +58,7 @@ ensure_started() {
 		if [ "$(cat "$TP_RUN/$name.spec" 2>/dev/null)" = "$spec" ] &&
 			[[ "$CHANGED" != *" $name "* ]] &&
 			{ [ "$name" != containerd ] || [[ "$(readlink "/proc/$pid/exe")" != *"(deleted)" ]]; }; then
+			raise_nofile "$name"
 			return 0
 		fi
 		log "restarting $name (binary, flags or configuration changed)"
@@ -686,6 +687,8 @@ main() {
 	lock_cluster
 	"$TP_ROOT/hack/install-deps.sh" 9>&- # dockerd must not inherit the lock
 	check_ports
+	[ "$(nofile_limit)" = "$TP_NOFILE" ] ||
+		log "open files are limited to $(nofile_limit) here (the hard limit; raising it needs CAP_SYS_RESOURCE): containerd serves about $(($(nofile_limit) / 4)) port-forwarded connections at once"
 	"$TP_CLUSTER_SRC/build.sh"
 
 	NODE_IP="$(node_ip)"

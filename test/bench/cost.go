@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -218,14 +219,14 @@ func (c *connMemory) open() int64 {
 // limit: 10 000 connections did at 256 MiB).
 const managerGuard = 0.8
 
-// guard ends a hold (kill) once role's RSS reaches managerGuard of limit.
+// guard ends a hold (kill) once over says why (a non-empty reason).
 type guard struct {
 	stopc  chan struct{}
 	wg     sync.WaitGroup
 	reason string
 }
 
-func startGuard(rs roles, role string, limit int64, kill func()) *guard {
+func startGuard(over func() string, kill func()) *guard {
 	g := &guard{stopc: make(chan struct{})}
 	g.wg.Add(1)
 	go func() {
@@ -238,14 +239,69 @@ func startGuard(rs roles, role string, limit int64, kill func()) *guard {
 				return
 			case <-tick.C:
 			}
-			if mb := rs.rss()[role]; overGuard(mb, limit) {
-				g.reason = fmt.Sprintf("stopped: %s RSS %.0f MB reached %.0f%% of its memory limit %.0f MB", role, mb, managerGuard*100, float64(limit)/1e6)
+			if reason := over(); reason != "" {
+				g.reason = reason
 				kill()
 				return
 			}
 		}
 	}()
 	return g
+}
+
+// memoryOver: why role's RSS is at managerGuard of limit bytes, or "".
+func memoryOver(rs roles, role string, limit int64) func() string {
+	return func() string {
+		if mb := rs.rss()[role]; overGuard(mb, limit) {
+			return fmt.Sprintf("stopped: %s RSS %.0f MB reached %.0f%% of its memory limit %.0f MB", role, mb, managerGuard*100, float64(limit)/1e6)
+		}
+		return ""
+	}
+}
+
+// containerdPIDFile is the test bed's containerd (hack/cluster), which
+// serves every port-forwarded connection with a few descriptors.
+const containerdPIDFile = "/var/lib/tp-cluster/run/containerd.pid"
+
+// filesOver: why the cluster's containerd holds managerGuard of its
+// open-file limit, or "". At the limit it fails every port-forward and pod
+// sandbox for minutes ("too many open files"), and the phases after a
+// 10 000-connection kubectl hold with it; nothing when containerd is not
+// the test bed's.
+func filesOver() func() string {
+	b, err := os.ReadFile(containerdPIDFile)
+	if err != nil {
+		return func() string { return "" }
+	}
+	pid := strings.TrimSpace(string(b))
+	limit := openFileLimit(pid)
+	return func() string {
+		if limit <= 0 {
+			return ""
+		}
+		fds, err := os.ReadDir("/proc/" + pid + "/fd")
+		if err != nil || float64(len(fds)) < managerGuard*float64(limit) {
+			return ""
+		}
+		return fmt.Sprintf("stopped: the cluster's containerd held %d open files, %.0f%% of its limit %d", len(fds), managerGuard*100, limit)
+	}
+}
+
+// openFileLimit is the soft "Max open files" of pid, or 0.
+func openFileLimit(pid string) int {
+	b, err := os.ReadFile("/proc/" + pid + "/limits")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Max open files"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				n, _ := strconv.Atoi(f[0])
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 // overGuard says whether rssMB (10^6 bytes) is at managerGuard of limit bytes.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -124,5 +126,18 @@ func TestRSSPeakWindow(t *testing.T) {
 	m := &connMemory{Conns: 10, Opened: 10, BeforeMB: map[string]float64{"daemon": 50}, PeakMB: w.peak(0, 0), HeldMB: w.peak(150, 350)}
 	if got, _ := m.bytesPerConn("daemon"); math.Abs(got-2000) > 1e-6 {
 		t.Errorf("bytesPerConn with a held window = %v KB, want 2000 (held 70 MB, not the peak 90)", got)
+	}
+}
+
+// TestOpenFileLimit reads this process's soft open-file limit from /proc.
+func TestOpenFileLimit(t *testing.T) {
+	if _, err := os.Stat("/proc/self/limits"); err != nil {
+		t.Skip("no /proc/self/limits")
+	}
+	if n := openFileLimit(strconv.Itoa(os.Getpid())); n <= 0 {
+		t.Fatalf("openFileLimit(self) = %d, want > 0", n)
+	}
+	if n := openFileLimit("0"); n != 0 {
+		t.Fatalf("openFileLimit of no process = %d, want 0", n)
 	}
 }

@@ -386,12 +386,13 @@ func (b *bench) measured(ctx context.Context, key, container string, rs roles, r
 	if r.conns > 0 {
 		rssBefore = rs.rss()
 		w = watchRSS(rs)
+		kill := func() { _, _ = docker(context.WithoutCancel(ctx), 30*time.Second, "kill", "-s", "TERM", container) }
 		if _, ok := rs["manager"]; ok {
 			if limit := b.managerMemoryLimit(ctx); limit > 0 {
-				g = startGuard(rs, "manager", limit, func() {
-					_, _ = docker(context.WithoutCancel(ctx), 30*time.Second, "kill", "-s", "TERM", container)
-				})
+				g = startGuard(memoryOver(rs, "manager", limit), kill)
 			}
+		} else if _, ok := rs["kubectl"]; ok {
+			g = startGuard(filesOver(), kill)
 		}
 	}
 	p, err := run()
