@@ -555,6 +555,9 @@ func (r *results) costRows(newRow func(metric, unit, key, target string) row) []
 					notes = append(notes, fmt.Sprintf("kubectl RSS %.1f -> %.1f MB", pm.BeforeMB["kubectl"], at))
 				}
 				notes = append(notes, fmt.Sprintf("kubectl open at once %d of %d (after %.1fs)", pm.open(), n, pm.OpenSeconds))
+				if pm.Stopped != "" {
+					notes = append(notes, "kubectl "+pm.Stopped)
+				}
 			}
 			if role == "manager" {
 				x.BaselinePhase = ""
