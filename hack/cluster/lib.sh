@@ -205,6 +205,12 @@ docker_gateway() {
 	echo "${gw:-172.17.0.1}"
 }
 
+# top_mount DIR: the mount ID of the topmost mount at DIR, or nothing.
+top_mount() { awk -v dir="$1" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo; }
+
+# is_netns FILE: FILE is a network namespace (an nsfs mount) from here.
+is_netns() { [ "$(stat -f -c %T "$1" 2>/dev/null)" = nsfs ]; }
+
 # Pod network namespaces are bind mounts at /run/netns/cni-*. `ip netns add`
 # bind-mounts /run/netns over itself (to make it shared) and so hides every
 # namespace mounted before it: containerd can then neither unmount nor remove
@@ -219,7 +225,7 @@ docker_gateway() {
 lift_hidden_netns() {
 	local dir="${1:-/run/netns}" top keep f name covers=0
 	local -a hidden
-	top="$(awk -v dir="$dir" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo)"
+	top="$(top_mount "$dir")"
 	[ -n "$top" ] || return 0
 	mapfile -t hidden < <(awk -v dir="$dir/cni-" -v top="$top" \
 		'index($5, dir) == 1 && $2 != top { print $5 }' /proc/self/mountinfo | sort -u)
@@ -229,10 +235,10 @@ lift_hidden_netns() {
 	while :; do
 		for f in "$dir"/cni-*; do
 			name="${f##*/}"
-			[ -e "$keep/$name" ] || [ "$(stat -f -c %T "$f" 2>/dev/null)" != nsfs ] && continue
+			[ -e "$keep/$name" ] || ! is_netns "$f" && continue
 			touch "$keep/$name" && mount --bind "$f" "$keep/$name"
 		done
-		top="$(awk -v dir="$dir" '$5 == dir { id = $1 } END { print id }' /proc/self/mountinfo)"
+		top="$(top_mount "$dir")"
 		[ -n "$top" ] || break
 		awk -v top="$top" '
 			{ dev[$1] = $3; parent[$1] = $2 }
@@ -242,7 +248,7 @@ lift_hidden_netns() {
 		covers=$((covers + 1))
 	done
 	for f in "$dir"/cni-*; do
-		while [ "$(stat -f -c %T "$f" 2>/dev/null)" = nsfs ]; do umount -l "$f" || break; done
+		while is_netns "$f"; do umount -l "$f" || break; done
 	done
 	if [ "$covers" -gt 0 ]; then
 		mount --bind "$dir" "$dir" && mount --make-shared "$dir" ||

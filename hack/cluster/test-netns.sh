@@ -22,7 +22,7 @@ mount -t tmpfs tp-netns-test "$base"
 mkdir "$dir"
 add_ns() { touch "$dir/$1" && mount --bind /proc/self/ns/net "$dir/$1"; }
 mounted() { awk -v p="$dir/$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
-visible() { [ "$(stat -f -c %T "$dir/$1")" = nsfs ]; }
+visible() { is_netns "$dir/$1"; }
 
 add_ns cni-old-1
 add_ns cni-old-2
